@@ -1,0 +1,73 @@
+//! Downloads of outputs kept in the local directory, behind signed URLs (the local equivalent of
+//! an S3 presigned URL). The URL is the credential: no API key is needed, and a tampered or
+//! expired URL is refused with 403 before the store is touched.
+
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kiln_storage::{SignatureError, StorageError};
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+pub struct Signature {
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+pub async fn download(
+    State(state): State<Arc<ApiState>>,
+    Path(key): Path<String>,
+    Query(q): Query<Signature>,
+) -> Result<Response, Problem> {
+    let Some(local) = &state.local else {
+        return Err(Problem::not_found(
+            "not_found",
+            "outputs are not served by this api",
+        ));
+    };
+    let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "signature_invalid",
+            "the download URL is not signed",
+        ));
+    };
+    local.verify(&key, expires, &sig).map_err(|e| match e {
+        SignatureError::Invalid => {
+            Problem::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string())
+        }
+        SignatureError::Expired => {
+            Problem::new(StatusCode::FORBIDDEN, "url_expired", e.to_string())
+        }
+    })?;
+    let body = match state.store.get(&key).await {
+        Ok(stream) => stream,
+        Err(StorageError::NotFound(_)) => {
+            return Err(Problem::new(
+                StatusCode::GONE,
+                "output_expired",
+                "the output has expired and was deleted",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let content_type = match key.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,372 @@
+//! The job routes. Submit validates everything before writing anything, so bad input changes
+//! nothing; it commits the job, then rings the doorbell (a failed ring is logged and left to the
+//! reconciler: the ledger already holds the job). Reads are scoped by tenant: another tenant's job
+//! is a 404, exactly like a job that does not exist.
+
+use crate::auth::Tenant;
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use kiln_core::ledger::{CancelOutcome, JobFilter, NewJob};
+use kiln_core::{Job, JobId, Status};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const DEFAULT_PAGE: u32 = 20;
+pub const MAX_PAGE: u32 = 100;
+
+fn job_not_found() -> Problem {
+    Problem::not_found("job_not_found", "there is no job with this id")
+}
+
+/// Job ids are opaque to clients: a malformed one is simply a job that does not exist.
+fn parse_id(raw: &str) -> Result<JobId, Problem> {
+    raw.parse().map_err(|_| job_not_found())
+}
+
+/// The job resource as clients see it.
+async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
+    let mut outputs = Vec::with_capacity(job.outputs.len());
+    for o in &job.outputs {
+        let expired = o.deleted_at.is_some() || o.expires_at <= Utc::now();
+        let url = if expired {
+            Value::Null
+        } else {
+            Value::String(
+                state
+                    .store
+                    .presign_get(&o.object_key, o.expires_at)
+                    .await?
+                    .to_string(),
+            )
+        };
+        outputs.push(json!({
+            "index": o.index,
+            "url": url,
+            "content_type": o.content_type,
+            "bytes": o.bytes,
+            "expires_at": o.expires_at,
+            "expired": expired,
+        }));
+    }
+    let attempts: Vec<Value> = job
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "number": a.number,
+                "id": a.id,
+                "route": a.route,
+                "worker": a.worker,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "outcome": a.outcome.map(|o| o.as_str()),
+                "error": a.error,
+            })
+        })
+        .collect();
+    let self_url = format!("/v1/jobs/{}", job.id);
+    Ok(json!({
+        "object": "job",
+        "id": job.id,
+        "model": job.model,
+        "status": job.status,
+        "input": job.input,
+        "outputs": outputs,
+        "error": job.error,
+        "attempts": attempts,
+        "rescues": job.rescue_count,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "expires_at": job.expires_at(),
+        "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
+    }))
+}
+
+/// The response for one job: a poll hint while it is not finished.
+async fn job_response(
+    state: &ApiState,
+    job: &Job,
+    status: StatusCode,
+) -> Result<Response, Problem> {
+    let body = render(state, job).await?;
+    let mut response = (status, Json(body)).into_response();
+    if !job.status.is_terminal() {
+        let secs = state.poll_hint.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs).expect("digits are a valid header"),
+        );
+    }
+    Ok(response)
+}
+
+fn body_problem(rejection: BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than this server accepts",
+        )
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            rejection.body_text(),
+        )
+    }
+}
+
+pub async fn submit(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let body = body.map_err(body_problem)?;
+    let request: Value = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(request) = request else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    let (model, input) = parse_submit(&request)?;
+    let parsed = state.catalog.validate(&model, &input).map_err(|e| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
+    })?;
+    for (field, url) in parsed.fetched_urls() {
+        check_input_url(&state, field, url)?;
+    }
+    let job = state
+        .ledger
+        .insert_job(NewJob {
+            id: JobId::new(),
+            tenant,
+            model,
+            input,
+        })
+        .await?;
+    if let Err(e) = state.doorbell.ring(job.id).await {
+        // Committed is committed: the reconciler rings queued jobs nobody took.
+        tracing::warn!(job = %job.id, error = %e, "could not ring the doorbell; the reconciler will");
+    }
+    let mut response = job_response(&state, &job, StatusCode::ACCEPTED).await?;
+    let location =
+        HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).expect("ids are valid header text");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+fn parse_submit(request: &Map<String, Value>) -> Result<(String, Value), Problem> {
+    let invalid = |code: &str, field: &str, detail: &str| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+    };
+    if let Some(extra) = request
+        .keys()
+        .find(|k| !matches!(k.as_str(), "model" | "input"))
+    {
+        return Err(invalid(
+            "unknown_field",
+            extra,
+            &format!("'{extra}' is not a field of a job submission"),
+        ));
+    }
+    let model = match request.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        Some(_) => return Err(invalid("invalid_type", "model", "model must be a string")),
+        None => return Err(invalid("missing_field", "model", "model is required")),
+    };
+    let input = match request.get("input") {
+        Some(v) => v.clone(),
+        None => return Err(invalid("missing_field", "input", "input is required")),
+    };
+    Ok((model, input))
+}
+
+/// Kiln's own signed URLs are allowed (chaining an earlier output); any other URL must pass the
+/// SSRF policy now, and passes it again when the worker connects.
+fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Result<(), Problem> {
+    if let Some(own) = state.local.as_ref().and_then(|l| l.resolve_signed_url(url)) {
+        return own.map(|_| ()).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "input_url_invalid",
+                format!("{field}: {e}"),
+            )
+            .with_field(field)
+        });
+    }
+    state.ssrf.check_url(url).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "url_forbidden",
+            format!("{field}: {e}"),
+        )
+        .with_field(field)
+    })
+}
+
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let job = state
+        .ledger
+        .get_job(&tenant, parse_id(&id)?)
+        .await?
+        .ok_or_else(job_not_found)?;
+    job_response(&state, &job, StatusCode::OK).await
+}
+
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    match state.ledger.cancel_job(&tenant, parse_id(&id)?).await? {
+        CancelOutcome::Canceled(job) => job_response(&state, &job, StatusCode::OK).await,
+        CancelOutcome::AlreadyTerminal(job) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "job_already_finished",
+            format!(
+                "the job already ended as {}; it can no longer be canceled",
+                job.status
+            ),
+        )),
+        CancelOutcome::NotFound => Err(job_not_found()),
+    }
+}
+
+/// An output by index, for the owning tenant only: redirects to a fresh download URL.
+pub async fn output(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let job = state
+        .ledger
+        .get_job(&tenant, parse_id(&id)?)
+        .await?
+        .ok_or_else(job_not_found)?;
+    let output = index
+        .parse::<u32>()
+        .ok()
+        .and_then(|i| job.outputs.iter().find(|o| o.index == i))
+        .ok_or_else(|| {
+            Problem::not_found("output_not_found", "the job has no output with this index")
+        })?;
+    if output.deleted_at.is_some() || output.expires_at <= Utc::now() {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "output_expired",
+            "the output has expired and was deleted",
+        ));
+    }
+    let url = state
+        .store
+        .presign_get(&output.object_key, output.expires_at)
+        .await?;
+    Ok(Redirect::to(url.as_str()).into_response())
+}
+
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let filter = parse_filter(&params)?;
+    let mut page_filter = filter.clone();
+    page_filter.limit = filter.limit + 1;
+    let mut jobs = state.ledger.list_jobs(&tenant, &page_filter).await?;
+    let has_more = jobs.len() > filter.limit as usize;
+    jobs.truncate(filter.limit as usize);
+    let mut data = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        data.push(render(&state, job).await?);
+    }
+    let next_cursor = if has_more {
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "next_cursor": next_cursor,
+    }))
+    .into_response())
+}
+
+fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
+    let bad = |field: &str, detail: String| {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail).with_field(field)
+    };
+    let time = |field: &str, raw: &str| {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                bad(
+                    field,
+                    format!("{field} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+                )
+            })
+    };
+    let mut filter = JobFilter {
+        limit: DEFAULT_PAGE,
+        ..JobFilter::default()
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "status" => {
+                for s in value.split(',').filter(|s| !s.is_empty()) {
+                    let status: Status = s.parse().map_err(|e: String| bad("status", e))?;
+                    filter.statuses.push(status);
+                }
+            }
+            "model" => filter.model = Some(value.clone()),
+            "created_after" => filter.created_after = Some(time("created_after", value)?),
+            "created_before" => filter.created_before = Some(time("created_before", value)?),
+            "limit" => {
+                filter.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        bad("limit", format!("limit must be between 1 and {MAX_PAGE}"))
+                    })?;
+            }
+            "cursor" => {
+                filter.before =
+                    Some(value.parse().map_err(|_| {
+                        bad("cursor", "cursor is not one this server issued".into())
+                    })?);
+            }
+            other => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_parameter",
+                    format!("'{other}' is not a filter of this list"),
+                )
+                .with_field(other))
+            }
+        }
+    }
+    Ok(filter)
+}

@@ -1,0 +1,305 @@
+//! The job and what hangs off it. `Status` is the closed state machine of invariant 2:
+//! `queued → running → succeeded | failed | canceled`, plus `running → queued` for a scheduled
+//! retry or a rescue, and `queued → canceled`. Terminal states never change; the ledger enforces
+//! that with compare-and-set, and `Status::can_become` documents the legal edges.
+
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// A job's id: a UUIDv7, so ids sort by creation time and make a natural pagination cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// The tenant an API key belongs to. Every ledger read and write is scoped by it (invariant 5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(pub String);
+
+impl TenantId {
+    /// Tenant names are short identifiers: they appear in logs and key listings.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if valid {
+            Ok(TenantId(s.to_owned()))
+        } else {
+            Err("a tenant is 1 to 64 characters of letters, digits, '-', '_' or '.'".into())
+        }
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Committed and waiting for a worker (possibly not before `run_after`, for a retry).
+    Queued,
+    /// Claimed by a worker that holds a lease on it.
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Canceled)
+    }
+
+    /// The legal edges of the state machine. The ledger's compare-and-set statements only ever
+    /// write edges listed here; the unit test below pins the list.
+    pub fn can_become(self, next: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Queued, Running)
+                | (Queued, Canceled)
+                | (Queued, Failed)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Canceled)
+                | (Running, Queued)
+        )
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status '{s}'"))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stable, machine-readable error code plus a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorInfo {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// Failed and will be retried (or fell through to the job's failure if none are left).
+    Failed,
+    /// Stopped because the job was canceled.
+    Canceled,
+    /// The worker lost its lease or died; the attempt's result, if any, was never committed.
+    Lost,
+    /// The worker was shutting down and released the job for another worker.
+    Released,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Canceled => "canceled",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Released => "released",
+        }
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Canceled,
+            AttemptOutcome::Lost,
+            AttemptOutcome::Released,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .ok_or_else(|| format!("unknown attempt outcome '{s}'"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    /// Stable id of this attempt; upstream calls carry it for idempotency.
+    pub id: String,
+    pub route: String,
+    pub worker: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub outcome: Option<AttemptOutcome>,
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Output {
+    pub index: u32,
+    pub object_key: String,
+    pub content_type: String,
+    pub bytes: u64,
+    pub expires_at: Timestamp,
+    /// Set once the janitor has deleted the object.
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// An output a worker has stored and now commits with the job's success.
+#[derive(Debug, Clone)]
+pub struct NewOutput {
+    pub index: u32,
+    pub object_key: String,
+    pub content_type: String,
+    pub bytes: u64,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub model: String,
+    pub input: serde_json::Value,
+    pub status: Status,
+    pub error: Option<ErrorInfo>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub run_after: Timestamp,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
+    pub attempt_count: u32,
+    pub rescue_count: u32,
+    pub attempts: Vec<Attempt>,
+    pub outputs: Vec<Output>,
+}
+
+impl Job {
+    /// When the job's outputs stop being downloadable: the latest output expiry.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.outputs.iter().map(|o| o.expires_at).max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_have_no_exits() {
+        for from in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in Status::ALL {
+                assert!(!from.can_become(to), "{from} must not become {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_machine_is_exactly_the_documented_edges() {
+        let edges: Vec<(Status, Status)> = Status::ALL
+            .into_iter()
+            .flat_map(|a| Status::ALL.into_iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.can_become(*b))
+            .collect();
+        use Status::*;
+        assert_eq!(
+            edges,
+            vec![
+                (Queued, Running),
+                (Queued, Failed),
+                (Queued, Canceled),
+                (Running, Queued),
+                (Running, Succeeded),
+                (Running, Failed),
+                (Running, Canceled),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_round_trips_through_text() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
+        }
+        assert!("done".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn tenant_names_are_restricted() {
+        assert!(TenantId::parse("acme-prod").is_ok());
+        assert!(TenantId::parse("").is_err());
+        assert!(TenantId::parse("a b").is_err());
+        assert!(TenantId::parse(&"x".repeat(65)).is_err());
+    }
+}

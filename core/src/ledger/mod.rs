@@ -1,0 +1,185 @@
+//! The `Ledger`: Kiln's source of truth (invariant 1). Every state change is a compare-and-set on
+//! the job row (invariant 2) and is written with its audit record in one transaction. Worker-side
+//! writes are fenced by the lease token taken at claim time (invariant 3): a worker whose lease
+//! was taken over, or whose job was canceled, cannot commit anything.
+//!
+//! The trait is the seam between the domain and its storage engines: SQLite for the embedded
+//! default here, Postgres for production beside it. Both implement the same contract tests.
+
+mod sqlite;
+
+pub use sqlite::SqliteLedger;
+
+use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Status, TenantId};
+use crate::keys::MintedKey;
+use crate::time::Timestamp;
+use async_trait::async_trait;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL '{0}': expected sqlite://")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub model: String,
+    pub input: serde_json::Value,
+}
+
+/// Filters of `GET /v1/jobs`. Jobs come newest first; `before` is the cursor (an id from the
+/// previous page), which works because job ids are time-ordered UUIDv7.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub statuses: Vec<Status>,
+    pub model: Option<String>,
+    pub created_after: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// What a worker holds while it runs a job: the id and the token that fences its writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: String,
+    pub attempt_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job: Job,
+    pub lease: Lease,
+    pub attempt_number: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Canceled(Job),
+    AlreadyTerminal(Job),
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescue {
+    /// The job went back to `queued`; it must be rung.
+    Requeued(JobId),
+    /// The job had been rescued too often and is now `failed`.
+    GaveUp(JobId),
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub prefix: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredOutput {
+    pub job_id: JobId,
+    pub index: u32,
+    pub object_key: String,
+}
+
+/// One row of a job's transition history.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub from: Option<Status>,
+    pub to: Status,
+    pub reason: Option<String>,
+    pub at: Timestamp,
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    // --- API keys -------------------------------------------------------------------------
+    async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord>;
+    /// The tenant of a live (not revoked) key, by the key's hash.
+    async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes by id or by display prefix; returns how many keys were revoked.
+    async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64>;
+    async fn count_api_keys(&self) -> Result<u64>;
+
+    // --- the api's side ---------------------------------------------------------------------
+    async fn insert_job(&self, job: NewJob) -> Result<Job>;
+    async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>>;
+    async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>>;
+    /// `queued|running → canceled`. A running job's worker notices at its next lease renewal.
+    async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome>;
+    /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
+    async fn mark_rung(&self, id: JobId) -> Result<()>;
+
+    // --- the worker's side --------------------------------------------------------------------
+    /// `queued → running` if the job is queued and due; takes a lease for `lease_for` and opens
+    /// the next attempt in the same transaction. `None` when someone else has it, it is not
+    /// due yet, or it is gone.
+    async fn claim(
+        &self,
+        id: JobId,
+        worker: &str,
+        route: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>>;
+    /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
+    async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool>;
+    /// `running → succeeded` with the outputs, fenced by the lease.
+    async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool>;
+    /// `running → failed`, fenced by the lease.
+    async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool>;
+    /// `running → queued` not before `run_after`, recording the attempt's error.
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &ErrorInfo,
+        run_after: Timestamp,
+    ) -> Result<bool>;
+    /// `running → queued` at once without blaming the job (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+    /// Closes an attempt that ended without a transition of ours (canceled or lease lost).
+    async fn close_attempt(
+        &self,
+        lease: &Lease,
+        outcome: AttemptOutcome,
+        error: Option<&ErrorInfo>,
+    ) -> Result<()>;
+    /// Unscoped read, for workers and operators.
+    async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
+    async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
+
+    // --- the reconciler's and janitor's side --------------------------------------------------
+    /// Running jobs whose lease expired go back to `queued` (counting a rescue), or to `failed`
+    /// once they have been rescued `max_rescues` times.
+    async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>>;
+    /// Queued jobs that are due and were last rung before `rung_before`.
+    async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>>;
+    async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;
+    async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
+}
+
+/// Opens the ledger a database URL names and brings its schema up to date.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Ledger>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
+    } else {
+        Err(LedgerError::UnsupportedUrl(url.to_owned()))
+    }
+}

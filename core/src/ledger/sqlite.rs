@@ -1,0 +1,772 @@
+//! The SQLite ledger of the embedded default. One file in WAL mode; every write transaction starts
+//! with `BEGIN IMMEDIATE` so that it takes the write lock up front and waits on `busy_timeout`
+//! instead of failing on a read-to-write upgrade. Times are Unix milliseconds.
+
+use super::*;
+use crate::job::{Attempt, Output};
+use crate::time::{from_millis, now, to_millis};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+pub struct SqliteLedger {
+    pool: SqlitePool,
+}
+
+const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
+    started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count";
+
+impl SqliteLedger {
+    /// Opens (creating if missing) the database at `url` and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable across process crashes (only an OS crash can lose the
+            // last transactions), which is the fault model of the embedded default.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteLedger { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn load_job(&self, row: SqliteRow) -> Result<Job> {
+        let mut job = job_from_row(&row)?;
+        let id = job.id.to_string();
+        job.attempts = sqlx::query(
+            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message \
+             FROM attempts WHERE job_id = ? ORDER BY number",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<_>>()?;
+        job.outputs = sqlx::query(
+            "SELECT idx, object_key, content_type, bytes, expires_at, deleted_at \
+             FROM outputs WHERE job_id = ? ORDER BY idx",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Output {
+                index: r.try_get::<i64, _>("idx")? as u32,
+                object_key: r.try_get("object_key")?,
+                content_type: r.try_get("content_type")?,
+                bytes: r.try_get::<i64, _>("bytes")? as u64,
+                expires_at: from_millis(r.try_get("expires_at")?),
+                deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_millis),
+            })
+        })
+        .collect::<Result<_>>()?;
+        Ok(job)
+    }
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let input: String = row.try_get("input")?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    Ok(Job {
+        id: id
+            .parse()
+            .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?,
+        tenant: TenantId(row.try_get("tenant")?),
+        model: row.try_get("model")?,
+        input: serde_json::from_str(&input)
+            .map_err(|e| LedgerError::Corrupt(format!("job {id} input: {e}")))?,
+        status: status.parse().map_err(LedgerError::Corrupt)?,
+        error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
+        created_at: from_millis(row.try_get("created_at")?),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")?
+            .map(from_millis),
+        completed_at: row
+            .try_get::<Option<i64>, _>("completed_at")?
+            .map(from_millis),
+        run_after: from_millis(row.try_get("run_after")?),
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(from_millis),
+        attempt_count: row.try_get::<i64, _>("attempt_count")? as u32,
+        rescue_count: row.try_get::<i64, _>("rescue_count")? as u32,
+        attempts: vec![],
+        outputs: vec![],
+    })
+}
+
+fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
+    let code: Option<String> = r.try_get("error_code")?;
+    let message: Option<String> = r.try_get("error_message")?;
+    Ok(Attempt {
+        number: r.try_get::<i64, _>("number")? as u32,
+        id: r.try_get("id")?,
+        route: r.try_get("route")?,
+        worker: r.try_get("worker")?,
+        started_at: from_millis(r.try_get("started_at")?),
+        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(from_millis),
+        outcome: r
+            .try_get::<Option<String>, _>("outcome")?
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(LedgerError::Corrupt)?,
+        error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+    })
+}
+
+fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        tenant: TenantId(r.try_get("tenant")?),
+        prefix: r.try_get("prefix")?,
+        created_at: from_millis(r.try_get("created_at")?),
+        revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+    })
+}
+
+async fn record_transition(
+    tx: &mut Transaction<'static, Sqlite>,
+    job_id: &str,
+    from: Option<Status>,
+    to: Status,
+    reason: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(job_id)
+    .bind(from.map(Status::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn finish_attempt(
+    tx: &mut Transaction<'static, Sqlite>,
+    attempt_id: &str,
+    outcome: AttemptOutcome,
+    error: Option<&ErrorInfo>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE attempts SET finished_at = ?, outcome = ?, error_code = ?, error_message = ? \
+         WHERE id = ? AND finished_at IS NULL",
+    )
+    .bind(at)
+    .bind(outcome.as_str())
+    .bind(error.map(|e| e.code.as_str()))
+    .bind(error.map(|e| e.message.as_str()))
+    .bind(attempt_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The fenced `running → to` transition shared by succeed, fail, retry and release. Returns
+/// whether the compare-and-set won; on a loss nothing is written.
+#[allow(clippy::too_many_arguments)]
+async fn leave_running(
+    tx: &mut Transaction<'static, Sqlite>,
+    lease: &Lease,
+    to: Status,
+    error: Option<&ErrorInfo>,
+    run_after: Option<i64>,
+    outcome: AttemptOutcome,
+    at: i64,
+) -> Result<bool> {
+    debug_assert!(Status::Running.can_become(to));
+    let id = lease.job_id.to_string();
+    let completed_at = to.is_terminal().then_some(at);
+    let changed = sqlx::query(
+        "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, completed_at = ?, \
+             run_after = COALESCE(?, run_after), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND status = 'running' AND lease_token = ?",
+    )
+    .bind(to.as_str())
+    .bind(error.filter(|_| to.is_terminal()).map(|e| e.code.as_str()))
+    .bind(error.filter(|_| to.is_terminal()).map(|e| e.message.as_str()))
+    .bind(completed_at)
+    .bind(run_after)
+    .bind(&id)
+    .bind(&lease.token)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    finish_attempt(tx, &lease.attempt_id, outcome, error, at).await?;
+    let reason = error.map(|e| e.code.as_str()).or(match outcome {
+        AttemptOutcome::Released => Some("released"),
+        _ => None,
+    });
+    record_transition(tx, &id, Some(Status::Running), to, reason, at).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord> {
+        let record = ApiKeyRecord {
+            id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            tenant: tenant.clone(),
+            prefix: key.display_prefix.clone(),
+            created_at: now(),
+            revoked_at: None,
+        };
+        sqlx::query("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&record.id)
+            .bind(&tenant.0)
+            .bind(&key.hash)
+            .bind(&record.prefix)
+            .bind(to_millis(record.created_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(record)
+    }
+
+    async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>> {
+        let tenant: Option<String> = sqlx::query_scalar(
+            "SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(tenant.map(TenantId))
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        sqlx::query("SELECT id, tenant, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(key_from_row)
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE (id = ? OR prefix = ?) AND revoked_at IS NULL",
+        )
+        .bind(to_millis(now()))
+        .bind(id_or_prefix)
+        .bind(id_or_prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn count_api_keys(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn insert_job(&self, job: NewJob) -> Result<Job> {
+        let at = to_millis(now());
+        let id = job.id.to_string();
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&job.tenant.0)
+        .bind(&job.model)
+        .bind(job.input.to_string())
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        record_transition(&mut tx, &id, None, Status::Queued, None, at).await?;
+        tx.commit().await?;
+        Ok(self
+            .job_by_id(job.id)
+            .await?
+            .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after insert")))?)
+    }
+
+    async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?"
+        ))
+        .bind(id.to_string())
+        .bind(&tenant.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.load_job(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?");
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+        }
+        if filter.model.is_some() {
+            sql.push_str(" AND model = ?");
+        }
+        if filter.created_after.is_some() {
+            sql.push_str(" AND created_at >= ?");
+        }
+        if filter.created_before.is_some() {
+            sql.push_str(" AND created_at < ?");
+        }
+        if filter.before.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql).bind(&tenant.0);
+        for s in &filter.statuses {
+            query = query.bind(s.as_str());
+        }
+        if let Some(m) = &filter.model {
+            query = query.bind(m);
+        }
+        if let Some(t) = filter.created_after {
+            query = query.bind(to_millis(t));
+        }
+        if let Some(t) = filter.created_before {
+            query = query.bind(to_millis(t));
+        }
+        if let Some(b) = filter.before {
+            query = query.bind(b.to_string());
+        }
+        let rows = query
+            .bind(filter.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            jobs.push(self.load_job(row).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome> {
+        let at = to_millis(now());
+        let sid = id.to_string();
+        let mut tx = self.write_tx().await?;
+        let from: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
+                 error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND tenant = ? AND status IN ('queued', 'running') \
+             RETURNING (SELECT status FROM jobs WHERE id = ?)",
+        )
+        .bind(at)
+        .bind(&sid)
+        .bind(&tenant.0)
+        .bind(&sid)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(from) = from {
+            let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
+            record_transition(
+                &mut tx,
+                &sid,
+                Some(from),
+                Status::Canceled,
+                Some("canceled"),
+                at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(match self.get_job(tenant, id).await? {
+            None => CancelOutcome::NotFound,
+            Some(job) if job.status == Status::Canceled => CancelOutcome::Canceled(job),
+            Some(job) => CancelOutcome::AlreadyTerminal(job),
+        })
+    }
+
+    async fn mark_rung(&self, id: JobId) -> Result<()> {
+        sqlx::query("UPDATE jobs SET rung_at = ? WHERE id = ?")
+            .bind(to_millis(now()))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        id: JobId,
+        worker: &str,
+        route: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>> {
+        let at = to_millis(now());
+        let sid = id.to_string();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut tx = self.write_tx().await?;
+        let number: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
+                 lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
+             WHERE id = ? AND status = 'queued' AND run_after <= ? \
+             RETURNING attempt_count",
+        )
+        .bind(at)
+        .bind(worker)
+        .bind(&token)
+        .bind(at + lease_for.as_millis() as i64)
+        .bind(&sid)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(number) = number else {
+            return Ok(None);
+        };
+        // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
+        let attempt_id = format!("{sid}-{number}");
+        sqlx::query(
+            "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&sid)
+        .bind(number)
+        .bind(&attempt_id)
+        .bind(route)
+        .bind(worker)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        record_transition(
+            &mut tx,
+            &sid,
+            Some(Status::Queued),
+            Status::Running,
+            None,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        let job = self
+            .job_by_id(id)
+            .await?
+            .ok_or_else(|| LedgerError::Corrupt(format!("job {sid} vanished after claim")))?;
+        Ok(Some(Claim {
+            job,
+            lease: Lease {
+                job_id: id,
+                token,
+                attempt_id,
+            },
+            attempt_number: number as u32,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
+        let until = to_millis(now()) + lease_for.as_millis() as i64;
+        let changed = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
+        )
+        .bind(until)
+        .bind(lease.job_id.to_string())
+        .bind(&lease.token)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        if !leave_running(
+            &mut tx,
+            lease,
+            Status::Succeeded,
+            None,
+            None,
+            AttemptOutcome::Succeeded,
+            at,
+        )
+        .await?
+        {
+            return Ok(false);
+        }
+        for o in outputs {
+            sqlx::query(
+                "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(lease.job_id.to_string())
+            .bind(o.index as i64)
+            .bind(&o.object_key)
+            .bind(&o.content_type)
+            .bind(o.bytes as i64)
+            .bind(to_millis(o.expires_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Failed,
+            Some(error),
+            None,
+            AttemptOutcome::Failed,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &ErrorInfo,
+        run_after: Timestamp,
+    ) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Queued,
+            Some(error),
+            Some(to_millis(run_after)),
+            AttemptOutcome::Failed,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Queued,
+            None,
+            Some(at),
+            AttemptOutcome::Released,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn close_attempt(
+        &self,
+        lease: &Lease,
+        outcome: AttemptOutcome,
+        error: Option<&ErrorInfo>,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        finish_attempt(&mut tx, &lease.attempt_id, outcome, error, to_millis(now())).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.load_job(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
+        sqlx::query("SELECT from_status, to_status, reason, at FROM job_transitions WHERE job_id = ? ORDER BY seq")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Transition {
+                    from: r
+                        .try_get::<Option<String>, _>("from_status")?
+                        .map(|s| s.parse())
+                        .transpose()
+                        .map_err(LedgerError::Corrupt)?,
+                    to: r.try_get::<String, _>("to_status")?.parse().map_err(LedgerError::Corrupt)?,
+                    reason: r.try_get("reason")?,
+                    at: from_millis(r.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let expired = sqlx::query(
+            "SELECT id, lease_token, rescue_count FROM jobs \
+             WHERE status = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
+        )
+        .bind(at)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rescues = Vec::with_capacity(expired.len());
+        for row in expired {
+            let sid: String = row.try_get("id")?;
+            let token: String = row.try_get("lease_token")?;
+            let rescued: i64 = row.try_get("rescue_count")?;
+            let job_id: JobId = sid.parse().map_err(|_| LedgerError::Corrupt(sid.clone()))?;
+            let lost = ErrorInfo::new(
+                "worker_lost",
+                "the worker running this attempt stopped renewing its lease",
+            );
+            sqlx::query(
+                "UPDATE attempts SET finished_at = ?, outcome = 'lost', error_code = ?, error_message = ? \
+                 WHERE job_id = ? AND finished_at IS NULL",
+            )
+            .bind(at)
+            .bind(&lost.code)
+            .bind(&lost.message)
+            .bind(&sid)
+            .execute(&mut *tx)
+            .await?;
+            if rescued as u32 >= max_rescues {
+                let message = format!(
+                    "the job's worker was lost {} times (the rescue limit is {max_rescues}); it was not run again",
+                    rescued + 1
+                );
+                sqlx::query(
+                    "UPDATE jobs SET status = 'failed', error_code = 'rescue_limit_exceeded', error_message = ?, \
+                         completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                     WHERE id = ? AND status = 'running' AND lease_token = ?",
+                )
+                .bind(&message)
+                .bind(at)
+                .bind(&sid)
+                .bind(&token)
+                .execute(&mut *tx)
+                .await?;
+                record_transition(
+                    &mut tx,
+                    &sid,
+                    Some(Status::Running),
+                    Status::Failed,
+                    Some("rescue_limit_exceeded"),
+                    at,
+                )
+                .await?;
+                rescues.push(Rescue::GaveUp(job_id));
+            } else {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', rescue_count = rescue_count + 1, run_after = ?, rung_at = ?, \
+                         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                     WHERE id = ? AND status = 'running' AND lease_token = ?",
+                )
+                .bind(at)
+                .bind(at)
+                .bind(&sid)
+                .bind(&token)
+                .execute(&mut *tx)
+                .await?;
+                record_transition(
+                    &mut tx,
+                    &sid,
+                    Some(Status::Running),
+                    Status::Queued,
+                    Some("rescued"),
+                    at,
+                )
+                .await?;
+                rescues.push(Rescue::Requeued(job_id));
+            }
+        }
+        tx.commit().await?;
+        Ok(rescues)
+    }
+
+    async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ? AND rung_at < ? ORDER BY run_after LIMIT ?",
+        )
+        .bind(to_millis(now()))
+        .bind(to_millis(rung_before))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.into_iter()
+            .map(|s| s.parse().map_err(|_| LedgerError::Corrupt(s)))
+            .collect()
+    }
+
+    async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>> {
+        sqlx::query(
+            "SELECT job_id, idx, object_key FROM outputs WHERE deleted_at IS NULL AND expires_at <= ? \
+             ORDER BY expires_at LIMIT ?",
+        )
+        .bind(to_millis(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let sid: String = r.try_get("job_id")?;
+            Ok(ExpiredOutput {
+                job_id: sid.parse().map_err(|_| LedgerError::Corrupt(sid.clone()))?,
+                index: r.try_get::<i64, _>("idx")? as u32,
+                object_key: r.try_get("object_key")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()> {
+        sqlx::query(
+            "UPDATE outputs SET deleted_at = ? WHERE job_id = ? AND idx = ? AND deleted_at IS NULL",
+        )
+        .bind(to_millis(now()))
+        .bind(job_id.to_string())
+        .bind(index as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! `kiln-core` is Kiln's domain: jobs, their closed set of states, attempts and outputs; the
+//! `Ledger` trait that is the single source of truth for all of them (with its SQLite
+//! implementation); API keys; the model catalog that validates inputs; and the dispatch doorbell.
+//! Everything above this crate (api, worker) speaks these types, so a value is parsed once at the
+//! edge and trusted afterwards.
+
+pub mod catalog;
+pub mod dispatch;
+pub mod job;
+pub mod keys;
+pub mod ledger;
+pub mod time;
+
+pub use job::{
+    Attempt, AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Output, Status, TenantId,
+};
+pub use ledger::{Ledger, LedgerError};

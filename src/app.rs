@@ -1,0 +1,219 @@
+//! Wiring. `start` opens the ledger, the store and the doorbell the configuration names, then
+//! starts the api, the worker, or both (`kiln serve`), and returns a handle that shuts them down
+//! gracefully. The embedded default needs nothing but a data directory: SQLite, the in-process
+//! doorbell, a local output directory, and a signing key generated on first start.
+
+use crate::config::Config;
+use anyhow::Context;
+use kiln_core::catalog::Catalog;
+use kiln_core::dispatch::{self, Doorbell};
+use kiln_core::{keys, Ledger, TenantId};
+use kiln_storage::{LocalStore, ObjectStore, UrlSigner};
+use kiln_webhooks::{SafeClient, SsrfPolicy};
+use kiln_worker::executor::ExecutorConfig;
+use kiln_worker::inputs::InputResolver;
+use kiln_worker::{WorkerHandle, WorkerRuntime, WorkerSettings};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+}
+
+pub struct Running {
+    /// Where the api listens (when it runs).
+    pub addr: Option<SocketAddr>,
+    pub public_url: Url,
+    pub ledger: Arc<dyn Ledger>,
+    stop_api: CancellationToken,
+    api: Option<JoinHandle<std::io::Result<()>>>,
+    worker: Option<WorkerHandle>,
+}
+
+impl Running {
+    /// Graceful shutdown: the api stops accepting and finishes its requests; the worker stops
+    /// claiming, lets running jobs finish within the grace period and releases the rest.
+    pub async fn shutdown(self) {
+        self.stop_api.cancel();
+        if let Some(worker) = self.worker {
+            worker.shutdown().await;
+        }
+        if let Some(api) = self.api {
+            let _ = api.await;
+        }
+    }
+}
+
+/// Opens the ledger named by the configuration (creating the data directory if needed).
+pub async fn open_ledger(config: &Config) -> anyhow::Result<Arc<dyn Ledger>> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    kiln_core::ledger::connect(&config.database_url())
+        .await
+        .context("cannot open the ledger")
+}
+
+/// The signing key for download URLs: configured, or generated once into the data directory.
+fn signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.signing_secret {
+        return Ok(secret.expose().as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("signing.key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().as_bytes().to_vec());
+    }
+    let fresh = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, &fresh)?;
+    Ok(fresh.into_bytes())
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// On an empty ledger, `kiln serve` mints a first key so a newcomer can call the api at once.
+/// Returns the key and where it was saved.
+pub async fn bootstrap_key(
+    ledger: &dyn Ledger,
+    data_dir: &Path,
+) -> anyhow::Result<Option<(String, std::path::PathBuf)>> {
+    if ledger.count_api_keys().await? > 0 {
+        return Ok(None);
+    }
+    let minted = keys::mint();
+    let tenant = TenantId::parse("default").expect("a valid tenant name");
+    ledger.insert_api_key(&tenant, &minted).await?;
+    let path = data_dir.join("api-key");
+    write_private(&path, &format!("{}\n", minted.plaintext))?;
+    Ok(Some((minted.plaintext, path)))
+}
+
+fn worker_identity(config: &Config) -> String {
+    config
+        .worker
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("kiln-{}-{:04x}", std::process::id(), rand::random::<u16>()))
+}
+
+/// Starts the roles asked for and returns once the api is listening.
+pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
+    let ledger = open_ledger(config).await?;
+    let listener = if roles.api {
+        Some(
+            tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?,
+        )
+    } else {
+        None
+    };
+    let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let public_url = match (&config.public_url, addr) {
+        (Some(url), _) => url.clone(),
+        (None, Some(addr)) if !addr.ip().is_unspecified() => {
+            Url::parse(&format!("http://{addr}/"))?
+        }
+        (None, Some(addr)) => Url::parse(&format!("http://127.0.0.1:{}/", addr.port()))?,
+        (None, None) => Url::parse(&format!("http://{}/", config.listen))?,
+    };
+
+    let local = Arc::new(LocalStore::new(
+        config.data_dir.join("outputs"),
+        public_url.clone(),
+        UrlSigner::new(signing_secret(config)?),
+    ));
+    let store: Arc<dyn ObjectStore> = local.clone();
+    let (doorbell, backend) = dispatch::in_process();
+    let doorbell: Arc<dyn Doorbell> = Arc::new(doorbell);
+    let catalog = Catalog::new(config.demo.allow_crash);
+    let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
+
+    let worker = if roles.worker {
+        let runtime = WorkerRuntime {
+            ledger: ledger.clone(),
+            doorbell: doorbell.clone(),
+            store: store.clone(),
+            inputs: InputResolver::new(
+                store.clone(),
+                Some(local.clone()),
+                SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
+                config.outputs.max_input_bytes,
+            ),
+            catalog: catalog.clone(),
+            executor: ExecutorConfig {
+                identity: worker_identity(config),
+                lease: config.worker.lease,
+                heartbeat: config.worker.heartbeat,
+                max_attempts: config.worker.max_attempts,
+                retry_base: config.worker.retry_base,
+                retry_max: config.worker.retry_max,
+                output_ttl: config.outputs.ttl,
+            },
+            settings: WorkerSettings {
+                concurrency: config.worker.concurrency,
+                shutdown_timeout: config.worker.shutdown_timeout,
+                reconcile_interval: config.worker.reconcile_interval,
+                ring_stale_after: config.worker.ring_stale_after,
+                max_rescues: config.worker.max_rescues,
+                janitor_interval: config.outputs.janitor_interval,
+            },
+        };
+        Some(runtime.start(backend))
+    } else {
+        None
+    };
+
+    let stop_api = CancellationToken::new();
+    let api = listener.map(|listener| {
+        let state = Arc::new(kiln_api::ApiState {
+            ledger: ledger.clone(),
+            doorbell: doorbell.clone(),
+            store: store.clone(),
+            local: Some(local.clone()),
+            catalog,
+            ssrf,
+            max_body_bytes: config.max_body_bytes,
+            poll_hint: config.poll_hint,
+        });
+        let app = kiln_api::router(state);
+        let stop = stop_api.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
+
+    Ok(Running {
+        addr,
+        public_url,
+        ledger,
+        stop_api,
+        api,
+        worker,
+    })
+}

@@ -1,0 +1,308 @@
+//! Kiln's configuration: one typed struct, loaded from defaults, then an optional `kiln.toml`,
+//! then `KILN_*` environment variables (nested keys with `__`, e.g. `KILN_WORKER__CONCURRENCY`),
+//! then command-line flags. It is validated once at start with messages that name the setting.
+//! Secrets are wrapped in `Secret`, whose `Debug` never shows the value.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+/// A value that must never reach a log.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the api listens on.
+    pub listen: SocketAddr,
+    /// Home of the embedded default: the SQLite ledger, outputs, the local signing key.
+    pub data_dir: PathBuf,
+    /// How clients reach this api (download URLs are built from it). Default: the listen address.
+    pub public_url: Option<Url>,
+    /// `sqlite://PATH`. Default: `sqlite://{data_dir}/kiln.db`.
+    pub database_url: Option<Secret>,
+    /// Key for signed download URLs. Default: generated once into `{data_dir}/signing.key`.
+    pub signing_secret: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// `Retry-After` hint on unfinished jobs.
+    #[serde(with = "humantime_serde")]
+    pub poll_hint: Duration,
+    pub worker: WorkerConfig,
+    pub outputs: OutputsConfig,
+    pub demo: DemoConfig,
+    pub ssrf: SsrfConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs one worker process runs at once.
+    pub concurrency: usize,
+    /// How long a claim holds a job without renewal before the reconciler may rescue it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often a running job's lease is renewed; also how soon a cancel is noticed.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Attempts per job for transient failures (the first run included).
+    pub max_attempts: u32,
+    /// Times a job may be rescued from a lost worker before it fails.
+    pub max_rescues: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Grace period on SIGTERM before running jobs are released to other workers.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// A queued, due job not rung for this long is rung again.
+    #[serde(with = "humantime_serde")]
+    pub ring_stale_after: Duration,
+    /// Worker identity recorded on leases and attempts. Default: derived from the process.
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// How long outputs are kept.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub janitor_interval: Duration,
+    /// Largest input file a worker downloads.
+    pub max_input_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Lets demo inputs ask the worker process to abort (fault tests only).
+    pub allow_crash: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsrfConfig {
+    /// Private ranges that input and webhook URLs may reach anyway (local development).
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            data_dir: PathBuf::from("./kiln-data"),
+            public_url: None,
+            database_url: None,
+            signing_secret: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            poll_hint: Duration::from_secs(1),
+            worker: WorkerConfig::default(),
+            outputs: OutputsConfig::default(),
+            demo: DemoConfig::default(),
+            ssrf: SsrfConfig::default(),
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            max_attempts: 3,
+            max_rescues: 3,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(5),
+            ring_stale_after: Duration::from_secs(30),
+            identity: None,
+        }
+    }
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            janitor_interval: Duration::from_secs(60),
+            max_input_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// defaults → `config_file` (or `./kiln.toml` if present) → `KILN_*` → flags, then validate.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match config_file {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.exists(),
+                    "the configuration file {} does not exist",
+                    path.display()
+                );
+                figment = figment.merge(Toml::file(path));
+            }
+            None if Path::new("kiln.toml").exists() => {
+                figment = figment.merge(Toml::file("kiln.toml"))
+            }
+            None => {}
+        }
+        figment = figment.merge(
+            Env::prefixed("KILN_")
+                .ignore(&["config", "log"])
+                .split("__"),
+        );
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("listen", listen));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let w = &self.worker;
+        anyhow::ensure!(w.concurrency >= 1, "worker.concurrency must be at least 1");
+        anyhow::ensure!(
+            w.max_attempts >= 1,
+            "worker.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(!w.lease.is_zero(), "worker.lease must be longer than zero");
+        anyhow::ensure!(
+            !w.heartbeat.is_zero() && w.heartbeat < w.lease,
+            "worker.heartbeat ({:?}) must be shorter than worker.lease ({:?})",
+            w.heartbeat,
+            w.lease
+        );
+        anyhow::ensure!(
+            !w.reconcile_interval.is_zero(),
+            "worker.reconcile_interval must be longer than zero"
+        );
+        anyhow::ensure!(
+            !self.outputs.janitor_interval.is_zero(),
+            "outputs.janitor_interval must be longer than zero"
+        );
+        anyhow::ensure!(
+            !self.outputs.ttl.is_zero(),
+            "outputs.ttl must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.max_body_bytes >= 1024,
+            "max_body_bytes must be at least 1024"
+        );
+        if let Some(url) = &self.public_url {
+            anyhow::ensure!(
+                matches!(url.scheme(), "http" | "https"),
+                "public_url must be an http(s) URL"
+            );
+        }
+        if let Some(db) = &self.database_url {
+            anyhow::ensure!(
+                db.expose().starts_with("sqlite:"),
+                "database_url must be a sqlite:// URL (Postgres arrives with the production backends)"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("kiln.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secrets_are_redacted() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.signing_secret = Some(Secret::new("hunter2"));
+        c.database_url = Some(Secret::new("sqlite://secret-path.db"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("secret-path"));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config::default();
+        c.worker.heartbeat = c.worker.lease;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("worker.heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn file_then_flags_take_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[worker]\nconcurrency = 7\nlease = \"45s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.worker.concurrency, 7);
+        assert_eq!(c.worker.lease, Duration::from_secs(45));
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            data_dir: None,
+        };
+        assert_eq!(
+            Config::load(Some(&file), &flags).unwrap().listen.port(),
+            9100
+        );
+        std::fs::write(&file, "[worker]\nconcurency = 7\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+    }
+}

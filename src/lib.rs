@@ -1,0 +1,9 @@
+//! The `kiln` binary's library half: configuration loading and the wiring of api, worker,
+//! ledger, doorbell and store into running processes. It is a library so that end-to-end tests
+//! can start the very same wiring in-process on a random port.
+
+pub mod app;
+pub mod config;
+
+pub use app::{start, Roles, Running};
+pub use config::Config;

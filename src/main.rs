@@ -1,0 +1,201 @@
+//! The `kiln` command line: `serve` (api and worker in one process, the embedded default),
+//! `api`, `worker`, `migrate`, and `keys` to manage API keys. Configuration comes from
+//! `--config`/`kiln.toml`, `KILN_*` environment variables and flags (see `config`).
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kiln::app::{self, Roles};
+use kiln::config::{Config, Overrides};
+use kiln_core::{keys, TenantId};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Async media-generation job orchestrator"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Configuration file (default: ./kiln.toml if it exists).
+    #[arg(long, global = true, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address the api listens on [default: 127.0.0.1:8080] (KILN_LISTEN).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Data directory of the embedded default [default: ./kiln-data] (KILN_DATA_DIR).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the api and a worker in one process (the embedded default needs nothing else).
+    Serve,
+    /// Run the api only.
+    Api,
+    /// Run a worker only.
+    Worker,
+    /// Bring the ledger's schema up to date and exit.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant and print it (alone) on stdout. It is shown only this once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List keys (never the keys themselves: only their prefixes).
+    List,
+    /// Revoke a key by its id or prefix.
+    Revoke { key: String },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("kiln: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let overrides = Overrides {
+        listen: cli.common.listen,
+        data_dir: cli.common.data_dir.clone(),
+    };
+    let config = Config::load(cli.common.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve => {
+            serve(
+                &config,
+                Roles {
+                    api: true,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Api => {
+            serve(
+                &config,
+                Roles {
+                    api: true,
+                    worker: false,
+                },
+            )
+            .await
+        }
+        Command::Worker => {
+            serve(
+                &config,
+                Roles {
+                    api: false,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Migrate => {
+            app::open_ledger(&config).await?;
+            eprintln!("kiln: the ledger is up to date");
+            Ok(())
+        }
+        Command::Keys { command } => manage_keys(&config, command).await,
+    }
+}
+
+async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    tracing::debug!(?config, "configuration");
+    let running = app::start(config, roles).await?;
+    if roles.api {
+        if let Some((key, path)) =
+            app::bootstrap_key(running.ledger.as_ref(), &config.data_dir).await?
+        {
+            println!("Created the first API key (tenant 'default'); it is shown only once:");
+            println!("  {key}");
+            println!("Saved for local use in {}", path.display());
+        }
+    }
+    if let Some(addr) = running.addr {
+        println!("kiln listening on http://{addr}");
+    }
+    shutdown_signal().await;
+    eprintln!("kiln: shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let ledger = app::open_ledger(config).await?;
+    match command {
+        KeysCommand::Create { tenant } => {
+            let tenant = TenantId::parse(&tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+            let minted = keys::mint();
+            ledger.insert_api_key(&tenant, &minted).await?;
+            println!("{}", minted.plaintext);
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<40} {:<20} {:<12} {:<25} revoked",
+                "id", "tenant", "prefix", "created"
+            );
+            for k in ledger.list_api_keys().await? {
+                println!(
+                    "{:<40} {:<20} {:<12} {:<25} {}",
+                    k.id,
+                    k.tenant,
+                    k.prefix,
+                    k.created_at.to_rfc3339(),
+                    k.revoked_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let n = ledger.revoke_api_key(&key).await.context("cannot revoke")?;
+            anyhow::ensure!(n > 0, "no live key has the id or prefix '{key}'");
+            eprintln!("kiln: revoked {n} key(s)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The end-to-end harness. `Kiln::start` runs the real wiring (`kiln::start`) in-process on a
+//! random loopback port with its own temporary data directory; `KilnProcess` runs the real binary
+//! for the fault tests that kill it. Nothing is shared between tests. Waiting is done by polling
+//! the api (its documented contract) against a deadline, never by sleeping a fixed time.
+#![allow(dead_code)]
+
+use kiln::config::Config;
+use kiln::{Roles, Running};
+use kiln_core::{keys, TenantId};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A configuration for tests: fast leases and passes, random port.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    c.worker.lease = Duration::from_secs(2);
+    c.worker.heartbeat = Duration::from_millis(200);
+    c.worker.reconcile_interval = Duration::from_millis(200);
+    c.worker.ring_stale_after = Duration::from_secs(2);
+    c.worker.retry_base = Duration::from_millis(50);
+    c.worker.retry_max = Duration::from_millis(200);
+    c.worker.shutdown_timeout = Duration::from_secs(5);
+    c
+}
+
+pub struct Kiln {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub running: Option<Running>,
+    pub http: reqwest::Client,
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl Kiln {
+    pub async fn start() -> Kiln {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Kiln {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let running = kiln::start(
+            &config,
+            Roles {
+                api: true,
+                worker: true,
+            },
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", running.addr.unwrap());
+        Kiln {
+            base,
+            dir,
+            config,
+            running: Some(running),
+            http: http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Mints a key for `tenant` straight into the ledger.
+    pub async fn key(&self, tenant: &str) -> String {
+        let minted = keys::mint();
+        let ledger = &self.running.as_ref().unwrap().ledger;
+        ledger
+            .insert_api_key(&TenantId::parse(tenant).unwrap(), &minted)
+            .await
+            .unwrap();
+        minted.plaintext
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("kiln.db")
+    }
+}
+
+pub async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: Value,
+) -> reqwest::Response {
+    http.post(format!("{base}/v1/jobs"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Submits and returns the job id, asserting the 202.
+pub async fn submit_ok(http: &reqwest::Client, base: &str, key: &str, body: Value) -> String {
+    let res = submit(http, base, key, body).await;
+    assert_eq!(res.status(), 202, "{:?}", res.text().await);
+    let job: Value = res.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn get_job(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
+    let res = http
+        .get(format!("{base}/v1/jobs/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Polls the job until `done` holds, failing the test at the deadline.
+pub async fn wait_for(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let job = get_job(http, base, key, id).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "job {id} never became {what}: {job:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn is_terminal(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "canceled")
+    )
+}
+
+pub async fn wait_terminal(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
+    wait_for(http, base, key, id, "terminal", is_terminal).await
+}
+
+pub fn image_job(width: u32, height: u32) -> Value {
+    serde_json::json!({"model": "demo/image", "input": {"prompt": "a kiln at dusk", "width": width, "height": height, "seed": 42}})
+}
+
+/// Reads the ledger file directly (read-only), for assertions the api does not expose.
+pub async fn ledger_pool(db: &Path) -> sqlx::SqlitePool {
+    use sqlx::sqlite::SqliteConnectOptions;
+    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    sqlx::SqlitePool::connect_with(options).await.unwrap()
+}
+
+pub async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// The real `kiln` binary, for tests that kill or signal it.
+pub struct KilnProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+pub fn kiln_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiln")
+}
+
+/// Runs `kiln keys create` against `dir` and returns the key.
+pub fn create_key(dir: &Path, tenant: &str) -> String {
+    let out = Command::new(kiln_bin())
+        .args(["keys", "create", "--tenant", tenant, "--data-dir"])
+        .arg(dir)
+        .env("KILN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl KilnProcess {
+    /// Starts `kiln serve` on `dir` with `env` and waits for its listening line.
+    pub fn serve(dir: &Path, env: &[(&str, &str)]) -> KilnProcess {
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("KILN_LOG", "warn")
+            .env("KILN_WORKER__LEASE", "1s")
+            .env("KILN_WORKER__HEARTBEAT", "200ms")
+            .env("KILN_WORKER__RECONCILE_INTERVAL", "200ms")
+            .env("KILN_WORKER__RING_STALE_AFTER", "2s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("kiln exited before it listened")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("kiln listening on ") {
+                break addr.to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        KilnProcess { child, base }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for KilnProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

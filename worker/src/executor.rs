@@ -1,0 +1,332 @@
+//! The executor runs one rung job id to its next state. It claims the job (compare-and-set, with
+//! a lease and a fresh attempt), runs the generator while a heartbeat renews the lease, and
+//! commits the result fenced by the lease token. The heartbeat is also how a worker learns of a
+//! cancel or a takeover: a renewal that no longer matches means the job is not ours, and the
+//! generator is stopped at once. On shutdown past the grace period the job is released, not
+//! failed, so another worker runs it without counting it against the job.
+
+use crate::demo;
+use crate::inputs::InputResolver;
+use crate::provider::{FailureClass, GeneratedOutput, ProviderError};
+use futures::{FutureExt, StreamExt};
+use kiln_core::catalog::{Catalog, ModelInput};
+use kiln_core::dispatch::Doorbell;
+use kiln_core::ledger::{Claim, Lease};
+use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
+use kiln_storage::ObjectStore;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// This process's worker identity, recorded on leases and attempts.
+    pub identity: String,
+    pub lease: Duration,
+    /// How often a running job's lease is renewed (and cancel is noticed).
+    pub heartbeat: Duration,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub output_ttl: Duration,
+}
+
+pub struct Executor {
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) doorbell: Arc<dyn Doorbell>,
+    store: Arc<dyn ObjectStore>,
+    inputs: InputResolver,
+    catalog: Catalog,
+    config: ExecutorConfig,
+    /// Fired when the shutdown grace period is over: running jobs are released.
+    hard_stop: CancellationToken,
+}
+
+enum Ending {
+    Generated(Result<Vec<NewOutput>, ProviderError>),
+    LeaseLost,
+    ShuttingDown,
+}
+
+impl Executor {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        doorbell: Arc<dyn Doorbell>,
+        store: Arc<dyn ObjectStore>,
+        inputs: InputResolver,
+        catalog: Catalog,
+        config: ExecutorConfig,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        Executor {
+            ledger,
+            doorbell,
+            store,
+            inputs,
+            catalog,
+            config,
+            hard_stop,
+        }
+    }
+
+    /// Runs `job_id` if it can be claimed; a ring for a job that is not claimable (already
+    /// running, finished, canceled, not yet due) is a harmless duplicate and does nothing.
+    pub async fn execute(&self, job_id: JobId) -> ExecResult {
+        if self.hard_stop.is_cancelled() {
+            return Ok(());
+        }
+        let Some(claim) = self
+            .ledger
+            .claim(job_id, &self.config.identity, "demo", self.config.lease)
+            .await?
+        else {
+            return Ok(());
+        };
+        tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
+        let lease = claim.lease.clone();
+        let lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.ledger.clone(),
+            lease.clone(),
+            self.config.lease,
+            self.config.heartbeat,
+            lost.clone(),
+        ));
+        // A panic in a generator must not take the worker down with it; it fails the attempt.
+        let work = std::panic::AssertUnwindSafe(self.generate_and_store(&claim))
+            .catch_unwind()
+            .map(|r| {
+                r.unwrap_or_else(|_| {
+                    Err(ProviderError::retry(
+                        "internal_error",
+                        "the generator panicked",
+                    ))
+                })
+            });
+        let ending = tokio::select! {
+            result = work => Ending::Generated(result),
+            _ = lost.cancelled() => Ending::LeaseLost,
+            _ = self.hard_stop.cancelled() => Ending::ShuttingDown,
+        };
+        heartbeat.abort();
+        self.finish(&claim, ending).await
+    }
+
+    async fn finish(&self, claim: &Claim, ending: Ending) -> ExecResult {
+        let lease = &claim.lease;
+        let job_id = lease.job_id;
+        match ending {
+            Ending::Generated(Ok(outputs)) => {
+                if self.ledger.succeed(lease, &outputs).await? {
+                    tracing::info!(job = %job_id, "succeeded");
+                } else {
+                    // Canceled or taken over while we stored: our objects must not outlive it.
+                    self.note_lost_lease(lease).await?;
+                    if self.job_status(job_id).await? == Some(Status::Canceled) {
+                        for o in &outputs {
+                            let _ = self.store.delete(&o.object_key).await;
+                        }
+                    }
+                }
+            }
+            Ending::Generated(Err(failure)) => self.record_failure(claim, failure).await?,
+            Ending::LeaseLost => self.note_lost_lease(lease).await?,
+            Ending::ShuttingDown => {
+                if self.ledger.release(lease).await? {
+                    tracing::info!(job = %job_id, "released at shutdown");
+                    // Another process's reconciler rings it; in-process rings die with us.
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_failure(&self, claim: &Claim, failure: ProviderError) -> ExecResult {
+        let lease = &claim.lease;
+        let retry =
+            failure.class == FailureClass::Retry && claim.attempt_number < self.config.max_attempts;
+        let won = if retry {
+            let delay = self.backoff(claim.attempt_number);
+            let run_after =
+                kiln_core::time::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            let won = self
+                .ledger
+                .retry_later(lease, &failure.error, run_after)
+                .await?;
+            if won {
+                tracing::info!(job = %lease.job_id, code = %failure.error.code, ?delay, "retry scheduled");
+                let doorbell = self.doorbell.clone();
+                let job_id = lease.job_id;
+                // If this process dies first, the reconciler rings the job once it is due.
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = doorbell.ring(job_id).await;
+                });
+            }
+            won
+        } else {
+            let mut error = failure.error.clone();
+            if failure.class == FailureClass::Retry {
+                error.message = format!(
+                    "{} (gave up after {} attempts)",
+                    error.message, claim.attempt_number
+                );
+            }
+            let won = self.ledger.fail(lease, &error).await?;
+            if won {
+                tracing::info!(job = %lease.job_id, code = %error.code, "failed");
+            }
+            won
+        };
+        if !won {
+            self.note_lost_lease(lease).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the attempt of a job that stopped being ours, saying why.
+    async fn note_lost_lease(&self, lease: &Lease) -> ExecResult {
+        let (outcome, error) = match self.job_status(lease.job_id).await? {
+            Some(Status::Canceled) => (
+                AttemptOutcome::Canceled,
+                ErrorInfo::new("canceled", "the job was canceled while this attempt ran"),
+            ),
+            _ => (
+                AttemptOutcome::Lost,
+                ErrorInfo::new("lease_lost", "the worker's lease on the job was taken over"),
+            ),
+        };
+        tracing::info!(job = %lease.job_id, outcome = outcome.as_str(), "stopped");
+        self.ledger
+            .close_attempt(lease, outcome, Some(&error))
+            .await?;
+        Ok(())
+    }
+
+    async fn job_status(&self, id: JobId) -> ExecResult<Option<Status>> {
+        Ok(self.ledger.job_by_id(id).await?.map(|j| j.status))
+    }
+
+    /// Exponential backoff with jitter in [half, full] of the step, capped.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let step = self
+            .config
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.config.retry_max);
+        step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    async fn generate_and_store(&self, claim: &Claim) -> Result<Vec<NewOutput>, ProviderError> {
+        let job = &claim.job;
+        let input = self
+            .catalog
+            .validate(&job.model, &job.input)
+            .map_err(|e| ProviderError::fail(e.code, format!("{}: {}", e.field, e.message)))?;
+        let outputs = self.generate(&input).await?;
+        let expires_at = kiln_core::time::now()
+            + chrono::Duration::from_std(self.config.output_ttl).unwrap_or_default();
+        let mut stored = Vec::with_capacity(outputs.len());
+        for (index, output) in outputs.into_iter().enumerate() {
+            // Deterministic keys: a retried or rescued attempt overwrites, never duplicates.
+            let key = format!("jobs/{}/{index}.{}", job.id, output.extension);
+            let size = output.bytes.len();
+            let body = futures::stream::iter([Ok(bytes::Bytes::from(output.bytes))]).boxed();
+            let written = self
+                .store
+                .put(&key, output.content_type, body)
+                .await
+                .map_err(|e| {
+                    ProviderError::retry(
+                        "storage_unavailable",
+                        format!("could not store output {index}: {e}"),
+                    )
+                })?;
+            debug_assert_eq!(written as usize, size);
+            stored.push(NewOutput {
+                index: index as u32,
+                object_key: key,
+                content_type: output.content_type.to_owned(),
+                bytes: written,
+                expires_at,
+            });
+        }
+        Ok(stored)
+    }
+
+    async fn generate(&self, input: &ModelInput) -> Result<Vec<GeneratedOutput>, ProviderError> {
+        let knobs = input.knobs().clone();
+        if knobs.latency_ms > 0 {
+            // Cancellable: the executor's select drops this future on cancel.
+            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+        }
+        if knobs.crash {
+            tracing::error!("demo crash knob set: aborting the process");
+            std::process::abort();
+        }
+        if knobs.fail_rate > 0.0 && rand::thread_rng().gen_bool(knobs.fail_rate) {
+            return Err(ProviderError::retry(
+                "demo_transient_failure",
+                "the demo generator failed on purpose (fail_rate)",
+            ));
+        }
+        let output = match input {
+            ModelInput::DemoImage(i) => {
+                let i = i.clone();
+                blocking(move || demo::render_image(&i)).await?
+            }
+            ModelInput::DemoUpscale(i) => {
+                let source = self.inputs.image_bytes(&i.image).await?;
+                let scale = i.scale;
+                blocking(move || demo::upscale(&source, scale)).await?
+            }
+            ModelInput::DemoVideo(i) => {
+                let source = self.inputs.image_bytes(&i.image).await?;
+                let (seconds, fps) = (i.seconds, i.fps);
+                blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
+            }
+        };
+        Ok(vec![output])
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(ProviderError::retry(
+            "internal_error",
+            "the generator panicked",
+        ))
+    })
+}
+
+/// Renews the lease every `every`; fires `lost` as soon as the lease is no longer ours. A ledger
+/// error is not a loss (the database may be briefly away); only an expired lease is, and the
+/// reconciler decides that from the ledger.
+async fn heartbeat(
+    ledger: Arc<dyn Ledger>,
+    lease: Lease,
+    lease_for: Duration,
+    every: Duration,
+    lost: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match ledger.renew_lease(&lease, lease_for).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// The executor's error is a ledger failure. The job then stays as the ledger has it, and the
+/// reconciler's rules (lease expiry, re-ringing) carry it on.
+pub type ExecResult<T = ()> = Result<T, kiln_core::LedgerError>;

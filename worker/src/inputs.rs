@@ -1,0 +1,86 @@
+//! Resolving a job's input images to bytes. Inline data URIs need nothing; a URL that is one of
+//! Kiln's own signed download URLs is read straight from the object store (an earlier job's
+//! output, the common chaining case, works even when the api's address is loopback); any other
+//! URL is fetched through the SSRF-safe client with a size cap. Failures are classified: a refused
+//! or malformed input is permanent, an unreachable server is worth retrying.
+
+use crate::provider::ProviderError;
+use bytes::BytesMut;
+use futures::StreamExt;
+use kiln_core::catalog::ImageSource;
+use kiln_storage::{LocalStore, ObjectStore, StorageError};
+use kiln_webhooks::{FetchError, SafeClient};
+use std::sync::Arc;
+
+pub struct InputResolver {
+    store: Arc<dyn ObjectStore>,
+    local: Option<Arc<LocalStore>>,
+    client: SafeClient,
+    max_bytes: u64,
+}
+
+impl InputResolver {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        local: Option<Arc<LocalStore>>,
+        client: SafeClient,
+        max_bytes: u64,
+    ) -> Self {
+        InputResolver {
+            store,
+            local,
+            client,
+            max_bytes,
+        }
+    }
+
+    pub async fn image_bytes(&self, source: &ImageSource) -> Result<Vec<u8>, ProviderError> {
+        let url = match source {
+            ImageSource::Inline { bytes, .. } => return Ok(bytes.clone()),
+            ImageSource::Url(url) => url,
+        };
+        if let Some(own) = self.local.as_ref().and_then(|l| l.resolve_signed_url(url)) {
+            let key = own.map_err(|e| {
+                ProviderError::fail("input_url_invalid", format!("input.image: {e}"))
+            })?;
+            return self.read_object(&key).await;
+        }
+        let bytes = self.client.fetch(url, self.max_bytes).await.map_err(|e| {
+            let code = match &e {
+                FetchError::Forbidden(_) => "input_forbidden",
+                FetchError::TooLarge(_) => "input_too_large",
+                _ => "input_unavailable",
+            };
+            let message = format!("could not fetch input.image: {e}");
+            if e.is_transient() {
+                ProviderError::retry(code, message)
+            } else {
+                ProviderError::fail(code, message)
+            }
+        })?;
+        Ok(bytes.to_vec())
+    }
+
+    async fn read_object(&self, key: &str) -> Result<Vec<u8>, ProviderError> {
+        let mut stream = self.store.get(key).await.map_err(|e| match e {
+            StorageError::NotFound(_) => ProviderError::fail(
+                "input_expired",
+                "input.image names an output that no longer exists",
+            ),
+            other => ProviderError::retry("storage_unavailable", other.to_string()),
+        })?;
+        let mut body = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ProviderError::retry("storage_unavailable", e.to_string()))?;
+            if (body.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(ProviderError::fail(
+                    "input_too_large",
+                    format!("input.image is larger than {} bytes", self.max_bytes),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.to_vec())
+    }
+}

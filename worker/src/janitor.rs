@@ -1,0 +1,43 @@
+//! The janitor deletes outputs whose `expires_at` has passed and marks them deleted on the job, so
+//! the api shows them as expired instead of handing out URLs to nothing. Object deletion comes
+//! first and is idempotent: if the process dies between the two steps, the next pass deletes a
+//! missing object (a no-op) and then marks it.
+
+use kiln_core::{Ledger, LedgerError};
+use kiln_storage::ObjectStore;
+use std::sync::Arc;
+
+const BATCH: u32 = 500;
+
+pub struct Janitor {
+    pub ledger: Arc<dyn Ledger>,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl Janitor {
+    /// One pass; returns how many outputs were deleted.
+    pub async fn pass(&self) -> Result<usize, LedgerError> {
+        let expired = self
+            .ledger
+            .expired_outputs(kiln_core::time::now(), BATCH)
+            .await?;
+        let mut deleted = 0;
+        for output in expired {
+            match self.store.delete(&output.object_key).await {
+                Ok(()) => {
+                    self.ledger
+                        .mark_output_deleted(output.job_id, output.index)
+                        .await?;
+                    deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %output.object_key, error = %e, "could not delete an expired output")
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "expired outputs deleted");
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,77 @@
+//! The reconciler keeps invariant 1: the ledger is the truth, the doorbell only a hint. Each pass
+//! rescues `running` jobs whose lease expired (their worker died or hung) and rings `queued` jobs
+//! that are due but have not been rung for a while (a ring lost with a dead process, a retry whose
+//! timer died, a crash between commit and ring). Every worker process runs one; passes are
+//! idempotent, so several at once only ring a job twice, and the claim's compare-and-set makes a
+//! second ring harmless.
+
+use kiln_core::dispatch::Doorbell;
+use kiln_core::ledger::Rescue;
+use kiln_core::{Ledger, LedgerError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rows handled per pass; a backlog larger than this is worked off over consecutive passes.
+const BATCH: u32 = 500;
+
+pub struct Reconciler {
+    pub ledger: Arc<dyn Ledger>,
+    pub doorbell: Arc<dyn Doorbell>,
+    pub max_rescues: u32,
+    /// A queued job that was rung longer ago than this is rung again.
+    pub ring_stale_after: Duration,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub rescued: usize,
+    pub gave_up: usize,
+    pub rung: usize,
+}
+
+impl Reconciler {
+    /// One pass. `ring_everything_due` is set on a process's first pass: rings held only in a
+    /// previous process's memory are gone, so every due job is rung once.
+    pub async fn pass(&self, ring_everything_due: bool) -> Result<PassReport, LedgerError> {
+        let mut report = PassReport::default();
+        for rescue in self
+            .ledger
+            .rescue_expired_leases(self.max_rescues, BATCH)
+            .await?
+        {
+            match rescue {
+                Rescue::Requeued(id) => {
+                    tracing::warn!(job = %id, "rescued a job whose worker was lost");
+                    report.rescued += 1;
+                    self.ring(id).await?;
+                }
+                Rescue::GaveUp(id) => {
+                    tracing::warn!(job = %id, "job failed: rescue limit reached");
+                    report.gave_up += 1;
+                }
+            }
+        }
+        let rung_before = if ring_everything_due {
+            kiln_core::time::now() + chrono::Duration::seconds(1)
+        } else {
+            kiln_core::time::now()
+                - chrono::Duration::from_std(self.ring_stale_after).unwrap_or_default()
+        };
+        for id in self.ledger.due_unrung(rung_before, BATCH).await? {
+            self.ring(id).await?;
+            report.rung += 1;
+        }
+        Ok(report)
+    }
+
+    async fn ring(&self, id: kiln_core::JobId) -> Result<(), LedgerError> {
+        match self.doorbell.ring(id).await {
+            Ok(()) => self.ledger.mark_rung(id).await,
+            // The job stays due and unrung; the next pass tries again.
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not ring");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Wiring of a worker process's parts onto apalis: the apalis worker pulls rung job ids from the
+//! doorbell backend with a concurrency limit and hands each to the executor; beside it run the
+//! reconciler and janitor loops. Shutdown is two-staged: the soft stop makes apalis stop pulling
+//! and lets in-flight jobs finish; after the grace period the hard stop makes the executor release
+//! what is still running, so no job waits for a lease to expire because its worker left politely.
+
+use crate::executor::{ExecResult, Executor, ExecutorConfig};
+use crate::inputs::InputResolver;
+use crate::janitor::Janitor;
+use crate::reconciler::Reconciler;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use kiln_core::catalog::Catalog;
+use kiln_core::dispatch::{Doorbell, InProcessBackend};
+use kiln_core::{JobId, Ledger};
+use kiln_storage::ObjectStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::limit::ConcurrencyLimitLayer;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub shutdown_timeout: Duration,
+    pub reconcile_interval: Duration,
+    pub ring_stale_after: Duration,
+    pub max_rescues: u32,
+    pub janitor_interval: Duration,
+}
+
+pub struct WorkerRuntime {
+    pub ledger: Arc<dyn Ledger>,
+    pub doorbell: Arc<dyn Doorbell>,
+    pub store: Arc<dyn ObjectStore>,
+    pub inputs: InputResolver,
+    pub catalog: Catalog,
+    pub executor: ExecutorConfig,
+    pub settings: WorkerSettings,
+}
+
+pub struct WorkerHandle {
+    soft_stop: CancellationToken,
+    hard_stop: CancellationToken,
+    worker: JoinHandle<()>,
+    loops: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+async fn on_ring(job: JobId, executor: Data<Arc<Executor>>) -> ExecResult {
+    let result = executor.execute(job).await;
+    if let Err(e) = &result {
+        // The job stays as the ledger has it; lease expiry and re-ringing carry it on.
+        tracing::error!(job = %job, error = %e, "executing a job failed on the ledger");
+    }
+    result
+}
+
+impl WorkerRuntime {
+    pub fn start(self, backend: InProcessBackend) -> WorkerHandle {
+        let soft_stop = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let identity = self.executor.identity.clone();
+        let executor = Arc::new(Executor::new(
+            self.ledger.clone(),
+            self.doorbell.clone(),
+            self.store.clone(),
+            self.inputs,
+            self.catalog,
+            self.executor,
+            hard_stop.clone(),
+        ));
+        let worker = WorkerBuilder::new(identity.as_str())
+            .backend(backend)
+            .data(executor)
+            .layer(ConcurrencyLimitLayer::new(self.settings.concurrency.max(1)))
+            .build(on_ring);
+        let stop = soft_stop.clone();
+        let worker = tokio::spawn(async move {
+            let signal = async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            };
+            if let Err(e) = worker.run_until(signal).await {
+                tracing::error!(error = %e, "the worker stopped with an error");
+            }
+        });
+
+        let reconciler = Reconciler {
+            ledger: self.ledger.clone(),
+            doorbell: self.doorbell.clone(),
+            max_rescues: self.settings.max_rescues,
+            ring_stale_after: self.settings.ring_stale_after,
+        };
+        let janitor = Janitor {
+            ledger: self.ledger.clone(),
+            store: self.store.clone(),
+        };
+        let loops = vec![
+            spawn_loop(
+                "reconciler",
+                self.settings.reconcile_interval,
+                soft_stop.clone(),
+                {
+                    let reconciler = Arc::new(reconciler);
+                    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    move || {
+                        let reconciler = reconciler.clone();
+                        let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
+                        async move { reconciler.pass(first).await.map(|_| ()) }
+                    }
+                },
+            ),
+            spawn_loop(
+                "janitor",
+                self.settings.janitor_interval,
+                soft_stop.clone(),
+                {
+                    let janitor = Arc::new(janitor);
+                    move || {
+                        let janitor = janitor.clone();
+                        async move { janitor.pass().await.map(|_| ()) }
+                    }
+                },
+            ),
+        ];
+        WorkerHandle {
+            soft_stop,
+            hard_stop,
+            worker,
+            loops,
+            shutdown_timeout: self.settings.shutdown_timeout,
+        }
+    }
+}
+
+fn spawn_loop<F, Fut>(
+    name: &'static str,
+    every: Duration,
+    stop: CancellationToken,
+    mut pass: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), kiln_core::LedgerError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = pass().await {
+                tracing::warn!(loop_name = name, error = %e, "pass failed; retrying next tick");
+            }
+        }
+    })
+}
+
+impl WorkerHandle {
+    /// Stops claiming, waits up to the grace period for in-flight jobs, then releases the rest.
+    pub async fn shutdown(self) {
+        self.soft_stop.cancel();
+        let hard_stop = self.hard_stop.clone();
+        let grace = self.shutdown_timeout;
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over: releasing running jobs");
+            hard_stop.cancel();
+        });
+        let _ = self.worker.await;
+        timer.abort();
+        for l in self.loops {
+            let _ = l.await;
+        }
+    }
+}
