@@ -282,7 +282,7 @@ pub async fn output(
         .store
         .presign_get(&output.object_key, output.expires_at)
         .await?;
-    Ok(Redirect::to(url.as_str()).into_response())
+    Ok(Redirect::temporary(url.as_str()).into_response())
 }
 
 pub async fn list(
