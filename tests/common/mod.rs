@@ -134,6 +134,12 @@ pub async fn get_job(http: &reqwest::Client, base: &str, key: &str, id: &str) ->
     res.json().await.unwrap()
 }
 
+/// Like `get_job`, but `None` when the server is unreachable (it may be dying on purpose).
+pub async fn try_get_job(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Option<Value> {
+    let res = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(key).send().await.ok()?;
+    res.json().await.ok()
+}
+
 /// Polls the job until `done` holds, failing the test at the deadline.
 pub async fn wait_for(
     http: &reqwest::Client,

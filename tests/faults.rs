@@ -1,0 +1,131 @@
+//! Faults against the real binary: kill -9 mid-run loses nothing and finishes nothing twice; a
+//! poison job that kills its process every time fails after the rescue limit; SIGTERM releases
+//! what it cannot finish in its grace period.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn all_jobs(http: &reqwest::Client, base: &str, key: &str) -> Vec<Value> {
+    let res = http.get(format!("{base}/v1/jobs?limit=100")).bearer_auth(key).send().await.unwrap();
+    res.json::<Value>().await.unwrap()["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_run_then_restart_loses_nothing_and_runs_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "acme");
+    let env = [("KILN_WORKER__CONCURRENCY", "3")];
+    let mut kiln = KilnProcess::serve(dir.path(), &env);
+    let http = http();
+    let mut ids = vec![];
+    for i in 0..12 {
+        let body = json!({"model": "demo/image", "input": {"prompt": format!("job {i}"), "width": 32, "height": 32, "latency_ms": 400}});
+        ids.push(submit_ok(&http, &kiln.base, &key, body).await);
+    }
+    // Kill it while jobs are running.
+    wait_for(&http, &kiln.base, &key, &ids[0], "running", |j| j["status"] == "running").await;
+    kiln.kill9();
+    let killed_with_running: Vec<String> = {
+        let pool = ledger_pool(&dir.path().join("kiln.db")).await;
+        sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running'").fetch_all(&pool).await.unwrap()
+    };
+    assert!(!killed_with_running.is_empty(), "the kill must catch jobs mid-run");
+
+    let kiln = KilnProcess::serve(dir.path(), &env);
+    for id in &ids {
+        let job = wait_terminal(&http, &kiln.base, &key, id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
+    }
+    assert_eq!(all_jobs(&http, &kiln.base, &key).await.len(), ids.len(), "no job lost, none invented");
+    let pool = ledger_pool(&dir.path().join("kiln.db")).await;
+    for id in &ids {
+        let terminal = count(&pool, &format!("SELECT COUNT(*) FROM job_transitions WHERE job_id = '{id}' AND to_status IN ('succeeded','failed','canceled')")).await;
+        assert_eq!(terminal, 1, "job {id} has exactly one terminal transition");
+        let outputs = count(&pool, &format!("SELECT COUNT(*) FROM outputs WHERE job_id = '{id}'")).await;
+        assert_eq!(outputs, 1, "job {id} has one set of outputs");
+    }
+    for id in &killed_with_running {
+        let job = get_job(&http, &kiln.base, &key, id).await;
+        assert_eq!(job["rescues"], 1, "{job:#}");
+        let outcomes: Vec<&str> = job["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+        assert_eq!(outcomes, vec!["lost", "succeeded"], "{job:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_kills_its_worker_every_time_fails_after_the_rescue_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "acme");
+    let env = [("KILN_DEMO__ALLOW_CRASH", "true"), ("KILN_WORKER__MAX_RESCUES", "2")];
+    let http = http();
+    let mut kiln = KilnProcess::serve(dir.path(), &env);
+    let poison = submit_ok(
+        &http,
+        &kiln.base,
+        &key,
+        json!({"model": "demo/image", "input": {"prompt": "poison", "width": 16, "height": 16, "crash": true}}),
+    )
+    .await;
+    let mut crashes = 0;
+    let start = Instant::now();
+    let job = loop {
+        assert!(start.elapsed() < DEADLINE, "the poison job never ended");
+        if let Some(status) = kiln.child.try_wait().unwrap() {
+            assert!(!status.success(), "the process died of the poison job");
+            crashes += 1;
+            kiln = KilnProcess::serve(dir.path(), &env);
+            continue;
+        }
+        // A request may meet the process as it aborts; the next loop sees the exit.
+        if let Some(job) = try_get_job(&http, &kiln.base, &key, &poison).await {
+            if is_terminal(&job) {
+                break job;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "rescue_limit_exceeded");
+    assert_eq!(crashes, 3, "one run plus two rescues");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["outcome"] == "lost"));
+    // The process that remains is healthy and runs other work.
+    let ok = submit_ok(&http, &kiln.base, &key, image_job(16, 16)).await;
+    assert_eq!(wait_terminal(&http, &kiln.base, &key, &ok).await["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_unfinished_jobs_for_the_next_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "acme");
+    let env = [("KILN_WORKER__SHUTDOWN_TIMEOUT", "500ms")];
+    let http = http();
+    let mut kiln = KilnProcess::serve(dir.path(), &env);
+    let long = submit_ok(
+        &http,
+        &kiln.base,
+        &key,
+        json!({"model": "demo/image", "input": {"prompt": "long", "width": 16, "height": 16, "latency_ms": 3000}}),
+    )
+    .await;
+    wait_for(&http, &kiln.base, &key, &long, "running", |j| j["status"] == "running").await;
+    kiln.sigterm();
+    let status = kiln.child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0");
+    {
+        let pool = ledger_pool(&dir.path().join("kiln.db")).await;
+        let status: String = sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = '{long}'")).fetch_one(&pool).await.unwrap();
+        assert_eq!(status, "queued", "released, not left running until its lease expires");
+        let outcome: String = sqlx::query_scalar(&format!("SELECT outcome FROM attempts WHERE job_id = '{long}'")).fetch_one(&pool).await.unwrap();
+        assert_eq!(outcome, "released");
+    }
+    let kiln = KilnProcess::serve(dir.path(), &[]);
+    let job = wait_terminal(&http, &kiln.base, &key, &long).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["rescues"], 0, "a release is not a rescue");
+}
