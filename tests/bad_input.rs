@@ -28,29 +28,114 @@ async fn bad_submissions_are_refused_and_change_nothing() {
 
     let image = |input: Value| json!({"model": "demo/image", "input": input});
     let cases: Vec<(&str, Value, u16, &str, Option<&str>)> = vec![
-        ("unknown model", json!({"model": "acme/nope", "input": {}}), 422, "unknown_model", Some("model")),
-        ("model of the wrong type", json!({"model": 5, "input": {}}), 422, "invalid_type", Some("model")),
-        ("missing model", json!({"input": {}}), 422, "missing_field", Some("model")),
-        ("missing input", json!({"model": "demo/image"}), 422, "missing_field", Some("input")),
-        ("unknown top-level field", json!({"model": "demo/image", "input": {}, "colour": 1}), 422, "unknown_field", Some("colour")),
-        ("wrong type", image(json!({"prompt": "x", "width": "64", "height": 64})), 422, "invalid_type", Some("input.width")),
-        ("missing prompt", image(json!({"width": 64, "height": 64})), 422, "missing_field", Some("input.prompt")),
-        ("width 0", image(json!({"prompt": "x", "width": 0, "height": 64})), 422, "out_of_range", Some("input.width")),
-        ("width 100000", image(json!({"prompt": "x", "width": 100000, "height": 64})), 422, "out_of_range", Some("input.width")),
-        ("input not an object", json!({"model": "demo/image", "input": "draw"}), 422, "invalid_type", Some("input")),
-        ("loopback input URL", json!({"model": "demo/upscale", "input": {"image": "http://127.0.0.1:1/x.png", "scale": 2}}), 422, "url_forbidden", Some("input.image")),
-        ("metadata input URL", json!({"model": "demo/upscale", "input": {"image": "http://169.254.169.254/latest", "scale": 2}}), 422, "url_forbidden", Some("input.image")),
-        ("tampered own URL", json!({"model": "demo/upscale", "input": {"image": format!("{}/v1/files/jobs/x/0.png?expires=9999999999&sig=00", kiln.base), "scale": 2}}), 422, "input_url_invalid", Some("input.image")),
+        (
+            "unknown model",
+            json!({"model": "acme/nope", "input": {}}),
+            422,
+            "unknown_model",
+            Some("model"),
+        ),
+        (
+            "model of the wrong type",
+            json!({"model": 5, "input": {}}),
+            422,
+            "invalid_type",
+            Some("model"),
+        ),
+        (
+            "missing model",
+            json!({"input": {}}),
+            422,
+            "missing_field",
+            Some("model"),
+        ),
+        (
+            "missing input",
+            json!({"model": "demo/image"}),
+            422,
+            "missing_field",
+            Some("input"),
+        ),
+        (
+            "unknown top-level field",
+            json!({"model": "demo/image", "input": {}, "colour": 1}),
+            422,
+            "unknown_field",
+            Some("colour"),
+        ),
+        (
+            "wrong type",
+            image(json!({"prompt": "x", "width": "64", "height": 64})),
+            422,
+            "invalid_type",
+            Some("input.width"),
+        ),
+        (
+            "missing prompt",
+            image(json!({"width": 64, "height": 64})),
+            422,
+            "missing_field",
+            Some("input.prompt"),
+        ),
+        (
+            "width 0",
+            image(json!({"prompt": "x", "width": 0, "height": 64})),
+            422,
+            "out_of_range",
+            Some("input.width"),
+        ),
+        (
+            "width 100000",
+            image(json!({"prompt": "x", "width": 100000, "height": 64})),
+            422,
+            "out_of_range",
+            Some("input.width"),
+        ),
+        (
+            "input not an object",
+            json!({"model": "demo/image", "input": "draw"}),
+            422,
+            "invalid_type",
+            Some("input"),
+        ),
+        (
+            "loopback input URL",
+            json!({"model": "demo/upscale", "input": {"image": "http://127.0.0.1:1/x.png", "scale": 2}}),
+            422,
+            "url_forbidden",
+            Some("input.image"),
+        ),
+        (
+            "metadata input URL",
+            json!({"model": "demo/upscale", "input": {"image": "http://169.254.169.254/latest", "scale": 2}}),
+            422,
+            "url_forbidden",
+            Some("input.image"),
+        ),
+        (
+            "tampered own URL",
+            json!({"model": "demo/upscale", "input": {"image": format!("{}/v1/files/jobs/x/0.png?expires=9999999999&sig=00", kiln.base), "scale": 2}}),
+            422,
+            "input_url_invalid",
+            Some("input.image"),
+        ),
         ("JSON array body", json!([1, 2]), 400, "invalid_json", None),
     ];
     for (name, body, status, code, field) in cases {
         let res = submit(&kiln.http, &kiln.base, &key, body).await;
         assert_eq!(res.status().as_u16(), status, "{name}");
-        assert_eq!(res.headers()["content-type"], "application/problem+json", "{name}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
         let problem: Value = res.json().await.unwrap();
         assert_eq!(problem["code"], code, "{name}: {problem}");
         assert_eq!(problem["status"], status, "{name}");
-        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
         assert_eq!(problem["field"].as_str(), field, "{name}: {problem}");
     }
 
@@ -66,7 +151,10 @@ async fn bad_submissions_are_refused_and_change_nothing() {
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "invalid_json");
 
-    let huge = format!("{{\"model\":\"demo/image\",\"input\":{{\"prompt\":\"{}\"}}}}", "x".repeat(10 * 1024 * 1024));
+    let huge = format!(
+        "{{\"model\":\"demo/image\",\"input\":{{\"prompt\":\"{}\"}}}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
     let res = kiln
         .http
         .post(kiln.url("/v1/jobs"))
@@ -79,7 +167,11 @@ async fn bad_submissions_are_refused_and_change_nothing() {
     assert_eq!(res.status(), 413);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "body_too_large");
 
-    assert_eq!(ledger_rows(&kiln).await, before, "refused submissions must not write");
+    assert_eq!(
+        ledger_rows(&kiln).await,
+        before,
+        "refused submissions must not write"
+    );
     kiln.shutdown().await;
 }
 
@@ -87,8 +179,18 @@ async fn bad_submissions_are_refused_and_change_nothing() {
 async fn unknown_routes_and_jobs_are_problem_404s() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    for path in ["/v1/nothing", "/v1/jobs/not-a-uuid", "/v1/jobs/01a20882-954f-77d0-8913-d7e308f5b872"] {
-        let res = kiln.http.get(kiln.url(path)).bearer_auth(&key).send().await.unwrap();
+    for path in [
+        "/v1/nothing",
+        "/v1/jobs/not-a-uuid",
+        "/v1/jobs/01a20882-954f-77d0-8913-d7e308f5b872",
+    ] {
+        let res = kiln
+            .http
+            .get(kiln.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 404, "{path}");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
     }

@@ -33,17 +33,38 @@ async fn cancel_running_and_queued_jobs() {
     let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
     let key = kiln.key("acme").await;
     let running = submit_ok(&kiln.http, &kiln.base, &key, slow_job(60_000)).await;
-    wait_for(&kiln.http, &kiln.base, &key, &running, "running", |j| j["status"] == "running").await;
+    wait_for(&kiln.http, &kiln.base, &key, &running, "running", |j| {
+        j["status"] == "running"
+    })
+    .await;
     let queued = submit_ok(&kiln.http, &kiln.base, &key, slow_job(0)).await;
-    assert_eq!(get_job(&kiln.http, &kiln.base, &key, &queued).await["status"], "queued");
+    assert_eq!(
+        get_job(&kiln.http, &kiln.base, &key, &queued).await["status"],
+        "queued"
+    );
 
-    let res = kiln.http.post(kiln.url(&format!("/v1/jobs/{queued}/cancel"))).bearer_auth(&key).send().await.unwrap();
+    let res = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{queued}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let job: Value = res.json().await.unwrap();
     assert_eq!(job["status"], "canceled");
-    assert!(job["attempts"].as_array().unwrap().is_empty(), "a queued job never started");
+    assert!(
+        job["attempts"].as_array().unwrap().is_empty(),
+        "a queued job never started"
+    );
 
-    let res = kiln.http.post(kiln.url(&format!("/v1/jobs/{running}/cancel"))).bearer_auth(&key).send().await.unwrap();
+    let res = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{running}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "canceled");
     // The worker notices at its next heartbeat and stops the generator: the attempt is closed as
@@ -60,15 +81,36 @@ async fn cancel_running_and_queued_jobs() {
 
     // The worker is free again: a new job runs to completion, and the canceled ones stay canceled.
     let next = submit_ok(&kiln.http, &kiln.base, &key, slow_job(0)).await;
-    assert_eq!(wait_terminal(&kiln.http, &kiln.base, &key, &next).await["status"], "succeeded");
-    assert_eq!(get_job(&kiln.http, &kiln.base, &key, &queued).await["status"], "canceled");
+    assert_eq!(
+        wait_terminal(&kiln.http, &kiln.base, &key, &next).await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        get_job(&kiln.http, &kiln.base, &key, &queued).await["status"],
+        "canceled"
+    );
 
     // Terminal jobs cannot be canceled again: canceled is idempotent, succeeded is a conflict.
-    let again = kiln.http.post(kiln.url(&format!("/v1/jobs/{queued}/cancel"))).bearer_auth(&key).send().await.unwrap();
+    let again = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{queued}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
-    let done = kiln.http.post(kiln.url(&format!("/v1/jobs/{next}/cancel"))).bearer_auth(&key).send().await.unwrap();
+    let done = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{next}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(done.status(), 409);
-    assert_eq!(done.json::<Value>().await.unwrap()["code"], "job_already_finished");
+    assert_eq!(
+        done.json::<Value>().await.unwrap()["code"],
+        "job_already_finished"
+    );
     let pool = ledger_pool(&kiln.db_path()).await;
     for id in [&queued, &running, &next] {
         let terminal = count(&pool, &format!("SELECT COUNT(*) FROM job_transitions WHERE job_id = '{id}' AND to_status IN ('succeeded','failed','canceled')")).await;
@@ -92,20 +134,42 @@ async fn the_janitor_deletes_expired_outputs() {
     let outputs_dir = kiln.dir.path().join("outputs");
     assert_eq!(files_under(&outputs_dir), 1);
 
-    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| j["outputs"][0]["expired"] == true).await;
+    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| {
+        j["outputs"][0]["expired"] == true
+    })
+    .await;
     assert!(job["outputs"][0]["url"].is_null());
     // Deletion is recorded after the object is gone; wait for the ledger's mark.
     let pool = ledger_pool(&kiln.db_path()).await;
     let start = std::time::Instant::now();
-    while count(&pool, "SELECT COUNT(*) FROM outputs WHERE deleted_at IS NOT NULL").await == 0 {
-        assert!(start.elapsed() < DEADLINE, "the janitor never deleted the output");
+    while count(
+        &pool,
+        "SELECT COUNT(*) FROM outputs WHERE deleted_at IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the janitor never deleted the output"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(files_under(&outputs_dir), 0, "the object is gone from storage");
+    assert_eq!(
+        files_under(&outputs_dir),
+        0,
+        "the object is gone from storage"
+    );
     let res = kiln.http.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "url_expired");
-    let res = kiln.http.get(kiln.url(&format!("/v1/jobs/{id}/outputs/0"))).bearer_auth(&key).send().await.unwrap();
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}/outputs/0")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 410);
     kiln.shutdown().await;
 }

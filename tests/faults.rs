@@ -9,8 +9,16 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 async fn all_jobs(http: &reqwest::Client, base: &str, key: &str) -> Vec<Value> {
-    let res = http.get(format!("{base}/v1/jobs?limit=100")).bearer_auth(key).send().await.unwrap();
-    res.json::<Value>().await.unwrap()["data"].as_array().unwrap().clone()
+    let res = http
+        .get(format!("{base}/v1/jobs?limit=100"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    res.json::<Value>().await.unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,13 +34,22 @@ async fn kill_9_mid_run_then_restart_loses_nothing_and_runs_nothing_twice() {
         ids.push(submit_ok(&http, &kiln.base, &key, body).await);
     }
     // Kill it while jobs are running.
-    wait_for(&http, &kiln.base, &key, &ids[0], "running", |j| j["status"] == "running").await;
+    wait_for(&http, &kiln.base, &key, &ids[0], "running", |j| {
+        j["status"] == "running"
+    })
+    .await;
     kiln.kill9();
     let killed_with_running: Vec<String> = {
         let pool = ledger_pool(&dir.path().join("kiln.db")).await;
-        sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running'").fetch_all(&pool).await.unwrap()
+        sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
     };
-    assert!(!killed_with_running.is_empty(), "the kill must catch jobs mid-run");
+    assert!(
+        !killed_with_running.is_empty(),
+        "the kill must catch jobs mid-run"
+    );
 
     let kiln = KilnProcess::serve(dir.path(), &env);
     for id in &ids {
@@ -40,18 +57,31 @@ async fn kill_9_mid_run_then_restart_loses_nothing_and_runs_nothing_twice() {
         assert_eq!(job["status"], "succeeded", "{job:#}");
         assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
     }
-    assert_eq!(all_jobs(&http, &kiln.base, &key).await.len(), ids.len(), "no job lost, none invented");
+    assert_eq!(
+        all_jobs(&http, &kiln.base, &key).await.len(),
+        ids.len(),
+        "no job lost, none invented"
+    );
     let pool = ledger_pool(&dir.path().join("kiln.db")).await;
     for id in &ids {
         let terminal = count(&pool, &format!("SELECT COUNT(*) FROM job_transitions WHERE job_id = '{id}' AND to_status IN ('succeeded','failed','canceled')")).await;
         assert_eq!(terminal, 1, "job {id} has exactly one terminal transition");
-        let outputs = count(&pool, &format!("SELECT COUNT(*) FROM outputs WHERE job_id = '{id}'")).await;
+        let outputs = count(
+            &pool,
+            &format!("SELECT COUNT(*) FROM outputs WHERE job_id = '{id}'"),
+        )
+        .await;
         assert_eq!(outputs, 1, "job {id} has one set of outputs");
     }
     for id in &killed_with_running {
         let job = get_job(&http, &kiln.base, &key, id).await;
         assert_eq!(job["rescues"], 1, "{job:#}");
-        let outcomes: Vec<&str> = job["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+        let outcomes: Vec<&str> = job["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
         assert_eq!(outcomes, vec!["lost", "succeeded"], "{job:#}");
     }
 }
@@ -60,7 +90,10 @@ async fn kill_9_mid_run_then_restart_loses_nothing_and_runs_nothing_twice() {
 async fn a_job_that_kills_its_worker_every_time_fails_after_the_rescue_limit() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), "acme");
-    let env = [("KILN_DEMO__ALLOW_CRASH", "true"), ("KILN_WORKER__MAX_RESCUES", "2")];
+    let env = [
+        ("KILN_DEMO__ALLOW_CRASH", "true"),
+        ("KILN_WORKER__MAX_RESCUES", "2"),
+    ];
     let http = http();
     let mut kiln = KilnProcess::serve(dir.path(), &env);
     let poison = submit_ok(
@@ -96,7 +129,10 @@ async fn a_job_that_kills_its_worker_every_time_fails_after_the_rescue_limit() {
     assert!(attempts.iter().all(|a| a["outcome"] == "lost"));
     // The process that remains is healthy and runs other work.
     let ok = submit_ok(&http, &kiln.base, &key, image_job(16, 16)).await;
-    assert_eq!(wait_terminal(&http, &kiln.base, &key, &ok).await["status"], "succeeded");
+    assert_eq!(
+        wait_terminal(&http, &kiln.base, &key, &ok).await["status"],
+        "succeeded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,15 +149,30 @@ async fn sigterm_releases_unfinished_jobs_for_the_next_process() {
         json!({"model": "demo/image", "input": {"prompt": "long", "width": 16, "height": 16, "latency_ms": 3000}}),
     )
     .await;
-    wait_for(&http, &kiln.base, &key, &long, "running", |j| j["status"] == "running").await;
+    wait_for(&http, &kiln.base, &key, &long, "running", |j| {
+        j["status"] == "running"
+    })
+    .await;
     kiln.sigterm();
     let status = kiln.child.wait().unwrap();
     assert!(status.success(), "a graceful stop exits 0");
     {
         let pool = ledger_pool(&dir.path().join("kiln.db")).await;
-        let status: String = sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = '{long}'")).fetch_one(&pool).await.unwrap();
-        assert_eq!(status, "queued", "released, not left running until its lease expires");
-        let outcome: String = sqlx::query_scalar(&format!("SELECT outcome FROM attempts WHERE job_id = '{long}'")).fetch_one(&pool).await.unwrap();
+        let status: String =
+            sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = '{long}'"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            status, "queued",
+            "released, not left running until its lease expires"
+        );
+        let outcome: String = sqlx::query_scalar(&format!(
+            "SELECT outcome FROM attempts WHERE job_id = '{long}'"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!(outcome, "released");
     }
     let kiln = KilnProcess::serve(dir.path(), &[]);

@@ -15,23 +15,62 @@ async fn another_tenants_job_is_a_404_everywhere() {
     let job = wait_terminal(&kiln.http, &kiln.base, &a, &id).await;
     assert_eq!(job["status"], "succeeded");
 
-    let get = kiln.http.get(kiln.url(&format!("/v1/jobs/{id}"))).bearer_auth(&b).send().await.unwrap();
+    let get = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 404);
     assert_eq!(get.json::<Value>().await.unwrap()["code"], "job_not_found");
-    let cancel = kiln.http.post(kiln.url(&format!("/v1/jobs/{id}/cancel"))).bearer_auth(&b).send().await.unwrap();
+    let cancel = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{id}/cancel")))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), 404);
-    let output = kiln.http.get(kiln.url(&format!("/v1/jobs/{id}/outputs/0"))).bearer_auth(&b).send().await.unwrap();
+    let output = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}/outputs/0")))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(output.status(), 404);
-    let list: Value = kiln.http.get(kiln.url("/v1/jobs")).bearer_auth(&b).send().await.unwrap().json().await.unwrap();
-    assert!(list["data"].as_array().unwrap().is_empty(), "B's list holds none of A's jobs");
+    let list: Value = kiln
+        .http
+        .get(kiln.url("/v1/jobs"))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["data"].as_array().unwrap().is_empty(),
+        "B's list holds none of A's jobs"
+    );
 
     // The owner gets a redirect to a working download URL.
-    let own = kiln.http.get(kiln.url(&format!("/v1/jobs/{id}/outputs/0"))).bearer_auth(&a).send().await.unwrap();
+    let own = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}/outputs/0")))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(own.status(), 307);
     let location = own.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(kiln.http.get(&location).send().await.unwrap().status(), 200);
     // And A's job is still there, untouched by B's cancel.
-    assert_eq!(get_job(&kiln.http, &kiln.base, &a, &id).await["status"], "succeeded");
+    assert_eq!(
+        get_job(&kiln.http, &kiln.base, &a, &id).await["status"],
+        "succeeded"
+    );
     kiln.shutdown().await;
 }
 
@@ -45,22 +84,48 @@ async fn tampered_download_urls_are_refused() {
     let second = wait_terminal(&kiln.http, &kiln.base, &a, &second).await;
     let url = url::Url::parse(first["outputs"][0]["url"].as_str().unwrap()).unwrap();
     let other = url::Url::parse(second["outputs"][0]["url"].as_str().unwrap()).unwrap();
-    let query = |u: &url::Url, name: &str| u.query_pairs().find(|(k, _)| k == name).unwrap().1.into_owned();
+    let query = |u: &url::Url, name: &str| {
+        u.query_pairs()
+            .find(|(k, _)| k == name)
+            .unwrap()
+            .1
+            .into_owned()
+    };
 
     let mut wrong_sig = url.clone();
-    wrong_sig.set_query(Some(&format!("expires={}&sig={}", query(&url, "expires"), "0".repeat(64))));
+    wrong_sig.set_query(Some(&format!(
+        "expires={}&sig={}",
+        query(&url, "expires"),
+        "0".repeat(64)
+    )));
     let mut longer = url.clone();
-    longer.set_query(Some(&format!("expires={}&sig={}", query(&url, "expires").parse::<i64>().unwrap() + 1, query(&url, "sig"))));
+    longer.set_query(Some(&format!(
+        "expires={}&sig={}",
+        query(&url, "expires").parse::<i64>().unwrap() + 1,
+        query(&url, "sig")
+    )));
     let mut swapped = url.clone();
     swapped.set_path(other.path());
     let mut unsigned = url.clone();
     unsigned.set_query(None);
-    for (name, u) in [("wrong signature", wrong_sig), ("extended expiry", longer), ("other object", swapped), ("unsigned", unsigned)] {
+    for (name, u) in [
+        ("wrong signature", wrong_sig),
+        ("extended expiry", longer),
+        ("other object", swapped),
+        ("unsigned", unsigned),
+    ] {
         let res = kiln.http.get(u.as_str()).send().await.unwrap();
         assert_eq!(res.status(), 403, "{name}");
-        assert_eq!(res.json::<Value>().await.unwrap()["code"], "signature_invalid", "{name}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["code"],
+            "signature_invalid",
+            "{name}"
+        );
     }
-    assert_eq!(kiln.http.get(url.as_str()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        kiln.http.get(url.as_str()).send().await.unwrap().status(),
+        200
+    );
     kiln.shutdown().await;
 }
 
@@ -86,15 +151,37 @@ async fn bad_keys_get_401_and_only_hashes_are_stored() {
         assert_eq!(res.status(), 401, "{header:?}");
         assert_eq!(res.json::<Value>().await.unwrap()["code"], "unauthorized");
     }
-    assert_eq!(kiln.http.get(kiln.url("/v1/jobs")).bearer_auth(&key).send().await.unwrap().status(), 200);
+    assert_eq!(
+        kiln.http
+            .get(kiln.url("/v1/jobs"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let ledger = &kiln.running.as_ref().unwrap().ledger;
     let prefix = ledger.list_api_keys().await.unwrap()[0].prefix.clone();
     assert_eq!(ledger.revoke_api_key(&prefix).await.unwrap(), 1);
-    assert_eq!(kiln.http.get(kiln.url("/v1/jobs")).bearer_auth(&key).send().await.unwrap().status(), 401);
+    assert_eq!(
+        kiln.http
+            .get(kiln.url("/v1/jobs"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     let raw = std::fs::read(kiln.db_path()).unwrap();
     let secret_part = &key[kiln_core::keys::KEY_PREFIX.len()..];
-    assert!(!raw.windows(secret_part.len()).any(|w| w == secret_part.as_bytes()), "the plaintext key is in the database file");
+    assert!(
+        !raw.windows(secret_part.len())
+            .any(|w| w == secret_part.as_bytes()),
+        "the plaintext key is in the database file"
+    );
     kiln.shutdown().await;
 }

@@ -136,7 +136,12 @@ pub async fn get_job(http: &reqwest::Client, base: &str, key: &str, id: &str) ->
 
 /// Like `get_job`, but `None` when the server is unreachable (it may be dying on purpose).
 pub async fn try_get_job(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Option<Value> {
-    let res = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(key).send().await.ok()?;
+    let res = http
+        .get(format!("{base}/v1/jobs/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .ok()?;
     res.json().await.ok()
 }
 

@@ -6,6 +6,8 @@
 //! The trait is the seam between the domain and its storage engines: SQLite for the embedded
 //! default here, Postgres for production beside it. Both implement the same contract tests.
 
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 mod sqlite;
 
 pub use sqlite::SqliteLedger;

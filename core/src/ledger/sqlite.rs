@@ -770,3 +770,17 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn fresh() -> (Arc<dyn Ledger>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        (Arc::new(SqliteLedger::open(&url).await.unwrap()), dir)
+    }
+
+    crate::ledger_contract_tests!(fresh());
+}

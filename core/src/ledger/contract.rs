@@ -1,0 +1,382 @@
+//! The ledger contract: behaviour every `Ledger` implementation must show, written once against
+//! the trait and run against each engine (SQLite here; Postgres runs the same functions). Each
+//! function takes a fresh, empty ledger.
+
+use super::*;
+use crate::job::{AttemptOutcome, ErrorInfo, JobId, NewOutput, Status, TenantId};
+use crate::time::now;
+use std::sync::Arc;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).unwrap()
+}
+
+async fn new_job(ledger: &dyn Ledger, owner: &str) -> JobId {
+    let job = ledger
+        .insert_job(NewJob {
+            id: JobId::new(),
+            tenant: tenant(owner),
+            model: "demo/image".into(),
+            input: serde_json::json!({"prompt": "x"}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(job.status, Status::Queued);
+    job.id
+}
+
+/// Waits until a lease taken for `lease` has certainly expired on the ledger's clock.
+async fn outlive(lease: Duration) {
+    tokio::time::sleep(lease + Duration::from_millis(20)).await;
+}
+
+async fn terminal_transitions(ledger: &dyn Ledger, id: JobId) -> usize {
+    ledger
+        .transitions(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.to.is_terminal())
+        .count()
+}
+
+pub async fn claims_are_exclusive(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let claims = futures::future::join_all((0..8).map(|i| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .claim(id, &format!("w{i}"), "demo", LEASE)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| c.is_some()).count(), 1);
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Running);
+    assert_eq!(job.attempt_count, 1);
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.attempts[0].id, format!("{id}-1"));
+}
+
+pub async fn results_are_fenced_by_the_lease(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let short = Duration::from_millis(30);
+    let stale = ledger
+        .claim(id, "w1", "demo", short)
+        .await
+        .unwrap()
+        .unwrap();
+    outlive(short).await;
+    assert_eq!(
+        ledger.rescue_expired_leases(3, 10).await.unwrap(),
+        vec![Rescue::Requeued(id)]
+    );
+    let fresh = ledger
+        .claim(id, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.attempt_number, 2);
+    // The first worker wakes up late: none of its writes land.
+    assert!(!ledger.renew_lease(&stale.lease, LEASE).await.unwrap());
+    assert!(!ledger.succeed(&stale.lease, &[]).await.unwrap());
+    assert!(!ledger
+        .fail(&stale.lease, &ErrorInfo::new("x", "y"))
+        .await
+        .unwrap());
+    assert!(!ledger.release(&stale.lease).await.unwrap());
+    assert!(ledger.succeed(&fresh.lease, &[]).await.unwrap());
+    assert!(
+        !ledger.succeed(&fresh.lease, &[]).await.unwrap(),
+        "a second commit must lose"
+    );
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Succeeded);
+    assert_eq!(job.rescue_count, 1);
+    let outcomes: Vec<_> = job.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(AttemptOutcome::Lost), Some(AttemptOutcome::Succeeded)]
+    );
+    assert_eq!(terminal_transitions(ledger.as_ref(), id).await, 1);
+}
+
+pub async fn cancel_fences_the_running_worker(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let claim = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        ledger.cancel_job(&tenant("a"), id).await.unwrap(),
+        CancelOutcome::Canceled(_)
+    ));
+    assert!(!ledger.renew_lease(&claim.lease, LEASE).await.unwrap());
+    assert!(!ledger.succeed(&claim.lease, &[]).await.unwrap());
+    ledger
+        .close_attempt(&claim.lease, AttemptOutcome::Canceled, None)
+        .await
+        .unwrap();
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Canceled);
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Canceled));
+    assert!(job.outputs.is_empty());
+    let path: Vec<_> = ledger
+        .transitions(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(
+        path,
+        vec![Status::Queued, Status::Running, Status::Canceled]
+    );
+}
+
+pub async fn terminal_states_never_change(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let claim = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let output = NewOutput {
+        index: 0,
+        object_key: format!("jobs/{id}/0.png"),
+        content_type: "image/png".into(),
+        bytes: 10,
+        expires_at: now() + chrono::Duration::days(7),
+    };
+    assert!(ledger.succeed(&claim.lease, &[output]).await.unwrap());
+    assert!(matches!(
+        ledger.cancel_job(&tenant("a"), id).await.unwrap(),
+        CancelOutcome::AlreadyTerminal(_)
+    ));
+    assert!(ledger
+        .claim(id, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ledger
+        .rescue_expired_leases(0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Succeeded);
+    assert_eq!(job.outputs.len(), 1);
+    assert_eq!(terminal_transitions(ledger.as_ref(), id).await, 1);
+}
+
+pub async fn the_rescue_limit_fails_a_job(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let short = Duration::from_millis(30);
+    ledger
+        .claim(id, "w1", "demo", short)
+        .await
+        .unwrap()
+        .unwrap();
+    outlive(short).await;
+    assert_eq!(
+        ledger.rescue_expired_leases(1, 10).await.unwrap(),
+        vec![Rescue::Requeued(id)]
+    );
+    ledger
+        .claim(id, "w2", "demo", short)
+        .await
+        .unwrap()
+        .unwrap();
+    outlive(short).await;
+    assert_eq!(
+        ledger.rescue_expired_leases(1, 10).await.unwrap(),
+        vec![Rescue::GaveUp(id)]
+    );
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Failed);
+    assert_eq!(job.error.unwrap().code, "rescue_limit_exceeded");
+    assert!(job
+        .attempts
+        .iter()
+        .all(|a| a.outcome == Some(AttemptOutcome::Lost)));
+}
+
+pub async fn retries_wait_until_due_and_releases_are_free(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let claim = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let later = now() + chrono::Duration::seconds(60);
+    assert!(ledger
+        .retry_later(
+            &claim.lease,
+            &ErrorInfo::new("upstream_429", "slow down"),
+            later
+        )
+        .await
+        .unwrap());
+    assert!(
+        ledger
+            .claim(id, "w1", "demo", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "not due yet"
+    );
+    assert!(ledger
+        .due_unrung(now() + chrono::Duration::days(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.status, Status::Queued);
+    assert!(job.error.is_none(), "a scheduled retry is not a job error");
+    assert_eq!(job.attempts[0].error.as_ref().unwrap().code, "upstream_429");
+
+    let other = new_job(ledger.as_ref(), "a").await;
+    let claim = ledger
+        .claim(other, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.release(&claim.lease).await.unwrap());
+    let job = ledger.job_by_id(other).await.unwrap().unwrap();
+    assert_eq!((job.status, job.rescue_count), (Status::Queued, 0));
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Released));
+    assert!(ledger
+        .claim(other, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub async fn reads_are_scoped_by_tenant(ledger: Arc<dyn Ledger>) {
+    let mine = new_job(ledger.as_ref(), "a").await;
+    let theirs = new_job(ledger.as_ref(), "b").await;
+    assert!(ledger.get_job(&tenant("b"), mine).await.unwrap().is_none());
+    assert!(matches!(
+        ledger.cancel_job(&tenant("b"), mine).await.unwrap(),
+        CancelOutcome::NotFound
+    ));
+    let filter = JobFilter {
+        limit: 10,
+        ..JobFilter::default()
+    };
+    let listed: Vec<_> = ledger
+        .list_jobs(&tenant("a"), &filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, vec![mine]);
+    assert_eq!(
+        ledger.job_by_id(mine).await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    assert!(ledger
+        .get_job(&tenant("b"), theirs)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub async fn due_jobs_are_rung_again_only_when_stale(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let an_hour_ago = now() - chrono::Duration::hours(1);
+    assert!(
+        ledger.due_unrung(an_hour_ago, 10).await.unwrap().is_empty(),
+        "just rung at submit"
+    );
+    let soon = now() + chrono::Duration::seconds(1);
+    assert_eq!(ledger.due_unrung(soon, 10).await.unwrap(), vec![id]);
+}
+
+pub async fn expired_outputs_are_listed_until_marked(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let claim = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let past = now() - chrono::Duration::seconds(1);
+    let outputs: Vec<NewOutput> = (0..2)
+        .map(|i| NewOutput {
+            index: i,
+            object_key: format!("jobs/{id}/{i}.png"),
+            content_type: "image/png".into(),
+            bytes: 1,
+            expires_at: if i == 0 {
+                past
+            } else {
+                now() + chrono::Duration::days(7)
+            },
+        })
+        .collect();
+    assert!(ledger.succeed(&claim.lease, &outputs).await.unwrap());
+    let expired = ledger.expired_outputs(now(), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].object_key, format!("jobs/{id}/0.png"));
+    ledger.mark_output_deleted(id, 0).await.unwrap();
+    assert!(ledger.expired_outputs(now(), 10).await.unwrap().is_empty());
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert!(job.outputs[0].deleted_at.is_some() && job.outputs[1].deleted_at.is_none());
+}
+
+pub async fn api_keys_are_looked_up_by_hash(ledger: Arc<dyn Ledger>) {
+    let key = crate::keys::mint();
+    let record = ledger.insert_api_key(&tenant("a"), &key).await.unwrap();
+    assert_eq!(
+        ledger.tenant_for_key(&key.hash).await.unwrap(),
+        Some(tenant("a"))
+    );
+    assert_eq!(
+        ledger
+            .tenant_for_key(&crate::keys::hash("kiln_other"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(ledger.count_api_keys().await.unwrap(), 1);
+    assert_eq!(ledger.revoke_api_key(&record.id).await.unwrap(), 1);
+    assert_eq!(ledger.tenant_for_key(&key.hash).await.unwrap(), None);
+    assert!(ledger.list_api_keys().await.unwrap()[0]
+        .revoked_at
+        .is_some());
+}
+
+/// Runs every contract function, each on a fresh ledger from `fresh`.
+#[macro_export]
+macro_rules! ledger_contract_tests {
+    ($fresh:expr) => {
+        $crate::ledger_contract_tests!(@each $fresh;
+            claims_are_exclusive,
+            results_are_fenced_by_the_lease,
+            cancel_fences_the_running_worker,
+            terminal_states_never_change,
+            the_rescue_limit_fails_a_job,
+            retries_wait_until_due_and_releases_are_free,
+            reads_are_scoped_by_tenant,
+            due_jobs_are_rung_again_only_when_stale,
+            expired_outputs_are_listed_until_marked,
+            api_keys_are_looked_up_by_hash
+        );
+    };
+    (@each $fresh:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                let (ledger, _guard) = $fresh.await;
+                $crate::ledger::contract::$name(ledger).await;
+            }
+        )*
+    };
+}
