@@ -147,8 +147,16 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         UrlSigner::new(signing_secret(config)?),
     ));
     let store: Arc<dyn ObjectStore> = local.clone();
-    let (doorbell, backend) = dispatch::in_process();
-    let doorbell: Arc<dyn Doorbell> = Arc::new(doorbell);
+    // The in-process doorbell only reaches a worker in this same process. Split into separate
+    // api and worker processes without a shared queue, the api's rings do nothing and the
+    // worker polls the ledger instead.
+    let (in_process, backend) = dispatch::in_process();
+    let shares_a_process = roles.api && roles.worker;
+    let doorbell: Arc<dyn Doorbell> = if roles.worker {
+        Arc::new(in_process)
+    } else {
+        Arc::new(dispatch::LedgerPolling)
+    };
     let catalog = Catalog::new(config.demo.allow_crash);
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
 
@@ -180,6 +188,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 ring_stale_after: config.worker.ring_stale_after,
                 max_rescues: config.worker.max_rescues,
                 janitor_interval: config.outputs.janitor_interval,
+                poll_ledger: !shares_a_process,
             },
         };
         Some(runtime.start(backend))

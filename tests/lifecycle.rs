@@ -325,3 +325,60 @@ async fn the_binary_serves_with_no_configuration() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A crash between the ledger commit and the ring leaves a committed job nobody was told about;
+/// the reconciler rings it. Inserting straight into the ledger is exactly that state.
+#[tokio::test]
+async fn a_committed_job_that_was_never_rung_still_runs() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let ledger = &kiln.running.as_ref().unwrap().ledger;
+    let job = ledger
+        .insert_job(kiln_core::ledger::NewJob {
+            id: kiln_core::JobId::new(),
+            tenant: kiln_core::TenantId::parse("acme").unwrap(),
+            model: "demo/image".into(),
+            input: json!({"prompt": "never rung", "width": 16, "height": 16}),
+        })
+        .await
+        .unwrap();
+    let done = wait_terminal(&kiln.http, &kiln.base, &key, &job.id.to_string()).await;
+    assert_eq!(done["status"], "succeeded");
+    kiln.shutdown().await;
+}
+
+/// The embedded default split in two: `kiln api` and `kiln worker` share only the SQLite ledger,
+/// and the worker finds jobs by polling it.
+#[tokio::test]
+async fn separate_api_and_worker_processes_share_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "acme");
+    let spawn = |role: &str| {
+        std::process::Command::new(kiln_bin())
+            .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("KILN_LOG", "warn")
+            .env("KILN_WORKER__RECONCILE_INTERVAL", "100ms")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut api = spawn("api");
+    let mut worker = spawn("worker");
+    use std::io::BufRead;
+    let base = std::io::BufReader::new(api.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("kiln listening on ").map(str::to_owned))
+        .unwrap();
+    let http = http();
+    let id = submit_ok(&http, &base, &key, image_job(16, 16)).await;
+    assert_eq!(
+        wait_terminal(&http, &base, &key, &id).await["status"],
+        "succeeded"
+    );
+    for p in [&mut api, &mut worker] {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+}

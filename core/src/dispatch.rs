@@ -32,6 +32,18 @@ pub trait Doorbell: Send + Sync + 'static {
     async fn ring(&self, job: JobId) -> Result<(), DispatchError>;
 }
 
+/// The doorbell of an api process that shares no queue with its workers (the embedded default
+/// split into `kiln api` and `kiln worker`): ringing does nothing, because such workers find due
+/// jobs by polling the ledger on every reconciler pass.
+pub struct LedgerPolling;
+
+#[async_trait]
+impl Doorbell for LedgerPolling {
+    async fn ring(&self, _job: JobId) -> Result<(), DispatchError> {
+        Ok(())
+    }
+}
+
 /// Rings within one process.
 #[derive(Clone)]
 pub struct InProcessDoorbell {

@@ -28,6 +28,9 @@ pub struct WorkerSettings {
     pub ring_stale_after: Duration,
     pub max_rescues: u32,
     pub janitor_interval: Duration,
+    /// No other process rings this worker's doorbell, so every reconciler pass rings every due
+    /// job from the ledger (the ledger doubles as the queue).
+    pub poll_ledger: bool,
 }
 
 pub struct WorkerRuntime {
