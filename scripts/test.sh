@@ -1,22 +1,61 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite on a fresh machine. It installs what the tests need and is not
-# there yet (ffprobe, to check the demo video), then runs every test in the workspace.
-# Each test starts its own Kiln on a random loopback port with its own data directory.
+# there yet, finds or starts the servers they talk to (on loopback, stopping what it started),
+# then runs every test in the workspace. Each test makes its own state: a temporary data
+# directory, its own Postgres database, its own redis-server and S3 server on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffprobe >/dev/null 2>&1; then
-  echo "test.sh: installing ffmpeg (for ffprobe)" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_UPDATED=""
+ensure() { # ensure COMMAND PACKAGE: install the Debian package when the command is missing
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "test.sh: installing $2 (for $1)" >&2
+  if [ -z "$APT_UPDATED" ]; then $SUDO apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
+CLEANUP=()
+cleanup() { for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+trap cleanup EXIT
+
+free_port() { # a TCP port nothing listens on, from $1 upwards
+  local p=$1
+  while (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
+ensure ffprobe ffmpeg          # checks the demo video
+ensure redis-server redis-server # tests start their own redis-server processes
+
+# Postgres: use KILN_TEST_POSTGRES_URL, else a local server that answers, else start our own.
+pg_answers() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
+if [ -z "${KILN_TEST_POSTGRES_URL:-}" ]; then
+  LOCAL_PG=postgres://postgres@127.0.0.1:5432/postgres
+  if [ -z "${KILN_TEST_OWN_POSTGRES:-}" ] && command -v psql >/dev/null 2>&1 && pg_answers "$LOCAL_PG"; then
+    export KILN_TEST_POSTGRES_URL=$LOCAL_PG
+  else
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$PGBIN" ]; then
+      ensure pg_ctlcluster postgresql
+      PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    PGDIR=$(mktemp -d /tmp/kiln-test-pg.XXXXXX)
+    AS_PG=()
+    if [ "$(id -u)" -eq 0 ]; then chown postgres "$PGDIR"; AS_PG=(runuser -u postgres --); fi
+    PGPORT=$(free_port 55432)
+    "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust >/dev/null
+    "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+      -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+    CLEANUP+=("${AS_PG[*]} $PGBIN/pg_ctl -D $PGDIR/data -m immediate stop >/dev/null; rm -rf $PGDIR")
+    export KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PGPORT/postgres
+    echo "test.sh: started Postgres on 127.0.0.1:$PGPORT" >&2
+  fi
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
-  # nextest does not run doctests.
-  cargo test --workspace --doc --quiet
 else
   cargo test --workspace --no-fail-fast "$@"
 fi

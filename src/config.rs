@@ -41,7 +41,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How clients reach this api (download URLs are built from it). Default: the listen address.
     pub public_url: Option<Url>,
-    /// `sqlite://PATH`. Default: `sqlite://{data_dir}/kiln.db`.
+    /// `sqlite://PATH` or `postgres://…`. Default: `sqlite://{data_dir}/kiln.db`.
     pub database_url: Option<Secret>,
     /// Key for signed download URLs. Default: generated once into `{data_dir}/signing.key`.
     pub signing_secret: Option<Secret>,
@@ -240,8 +240,8 @@ impl Config {
         }
         if let Some(db) = &self.database_url {
             anyhow::ensure!(
-                db.expose().starts_with("sqlite:"),
-                "database_url must be a sqlite:// URL (Postgres arrives with the production backends)"
+                kiln_core::ledger::Dialect::of_url(db.expose()).is_some(),
+                "database_url must be a sqlite:// or postgres:// URL"
             );
         }
         Ok(())

@@ -9,6 +9,8 @@ pub mod dispatch;
 pub mod job;
 pub mod keys;
 pub mod ledger;
+#[cfg(any(test, feature = "contract"))]
+pub mod testing;
 pub mod time;
 
 pub use job::{

@@ -4,13 +4,14 @@
 //! was taken over, or whose job was canceled, cannot commit anything.
 //!
 //! The trait is the seam between the domain and its storage engines: SQLite for the embedded
-//! default here, Postgres for production beside it. Both implement the same contract tests.
+//! default and Postgres for production, both through one implementation (`sql`). Both pass the
+//! same contract tests (`contract`).
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
-mod sqlite;
+mod sql;
 
-pub use sqlite::SqliteLedger;
+pub use sql::{Dialect, SqlLedger};
 
 use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Status, TenantId};
 use crate::keys::MintedKey;
@@ -26,7 +27,7 @@ pub enum LedgerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger row is corrupt: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL '{0}': expected sqlite://")]
+    #[error("unsupported database URL '{0}': expected sqlite:// or postgres://")]
     UnsupportedUrl(String),
 }
 
@@ -177,11 +178,8 @@ pub trait Ledger: Send + Sync + 'static {
     async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
 }
 
-/// Opens the ledger a database URL names and brings its schema up to date.
+/// Opens the ledger a database URL names (`sqlite://…` or `postgres://…`) and brings its schema
+/// up to date.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Ledger>> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
-    } else {
-        Err(LedgerError::UnsupportedUrl(url.to_owned()))
-    }
+    Ok(std::sync::Arc::new(SqlLedger::open(url).await?))
 }

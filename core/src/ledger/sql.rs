@@ -1,69 +1,167 @@
-//! The SQLite ledger of the embedded default. One file in WAL mode; every write transaction starts
-//! with `BEGIN IMMEDIATE` so that it takes the write lock up front and waits on `busy_timeout`
-//! instead of failing on a read-to-write upgrade. Times are Unix milliseconds.
+//! The SQL ledger, one implementation for both engines through sqlx's `Any` driver: SQLite for
+//! the embedded default, Postgres for production. The schemas match column for column (times are
+//! Unix milliseconds, numbers are 64-bit), so rows decode alike and every statement is written
+//! once, with `?` placeholders that `Dialect::sql` turns into `$n` for Postgres. The dialects
+//! differ only where the engines do: SQLite write transactions start with `BEGIN IMMEDIATE` (take
+//! the write lock up front and wait on `busy_timeout`, instead of failing on a read-to-write
+//! upgrade); Postgres reads the rows it is about to change with `FOR UPDATE`, and the reconciler
+//! skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never collide.
+//!
+//! Times come from the application clock. Leases are tens of seconds and hosts run NTP, so the
+//! clock skew between workers is far below what a lease tolerates.
 
 use super::*;
 use crate::job::{Attempt, Output};
 use crate::time::{from_millis, now, to_millis};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
-use std::str::FromStr;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::borrow::Cow;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-pub struct SqliteLedger {
-    pool: SqlitePool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Rewrites `?` placeholders as `$1, $2, …` for Postgres. Kiln's statements hold no `?`
+    /// inside string literals.
+    fn sql<'a>(self, statement: &'a str) -> Cow<'a, str> {
+        match self {
+            Dialect::Sqlite => Cow::Borrowed(statement),
+            Dialect::Postgres => {
+                let mut out = String::with_capacity(statement.len() + 16);
+                let mut n = 0;
+                for c in statement.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Appended to a SELECT of rows the transaction will update.
+    fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Like `lock_rows`, but passing over rows another transaction holds.
+    fn lock_rows_skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+pub struct SqlLedger {
+    pool: AnyPool,
+    dialect: Dialect,
 }
 
 const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count";
 
-impl SqliteLedger {
-    /// Opens (creating if missing) the database at `url` and runs the migrations.
+/// A transaction plus its dialect, so helpers can write statements once.
+struct Tx {
+    tx: Transaction<'static, Any>,
+    d: Dialect,
+}
+
+impl SqlLedger {
+    /// Opens the database at `url` (a SQLite file is created if missing) and runs the migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL is durable across process crashes (only an OS crash can lose the
-            // last transactions), which is the fault model of the embedded default.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        let dialect =
+            Dialect::of_url(url).ok_or_else(|| LedgerError::UnsupportedUrl(redact(url)))?;
+        sqlx::any::install_default_drivers();
+        let (url, max) = match dialect {
+            Dialect::Sqlite => (sqlite_url_creating(url), 8),
+            Dialect::Postgres => (url.to_owned(), 16),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL + NORMAL is durable across process crashes (only an OS crash can
+                        // lose the last transactions): the fault model of the embedded default.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(SqliteLedger { pool })
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(SqlLedger { pool, dialect })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    fn sql<'a>(&self, statement: &'a str) -> Cow<'a, str> {
+        self.dialect.sql(statement)
     }
 
-    async fn load_job(&self, row: SqliteRow) -> Result<Job> {
+    async fn write_tx(&self) -> Result<Tx> {
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        Ok(Tx {
+            tx: self.pool.begin_with(begin).await?,
+            d: self.dialect,
+        })
+    }
+
+    async fn load_job(&self, row: AnyRow) -> Result<Job> {
         let mut job = job_from_row(&row)?;
         let id = job.id.to_string();
-        job.attempts = sqlx::query(
+        job.attempts = sqlx::query(&self.sql(
             "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message \
              FROM attempts WHERE job_id = ? ORDER BY number",
-        )
+        ))
         .bind(&id)
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(attempt_from_row)
         .collect::<Result<_>>()?;
-        job.outputs = sqlx::query(
+        job.outputs = sqlx::query(&self.sql(
             "SELECT idx, object_key, content_type, bytes, expires_at, deleted_at \
              FROM outputs WHERE job_id = ? ORDER BY idx",
-        )
+        ))
         .bind(&id)
         .fetch_all(&self.pool)
         .await?
@@ -83,7 +181,29 @@ impl SqliteLedger {
     }
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
+/// `sqlite://path` with the file created if missing (`mode=rwc`).
+fn sqlite_url_creating(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// A database URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.split('?').next().unwrap_or_default().to_owned(),
+    }
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job> {
     let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
     let input: String = row.try_get("input")?;
@@ -118,7 +238,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
     })
 }
 
-fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
+fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
     let code: Option<String> = r.try_get("error_code")?;
     let message: Option<String> = r.try_get("error_message")?;
     Ok(Attempt {
@@ -137,7 +257,7 @@ fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
     })
 }
 
-fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
+fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
         id: r.try_get("id")?,
         tenant: TenantId(r.try_get("tenant")?),
@@ -148,43 +268,43 @@ fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
 }
 
 async fn record_transition(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     job_id: &str,
     from: Option<Status>,
     to: Status,
     reason: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query(&tx.d.sql(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
-    )
+    ))
     .bind(job_id)
     .bind(from.map(Status::as_str))
     .bind(to.as_str())
     .bind(reason)
     .bind(at)
-    .execute(&mut **tx)
+    .execute(&mut *tx.tx)
     .await?;
     Ok(())
 }
 
 async fn finish_attempt(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     attempt_id: &str,
     outcome: AttemptOutcome,
     error: Option<&ErrorInfo>,
     at: i64,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query(&tx.d.sql(
         "UPDATE attempts SET finished_at = ?, outcome = ?, error_code = ?, error_message = ? \
          WHERE id = ? AND finished_at IS NULL",
-    )
+    ))
     .bind(at)
     .bind(outcome.as_str())
     .bind(error.map(|e| e.code.as_str()))
     .bind(error.map(|e| e.message.as_str()))
     .bind(attempt_id)
-    .execute(&mut **tx)
+    .execute(&mut *tx.tx)
     .await?;
     Ok(())
 }
@@ -193,7 +313,7 @@ async fn finish_attempt(
 /// whether the compare-and-set won; on a loss nothing is written.
 #[allow(clippy::too_many_arguments)]
 async fn leave_running(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     lease: &Lease,
     to: Status,
     error: Option<&ErrorInfo>,
@@ -204,11 +324,11 @@ async fn leave_running(
     debug_assert!(Status::Running.can_become(to));
     let id = lease.job_id.to_string();
     let completed_at = to.is_terminal().then_some(at);
-    let changed = sqlx::query(
+    let changed = sqlx::query(&tx.d.sql(
         "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, completed_at = ?, \
              run_after = COALESCE(?, run_after), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
          WHERE id = ? AND status = 'running' AND lease_token = ?",
-    )
+    ))
     .bind(to.as_str())
     .bind(error.filter(|_| to.is_terminal()).map(|e| e.code.as_str()))
     .bind(error.filter(|_| to.is_terminal()).map(|e| e.message.as_str()))
@@ -216,7 +336,7 @@ async fn leave_running(
     .bind(run_after)
     .bind(&id)
     .bind(&lease.token)
-    .execute(&mut **tx)
+    .execute(&mut *tx.tx)
     .await?
     .rows_affected();
     if changed == 0 {
@@ -232,9 +352,11 @@ async fn leave_running(
 }
 
 #[async_trait]
-impl Ledger for SqliteLedger {
+impl Ledger for SqlLedger {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(&self.sql("SELECT 1"))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -246,7 +368,7 @@ impl Ledger for SqliteLedger {
             created_at: now(),
             revoked_at: None,
         };
-        sqlx::query("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query(&self.sql("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)"))
             .bind(&record.id)
             .bind(&tenant.0)
             .bind(&key.hash)
@@ -259,7 +381,7 @@ impl Ledger for SqliteLedger {
 
     async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>> {
         let tenant: Option<String> = sqlx::query_scalar(
-            "SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            &self.sql("SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"),
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -268,7 +390,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        sqlx::query("SELECT id, tenant, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+        sqlx::query(&self.sql("SELECT id, tenant, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id"))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -277,9 +399,9 @@ impl Ledger for SqliteLedger {
     }
 
     async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64> {
-        Ok(sqlx::query(
+        Ok(sqlx::query(&self.sql(
             "UPDATE api_keys SET revoked_at = ? WHERE (id = ? OR prefix = ?) AND revoked_at IS NULL",
-        )
+        ))
         .bind(to_millis(now()))
         .bind(id_or_prefix)
         .bind(id_or_prefix)
@@ -289,7 +411,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn count_api_keys(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+        let n: i64 = sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM api_keys"))
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)
@@ -299,10 +421,10 @@ impl Ledger for SqliteLedger {
         let at = to_millis(now());
         let id = job.id.to_string();
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        sqlx::query(&self.sql(
             "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
              VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-        )
+        ))
         .bind(&id)
         .bind(&job.tenant.0)
         .bind(&job.model)
@@ -310,10 +432,10 @@ impl Ledger for SqliteLedger {
         .bind(at)
         .bind(at)
         .bind(at)
-        .execute(&mut *tx)
+        .execute(&mut *tx.tx)
         .await?;
         record_transition(&mut tx, &id, None, Status::Queued, None, at).await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(self
             .job_by_id(job.id)
             .await?
@@ -321,9 +443,9 @@ impl Ledger for SqliteLedger {
     }
 
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.sql(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?"
-        ))
+        )))
         .bind(id.to_string())
         .bind(&tenant.0)
         .fetch_optional(&self.pool)
@@ -353,6 +475,7 @@ impl Ledger for SqliteLedger {
             sql.push_str(" AND id < ?");
         }
         sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let sql = self.sql(&sql).into_owned();
         let mut query = sqlx::query(&sql).bind(&tenant.0);
         for s in &filter.statuses {
             query = query.bind(s.as_str());
@@ -384,18 +507,27 @@ impl Ledger for SqliteLedger {
         let at = to_millis(now());
         let sid = id.to_string();
         let mut tx = self.write_tx().await?;
-        let from: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
-                 error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-             WHERE id = ? AND tenant = ? AND status IN ('queued', 'running') \
-             RETURNING (SELECT status FROM jobs WHERE id = ?)",
-        )
-        .bind(at)
+        let current: Option<String> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT status FROM jobs WHERE id = ? AND tenant = ?{}",
+            self.dialect.lock_rows()
+        )))
         .bind(&sid)
         .bind(&tenant.0)
-        .bind(&sid)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *tx.tx)
         .await?;
+        let from = current.filter(|s| s == "queued" || s == "running");
+        if let Some(from) = &from {
+            sqlx::query(&self.sql(
+                "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
+                     error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND status = ?",
+            ))
+            .bind(at)
+            .bind(&sid)
+            .bind(from)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
         if let Some(from) = from {
             let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
             record_transition(
@@ -408,7 +540,7 @@ impl Ledger for SqliteLedger {
             )
             .await?;
         }
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(match self.get_job(tenant, id).await? {
             None => CancelOutcome::NotFound,
             Some(job) if job.status == Status::Canceled => CancelOutcome::Canceled(job),
@@ -417,7 +549,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn mark_rung(&self, id: JobId) -> Result<()> {
-        sqlx::query("UPDATE jobs SET rung_at = ? WHERE id = ?")
+        sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
             .bind(to_millis(now()))
             .bind(id.to_string())
             .execute(&self.pool)
@@ -436,35 +568,35 @@ impl Ledger for SqliteLedger {
         let sid = id.to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut tx = self.write_tx().await?;
-        let number: Option<i64> = sqlx::query_scalar(
+        let number: Option<i64> = sqlx::query_scalar(&self.sql(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
                  lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
              WHERE id = ? AND status = 'queued' AND run_after <= ? \
              RETURNING attempt_count",
-        )
+        ))
         .bind(at)
         .bind(worker)
         .bind(&token)
         .bind(at + lease_for.as_millis() as i64)
         .bind(&sid)
         .bind(at)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *tx.tx)
         .await?;
         let Some(number) = number else {
             return Ok(None);
         };
         // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
         let attempt_id = format!("{sid}-{number}");
-        sqlx::query(
+        sqlx::query(&self.sql(
             "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        ))
         .bind(&sid)
         .bind(number)
         .bind(&attempt_id)
         .bind(route)
         .bind(worker)
         .bind(at)
-        .execute(&mut *tx)
+        .execute(&mut *tx.tx)
         .await?;
         record_transition(
             &mut tx,
@@ -475,7 +607,7 @@ impl Ledger for SqliteLedger {
             at,
         )
         .await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         let job = self
             .job_by_id(id)
             .await?
@@ -493,9 +625,9 @@ impl Ledger for SqliteLedger {
 
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
         let until = to_millis(now()) + lease_for.as_millis() as i64;
-        let changed = sqlx::query(
+        let changed = sqlx::query(&self.sql(
             "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
-        )
+        ))
         .bind(until)
         .bind(lease.job_id.to_string())
         .bind(&lease.token)
@@ -522,19 +654,19 @@ impl Ledger for SqliteLedger {
             return Ok(false);
         }
         for o in outputs {
-            sqlx::query(
+            sqlx::query(&self.sql(
                 "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            )
+            ))
             .bind(lease.job_id.to_string())
             .bind(o.index as i64)
             .bind(&o.object_key)
             .bind(&o.content_type)
             .bind(o.bytes as i64)
             .bind(to_millis(o.expires_at))
-            .execute(&mut *tx)
+            .execute(&mut *tx.tx)
             .await?;
         }
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(true)
     }
 
@@ -551,7 +683,7 @@ impl Ledger for SqliteLedger {
             at,
         )
         .await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(won)
     }
 
@@ -573,7 +705,7 @@ impl Ledger for SqliteLedger {
             at,
         )
         .await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(won)
     }
 
@@ -590,7 +722,7 @@ impl Ledger for SqliteLedger {
             at,
         )
         .await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(won)
     }
 
@@ -602,12 +734,12 @@ impl Ledger for SqliteLedger {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         finish_attempt(&mut tx, &lease.attempt_id, outcome, error, to_millis(now())).await?;
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(())
     }
 
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -618,7 +750,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
-        sqlx::query("SELECT from_status, to_status, reason, at FROM job_transitions WHERE job_id = ? ORDER BY seq")
+        sqlx::query(&self.sql("SELECT from_status, to_status, reason, at FROM job_transitions WHERE job_id = ? ORDER BY seq"))
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await?
@@ -641,13 +773,16 @@ impl Ledger for SqliteLedger {
     async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>> {
         let at = to_millis(now());
         let mut tx = self.write_tx().await?;
-        let expired = sqlx::query(
-            "SELECT id, lease_token, rescue_count FROM jobs \
-             WHERE status = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
-        )
+        let expired = sqlx::query(&self.sql(
+            &format!(
+                "SELECT id, lease_token, rescue_count FROM jobs \
+                 WHERE status = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?{}",
+                self.dialect.lock_rows_skip_locked()
+            ),
+        ))
         .bind(at)
         .bind(limit as i64)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *tx.tx)
         .await?;
         let mut rescues = Vec::with_capacity(expired.len());
         for row in expired {
@@ -659,31 +794,31 @@ impl Ledger for SqliteLedger {
                 "worker_lost",
                 "the worker running this attempt stopped renewing its lease",
             );
-            sqlx::query(
+            sqlx::query(&self.sql(
                 "UPDATE attempts SET finished_at = ?, outcome = 'lost', error_code = ?, error_message = ? \
                  WHERE job_id = ? AND finished_at IS NULL",
-            )
+            ))
             .bind(at)
             .bind(&lost.code)
             .bind(&lost.message)
             .bind(&sid)
-            .execute(&mut *tx)
+            .execute(&mut *tx.tx)
             .await?;
             if rescued as u32 >= max_rescues {
                 let message = format!(
                     "the job's worker was lost {} times (the rescue limit is {max_rescues}); it was not run again",
                     rescued + 1
                 );
-                sqlx::query(
+                sqlx::query(&self.sql(
                     "UPDATE jobs SET status = 'failed', error_code = 'rescue_limit_exceeded', error_message = ?, \
                          completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                      WHERE id = ? AND status = 'running' AND lease_token = ?",
-                )
+                ))
                 .bind(&message)
                 .bind(at)
                 .bind(&sid)
                 .bind(&token)
-                .execute(&mut *tx)
+                .execute(&mut *tx.tx)
                 .await?;
                 record_transition(
                     &mut tx,
@@ -696,16 +831,16 @@ impl Ledger for SqliteLedger {
                 .await?;
                 rescues.push(Rescue::GaveUp(job_id));
             } else {
-                sqlx::query(
+                sqlx::query(&self.sql(
                     "UPDATE jobs SET status = 'queued', rescue_count = rescue_count + 1, run_after = ?, rung_at = ?, \
                          lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                      WHERE id = ? AND status = 'running' AND lease_token = ?",
-                )
+                ))
                 .bind(at)
                 .bind(at)
                 .bind(&sid)
                 .bind(&token)
-                .execute(&mut *tx)
+                .execute(&mut *tx.tx)
                 .await?;
                 record_transition(
                     &mut tx,
@@ -719,14 +854,14 @@ impl Ledger for SqliteLedger {
                 rescues.push(Rescue::Requeued(job_id));
             }
         }
-        tx.commit().await?;
+        tx.tx.commit().await?;
         Ok(rescues)
     }
 
     async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = sqlx::query_scalar(&self.sql(
             "SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ? AND rung_at < ? ORDER BY run_after LIMIT ?",
-        )
+        ))
         .bind(to_millis(now()))
         .bind(to_millis(rung_before))
         .bind(limit as i64)
@@ -738,10 +873,10 @@ impl Ledger for SqliteLedger {
     }
 
     async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>> {
-        sqlx::query(
+        sqlx::query(&self.sql(
             "SELECT job_id, idx, object_key FROM outputs WHERE deleted_at IS NULL AND expires_at <= ? \
              ORDER BY expires_at LIMIT ?",
-        )
+        ))
         .bind(to_millis(now))
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -759,9 +894,9 @@ impl Ledger for SqliteLedger {
     }
 
     async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()> {
-        sqlx::query(
+        sqlx::query(&self.sql(
             "UPDATE outputs SET deleted_at = ? WHERE job_id = ? AND idx = ? AND deleted_at IS NULL",
-        )
+        ))
         .bind(to_millis(now()))
         .bind(job_id.to_string())
         .bind(index as i64)
@@ -779,8 +914,39 @@ mod tests {
     async fn fresh() -> (Arc<dyn Ledger>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-        (Arc::new(SqliteLedger::open(&url).await.unwrap()), dir)
+        (Arc::new(SqlLedger::open(&url).await.unwrap()), dir)
+    }
+
+    #[test]
+    fn placeholders_become_numbered_for_postgres() {
+        let q = "UPDATE jobs SET a = ? WHERE id = ? AND b IN (?, ?)";
+        assert_eq!(Dialect::Sqlite.sql(q), q);
+        assert_eq!(
+            Dialect::Postgres.sql(q),
+            "UPDATE jobs SET a = $1 WHERE id = $2 AND b IN ($3, $4)"
+        );
+    }
+
+    #[test]
+    fn passwords_stay_out_of_errors() {
+        assert_eq!(
+            redact("postgres://kiln:hunter2@db:5432/kiln"),
+            "postgres://kiln:***@db:5432/kiln"
+        );
+        assert!(!redact("mysql://u:hunter2@h/db").contains("hunter2"));
     }
 
     crate::ledger_contract_tests!(fresh());
+
+    mod postgres {
+        use super::*;
+        use crate::testing::PostgresDatabase;
+
+        async fn fresh() -> (Arc<dyn Ledger>, PostgresDatabase) {
+            let db = PostgresDatabase::create().await;
+            (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
+        }
+
+        crate::ledger_contract_tests!(fresh());
+    }
 }
