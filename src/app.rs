@@ -6,6 +6,7 @@
 use crate::config::Config;
 use anyhow::Context;
 use kiln_core::catalog::Catalog;
+use kiln_core::dispatch::redis::{ConsumerSettings, RedisDoorbell};
 use kiln_core::dispatch::{self, Doorbell};
 use kiln_core::{keys, Ledger, TenantId};
 use kiln_storage::{LocalStore, ObjectStore, UrlSigner};
@@ -147,15 +148,31 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         UrlSigner::new(signing_secret(config)?),
     ));
     let store: Arc<dyn ObjectStore> = local.clone();
-    // The in-process doorbell only reaches a worker in this same process. Split into separate
-    // api and worker processes without a shared queue, the api's rings do nothing and the
-    // worker polls the ledger instead.
-    let (in_process, backend) = dispatch::in_process();
-    let shares_a_process = roles.api && roles.worker;
-    let doorbell: Arc<dyn Doorbell> = if roles.worker {
-        Arc::new(in_process)
-    } else {
-        Arc::new(dispatch::LedgerPolling)
+    let identity = worker_identity(config);
+    let (doorbell, rings, poll_ledger): (Arc<dyn Doorbell>, _, _) = match &config.redis_url {
+        Some(url) => {
+            let bell = RedisDoorbell::connect(url.expose(), &config.redis_prefix)
+                .await
+                .context("cannot reach Redis (redis_url)")?;
+            let rings = bell.consume(ConsumerSettings {
+                consumer: identity.clone(),
+                batch: config.worker.concurrency.max(1) * 2,
+                ..ConsumerSettings::default()
+            });
+            (Arc::new(bell), rings, false)
+        }
+        None => {
+            // The in-process doorbell only reaches a worker in this same process. Split into
+            // separate api and worker processes without a shared queue, the api's rings do
+            // nothing and the worker polls the ledger instead.
+            let (in_process, rings) = dispatch::in_process();
+            let doorbell: Arc<dyn Doorbell> = if roles.worker {
+                Arc::new(in_process)
+            } else {
+                Arc::new(dispatch::LedgerPolling)
+            };
+            (doorbell, rings, !(roles.api && roles.worker))
+        }
     };
     let catalog = Catalog::new(config.demo.allow_crash);
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
@@ -173,7 +190,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             ),
             catalog: catalog.clone(),
             executor: ExecutorConfig {
-                identity: worker_identity(config),
+                identity,
                 lease: config.worker.lease,
                 heartbeat: config.worker.heartbeat,
                 max_attempts: config.worker.max_attempts,
@@ -188,10 +205,10 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 ring_stale_after: config.worker.ring_stale_after,
                 max_rescues: config.worker.max_rescues,
                 janitor_interval: config.outputs.janitor_interval,
-                poll_ledger: !shares_a_process,
+                poll_ledger,
             },
         };
-        Some(runtime.start(backend))
+        Some(runtime.start(rings))
     } else {
         None
     };

@@ -43,6 +43,10 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// `sqlite://PATH` or `postgres://…`. Default: `sqlite://{data_dir}/kiln.db`.
     pub database_url: Option<Secret>,
+    /// `redis://…`: the shared dispatch queue. Absent: the in-process doorbell.
+    pub redis_url: Option<Secret>,
+    /// Prefix of Kiln's keys in Redis, so several deployments can share one server.
+    pub redis_prefix: String,
     /// Key for signed download URLs. Default: generated once into `{data_dir}/signing.key`.
     pub signing_secret: Option<Secret>,
     /// Largest request body accepted, in bytes.
@@ -120,6 +124,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./kiln-data"),
             public_url: None,
             database_url: None,
+            redis_url: None,
+            redis_prefix: "kiln".into(),
             signing_secret: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
@@ -238,6 +244,16 @@ impl Config {
                 "public_url must be an http(s) URL"
             );
         }
+        if let Some(redis) = &self.redis_url {
+            anyhow::ensure!(
+                redis.expose().starts_with("redis://") || redis.expose().starts_with("rediss://"),
+                "redis_url must be a redis:// or rediss:// URL"
+            );
+        }
+        anyhow::ensure!(
+            !self.redis_prefix.is_empty() && !self.redis_prefix.contains(char::is_whitespace),
+            "redis_prefix must be a non-empty word"
+        );
         if let Some(db) = &self.database_url {
             anyhow::ensure!(
                 kiln_core::ledger::Dialect::of_url(db.expose()).is_some(),

@@ -38,6 +38,8 @@ pub struct Kiln {
     pub config: Config,
     pub running: Option<Running>,
     pub http: reqwest::Client,
+    /// Servers this instance uses (Redis, a Postgres database), stopped with it.
+    pub services: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 pub fn http() -> reqwest::Client {
@@ -72,7 +74,24 @@ impl Kiln {
             config,
             running: Some(running),
             http: http(),
+            services: vec![],
         }
+    }
+
+    /// Kiln on Postgres and Redis of its own (a fresh database, a fresh redis-server).
+    pub async fn start_production(adjust: impl FnOnce(&mut Config)) -> Kiln {
+        let db = kiln_core::testing::PostgresDatabase::create().await;
+        let redis = kiln_core::testing::RedisServer::start();
+        let (db_url, redis_url) = (db.url.clone(), redis.url());
+        let mut kiln = Self::start_with(|c| {
+            c.database_url = Some(kiln::config::Secret::new(db_url));
+            c.redis_url = Some(kiln::config::Secret::new(redis_url));
+            adjust(c);
+        })
+        .await;
+        kiln.services.push(Box::new(redis));
+        kiln.services.push(Box::new(db));
+        kiln
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -94,6 +113,8 @@ impl Kiln {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        // Servers stop only after Kiln has let go of them.
+        self.services.clear();
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -70,25 +70,28 @@ impl Executor {
         }
     }
 
-    /// Runs `job_id` if it can be claimed; a ring for a job that is not claimable (already
-    /// running, finished, canceled, not yet due) is a harmless duplicate and does nothing.
-    pub async fn execute(&self, job_id: JobId) -> ExecResult {
+    /// Claims `job_id` if it is claimable. A ring for a job that is not (already running,
+    /// finished, canceled, not yet due) is a harmless duplicate: `None`, and nothing happens.
+    pub async fn claim(&self, job_id: JobId) -> ExecResult<Option<Claim>> {
         if self.hard_stop.is_cancelled() {
-            return Ok(());
+            return Ok(None);
         }
-        let Some(claim) = self
+        let claim = self
             .ledger
             .claim(job_id, &self.config.identity, "demo", self.config.lease)
-            .await?
-        else {
-            return Ok(());
-        };
-        tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
-        let lease = claim.lease.clone();
+            .await?;
+        if let Some(claim) = &claim {
+            tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
+        }
+        Ok(claim)
+    }
+
+    /// Runs a claimed job to its next state.
+    pub async fn run(&self, claim: Claim) -> ExecResult {
         let lost = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             self.ledger.clone(),
-            lease.clone(),
+            claim.lease.clone(),
             self.config.lease,
             self.config.heartbeat,
             lost.clone(),

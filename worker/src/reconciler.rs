@@ -15,11 +15,13 @@ use std::time::Duration;
 const BATCH: u32 = 500;
 
 pub struct Reconciler {
-    pub ledger: Arc<dyn Ledger>,
-    pub doorbell: Arc<dyn Doorbell>,
-    pub max_rescues: u32,
+    ledger: Arc<dyn Ledger>,
+    doorbell: Arc<dyn Doorbell>,
+    max_rescues: u32,
     /// A queued job that was rung longer ago than this is rung again.
-    pub ring_stale_after: Duration,
+    ring_stale_after: Duration,
+    /// The doorbell's epoch at the last pass; a change means rings may have been lost.
+    last_epoch: tokio::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,6 +32,35 @@ pub struct PassReport {
 }
 
 impl Reconciler {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        doorbell: Arc<dyn Doorbell>,
+        max_rescues: u32,
+        ring_stale_after: Duration,
+    ) -> Self {
+        Reconciler {
+            ledger,
+            doorbell,
+            max_rescues,
+            ring_stale_after,
+            last_epoch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the doorbell restarted (and may have lost rings) since the last pass.
+    async fn queue_restarted(&self) -> bool {
+        let epoch = self.doorbell.epoch().await;
+        let mut last = self.last_epoch.lock().await;
+        let restarted = matches!((&*last, &epoch), (Some(before), Some(now)) if before != now);
+        if epoch.is_some() {
+            *last = epoch;
+        }
+        if restarted {
+            tracing::warn!("the dispatch queue restarted: ringing every due job again");
+        }
+        restarted
+    }
+
     /// One pass. `ring_everything_due` is set on a process's first pass: rings held only in a
     /// previous process's memory are gone, so every due job is rung once.
     pub async fn pass(&self, ring_everything_due: bool) -> Result<PassReport, LedgerError> {
@@ -51,6 +82,7 @@ impl Reconciler {
                 }
             }
         }
+        let ring_everything_due = self.queue_restarted().await || ring_everything_due;
         let rung_before = if ring_everything_due {
             kiln_core::time::now() + chrono::Duration::seconds(1)
         } else {

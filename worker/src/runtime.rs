@@ -11,8 +11,8 @@ use crate::reconciler::Reconciler;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use kiln_core::catalog::Catalog;
-use kiln_core::dispatch::{Doorbell, InProcessBackend};
-use kiln_core::{JobId, Ledger};
+use kiln_core::dispatch::{Doorbell, Ring, RingStream};
+use kiln_core::Ledger;
 use kiln_storage::ObjectStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,17 +51,32 @@ pub struct WorkerHandle {
     shutdown_timeout: Duration,
 }
 
-async fn on_ring(job: JobId, executor: Data<Arc<Executor>>) -> ExecResult {
-    let result = executor.execute(job).await;
+/// Handles one ring: claim, acknowledge, run. The ring is acknowledged once the ledger has
+/// decided it (the claim won or lost): from then on the job's lease, not the queue, carries it.
+/// If the ledger cannot be reached, the ring stays pending and is delivered again.
+async fn on_ring(ring: Ring, executor: Data<Arc<Executor>>) -> ExecResult {
+    let result = async {
+        let claim = executor.claim(ring.job).await?;
+        if let Some(receipt) = &ring.receipt {
+            if let Err(e) = executor.doorbell.ack(receipt).await {
+                tracing::warn!(job = %ring.job, error = %e, "could not acknowledge a ring; it may be delivered again");
+            }
+        }
+        match claim {
+            Some(claim) => executor.run(claim).await,
+            None => Ok(()),
+        }
+    }
+    .await;
     if let Err(e) = &result {
         // The job stays as the ledger has it; lease expiry and re-ringing carry it on.
-        tracing::error!(job = %job, error = %e, "executing a job failed on the ledger");
+        tracing::error!(job = %ring.job, error = %e, "handling a ring failed on the ledger");
     }
     result
 }
 
 impl WorkerRuntime {
-    pub fn start(self, backend: InProcessBackend) -> WorkerHandle {
+    pub fn start(self, rings: RingStream) -> WorkerHandle {
         let soft_stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let identity = self.executor.identity.clone();
@@ -75,7 +90,7 @@ impl WorkerRuntime {
             hard_stop.clone(),
         ));
         let worker = WorkerBuilder::new(identity.as_str())
-            .backend(backend)
+            .backend(rings)
             .data(executor)
             .layer(ConcurrencyLimitLayer::new(self.settings.concurrency.max(1)))
             .build(on_ring);
@@ -90,12 +105,12 @@ impl WorkerRuntime {
             }
         });
 
-        let reconciler = Reconciler {
-            ledger: self.ledger.clone(),
-            doorbell: self.doorbell.clone(),
-            max_rescues: self.settings.max_rescues,
-            ring_stale_after: self.settings.ring_stale_after,
-        };
+        let reconciler = Reconciler::new(
+            self.ledger.clone(),
+            self.doorbell.clone(),
+            self.settings.max_rescues,
+            self.settings.ring_stale_after,
+        );
         let janitor = Janitor {
             ledger: self.ledger.clone(),
             store: self.store.clone(),

@@ -1,0 +1,83 @@
+//! The dispatch doorbell (invariant 1: the ledger is the truth, the queue is a doorbell). A ring
+//! carries a job id and nothing else; a lost ring only delays a job, because the reconciler rings
+//! every due `queued` job that has not been rung for a while, and a duplicated ring is harmless,
+//! because a worker must win the ledger's compare-and-set claim before it runs anything.
+//!
+//! apalis is the worker runtime in every mode. Each doorbell hands its worker a stream of
+//! `Ring`s, and a boxed stream is an apalis backend, so the worker code is the same whether the
+//! rings come from a channel in the same process (`in_process`) or from Redis Streams consumer
+//! groups shared by many processes (`redis`). A ring from Redis carries a receipt that the worker
+//! acknowledges once the ledger has decided the ring (the claim won or lost); until then Redis
+//! keeps it pending, and a dead consumer's pending rings are reclaimed by the others.
+
+mod in_process;
+pub mod redis;
+
+pub use in_process::{in_process, InProcessDoorbell, LedgerPolling};
+
+use crate::job::JobId;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::convert::Infallible;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("the dispatch queue is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which lane a ring travels in. Lanes drain highest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    High,
+    Normal,
+    Low,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+        }
+    }
+}
+
+/// Proof of delivery of a ring from a queue that wants an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub lane: Lane,
+    pub message_id: String,
+}
+
+/// One ring, as a worker receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    pub job: JobId,
+    pub receipt: Option<Receipt>,
+}
+
+/// The rings a worker consumes; as a boxed stream it is an apalis backend. Delivery faults are
+/// handled inside (logged, reconnected), so the stream itself never fails.
+pub type RingStream = BoxStream<'static, Result<Ring, Infallible>>;
+
+#[async_trait]
+pub trait Doorbell: Send + Sync + 'static {
+    /// Rings for `job`: the api after committing it, a worker after scheduling a retry, the
+    /// reconciler for what nobody took.
+    async fn ring(&self, job: JobId) -> Result<(), DispatchError>;
+
+    /// Acknowledges a delivered ring; it will not be delivered again.
+    async fn ack(&self, _receipt: &Receipt) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    /// Identifies the queue's current life. When it changes (a Redis restart without
+    /// persistence, say), rings may have been lost, and the reconciler rings every due job.
+    async fn epoch(&self) -> Option<String> {
+        None
+    }
+}

@@ -1,0 +1,422 @@
+//! Kiln's Redis doorbell on Redis Streams consumer groups. Each lane is a stream
+//! (`{prefix}:dispatch:{lane}`) read by one consumer group shared by all workers. A ring is
+//! `XADD … job <id>`; a worker reads with `XREADGROUP` (new entries) and `XAUTOCLAIM` (entries a
+//! dead consumer held past `reclaim_idle`), and acknowledges with `XACK` + `XDEL` once the ledger
+//! has decided the ring, which keeps the streams as short as the backlog.
+//!
+//! Retries, leases and attempt counting live in the ledger and the executor, never here: the
+//! doorbell only delivers at least once. A Redis restart is survived on both sides: the
+//! connection manager reconnects producers, the consumer loop reconnects and re-creates its group,
+//! and `epoch` (the server's run id) tells the reconciler to ring every due job again, since
+//! rings held by a server without persistence are gone.
+
+use super::{DispatchError, Doorbell, Lane, Receipt, Ring, RingStream};
+use crate::job::JobId;
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The consumer group every Kiln worker joins.
+pub const GROUP: &str = "kiln-workers";
+/// How long a producer waits for Redis before reporting the queue unavailable.
+const PRODUCER_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// This consumer's name in the group: the worker's identity.
+    pub consumer: String,
+    /// Entries fetched per read.
+    pub batch: usize,
+    /// How long one blocking read waits for new rings.
+    pub block: Duration,
+    /// A pending ring idle this long belongs to a consumer presumed dead and is reclaimed.
+    pub reclaim_idle: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            consumer: "kiln".into(),
+            batch: 16,
+            block: Duration::from_secs(2),
+            reclaim_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisDoorbell {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DispatchError {
+    DispatchError::Unavailable(e.to_string())
+}
+
+impl RedisDoorbell {
+    /// Connects to `url`; streams are named under `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisDoorbell, DispatchError> {
+        let client = Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(PRODUCER_TIMEOUT))
+            .set_response_timeout(Some(PRODUCER_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            PRODUCER_TIMEOUT * 3,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| unavailable("timed out connecting to Redis"))?
+        .map_err(unavailable)?;
+        Ok(RedisDoorbell {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, lane: Lane) -> String {
+        stream_key(&self.prefix, lane)
+    }
+
+    /// The rings of every lane for one consumer, as an apalis backend stream.
+    pub fn consume(&self, settings: ConsumerSettings) -> RingStream {
+        let consumer = Consumer {
+            client: self.client.clone(),
+            conn: None,
+            keys: Lane::ALL.iter().map(|l| (*l, self.key(*l))).collect(),
+            settings,
+            buffer: VecDeque::new(),
+            groups_ready: false,
+            last_reclaim: None,
+            backoff: Duration::from_millis(100),
+        };
+        futures::stream::unfold(consumer, |mut consumer| async move {
+            loop {
+                if let Some(ring) = consumer.buffer.pop_front() {
+                    return Some((Ok(ring), consumer));
+                }
+                consumer.fill().await;
+            }
+        })
+        .boxed()
+    }
+}
+
+pub fn stream_key(prefix: &str, lane: Lane) -> String {
+    format!("{prefix}:dispatch:{}", lane.as_str())
+}
+
+#[async_trait]
+impl Doorbell for RedisDoorbell {
+    async fn ring(&self, job: JobId) -> Result<(), DispatchError> {
+        let mut conn = self.conn.clone();
+        let mut add = redis::cmd("XADD");
+        add.arg(self.key(Lane::Normal))
+            .arg("*")
+            .arg("job")
+            .arg(job.to_string());
+        tokio::time::timeout(PRODUCER_TIMEOUT, add.query_async::<String>(&mut conn))
+            .await
+            .map_err(|_| unavailable("timed out ringing Redis"))?
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> Result<(), DispatchError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(receipt.lane);
+        let mut ack = redis::pipe();
+        ack.cmd("XACK")
+            .arg(&key)
+            .arg(GROUP)
+            .arg(&receipt.message_id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(&receipt.message_id)
+            .ignore();
+        tokio::time::timeout(PRODUCER_TIMEOUT, ack.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| unavailable("timed out acknowledging in Redis"))?
+            .map_err(unavailable)
+    }
+
+    async fn epoch(&self) -> Option<String> {
+        let mut conn = self.conn.clone();
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let info = tokio::time::timeout(PRODUCER_TIMEOUT, info.query_async::<String>(&mut conn))
+            .await
+            .ok()?
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+    }
+}
+
+/// The consumer loop's state. It owns a connection of its own, because a blocking read holds
+/// its connection for the whole wait.
+struct Consumer {
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    keys: Vec<(Lane, String)>,
+    settings: ConsumerSettings,
+    buffer: VecDeque<Ring>,
+    groups_ready: bool,
+    last_reclaim: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Consumer {
+    fn lane_of(&self, key: &str) -> Lane {
+        self.keys
+            .iter()
+            .find(|(_, k)| k == key)
+            .map(|(l, _)| *l)
+            .unwrap_or(Lane::Normal)
+    }
+
+    fn push(&mut self, lane: Lane, entry: &StreamId) {
+        let job = entry
+            .get::<String>("job")
+            .and_then(|s| s.parse::<JobId>().ok());
+        match job {
+            Some(job) => self.buffer.push_back(Ring {
+                job,
+                receipt: Some(Receipt {
+                    lane,
+                    message_id: entry.id.clone(),
+                }),
+            }),
+            None => tracing::warn!(id = %entry.id, "ignoring a malformed ring"),
+        }
+    }
+
+    async fn fault(&mut self, e: RedisError) {
+        if e.code() == Some("NOGROUP") {
+            // The server lost our group (a restart without persistence): make it again.
+            self.groups_ready = false;
+            return;
+        }
+        tracing::warn!(error = %e, retry_in = ?self.backoff, "reading the dispatch queue failed");
+        self.conn = None;
+        self.groups_ready = false;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// One round: (re)connect, make groups, reclaim from dead consumers, read new rings.
+    async fn fill(&mut self) {
+        let block = self.settings.block;
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(PRODUCER_TIMEOUT))
+                    .set_response_timeout(Some(block + PRODUCER_TIMEOUT));
+                match self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(conn) => self.conn.insert(conn),
+                    Err(e) => return self.fault(e).await,
+                }
+            }
+        };
+        let mut conn = conn.clone();
+        if !self.groups_ready {
+            for (_, key) in &self.keys {
+                let created = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut conn)
+                    .await;
+                match created {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) => return self.fault(e).await,
+                }
+            }
+            self.groups_ready = true;
+        }
+        let reclaim_due = self
+            .last_reclaim
+            .is_none_or(|at| at.elapsed() >= self.settings.reclaim_idle / 2);
+        if reclaim_due {
+            self.last_reclaim = Some(Instant::now());
+            for i in 0..self.keys.len() {
+                let (lane, key) = self.keys[i].clone();
+                let reply = redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&self.settings.consumer)
+                    .arg(self.settings.reclaim_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(self.settings.batch)
+                    .query_async::<StreamAutoClaimReply>(&mut conn)
+                    .await;
+                match reply {
+                    Ok(reply) => {
+                        if !reply.claimed.is_empty() {
+                            tracing::info!(
+                                count = reply.claimed.len(),
+                                lane = lane.as_str(),
+                                "reclaimed rings from a dead consumer"
+                            );
+                        }
+                        for entry in &reply.claimed {
+                            self.push(lane, entry);
+                        }
+                    }
+                    Err(e) => return self.fault(e).await,
+                }
+            }
+            if !self.buffer.is_empty() {
+                return;
+            }
+        }
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.settings.consumer)
+            .arg("COUNT")
+            .arg(self.settings.batch)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS");
+        for (_, key) in &self.keys {
+            read.arg(key);
+        }
+        for _ in &self.keys {
+            read.arg(">");
+        }
+        match read.query_async::<Option<StreamReadReply>>(&mut conn).await {
+            Ok(reply) => {
+                self.backoff = Duration::from_millis(100);
+                // Keys come back in the order asked, highest lane first.
+                for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                    let lane = self.lane_of(&stream.key);
+                    for entry in &stream.ids {
+                        self.push(lane, entry);
+                    }
+                }
+            }
+            Err(e) => self.fault(e).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    fn settings(consumer: &str, reclaim_idle: Duration) -> ConsumerSettings {
+        ConsumerSettings {
+            consumer: consumer.into(),
+            batch: 8,
+            block: Duration::from_millis(200),
+            reclaim_idle,
+        }
+    }
+
+    async fn next(rings: &mut RingStream) -> Ring {
+        tokio::time::timeout(Duration::from_secs(10), rings.next())
+            .await
+            .expect("a ring arrives")
+            .expect("the stream goes on")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn rings_are_delivered_once_and_acknowledged_rings_are_gone() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        let mut a = bell.consume(settings("a", Duration::from_secs(60)));
+        let mut b = bell.consume(settings("b", Duration::from_secs(60)));
+        let jobs: Vec<JobId> = (0..4).map(|_| JobId::new()).collect();
+        for j in &jobs {
+            bell.ring(*j).await.unwrap();
+        }
+        let mut seen = vec![];
+        while seen.len() < jobs.len() {
+            let ring = tokio::select! { r = next(&mut a) => r, r = next(&mut b) => r };
+            bell.ack(ring.receipt.as_ref().unwrap()).await.unwrap();
+            seen.push(ring.job);
+        }
+        seen.sort();
+        let mut expected = jobs.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "each ring once, across consumers");
+        let mut conn = bell.conn.clone();
+        let len: usize = redis::cmd("XLEN")
+            .arg(stream_key("t", Lane::Normal))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "acknowledged rings are deleted");
+    }
+
+    #[tokio::test]
+    async fn a_dead_consumers_rings_are_reclaimed() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        let job = JobId::new();
+        {
+            // This consumer takes the ring and dies without acknowledging it.
+            let mut dying = bell.consume(settings("dying", Duration::from_millis(100)));
+            bell.ring(job).await.unwrap();
+            assert_eq!(next(&mut dying).await.job, job);
+        }
+        let mut survivor = bell.consume(settings("survivor", Duration::from_millis(100)));
+        let ring = next(&mut survivor).await;
+        assert_eq!(ring.job, job);
+        bell.ack(ring.receipt.as_ref().unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn consumers_and_producers_survive_a_redis_restart() {
+        let mut redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        let mut rings = bell.consume(settings("w", Duration::from_secs(60)));
+        let before = JobId::new();
+        bell.ring(before).await.unwrap();
+        assert_eq!(next(&mut rings).await.job, before);
+        let epoch = bell.epoch().await.unwrap();
+
+        redis.kill();
+        assert!(
+            bell.ring(JobId::new()).await.is_err(),
+            "a ring with Redis down fails fast"
+        );
+        redis.restart();
+
+        // Producers reconnect on their own; the consumer re-creates its group and reads on.
+        let after = JobId::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bell.ring(after).await.is_err() {
+            assert!(Instant::now() < deadline, "the producer never reconnected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(next(&mut rings).await.job, after);
+        assert_ne!(
+            bell.epoch().await.unwrap(),
+            epoch,
+            "the restart shows as a new epoch"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! Kiln on its production backends: the Postgres ledger and the Redis Streams doorbell (and,
+//! as they land, S3), each test with its own database and its own redis-server.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_on_postgres_and_redis() {
+    let kiln = Kiln::start_production(|_| {}).await;
+    let key = kiln.key("acme").await;
+    let image = submit_ok(&kiln.http, &kiln.base, &key, image_job(32, 24)).await;
+    let image = wait_terminal(&kiln.http, &kiln.base, &key, &image).await;
+    assert_eq!(image["status"], "succeeded", "{image:#}");
+    let up = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        json!({"model": "demo/upscale", "input": {"image": image["outputs"][0]["url"], "scale": 2}}),
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&kiln.http, &kiln.base, &key, &up).await["status"],
+        "succeeded"
+    );
+    let retried = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}}),
+    )
+    .await;
+    let retried = wait_terminal(&kiln.http, &kiln.base, &key, &retried).await;
+    assert_eq!(
+        retried["attempts"].as_array().unwrap().len(),
+        3,
+        "retries are rung through Redis"
+    );
+    kiln.shutdown().await;
+}
+
+/// Redis down at submit: the job is committed and answered 202; once Redis is back the
+/// reconciler rings it (the queue's new epoch makes it ring every due job) and it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_submitted_while_redis_is_down_runs_when_it_returns() {
+    let mut kiln = Kiln::start_production(|_| {}).await;
+    let key = kiln.key("acme").await;
+    let redis = kiln.services[0]
+        .downcast_mut::<kiln_core::testing::RedisServer>()
+        .unwrap();
+    redis.kill();
+    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    assert_eq!(
+        get_job(&kiln.http, &kiln.base, &key, &id).await["status"],
+        "queued"
+    );
+    let redis = kiln.services[0]
+        .downcast_mut::<kiln_core::testing::RedisServer>()
+        .unwrap();
+    redis.restart();
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "succeeded");
+    kiln.shutdown().await;
+}
