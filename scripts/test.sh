@@ -29,6 +29,13 @@ free_port() { # a TCP port nothing listens on, from $1 upwards
 ensure ffprobe ffmpeg          # checks the demo video
 ensure redis-server redis-server # tests start their own redis-server processes
 
+# The S3 server tests start per test; built once, then cached in cargo's bin directory.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! s3s-fs --help >/dev/null 2>&1; then
+  echo "test.sh: installing s3s-fs 0.14.1 (once)" >&2
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
+
 # Postgres: use KILN_TEST_POSTGRES_URL, else a local server that answers, else start our own.
 pg_answers() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 if [ -z "${KILN_TEST_POSTGRES_URL:-}" ]; then

@@ -9,7 +9,7 @@ use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::redis::{ConsumerSettings, RedisDoorbell};
 use kiln_core::dispatch::{self, Doorbell};
 use kiln_core::{keys, Ledger, TenantId};
-use kiln_storage::{LocalStore, ObjectStore, UrlSigner};
+use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
 use kiln_webhooks::{SafeClient, SsrfPolicy};
 use kiln_worker::executor::ExecutorConfig;
 use kiln_worker::inputs::InputResolver;
@@ -33,6 +33,8 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     pub public_url: Url,
     pub ledger: Arc<dyn Ledger>,
+    /// This process's worker identity (when it runs a worker).
+    pub worker_identity: Option<String>,
     stop_api: CancellationToken,
     api: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<WorkerHandle>,
@@ -142,13 +144,40 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         (None, None) => Url::parse(&format!("http://{}/", config.listen))?,
     };
 
-    let local = Arc::new(LocalStore::new(
-        config.data_dir.join("outputs"),
-        public_url.clone(),
-        UrlSigner::new(signing_secret(config)?),
-    ));
-    let store: Arc<dyn ObjectStore> = local.clone();
+    let (store, local): (Arc<dyn ObjectStore>, Option<Arc<LocalStore>>) = match config.storage()? {
+        StorageUrl::Local(dir) => {
+            let local = Arc::new(LocalStore::new(
+                dir,
+                public_url.clone(),
+                UrlSigner::new(signing_secret(config)?),
+            ));
+            (local.clone(), Some(local))
+        }
+        StorageUrl::S3 { bucket, prefix } => {
+            let s3 = S3Store::connect(&S3Settings {
+                bucket,
+                prefix,
+                endpoint: config.s3_endpoint.clone(),
+                force_path_style: config.s3_force_path_style,
+                region: config.s3_region.clone(),
+                credentials: config
+                    .s3_access_key_id
+                    .as_ref()
+                    .zip(config.s3_secret_access_key.as_ref())
+                    .map(|(id, secret)| (id.expose().to_owned(), secret.expose().to_owned())),
+            })
+            .await?;
+            s3.check().await.context("cannot reach the S3 bucket (storage_url)")?;
+            // S3 expires outputs by itself where it can; the janitor deletes them either way.
+            match s3.ensure_lifecycle(config.outputs.ttl).await {
+                Ok(()) => tracing::info!("the bucket's lifecycle rule expires outputs after outputs.ttl"),
+                Err(e) => tracing::warn!(error = %e, "the store does not take a lifecycle rule; the janitor alone deletes expired outputs"),
+            }
+            (Arc::new(s3), None)
+        }
+    };
     let identity = worker_identity(config);
+    let worker_identity_for_report = identity.clone();
     let (doorbell, rings, poll_ledger): (Arc<dyn Doorbell>, _, _) = match &config.redis_url {
         Some(url) => {
             let bell = RedisDoorbell::connect(url.expose(), &config.redis_prefix)
@@ -184,7 +213,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             store: store.clone(),
             inputs: InputResolver::new(
                 store.clone(),
-                Some(local.clone()),
+                local.clone(),
                 SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
                 config.outputs.max_input_bytes,
             ),
@@ -219,7 +248,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             ledger: ledger.clone(),
             doorbell: doorbell.clone(),
             store: store.clone(),
-            local: Some(local.clone()),
+            local: local.clone(),
             catalog,
             ssrf,
             max_body_bytes: config.max_body_bytes,
@@ -238,6 +267,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         addr,
         public_url,
         ledger,
+        worker_identity: roles.worker.then_some(worker_identity_for_report),
         stop_api,
         api,
         worker,

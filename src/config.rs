@@ -47,6 +47,17 @@ pub struct Config {
     pub redis_url: Option<Secret>,
     /// Prefix of Kiln's keys in Redis, so several deployments can share one server.
     pub redis_prefix: String,
+    /// Where outputs live: `file:///dir` or `s3://bucket/prefix`. Default: `{data_dir}/outputs`.
+    pub storage_url: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, Garage, R2, …); absent for AWS S3.
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing, which most self-hosted stores need.
+    pub s3_force_path_style: bool,
+    /// S3 region; absent, the AWS environment and profile chain decide.
+    pub s3_region: Option<String>,
+    /// Static S3 credentials; absent, the AWS environment and profile chain provide them.
+    pub s3_access_key_id: Option<Secret>,
+    pub s3_secret_access_key: Option<Secret>,
     /// Key for signed download URLs. Default: generated once into `{data_dir}/signing.key`.
     pub signing_secret: Option<Secret>,
     /// Largest request body accepted, in bytes.
@@ -126,6 +137,12 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             redis_prefix: "kiln".into(),
+            storage_url: None,
+            s3_endpoint: None,
+            s3_force_path_style: false,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
             signing_secret: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
@@ -254,6 +271,11 @@ impl Config {
             !self.redis_prefix.is_empty() && !self.redis_prefix.contains(char::is_whitespace),
             "redis_prefix must be a non-empty word"
         );
+        self.storage()?;
+        anyhow::ensure!(
+            self.s3_access_key_id.is_some() == self.s3_secret_access_key.is_some(),
+            "s3_access_key_id and s3_secret_access_key are set together or not at all"
+        );
         if let Some(db) = &self.database_url {
             anyhow::ensure!(
                 kiln_core::ledger::Dialect::of_url(db.expose()).is_some(),
@@ -261,6 +283,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The parsed `storage_url`, defaulting to the data directory.
+    pub fn storage(&self) -> anyhow::Result<kiln_storage::StorageUrl> {
+        match &self.storage_url {
+            Some(url) => url.parse().map_err(|e| anyhow::anyhow!("storage_url: {e}")),
+            None => Ok(kiln_storage::StorageUrl::Local(self.data_dir.join("outputs"))),
+        }
     }
 
     pub fn database_url(&self) -> String {

@@ -140,6 +140,9 @@ async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
             println!("Saved for local use in {}", path.display());
         }
     }
+    if let Some(identity) = &running.worker_identity {
+        println!("kiln worker {identity} running");
+    }
     if let Some(addr) = running.addr {
         println!("kiln listening on http://{addr}");
     }

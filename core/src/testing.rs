@@ -159,3 +159,75 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// An S3 server of a test's own: `s3s-fs` (installed by the test command) on a free loopback
+/// port, serving a temporary directory with one bucket, `kiln`.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+    pub root: std::path::PathBuf,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "kiln";
+    pub const ACCESS_KEY: &'static str = "kiln-test";
+    pub const SECRET_KEY: &'static str = "kiln-test-secret";
+
+    pub fn start() -> S3Server {
+        let root = std::env::temp_dir().join(format!("kiln-s3-{}", uuid::Uuid::new_v4().simple()));
+        // In s3s-fs a bucket is a directory under its root.
+        std::fs::create_dir_all(root.join(Self::BUCKET)).unwrap();
+        let binary = std::env::var("KILN_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        for _ in 0..20 {
+            let port = free_port();
+            let mut child = std::process::Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+                .arg(&root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {binary} ({e}); ./scripts/test.sh installs it"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server { child, port, root };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start s3s-fs");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Files the server holds under the bucket (objects, not directories).
+    pub fn object_count(&self) -> usize {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.root.join(Self::BUCKET))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

@@ -5,9 +5,11 @@
 //! same object instead of leaving a second copy.
 
 mod local;
+pub mod s3;
 mod signing;
 
 pub use local::LocalStore;
+pub use s3::{S3Settings, S3Store};
 pub use signing::{SignatureError, UrlSigner};
 
 use async_trait::async_trait;
@@ -29,6 +31,8 @@ pub enum StorageError {
     InvalidKey(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("object store error: {0}")]
+    Backend(String),
 }
 
 #[async_trait]
@@ -87,5 +91,48 @@ mod tests {
         ] {
             assert!(validate_key(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// Where outputs live, as configured by `storage_url`: `file:///dir` or `s3://bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    Local(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl std::str::FromStr for StorageUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+        match url.scheme() {
+            "file" => url
+                .to_file_path()
+                .map(StorageUrl::Local)
+                .map_err(|_| format!("'{s}' is not an absolute file:/// path")),
+            "s3" => {
+                let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or("an s3:// URL names its bucket: s3://bucket/prefix")?;
+                Ok(StorageUrl::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: url.path().trim_matches('/').to_owned(),
+                })
+            }
+            other => Err(format!("storage_url must be file:///dir or s3://bucket/prefix, not {other}://")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn storage_urls_parse() {
+        assert_eq!("s3://media/kiln/outputs".parse(), Ok(StorageUrl::S3 { bucket: "media".into(), prefix: "kiln/outputs".into() }));
+        assert_eq!("s3://media".parse(), Ok(StorageUrl::S3 { bucket: "media".into(), prefix: String::new() }));
+        assert_eq!("file:///var/kiln".parse(), Ok(StorageUrl::Local("/var/kiln".into())));
+        assert!("http://x/y".parse::<StorageUrl>().is_err());
+        assert!("s3:///nobucket".parse::<StorageUrl>().is_err());
     }
 }

@@ -78,19 +78,18 @@ impl Kiln {
         }
     }
 
-    /// Kiln on Postgres and Redis of its own (a fresh database, a fresh redis-server).
+    /// Kiln on production backends of its own: a fresh Postgres database, a redis-server and
+    /// an S3 server (services[0] is the Redis server, services[2] the S3 server).
     pub async fn start_production(adjust: impl FnOnce(&mut Config)) -> Kiln {
-        let db = kiln_core::testing::PostgresDatabase::create().await;
-        let redis = kiln_core::testing::RedisServer::start();
-        let (db_url, redis_url) = (db.url.clone(), redis.url());
+        let backends = Backends::start().await;
         let mut kiln = Self::start_with(|c| {
-            c.database_url = Some(kiln::config::Secret::new(db_url));
-            c.redis_url = Some(kiln::config::Secret::new(redis_url));
+            backends.apply(c);
             adjust(c);
         })
         .await;
-        kiln.services.push(Box::new(redis));
-        kiln.services.push(Box::new(db));
+        kiln.services.push(Box::new(backends.redis));
+        kiln.services.push(Box::new(backends.db));
+        kiln.services.push(Box::new(backends.s3));
         kiln
     }
 
@@ -119,6 +118,58 @@ impl Kiln {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("kiln.db")
+    }
+}
+
+/// Production backends of a test's own.
+pub struct Backends {
+    pub db: kiln_core::testing::PostgresDatabase,
+    pub redis: kiln_core::testing::RedisServer,
+    pub s3: kiln_core::testing::S3Server,
+}
+
+impl Backends {
+    pub async fn start() -> Backends {
+        Backends {
+            db: kiln_core::testing::PostgresDatabase::create().await,
+            redis: kiln_core::testing::RedisServer::start(),
+            s3: kiln_core::testing::S3Server::start(),
+        }
+    }
+
+    /// The settings as `KILN_*` environment, for processes.
+    pub fn env(&self) -> Vec<(String, String)> {
+        use kiln_core::testing::S3Server;
+        [
+            ("KILN_DATABASE_URL", self.db.url.clone()),
+            ("KILN_REDIS_URL", self.redis.url()),
+            ("KILN_STORAGE_URL", format!("s3://{}/outputs", S3Server::BUCKET)),
+            ("KILN_S3_ENDPOINT", self.s3.endpoint()),
+            ("KILN_S3_FORCE_PATH_STYLE", "true".into()),
+            ("KILN_S3_REGION", "us-east-1".into()),
+            ("KILN_S3_ACCESS_KEY_ID", S3Server::ACCESS_KEY.into()),
+            ("KILN_S3_SECRET_ACCESS_KEY", S3Server::SECRET_KEY.into()),
+            // Chaining fetches earlier outputs from the S3 server, which is on loopback here.
+            ("KILN_SSRF__ALLOW", "[\"127.0.0.1/32\"]".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The same settings, applied to an in-process configuration.
+    pub fn apply(&self, c: &mut Config) {
+        use kiln::config::Secret;
+        use kiln_core::testing::S3Server;
+        c.database_url = Some(Secret::new(self.db.url.clone()));
+        c.redis_url = Some(Secret::new(self.redis.url()));
+        c.storage_url = Some(format!("s3://{}/outputs", S3Server::BUCKET));
+        c.s3_endpoint = Some(self.s3.endpoint());
+        c.s3_force_path_style = true;
+        c.s3_region = Some("us-east-1".into());
+        c.s3_access_key_id = Some(Secret::new(S3Server::ACCESS_KEY));
+        c.s3_secret_access_key = Some(Secret::new(S3Server::SECRET_KEY));
+        c.ssrf.allow = vec!["127.0.0.1/32".parse().unwrap()];
     }
 }
 
@@ -218,60 +269,73 @@ pub async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
 /// The real `kiln` binary, for tests that kill or signal it.
 pub struct KilnProcess {
     pub child: Child,
+    /// The api's base URL (`serve` and `api`).
     pub base: String,
+    /// The worker's identity (`serve` and `worker`).
+    pub identity: Option<String>,
 }
 
 pub fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
 }
 
-/// Runs `kiln keys create` against `dir` and returns the key.
-pub fn create_key(dir: &Path, tenant: &str) -> String {
+/// Runs `kiln keys create` against `dir` (and the ledger `env` names) and returns the key.
+pub fn create_key_with(dir: &Path, tenant: &str, env: &[(String, String)]) -> String {
     let out = Command::new(kiln_bin())
         .args(["keys", "create", "--tenant", tenant, "--data-dir"])
         .arg(dir)
         .env("KILN_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn create_key(dir: &Path, tenant: &str) -> String {
+    create_key_with(dir, tenant, &[])
 }
 
 impl KilnProcess {
     /// Starts `kiln serve` on `dir` with `env` and waits for its listening line.
     pub fn serve(dir: &Path, env: &[(&str, &str)]) -> KilnProcess {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start("serve", dir, &env)
+    }
+
+    /// Starts `kiln ROLE` (`serve`, `api` or `worker`) and waits until it reports ready.
+    pub fn start(role: &str, dir: &Path, env: &[(String, String)]) -> KilnProcess {
         let mut cmd = Command::new(kiln_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .env("KILN_LOG", "warn")
             .env("KILN_WORKER__LEASE", "1s")
             .env("KILN_WORKER__HEARTBEAT", "200ms")
             .env("KILN_WORKER__RECONCILE_INTERVAL", "200ms")
             .env("KILN_WORKER__RING_STALE_AFTER", "2s")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("kiln exited before it listened")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("kiln listening on ") {
-                break addr.to_owned();
+        let (mut base, mut identity) = (String::new(), None);
+        loop {
+            let line = lines.next().expect("kiln exited before it was ready").unwrap();
+            if let Some(id) = line.strip_prefix("kiln worker ").and_then(|l| l.strip_suffix(" running")) {
+                identity = Some(id.to_owned());
+                if role == "worker" {
+                    break;
+                }
             }
-        };
+            if let Some(addr) = line.strip_prefix("kiln listening on ") {
+                base = addr.to_owned();
+                break;
+            }
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        KilnProcess { child, base }
+        KilnProcess { child, base, identity }
     }
 
     pub fn kill9(&mut self) {
