@@ -36,12 +36,12 @@ if ! s3s-fs --help >/dev/null 2>&1; then
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 fi
 
-# Postgres: use KILN_TEST_POSTGRES_URL, else a local server that answers, else start our own.
+# Postgres: use TEST_KILN_POSTGRES_URL, else a local server that answers, else start our own.
 pg_answers() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
-if [ -z "${KILN_TEST_POSTGRES_URL:-}" ]; then
+if [ -z "${TEST_KILN_POSTGRES_URL:-}" ]; then
   LOCAL_PG=postgres://postgres@127.0.0.1:5432/postgres
-  if [ -z "${KILN_TEST_OWN_POSTGRES:-}" ] && command -v psql >/dev/null 2>&1 && pg_answers "$LOCAL_PG"; then
-    export KILN_TEST_POSTGRES_URL=$LOCAL_PG
+  if [ -z "${TEST_KILN_OWN_POSTGRES:-}" ] && command -v psql >/dev/null 2>&1 && pg_answers "$LOCAL_PG"; then
+    export TEST_KILN_POSTGRES_URL=$LOCAL_PG
   else
     PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
     if [ -z "$PGBIN" ]; then
@@ -56,7 +56,7 @@ if [ -z "${KILN_TEST_POSTGRES_URL:-}" ]; then
     "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
       -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
     CLEANUP+=("${AS_PG[*]} $PGBIN/pg_ctl -D $PGDIR/data -m immediate stop >/dev/null; rm -rf $PGDIR")
-    export KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PGPORT/postgres
+    export TEST_KILN_POSTGRES_URL=postgres://postgres@127.0.0.1:$PGPORT/postgres
     echo "test.sh: started Postgres on 127.0.0.1:$PGPORT" >&2
   fi
 fi

@@ -167,11 +167,17 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     .map(|(id, secret)| (id.expose().to_owned(), secret.expose().to_owned())),
             })
             .await?;
-            s3.check().await.context("cannot reach the S3 bucket (storage_url)")?;
+            s3.check()
+                .await
+                .context("cannot reach the S3 bucket (storage_url)")?;
             // S3 expires outputs by itself where it can; the janitor deletes them either way.
             match s3.ensure_lifecycle(config.outputs.ttl).await {
-                Ok(()) => tracing::info!("the bucket's lifecycle rule expires outputs after outputs.ttl"),
-                Err(e) => tracing::warn!(error = %e, "the store does not take a lifecycle rule; the janitor alone deletes expired outputs"),
+                Ok(()) => {
+                    tracing::info!("the bucket's lifecycle rule expires outputs after outputs.ttl")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the store does not take a lifecycle rule; the janitor alone deletes expired outputs")
+                }
             }
             (Arc::new(s3), None)
         }

@@ -289,7 +289,9 @@ impl Config {
     pub fn storage(&self) -> anyhow::Result<kiln_storage::StorageUrl> {
         match &self.storage_url {
             Some(url) => url.parse().map_err(|e| anyhow::anyhow!("storage_url: {e}")),
-            None => Ok(kiln_storage::StorageUrl::Local(self.data_dir.join("outputs"))),
+            None => Ok(kiln_storage::StorageUrl::Local(
+                self.data_dir.join("outputs"),
+            )),
         }
     }
 

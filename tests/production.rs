@@ -74,24 +74,41 @@ async fn s3_outputs_are_presigned_and_removed_after_expiry() {
     })
     .await;
     let key = kiln.key("acme").await;
-    let s3 = kiln.services[2].downcast_ref::<kiln_core::testing::S3Server>().unwrap();
+    let s3 = kiln.services[2]
+        .downcast_ref::<kiln_core::testing::S3Server>()
+        .unwrap();
     let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
     let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
     assert_eq!(job["status"], "succeeded");
-    assert!(s3.root.join(format!("kiln/outputs/jobs/{id}/0.png")).exists(), "the object is in the bucket");
+    assert!(
+        s3.root
+            .join(format!("kiln/outputs/jobs/{id}/0.png"))
+            .exists(),
+        "the object is in the bucket"
+    );
     let url = job["outputs"][0]["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&s3.endpoint()), "{url}");
     let res = kiln.http.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
 
-    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| j["outputs"][0]["expired"] == true).await;
+    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| {
+        j["outputs"][0]["expired"] == true
+    })
+    .await;
     assert!(job["outputs"][0]["url"].is_null());
     let start = std::time::Instant::now();
     while s3.object_count() > 0 {
-        assert!(start.elapsed() < DEADLINE, "the janitor never deleted the object");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the janitor never deleted the object"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_ne!(kiln.http.get(&url).send().await.unwrap().status(), 200, "the presigned URL is dead");
+    assert_ne!(
+        kiln.http.get(&url).send().await.unwrap().status(),
+        200,
+        "the presigned URL is dead"
+    );
     kiln.shutdown().await;
 }

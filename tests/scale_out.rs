@@ -10,14 +10,15 @@ use serde_json::json;
 use sqlx::postgres::PgPool;
 use std::time::{Duration, Instant};
 
+/// Fields drop in order: the processes stop before the backends they use go away.
 struct Cluster {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    backends: Backends,
     api: KilnProcess,
     workers: Vec<KilnProcess>,
-    key: String,
     pg: PgPool,
+    backends: Backends,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    key: String,
 }
 
 impl Cluster {
@@ -28,9 +29,19 @@ impl Cluster {
         env.push(("KILN_WORKER__CONCURRENCY".into(), "4".into()));
         let key = create_key_with(dir.path(), "acme", &env);
         let api = KilnProcess::start("api", dir.path(), &env);
-        let workers = (0..workers).map(|_| KilnProcess::start("worker", dir.path(), &env)).collect();
+        let workers = (0..workers)
+            .map(|_| KilnProcess::start("worker", dir.path(), &env))
+            .collect();
         let pg = PgPool::connect(&backends.db.url).await.unwrap();
-        Cluster { dir, env, backends, api, workers, key, pg }
+        Cluster {
+            api,
+            workers,
+            pg,
+            backends,
+            dir,
+            env,
+            key,
+        }
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -84,18 +95,37 @@ impl Cluster {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_concurrent_jobs_each_run_exactly_once_across_two_workers() {
     let cluster = Cluster::start(2).await;
     let ids = cluster.submit_many(1000, 0).await;
     assert_eq!(ids.len(), 1000);
-    cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", 1000, Duration::from_secs(600)).await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+            1000,
+            Duration::from_secs(600),
+        )
+        .await;
     cluster.assert_exactly_once().await;
-    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM attempts").await, 1000, "one attempt per job");
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(*) FROM attempts").await,
+        1000,
+        "one attempt per job"
+    );
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM outputs").await, 1000);
-    assert_eq!(cluster.scalar("SELECT COUNT(DISTINCT worker) FROM attempts").await, 2, "both workers took work");
-    assert_eq!(cluster.backends.s3.object_count(), 1000, "one object per job in the bucket");
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(DISTINCT worker) FROM attempts")
+            .await,
+        2,
+        "both workers took work"
+    );
+    assert_eq!(
+        cluster.backends.s3.object_count(),
+        1000,
+        "one object per job in the bucket"
+    );
     // Output URLs are presigned S3 URLs that download.
     let job = get_job(&http(), &cluster.api.base, &cluster.key, &ids[0]).await;
     let url = job["outputs"][0]["url"].as_str().unwrap();
@@ -111,12 +141,28 @@ async fn a_worker_killed_mid_run_loses_nothing_and_rejoins() {
     let ids = cluster.submit_many(40, 400).await;
     let victim = cluster.workers[0].identity.clone().unwrap();
     cluster
-        .wait_count(&format!("SELECT COUNT(*) FROM jobs WHERE status = 'running' AND lease_owner = '{victim}'"), 1, Duration::from_secs(60))
+        .wait_count(
+            &format!(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND lease_owner = '{victim}'"
+            ),
+            1,
+            Duration::from_secs(60),
+        )
         .await;
     cluster.workers[0].kill9();
-    cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", ids.len() as i64, Duration::from_secs(120)).await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+            ids.len() as i64,
+            Duration::from_secs(120),
+        )
+        .await;
     cluster.assert_exactly_once().await;
-    let lost = cluster.scalar(&format!("SELECT COUNT(*) FROM attempts WHERE worker = '{victim}' AND outcome = 'lost'")).await;
+    let lost = cluster
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM attempts WHERE worker = '{victim}' AND outcome = 'lost'"
+        ))
+        .await;
     assert!(lost >= 1, "the killed worker's running jobs were rescued");
 
     // Restarted with the same configuration, it rejoins and takes work again.
@@ -124,8 +170,18 @@ async fn a_worker_killed_mid_run_loses_nothing_and_rejoins() {
     let rejoined = restarted.identity.clone().unwrap();
     cluster.workers[0] = restarted;
     let more = cluster.submit_many(40, 200).await;
-    cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", (ids.len() + more.len()) as i64, Duration::from_secs(120)).await;
-    let taken = cluster.scalar(&format!("SELECT COUNT(*) FROM attempts WHERE worker = '{rejoined}' AND outcome = 'succeeded'")).await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+            (ids.len() + more.len()) as i64,
+            Duration::from_secs(120),
+        )
+        .await;
+    let taken = cluster
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM attempts WHERE worker = '{rejoined}' AND outcome = 'succeeded'"
+        ))
+        .await;
     assert!(taken >= 1, "the restarted worker picked up work");
     cluster.assert_exactly_once().await;
 }
@@ -134,14 +190,29 @@ async fn a_worker_killed_mid_run_loses_nothing_and_rejoins() {
 async fn a_redis_restart_mid_run_loses_nothing_and_workers_recover_alone() {
     let mut cluster = Cluster::start(2).await;
     let first = cluster.submit_many(60, 100).await;
-    cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", 5, Duration::from_secs(60)).await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+            5,
+            Duration::from_secs(60),
+        )
+        .await;
     cluster.backends.redis.restart();
     let second = cluster.submit_many(60, 0).await;
     let total = (first.len() + second.len()) as i64;
-    cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", total, Duration::from_secs(120)).await;
+    cluster
+        .wait_count(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+            total,
+            Duration::from_secs(120),
+        )
+        .await;
     cluster.assert_exactly_once().await;
     for w in &mut cluster.workers {
-        assert!(w.child.try_wait().unwrap().is_none(), "no worker died or needed a restart");
+        assert!(
+            w.child.try_wait().unwrap().is_none(),
+            "no worker died or needed a restart"
+        );
     }
 }
 
@@ -158,27 +229,56 @@ async fn a_burst_of_fifty_thousand_queued_jobs_is_worked_off_steadily() {
     .execute(&cluster.pg)
     .await
     .unwrap();
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs").fetch_all(&cluster.pg).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_all(&cluster.pg)
+        .await
+        .unwrap();
     let client = redis::Client::open(cluster.backends.redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for chunk in ids.chunks(5000) {
         let mut pipe = redis::pipe();
         for id in chunk {
-            pipe.cmd("XADD").arg("kiln:dispatch:normal").arg("*").arg("job").arg(id).ignore();
+            pipe.cmd("XADD")
+                .arg("kiln:dispatch:normal")
+                .arg("*")
+                .arg("job")
+                .arg(id)
+                .ignore();
         }
         let () = pipe.query_async(&mut conn).await.unwrap();
     }
-    let workers: Vec<KilnProcess> = (0..2).map(|_| KilnProcess::start("worker", cluster.dir.path(), &cluster.env)).collect();
+    let workers: Vec<KilnProcess> = (0..2)
+        .map(|_| KilnProcess::start("worker", cluster.dir.path(), &cluster.env))
+        .collect();
     // Steady progress: the first thousands complete, and nothing crashes on the way.
     for target in [500, 1500, 3000] {
-        cluster.wait_count("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'", target, Duration::from_secs(300)).await;
+        cluster
+            .wait_count(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+                target,
+                Duration::from_secs(300),
+            )
+            .await;
     }
     for mut w in workers {
-        assert!(w.child.try_wait().unwrap().is_none(), "a worker died under the burst");
+        assert!(
+            w.child.try_wait().unwrap().is_none(),
+            "a worker died under the burst"
+        );
         w.sigterm();
         assert!(w.child.wait().unwrap().success());
     }
     cluster.assert_exactly_once().await;
-    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM jobs").await, 50_000, "nothing lost");
-    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await, 0, "graceful stop released everything");
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(*) FROM jobs").await,
+        50_000,
+        "nothing lost"
+    );
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+            .await,
+        0,
+        "graceful stop released everything"
+    );
 }

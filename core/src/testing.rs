@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-/// The admin URL of the test server: `KILN_TEST_POSTGRES_URL`, else the local default.
+/// The admin URL of the test server: `TEST_KILN_POSTGRES_URL`, else the local default.
 pub fn postgres_admin_url() -> String {
-    std::env::var("KILN_TEST_POSTGRES_URL")
+    std::env::var("TEST_KILN_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
@@ -27,7 +27,7 @@ impl PostgresDatabase {
             .map_err(|_| "timed out".to_owned())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .unwrap_or_else(|e| {
-                panic!("no Postgres for tests at KILN_TEST_POSTGRES_URL ({e}); run ./scripts/test.sh, which finds or starts one")
+                panic!("no Postgres for tests at TEST_KILN_POSTGRES_URL ({e}); run ./scripts/test.sh, which finds or starts one")
             });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
@@ -177,17 +177,24 @@ impl S3Server {
         let root = std::env::temp_dir().join(format!("kiln-s3-{}", uuid::Uuid::new_v4().simple()));
         // In s3s-fs a bucket is a directory under its root.
         std::fs::create_dir_all(root.join(Self::BUCKET)).unwrap();
-        let binary = std::env::var("KILN_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let binary = std::env::var("TEST_KILN_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
         for _ in 0..20 {
             let port = free_port();
             let mut child = std::process::Command::new(&binary)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+                .args([
+                    "--access-key",
+                    Self::ACCESS_KEY,
+                    "--secret-key",
+                    Self::SECRET_KEY,
+                ])
                 .arg(&root)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {binary} ({e}); ./scripts/test.sh installs it"));
+                .unwrap_or_else(|e| {
+                    panic!("cannot run {binary} ({e}); ./scripts/test.sh installs it")
+                });
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {
@@ -215,7 +222,13 @@ impl S3Server {
                 .map(|entries| {
                     entries
                         .flatten()
-                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
                         .sum()
                 })
                 .unwrap_or(0)

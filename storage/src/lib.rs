@@ -112,13 +112,18 @@ impl std::str::FromStr for StorageUrl {
                 .map(StorageUrl::Local)
                 .map_err(|_| format!("'{s}' is not an absolute file:/// path")),
             "s3" => {
-                let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or("an s3:// URL names its bucket: s3://bucket/prefix")?;
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or("an s3:// URL names its bucket: s3://bucket/prefix")?;
                 Ok(StorageUrl::S3 {
                     bucket: bucket.to_owned(),
                     prefix: url.path().trim_matches('/').to_owned(),
                 })
             }
-            other => Err(format!("storage_url must be file:///dir or s3://bucket/prefix, not {other}://")),
+            other => Err(format!(
+                "storage_url must be file:///dir or s3://bucket/prefix, not {other}://"
+            )),
         }
     }
 }
@@ -129,9 +134,24 @@ mod url_tests {
 
     #[test]
     fn storage_urls_parse() {
-        assert_eq!("s3://media/kiln/outputs".parse(), Ok(StorageUrl::S3 { bucket: "media".into(), prefix: "kiln/outputs".into() }));
-        assert_eq!("s3://media".parse(), Ok(StorageUrl::S3 { bucket: "media".into(), prefix: String::new() }));
-        assert_eq!("file:///var/kiln".parse(), Ok(StorageUrl::Local("/var/kiln".into())));
+        assert_eq!(
+            "s3://media/kiln/outputs".parse(),
+            Ok(StorageUrl::S3 {
+                bucket: "media".into(),
+                prefix: "kiln/outputs".into()
+            })
+        );
+        assert_eq!(
+            "s3://media".parse(),
+            Ok(StorageUrl::S3 {
+                bucket: "media".into(),
+                prefix: String::new()
+            })
+        );
+        assert_eq!(
+            "file:///var/kiln".parse(),
+            Ok(StorageUrl::Local("/var/kiln".into()))
+        );
         assert!("http://x/y".parse::<StorageUrl>().is_err());
         assert!("s3:///nobucket".parse::<StorageUrl>().is_err());
     }

@@ -79,8 +79,8 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.force_path_style);
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
         if shared.region().is_none() {
             config = config.region(aws_config::Region::new("us-east-1"));
         }
@@ -122,7 +122,11 @@ impl S3Store {
         let rule = LifecycleRule::builder()
             .id(LIFECYCLE_RULE_ID)
             .status(ExpirationStatus::Enabled)
-            .filter(LifecycleRuleFilter::builder().prefix(format!("{}jobs/", self.prefix)).build())
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .prefix(format!("{}jobs/", self.prefix))
+                    .build(),
+            )
             .expiration(LifecycleExpiration::builder().days(days).build())
             .build()
             .map_err(backend)?;
@@ -196,7 +200,11 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| backend(describe(&e)))?;
@@ -234,7 +242,12 @@ async fn fill(body: &mut ByteStream, buffer: &mut BytesMut) -> Result<Option<Byt
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    async fn put(&self, key: &str, content_type: &str, mut body: ByteStream) -> Result<u64, StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        content_type: &str,
+        mut body: ByteStream,
+    ) -> Result<u64, StorageError> {
         let key = self.object_key(key)?;
         let mut buffer = BytesMut::with_capacity(PART_SIZE);
         let first = fill(&mut body, &mut buffer).await?.unwrap_or_default();
@@ -253,7 +266,9 @@ impl ObjectStore for S3Store {
             return Ok(size);
         }
         // Whatever `fill` read past the first part stays in `buffer` and goes up next.
-        let rest = futures::stream::iter([Ok(buffer.freeze())]).chain(body).boxed();
+        let rest = futures::stream::iter([Ok(buffer.freeze())])
+            .chain(body)
+            .boxed();
         self.put_multipart(&key, content_type, first, rest).await
     }
 
@@ -292,7 +307,10 @@ impl ObjectStore for S3Store {
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<Url, StorageError> {
         let key = self.object_key(key)?;
         let until = until.min(Utc::now() + MAX_URL_LIFETIME);
-        let lifetime = (until - Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(1));
+        let lifetime = (until - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
         let presigned = self
             .client
             .get_object()
@@ -346,22 +364,51 @@ mod tests {
         let server = S3Server::start();
         let s3 = store(&server, "outputs").await;
         s3.check().await.unwrap();
-        for (key, len) in [("jobs/a/0.png", 10_000), ("jobs/b/0.mp4", PART_SIZE * 2 + 12_345)] {
+        for (key, len) in [
+            ("jobs/a/0.png", 10_000),
+            ("jobs/b/0.mp4", PART_SIZE * 2 + 12_345),
+        ] {
             let (data, stream) = body(len);
-            assert_eq!(s3.put(key, "application/octet-stream", stream).await.unwrap(), len as u64);
+            assert_eq!(
+                s3.put(key, "application/octet-stream", stream)
+                    .await
+                    .unwrap(),
+                len as u64
+            );
             assert_eq!(read_all(s3.get(key).await.unwrap()).await, data, "{key}");
-            let url = s3.presign_get(key, Utc::now() + chrono::Duration::days(30)).await.unwrap();
-            let expires: u64 = url.query_pairs().find(|(k, _)| k == "X-Amz-Expires").unwrap().1.parse().unwrap();
-            assert!(expires <= 7 * 24 * 3600, "presigned URLs never outlive 7 days");
+            let url = s3
+                .presign_get(key, Utc::now() + chrono::Duration::days(30))
+                .await
+                .unwrap();
+            let expires: u64 = url
+                .query_pairs()
+                .find(|(k, _)| k == "X-Amz-Expires")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap();
+            assert!(
+                expires <= 7 * 24 * 3600,
+                "presigned URLs never outlive 7 days"
+            );
             let downloaded = reqwest::get(url.as_str()).await.unwrap();
             assert_eq!(downloaded.status(), 200);
             assert_eq!(downloaded.bytes().await.unwrap().len(), len);
         }
-        assert!(server.root.join("kiln/outputs/jobs/b/0.mp4").exists(), "keys live under the prefix");
+        assert!(
+            server.root.join("kiln/outputs/jobs/b/0.mp4").exists(),
+            "keys live under the prefix"
+        );
         s3.delete("jobs/a/0.png").await.unwrap();
-        assert!(matches!(s3.get("jobs/a/0.png").await, Err(StorageError::NotFound(_))));
+        assert!(matches!(
+            s3.get("jobs/a/0.png").await,
+            Err(StorageError::NotFound(_))
+        ));
         // Lifecycle rules are not implemented by s3s-fs: the error is reported, not hidden.
-        assert!(s3.ensure_lifecycle(Duration::from_secs(7 * 86_400)).await.is_err());
+        assert!(s3
+            .ensure_lifecycle(Duration::from_secs(7 * 86_400))
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -369,8 +416,21 @@ mod tests {
         let server = S3Server::start();
         let s3 = store(&server, "").await;
         let (data, _) = body(PART_SIZE + 10);
-        let chunks = vec![Ok(Bytes::from(data)), Err(std::io::Error::other("upstream reset"))];
-        assert!(s3.put("jobs/c/0.mp4", "video/mp4", futures::stream::iter(chunks).boxed()).await.is_err());
-        assert!(matches!(s3.get("jobs/c/0.mp4").await, Err(StorageError::NotFound(_))));
+        let chunks = vec![
+            Ok(Bytes::from(data)),
+            Err(std::io::Error::other("upstream reset")),
+        ];
+        assert!(s3
+            .put(
+                "jobs/c/0.mp4",
+                "video/mp4",
+                futures::stream::iter(chunks).boxed()
+            )
+            .await
+            .is_err());
+        assert!(matches!(
+            s3.get("jobs/c/0.mp4").await,
+            Err(StorageError::NotFound(_))
+        ));
     }
 }

@@ -143,7 +143,10 @@ impl Backends {
         [
             ("KILN_DATABASE_URL", self.db.url.clone()),
             ("KILN_REDIS_URL", self.redis.url()),
-            ("KILN_STORAGE_URL", format!("s3://{}/outputs", S3Server::BUCKET)),
+            (
+                "KILN_STORAGE_URL",
+                format!("s3://{}/outputs", S3Server::BUCKET),
+            ),
             ("KILN_S3_ENDPOINT", self.s3.endpoint()),
             ("KILN_S3_FORCE_PATH_STYLE", "true".into()),
             ("KILN_S3_REGION", "us-east-1".into()),
@@ -288,7 +291,11 @@ pub fn create_key_with(dir: &Path, tenant: &str, env: &[(String, String)]) -> St
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -299,7 +306,10 @@ pub fn create_key(dir: &Path, tenant: &str) -> String {
 impl KilnProcess {
     /// Starts `kiln serve` on `dir` with `env` and waits for its listening line.
     pub fn serve(dir: &Path, env: &[(&str, &str)]) -> KilnProcess {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::start("serve", dir, &env)
     }
 
@@ -321,8 +331,14 @@ impl KilnProcess {
         let mut lines = BufReader::new(stdout).lines();
         let (mut base, mut identity) = (String::new(), None);
         loop {
-            let line = lines.next().expect("kiln exited before it was ready").unwrap();
-            if let Some(id) = line.strip_prefix("kiln worker ").and_then(|l| l.strip_suffix(" running")) {
+            let line = lines
+                .next()
+                .expect("kiln exited before it was ready")
+                .unwrap();
+            if let Some(id) = line
+                .strip_prefix("kiln worker ")
+                .and_then(|l| l.strip_suffix(" running"))
+            {
                 identity = Some(id.to_owned());
                 if role == "worker" {
                     break;
@@ -335,7 +351,11 @@ impl KilnProcess {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        KilnProcess { child, base, identity }
+        KilnProcess {
+            child,
+            base,
+            identity,
+        }
     }
 
     pub fn kill9(&mut self) {
