@@ -81,6 +81,10 @@ fn signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(fresh.into_bytes())
 }
 
+fn uuid_like() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 /// Writes a file only its owner can read.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -114,12 +118,16 @@ pub async fn bootstrap_key(
     Ok(Some((minted.plaintext, path)))
 }
 
-fn worker_identity(config: &Config) -> String {
-    config
-        .worker
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("kiln-{}-{:04x}", std::process::id(), rand::random::<u16>()))
+/// The base of this host's worker identities: configured, else the host name.
+fn identity_base(config: &Config) -> String {
+    config.worker.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kiln".into())
+    })
 }
 
 /// Starts the roles asked for and returns once the api is listening.
@@ -182,7 +190,26 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             (Arc::new(s3), None)
         }
     };
-    let identity = worker_identity(config);
+    // Worker identities are slots in the ledger (`{base}-{n}`): unique among live processes,
+    // and the same again after a restart once the old slot is free. Whatever the identity's
+    // previous holder still had running is rescued at once.
+    let slot_holder = uuid_like();
+    let identity = if roles.worker {
+        let identity = ledger
+            .acquire_worker_slot(&identity_base(config), &slot_holder, config.worker.lease)
+            .await?;
+        let orphaned = ledger.expire_leases_of(&identity).await?;
+        if orphaned > 0 {
+            tracing::warn!(
+                identity,
+                orphaned,
+                "rescuing the jobs a previous holder of this identity left running"
+            );
+        }
+        identity
+    } else {
+        identity_base(config)
+    };
     let worker_identity_for_report = identity.clone();
     let (doorbell, rings, poll_ledger): (Arc<dyn Doorbell>, _, _) = match &config.redis_url {
         Some(url) => {
@@ -241,6 +268,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 max_rescues: config.worker.max_rescues,
                 janitor_interval: config.outputs.janitor_interval,
                 poll_ledger,
+                slot_holder,
             },
         };
         Some(runtime.start(rings))

@@ -98,7 +98,8 @@ pub struct WorkerConfig {
     /// A queued, due job not rung for this long is rung again.
     #[serde(with = "humantime_serde")]
     pub ring_stale_after: Duration,
-    /// Worker identity recorded on leases and attempts. Default: derived from the process.
+    /// Base of the worker identity recorded on leases and attempts; a process takes the first
+    /// free `{identity}-{n}`. Default: the host name.
     pub identity: Option<String>,
 }
 

@@ -168,6 +168,10 @@ async fn a_worker_killed_mid_run_loses_nothing_and_rejoins() {
     // Restarted with the same configuration, it rejoins and takes work again.
     let restarted = KilnProcess::start("worker", cluster.dir.path(), &cluster.env);
     let rejoined = restarted.identity.clone().unwrap();
+    assert_eq!(
+        rejoined, victim,
+        "the restarted worker gets its identity back once the old slot expired"
+    );
     cluster.workers[0] = restarted;
     let more = cluster.submit_many(40, 200).await;
     cluster

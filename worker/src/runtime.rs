@@ -31,6 +31,8 @@ pub struct WorkerSettings {
     /// No other process rings this worker's doorbell, so every reconciler pass rings every due
     /// job from the ledger (the ledger doubles as the queue).
     pub poll_ledger: bool,
+    /// Who holds this worker's identity slot in the ledger; renewed while the worker runs.
+    pub slot_holder: String,
 }
 
 pub struct WorkerRuntime {
@@ -44,6 +46,9 @@ pub struct WorkerRuntime {
 }
 
 pub struct WorkerHandle {
+    ledger: Arc<dyn Ledger>,
+    identity: String,
+    slot_holder: String,
     soft_stop: CancellationToken,
     hard_stop: CancellationToken,
     worker: JoinHandle<()>,
@@ -80,6 +85,7 @@ impl WorkerRuntime {
         let soft_stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let identity = self.executor.identity.clone();
+        let executor_lease = self.executor.lease;
         let executor = Arc::new(Executor::new(
             self.ledger.clone(),
             self.doorbell.clone(),
@@ -115,7 +121,27 @@ impl WorkerRuntime {
             ledger: self.ledger.clone(),
             store: self.store.clone(),
         };
+        let slot = (
+            self.ledger.clone(),
+            identity.clone(),
+            self.settings.slot_holder.clone(),
+            executor_lease,
+        );
         let loops = vec![
+            spawn_loop(
+                "identity",
+                executor_lease / 3,
+                soft_stop.clone(),
+                move || {
+                    let (ledger, identity, holder, lease) = slot.clone();
+                    async move {
+                        if !ledger.renew_worker_slot(&identity, &holder, lease).await? {
+                            tracing::error!(identity, "this worker's identity slot was taken over; another process now uses it");
+                        }
+                        Ok(())
+                    }
+                },
+            ),
             spawn_loop(
                 "reconciler",
                 self.settings.reconcile_interval,
@@ -144,6 +170,9 @@ impl WorkerRuntime {
             ),
         ];
         WorkerHandle {
+            ledger: self.ledger.clone(),
+            identity,
+            slot_holder: self.settings.slot_holder.clone(),
             soft_stop,
             hard_stop,
             worker,
@@ -193,6 +222,14 @@ impl WorkerHandle {
         timer.abort();
         for l in self.loops {
             let _ = l.await;
+        }
+        // Free the identity at once, so a restart gets the same one back.
+        if let Err(e) = self
+            .ledger
+            .release_worker_slot(&self.identity, &self.slot_holder)
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the worker's identity slot; it expires by itself");
         }
     }
 }

@@ -353,6 +353,55 @@ pub async fn api_keys_are_looked_up_by_hash(ledger: Arc<dyn Ledger>) {
         .is_some());
 }
 
+pub async fn worker_slots_are_unique_and_come_back(ledger: Arc<dyn Ledger>) {
+    let short = Duration::from_millis(30);
+    let a = ledger
+        .acquire_worker_slot("host", "proc-a", LEASE)
+        .await
+        .unwrap();
+    let b = ledger
+        .acquire_worker_slot("host", "proc-b", LEASE)
+        .await
+        .unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("host-0", "host-1"));
+    assert!(ledger.renew_worker_slot(&a, "proc-a", LEASE).await.unwrap());
+    assert!(!ledger.renew_worker_slot(&a, "proc-b", LEASE).await.unwrap());
+    // A graceful stop frees the slot: the restart gets the same identity back.
+    ledger.release_worker_slot(&a, "proc-a").await.unwrap();
+    assert_eq!(
+        ledger
+            .acquire_worker_slot("host", "proc-a2", short)
+            .await
+            .unwrap(),
+        "host-0"
+    );
+    // A holder that stops renewing loses its slot to the next process once it expires.
+    let id = new_job(ledger.as_ref(), "a").await;
+    ledger
+        .claim(id, "host-0", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    outlive(short).await;
+    assert_eq!(
+        ledger
+            .acquire_worker_slot("host", "proc-c", LEASE)
+            .await
+            .unwrap(),
+        "host-0"
+    );
+    assert!(!ledger
+        .renew_worker_slot("host-0", "proc-a2", LEASE)
+        .await
+        .unwrap());
+    // The new holder expires what the old one still held; the reconciler rescues it at once.
+    assert_eq!(ledger.expire_leases_of("host-0").await.unwrap(), 1);
+    assert_eq!(
+        ledger.rescue_expired_leases(3, 10).await.unwrap(),
+        vec![Rescue::Requeued(id)]
+    );
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -367,7 +416,8 @@ macro_rules! ledger_contract_tests {
             reads_are_scoped_by_tenant,
             due_jobs_are_rung_again_only_when_stale,
             expired_outputs_are_listed_until_marked,
-            api_keys_are_looked_up_by_hash
+            api_keys_are_looked_up_by_hash,
+            worker_slots_are_unique_and_come_back
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -168,6 +168,17 @@ pub trait Ledger: Send + Sync + 'static {
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
 
+    // --- worker identities ----------------------------------------------------------------
+    /// Takes the lowest free identity `{base}-{n}` for `holder` (a slot is free when nobody
+    /// holds it or its holder stopped renewing it) and returns it.
+    async fn acquire_worker_slot(&self, base: &str, holder: &str, ttl: Duration) -> Result<String>;
+    /// Extends the slot; `false` when it is no longer `holder`'s.
+    async fn renew_worker_slot(&self, identity: &str, holder: &str, ttl: Duration) -> Result<bool>;
+    async fn release_worker_slot(&self, identity: &str, holder: &str) -> Result<()>;
+    /// Expires the leases of jobs still running under `identity`, so the next reconciler pass
+    /// rescues them at once. Called by an identity's new holder: the old one is gone.
+    async fn expire_leases_of(&self, identity: &str) -> Result<u64>;
+
     // --- the reconciler's and janitor's side --------------------------------------------------
     /// Running jobs whose lease expired go back to `queued` (counting a rescue), or to `failed`
     /// once they have been rescued `max_rescues` times.

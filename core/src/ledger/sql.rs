@@ -770,6 +770,61 @@ impl Ledger for SqlLedger {
             .collect()
     }
 
+    async fn acquire_worker_slot(&self, base: &str, holder: &str, ttl: Duration) -> Result<String> {
+        for n in 0.. {
+            let identity = format!("{base}-{n}");
+            let at = to_millis(now());
+            let taken = sqlx::query(&self.sql(
+                "INSERT INTO worker_slots (identity, holder, expires_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (identity) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE worker_slots.expires_at < ?",
+            ))
+            .bind(&identity)
+            .bind(holder)
+            .bind(at + ttl.as_millis() as i64)
+            .bind(at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                return Ok(identity);
+            }
+        }
+        unreachable!("the slot numbers are unbounded")
+    }
+
+    async fn renew_worker_slot(&self, identity: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let changed = sqlx::query(
+            &self.sql("UPDATE worker_slots SET expires_at = ? WHERE identity = ? AND holder = ?"),
+        )
+        .bind(to_millis(now()) + ttl.as_millis() as i64)
+        .bind(identity)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_worker_slot(&self, identity: &str, holder: &str) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM worker_slots WHERE identity = ? AND holder = ?"))
+            .bind(identity)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_leases_of(&self, identity: &str) -> Result<u64> {
+        Ok(sqlx::query(&self.sql(
+            "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running' AND lease_owner = ?",
+        ))
+        .bind(identity)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>> {
         let at = to_millis(now());
         let mut tx = self.write_tx().await?;
