@@ -166,6 +166,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 bucket,
                 prefix,
                 endpoint: config.s3_endpoint.clone(),
+                public_endpoint: config.s3_public_endpoint.clone(),
                 force_path_style: config.s3_force_path_style,
                 region: config.s3_region.clone(),
                 credentials: config
@@ -246,7 +247,6 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             store: store.clone(),
             inputs: InputResolver::new(
                 store.clone(),
-                local.clone(),
                 SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
                 config.outputs.max_input_bytes,
             ),

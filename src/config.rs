@@ -51,6 +51,9 @@ pub struct Config {
     pub storage_url: Option<String>,
     /// Endpoint of an S3-compatible store (MinIO, Garage, R2, …); absent for AWS S3.
     pub s3_endpoint: Option<String>,
+    /// The S3 endpoint clients download from, when it differs from `s3_endpoint` (a private
+    /// address for Kiln's processes, a public name for clients). Presigned URLs name it.
+    pub s3_public_endpoint: Option<String>,
     /// Path-style S3 addressing, which most self-hosted stores need.
     pub s3_force_path_style: bool,
     /// S3 region; absent, the AWS environment and profile chain decide.
@@ -140,6 +143,7 @@ impl Default for Config {
             redis_prefix: "kiln".into(),
             storage_url: None,
             s3_endpoint: None,
+            s3_public_endpoint: None,
             s3_force_path_style: false,
             s3_region: None,
             s3_access_key_id: None,

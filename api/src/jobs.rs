@@ -150,7 +150,7 @@ pub async fn submit(
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
     })?;
     for (field, url) in parsed.fetched_urls() {
-        check_input_url(&state, field, url)?;
+        check_input_url(&state, field, url).await?;
     }
     let job = state
         .ledger
@@ -200,8 +200,8 @@ fn parse_submit(request: &Map<String, Value>) -> Result<(String, Value), Problem
 
 /// Kiln's own signed URLs are allowed (chaining an earlier output); any other URL must pass the
 /// SSRF policy now, and passes it again when the worker connects.
-fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Result<(), Problem> {
-    if let Some(own) = state.local.as_ref().and_then(|l| l.resolve_signed_url(url)) {
+async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Result<(), Problem> {
+    if let Some(own) = state.store.resolve_own_url(url).await {
         return own.map(|_| ()).map_err(|e| {
             Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

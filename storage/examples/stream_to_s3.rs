@@ -24,12 +24,16 @@ fn status_kib(field: &str) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let size_mb: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let size_mb: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
     let server = S3Server::start();
     let store = S3Store::connect(&S3Settings {
         bucket: S3Server::BUCKET.into(),
         prefix: "bench".into(),
         endpoint: Some(server.endpoint()),
+        public_endpoint: None,
         force_path_style: true,
         region: Some("us-east-1".into()),
         credentials: Some((S3Server::ACCESS_KEY.into(), S3Server::SECRET_KEY.into())),
@@ -39,7 +43,11 @@ async fn main() {
     store.check().await.unwrap();
     // Warm the client (TLS-free here, but connection pools and SDK caches) before measuring.
     store
-        .put("jobs/warm/0.bin", "application/octet-stream", futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed())
+        .put(
+            "jobs/warm/0.bin",
+            "application/octet-stream",
+            futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed(),
+        )
         .await
         .unwrap();
 
@@ -47,11 +55,16 @@ async fn main() {
     let body = futures::stream::iter((0..size_mb).map(move |_| Ok(chunk.clone()))).boxed();
     let rss_before = status_kib("VmRSS:");
     let started = Instant::now();
-    let written = store.put("jobs/bench/0.mp4", "video/mp4", body).await.unwrap();
+    let written = store
+        .put("jobs/bench/0.mp4", "video/mp4", body)
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     let peak = status_kib("VmHWM:");
     assert_eq!(written, (size_mb * 1024 * 1024) as u64);
-    let on_disk = std::fs::metadata(server.root.join("kiln/bench/jobs/bench/0.mp4")).unwrap().len();
+    let on_disk = std::fs::metadata(server.root.join("kiln/bench/jobs/bench/0.mp4"))
+        .unwrap()
+        .len();
     assert_eq!(on_disk, written);
     println!(
         "streamed {size_mb} MB in {:.2} s ({:.0} MB/s); RSS before {} MiB, peak {} MiB, growth {} MiB",

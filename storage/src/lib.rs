@@ -51,6 +51,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A URL that downloads the object without other credentials until `min(until, now + 7 days)`.
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<url::Url, StorageError>;
+
+    /// Recognises a download URL this store issued: `None` when the URL is not one of ours,
+    /// else the object key if the URL is still valid (its signature checks and it has not
+    /// expired). A later job that takes an earlier output as input is then read straight from
+    /// the store, whatever the network between worker and store looks like, and with exactly
+    /// the authority the URL itself grants.
+    async fn resolve_own_url(&self, url: &url::Url) -> Option<Result<String, SignatureError>>;
 }
 
 /// Object keys are relative paths of plain segments: no `..`, no empty segment, no backslash, so

@@ -1,7 +1,7 @@
 //! The local-directory store of the embedded default. Writes go to a temporary file beside the
 //! target and are renamed into place, so a reader never sees half an object and a crash leaves at
 //! most a stray temporary file. Downloads are served by Kiln's api at `/v1/files/{key}` behind a
-//! signed URL; `resolve_signed_url` lets Kiln recognise its own URLs when a later job takes an
+//! signed URL; `resolve_own_url` lets Kiln recognise its own URLs when a later job takes an
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
 
 use crate::{
@@ -50,7 +50,7 @@ impl LocalStore {
     }
 
     /// The object key behind one of this store's own valid download URLs, whatever host it names.
-    pub fn resolve_signed_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
+    fn resolve_signed_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
         let key = url.path().strip_prefix(FILES_PATH)?;
         let mut expires = None;
         let mut signature = None;
@@ -122,6 +122,10 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
+        self.resolve_signed_url(url)
     }
 
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<Url, StorageError> {

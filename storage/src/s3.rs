@@ -5,7 +5,9 @@
 //! object smaller than one part goes up in a single PUT. A failed multipart upload is aborted so
 //! no orphaned parts are billed.
 
-use crate::{validate_key, ByteStream, ObjectStore, StorageError, MAX_URL_LIFETIME};
+use crate::{
+    validate_key, ByteStream, ObjectStore, SignatureError, StorageError, MAX_URL_LIFETIME,
+};
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -35,6 +37,9 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most self-hosted stores need.
     pub force_path_style: bool,
+    /// The endpoint clients download from, when it differs from the one Kiln's processes use
+    /// (a private network address inside, a public name outside). Presigned URLs name it.
+    pub public_endpoint: Option<String>,
     /// Region; absent, the AWS environment and profile chain decide (then `us-east-1`).
     pub region: Option<String>,
     /// Static credentials; absent, the AWS environment and profile chain provide them.
@@ -43,6 +48,8 @@ pub struct S3Settings {
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// Signs download URLs; the same client unless a public endpoint is configured.
+    presigner: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
 }
@@ -84,8 +91,16 @@ impl S3Store {
         if shared.region().is_none() {
             config = config.region(aws_config::Region::new("us-east-1"));
         }
+        let mut presign_config = config.clone();
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
+        }
+        if let Some(endpoint) = settings
+            .public_endpoint
+            .as_ref()
+            .or(settings.endpoint.as_ref())
+        {
+            presign_config = presign_config.endpoint_url(endpoint);
         }
         let mut prefix = settings.prefix.trim_matches('/').to_owned();
         if !prefix.is_empty() {
@@ -93,6 +108,7 @@ impl S3Store {
         }
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
+            presigner: aws_sdk_s3::Client::from_conf(presign_config.build()),
             bucket: settings.bucket.clone(),
             prefix,
         })
@@ -305,22 +321,110 @@ impl ObjectStore for S3Store {
     }
 
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<Url, StorageError> {
-        let key = self.object_key(key)?;
         let until = until.min(Utc::now() + MAX_URL_LIFETIME);
         let lifetime = (until - Utc::now())
             .to_std()
             .unwrap_or_default()
             .max(Duration::from_secs(1));
+        self.presign_at(key, std::time::SystemTime::now(), lifetime)
+            .await
+    }
+
+    async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let (date, expires, signature) = (
+            param("X-Amz-Date")?,
+            param("X-Amz-Expires")?,
+            param("X-Amz-Signature")?,
+        );
+        let signed_at = chrono::NaiveDateTime::parse_from_str(&date, "%Y%m%dT%H%M%SZ")
+            .ok()?
+            .and_utc();
+        let lifetime = Duration::from_secs(expires.parse().ok()?);
+        let path = percent_decode(url.path());
+        // Path-style (`/bucket/prefix/key`) or virtual-hosted (`/prefix/key`) addressing.
+        let candidates = [
+            path.strip_prefix(&format!("/{}/{}", self.bucket, self.prefix)),
+            path.strip_prefix(&format!("/{}", self.prefix)),
+        ];
+        for key in candidates.into_iter().flatten() {
+            if validate_key(key).is_err() {
+                continue;
+            }
+            // Sign the same request again: if it names the same place, the URL is ours, and
+            // the signature must match ours exactly.
+            let again = self
+                .presign_at(key, signed_at.into(), lifetime)
+                .await
+                .ok()?;
+            if again.host_str() != url.host_str()
+                || again.port_or_known_default() != url.port_or_known_default()
+                || again.path() != url.path()
+            {
+                continue;
+            }
+            let ours = again
+                .query_pairs()
+                .find(|(k, _)| k == "X-Amz-Signature")
+                .map(|(_, v)| v.into_owned());
+            if ours.as_deref() != Some(signature.as_str()) {
+                return Some(Err(SignatureError::Invalid));
+            }
+            if Utc::now() >= signed_at + chrono::Duration::from_std(lifetime).unwrap_or_default() {
+                return Some(Err(SignatureError::Expired));
+            }
+            return Some(Ok(key.to_owned()));
+        }
+        None
+    }
+}
+
+impl S3Store {
+    async fn presign_at(
+        &self,
+        key: &str,
+        start: std::time::SystemTime,
+        lifetime: Duration,
+    ) -> Result<Url, StorageError> {
+        let object_key = self.object_key(key)?;
+        let config = PresigningConfig::builder()
+            .start_time(start)
+            .expires_in(lifetime)
+            .build()
+            .map_err(backend)?;
         let presigned = self
-            .client
+            .presigner
             .get_object()
             .bucket(&self.bucket)
-            .key(&key)
-            .presigned(PresigningConfig::expires_in(lifetime).map_err(backend)?)
+            .key(&object_key)
+            .presigned(config)
             .await
             .map_err(|e| backend(describe(&e)))?;
         Url::parse(presigned.uri()).map_err(backend)
     }
+}
+
+/// `%XX` escapes in a URL path, decoded (object keys are plain, but clients may escape them).
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -334,11 +438,51 @@ mod tests {
             prefix: prefix.into(),
             endpoint: Some(server.endpoint()),
             force_path_style: true,
+            public_endpoint: None,
             region: Some("us-east-1".into()),
             credentials: Some((S3Server::ACCESS_KEY.into(), S3Server::SECRET_KEY.into())),
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn own_presigned_urls_are_recognised_and_checked() {
+        let server = S3Server::start();
+        let s3 = store(&server, "outputs").await;
+        let url = s3
+            .presign_get("jobs/a/0.png", Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            s3.resolve_own_url(&url).await,
+            Some(Ok("jobs/a/0.png".to_owned()))
+        );
+        let mut tampered = url.clone();
+        tampered.set_path(&url.path().replace("jobs/a/", "jobs/b/"));
+        assert_eq!(
+            s3.resolve_own_url(&tampered).await,
+            Some(Err(SignatureError::Invalid))
+        );
+        let short = s3
+            .presign_at(
+                "jobs/a/0.png",
+                std::time::SystemTime::now() - Duration::from_secs(120),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s3.resolve_own_url(&short).await,
+            Some(Err(SignatureError::Expired))
+        );
+        let elsewhere = Url::parse("https://example.com/kiln/outputs/jobs/a/0.png?X-Amz-Date=20260101T000000Z&X-Amz-Expires=60&X-Amz-Signature=00").unwrap();
+        assert_eq!(s3.resolve_own_url(&elsewhere).await, None);
+        assert_eq!(
+            s3.resolve_own_url(&Url::parse("https://example.com/x.png").unwrap())
+                .await,
+            None
+        );
     }
 
     async fn read_all(mut s: ByteStream) -> Vec<u8> {

@@ -8,27 +8,20 @@ use crate::provider::ProviderError;
 use bytes::BytesMut;
 use futures::StreamExt;
 use kiln_core::catalog::ImageSource;
-use kiln_storage::{LocalStore, ObjectStore, StorageError};
+use kiln_storage::{ObjectStore, StorageError};
 use kiln_webhooks::{FetchError, SafeClient};
 use std::sync::Arc;
 
 pub struct InputResolver {
     store: Arc<dyn ObjectStore>,
-    local: Option<Arc<LocalStore>>,
     client: SafeClient,
     max_bytes: u64,
 }
 
 impl InputResolver {
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        local: Option<Arc<LocalStore>>,
-        client: SafeClient,
-        max_bytes: u64,
-    ) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, client: SafeClient, max_bytes: u64) -> Self {
         InputResolver {
             store,
-            local,
             client,
             max_bytes,
         }
@@ -39,7 +32,7 @@ impl InputResolver {
             ImageSource::Inline { bytes, .. } => return Ok(bytes.clone()),
             ImageSource::Url(url) => url,
         };
-        if let Some(own) = self.local.as_ref().and_then(|l| l.resolve_signed_url(url)) {
+        if let Some(own) = self.store.resolve_own_url(url).await {
             let key = own.map_err(|e| {
                 ProviderError::fail("input_url_invalid", format!("input.image: {e}"))
             })?;
