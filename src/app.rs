@@ -219,7 +219,9 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 .context("cannot reach Redis (redis_url)")?;
             let rings = bell.consume(ConsumerSettings {
                 consumer: identity.clone(),
-                batch: config.worker.concurrency.max(1) * 2,
+                // One at a time: a ring fetched early would wait behind a long job while another
+                // worker idles. Apalis asks for the next ring only when a slot is free.
+                batch: 1,
                 ..ConsumerSettings::default()
             });
             (Arc::new(bell), rings, false)
@@ -259,6 +261,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 retry_base: config.worker.retry_base,
                 retry_max: config.worker.retry_max,
                 output_ttl: config.outputs.ttl,
+                job_timeout: config.worker.job_timeout,
             },
             settings: WorkerSettings {
                 concurrency: config.worker.concurrency,

@@ -93,6 +93,9 @@ pub struct WorkerConfig {
     pub retry_base: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Longest one attempt may run before it fails as a transient `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
     /// Grace period on SIGTERM before running jobs are released to other workers.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -169,9 +172,12 @@ impl Default for WorkerConfig {
             max_rescues: 3,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(60),
+            job_timeout: Duration::from_secs(30 * 60),
             shutdown_timeout: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(5),
-            ring_stale_after: Duration::from_secs(30),
+            // A safety net only: lost rings are otherwise recovered by a process's first pass, a
+            // queue restart (new epoch), a failed ring (marked unrung) and Redis reclaiming.
+            ring_stale_after: Duration::from_secs(300),
             identity: None,
         }
     }

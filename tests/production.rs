@@ -112,3 +112,48 @@ async fn s3_outputs_are_presigned_and_removed_after_expiry() {
     );
     kiln.shutdown().await;
 }
+
+/// Any mix of backends works: SQLite with S3 outputs, and Postgres with a local directory and
+/// no Redis (in-process dispatch).
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_mix_freely() {
+    let s3 = kiln_core::testing::S3Server::start();
+    let sqlite_s3 = Kiln::start_with(|c| {
+        use kiln::config::Secret;
+        use kiln_core::testing::S3Server;
+        c.storage_url = Some(format!("s3://{}/mixed", S3Server::BUCKET));
+        c.s3_endpoint = Some(s3.endpoint());
+        c.s3_force_path_style = true;
+        c.s3_access_key_id = Some(Secret::new(S3Server::ACCESS_KEY));
+        c.s3_secret_access_key = Some(Secret::new(S3Server::SECRET_KEY));
+    })
+    .await;
+    let db = kiln_core::testing::PostgresDatabase::create().await;
+    let postgres_local =
+        Kiln::start_with(|c| c.database_url = Some(kiln::config::Secret::new(db.url.clone())))
+            .await;
+    for kiln in [&sqlite_s3, &postgres_local] {
+        let key = kiln.key("acme").await;
+        let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+        let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        let res = kiln
+            .http
+            .get(job["outputs"][0]["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(
+        s3.object_count(),
+        1,
+        "the SQLite instance stored its output in S3"
+    );
+    assert!(
+        postgres_local.dir.path().join("outputs/jobs").exists(),
+        "the Postgres instance stored it locally"
+    );
+    sqlite_s3.shutdown().await;
+    postgres_local.shutdown().await;
+}

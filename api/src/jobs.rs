@@ -162,8 +162,11 @@ pub async fn submit(
         })
         .await?;
     if let Err(e) = state.doorbell.ring(job.id).await {
-        // Committed is committed: the reconciler rings queued jobs nobody took.
+        // Committed is committed: the reconciler's next pass rings it.
         tracing::warn!(job = %job.id, error = %e, "could not ring the doorbell; the reconciler will");
+        if let Err(e) = state.ledger.mark_unrung(job.id).await {
+            tracing::warn!(job = %job.id, error = %e, "could not mark the job unrung; it is rung once ring_stale_after passes");
+        }
     }
     let mut response = job_response(&state, &job, StatusCode::ACCEPTED).await?;
     let location =

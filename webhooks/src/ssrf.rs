@@ -109,6 +109,7 @@ fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || a >= 240 // reserved
 }
 
@@ -117,24 +118,33 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         return is_forbidden_v4(v4);
     }
     let seg = ip.segments();
-    // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::/96) embed an IPv4 address.
-    if seg[..6] == [0, 0, 0, 0, 0, 0] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let v4 = Ipv4Addr::new(
+    let embedded_v4 = || {
+        Ipv4Addr::new(
             (seg[6] >> 8) as u8,
             seg[6] as u8,
             (seg[7] >> 8) as u8,
             seg[7] as u8,
-        );
-        return ip.is_unspecified() || ip.is_loopback() || is_forbidden_v4(v4);
+        )
+    };
+    // Translation prefixes that carry an IPv4 address in their last 32 bits: IPv4-compatible
+    // (::/96), SIIT (::ffff:0:0:0/96), NAT64 well-known (64:ff9b::/96) and local-use
+    // (64:ff9b:1::/48). They are as safe as the IPv4 address they lead to.
+    let translated = seg[..6] == [0, 0, 0, 0, 0, 0]
+        || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
+        || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1);
+    if translated {
+        return ip.is_unspecified() || ip.is_loopback() || is_forbidden_v4(embedded_v4());
     }
-    ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (seg[0] & 0xffc0) == 0xfe80 // link local fe80::/10
-        || (seg[0] & 0xffc0) == 0xfec0 // site local (deprecated)
-        || seg[0] == 0x2001 && seg[1] == 0x0db8 // documentation
-        || seg[0] == 0x2002 // 6to4 embeds an arbitrary IPv4 address
+    // Only global unicast (2000::/3) is reachable, less its special-purpose parts: Teredo and
+    // other IETF assignments (2001::/23), documentation (2001:db8::/32) and 6to4 (2002::/16),
+    // which embed arbitrary IPv4 addresses. Everything else (loopback, unique and link local,
+    // multicast, discard 100::/64, …) is outside 2000::/3.
+    let global_unicast = (seg[0] & 0xe000) == 0x2000;
+    !global_unicast
+        || (seg[0] == 0x2001 && seg[1] < 0x0200)
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+        || seg[0] == 0x2002
 }
 
 /// Resolves names and keeps only permitted addresses, so reqwest connects to nothing else.

@@ -30,6 +30,8 @@ pub struct ExecutorConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub output_ttl: Duration,
+    /// Longest an attempt may run; past it the attempt fails as a transient `timeout`.
+    pub job_timeout: Duration,
 }
 
 pub struct Executor {
@@ -97,7 +99,20 @@ impl Executor {
             lost.clone(),
         ));
         // A panic in a generator must not take the worker down with it; it fails the attempt.
-        let work = std::panic::AssertUnwindSafe(self.generate_and_store(&claim))
+        // A hung generator or store must not hold the job forever: the attempt has a deadline.
+        let deadline = self.config.job_timeout;
+        let claimed = &claim;
+        let bounded = async move {
+            tokio::time::timeout(deadline, self.generate_and_store(claimed))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::retry(
+                        "timeout",
+                        format!("the attempt took longer than {}s", deadline.as_secs()),
+                    ))
+                })
+        };
+        let work = std::panic::AssertUnwindSafe(bounded)
             .catch_unwind()
             .map(|r| {
                 r.unwrap_or_else(|_| {
@@ -147,10 +162,17 @@ impl Executor {
 
     async fn record_failure(&self, claim: &Claim, failure: ProviderError) -> ExecResult {
         let lease = &claim.lease;
-        let retry =
-            failure.class == FailureClass::Retry && claim.attempt_number < self.config.max_attempts;
+        // Only failures count against `max_attempts`: an attempt lost with its worker or
+        // released at shutdown was not the job's fault (lost ones count as rescues instead).
+        let failures = 1 + claim
+            .job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == Some(AttemptOutcome::Failed))
+            .count() as u32;
+        let retry = failure.class == FailureClass::Retry && failures < self.config.max_attempts;
         let won = if retry {
-            let delay = self.backoff(claim.attempt_number);
+            let delay = self.backoff(failures);
             let run_after =
                 kiln_core::time::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             let won = self
@@ -161,10 +183,14 @@ impl Executor {
                 tracing::info!(job = %lease.job_id, code = %failure.error.code, ?delay, "retry scheduled");
                 let doorbell = self.doorbell.clone();
                 let job_id = lease.job_id;
-                // If this process dies first, the reconciler rings the job once it is due.
+                let ledger = self.ledger.clone();
+                // If this process dies first, the reconciler rings the job once it is due (the
+                // retry left it marked unrung).
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = doorbell.ring(job_id).await;
+                    if doorbell.ring(job_id).await.is_ok() {
+                        let _ = ledger.mark_rung(job_id).await;
+                    }
                 });
             }
             won
@@ -172,8 +198,8 @@ impl Executor {
             let mut error = failure.error.clone();
             if failure.class == FailureClass::Retry {
                 error.message = format!(
-                    "{} (gave up after {} attempts)",
-                    error.message, claim.attempt_number
+                    "{} (gave up after {failures} failed attempts)",
+                    error.message
                 );
             }
             let won = self.ledger.fail(lease, &error).await?;
@@ -241,9 +267,11 @@ impl Executor {
                 .put(&key, output.content_type, body)
                 .await
                 .map_err(|e| {
+                    // The cause (endpoints, request ids) is for the operator, not the tenant.
+                    tracing::warn!(job = %job.id, error = %e, "storing an output failed");
                     ProviderError::retry(
                         "storage_unavailable",
-                        format!("could not store output {index}: {e}"),
+                        format!("output {index} could not be stored"),
                     )
                 })?;
             debug_assert_eq!(written as usize, size);

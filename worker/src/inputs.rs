@@ -60,12 +60,23 @@ impl InputResolver {
                 "input_expired",
                 "input.image names an output that no longer exists",
             ),
-            other => ProviderError::retry("storage_unavailable", other.to_string()),
+            other => {
+                tracing::warn!(key, error = %other, "reading an input from storage failed");
+                ProviderError::retry(
+                    "storage_unavailable",
+                    "input.image could not be read from storage",
+                )
+            }
         })?;
         let mut body = BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ProviderError::retry("storage_unavailable", e.to_string()))?;
+            let chunk = chunk.map_err(|e| {
+                tracing::warn!(key, error = %e, "reading an input from storage failed");
+                ProviderError::retry(
+                    "storage_unavailable",
+                    "input.image could not be read from storage",
+                )
+            })?;
             if (body.len() + chunk.len()) as u64 > self.max_bytes {
                 return Err(ProviderError::fail(
                     "input_too_large",

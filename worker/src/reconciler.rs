@@ -102,7 +102,7 @@ impl Reconciler {
             // The job stays due and unrung; the next pass tries again.
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "could not ring");
-                Ok(())
+                self.ledger.mark_unrung(id).await
             }
         }
     }

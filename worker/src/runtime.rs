@@ -46,6 +46,7 @@ pub struct WorkerRuntime {
 }
 
 pub struct WorkerHandle {
+    slot_stop: CancellationToken,
     ledger: Arc<dyn Ledger>,
     identity: String,
     slot_holder: String,
@@ -121,6 +122,7 @@ impl WorkerRuntime {
             ledger: self.ledger.clone(),
             store: self.store.clone(),
         };
+        let slot_stop = CancellationToken::new();
         let slot = (
             self.ledger.clone(),
             identity.clone(),
@@ -131,7 +133,9 @@ impl WorkerRuntime {
             spawn_loop(
                 "identity",
                 executor_lease / 3,
-                soft_stop.clone(),
+                // The identity is held until the last job is done or released, not just until
+                // claiming stops: another process must not take it while jobs still run under it.
+                slot_stop.clone(),
                 move || {
                     let (ledger, identity, holder, lease) = slot.clone();
                     async move {
@@ -149,10 +153,11 @@ impl WorkerRuntime {
                 {
                     let reconciler = Arc::new(reconciler);
                     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let poll_ledger = self.settings.poll_ledger;
                     move || {
                         let reconciler = reconciler.clone();
                         let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
-                        async move { reconciler.pass(first).await.map(|_| ()) }
+                        async move { reconciler.pass(first || poll_ledger).await.map(|_| ()) }
                     }
                 },
             ),
@@ -170,6 +175,7 @@ impl WorkerRuntime {
             ),
         ];
         WorkerHandle {
+            slot_stop,
             ledger: self.ledger.clone(),
             identity,
             slot_holder: self.settings.slot_holder.clone(),
@@ -218,8 +224,21 @@ impl WorkerHandle {
             tracing::warn!("shutdown grace period over: releasing running jobs");
             hard_stop.cancel();
         });
-        let _ = self.worker.await;
+        // Released jobs return at once; past grace plus this margin something is wedged (a
+        // stuck ledger call, say) and waiting longer helps nobody: leases expire by themselves.
+        let margin = Duration::from_secs(10);
+        let mut worker = self.worker;
+        if tokio::time::timeout(grace + margin, &mut worker)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the worker did not stop in time; abandoning its remaining jobs to lease expiry"
+            );
+            worker.abort();
+        }
         timer.abort();
+        self.slot_stop.cancel();
         for l in self.loops {
             let _ = l.await;
         }

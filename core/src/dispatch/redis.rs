@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 /// The consumer group every Kiln worker joins.
 pub const GROUP: &str = "kiln-workers";
+/// Pending entries reclaimed per `XAUTOCLAIM`, and calls per lane per reclaim round.
+const RECLAIM_BATCH: usize = 100;
+const RECLAIM_ROUNDS: usize = 10;
 /// How long a producer waits for Redis before reporting the queue unavailable.
 const PRODUCER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -29,7 +32,7 @@ const PRODUCER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ConsumerSettings {
     /// This consumer's name in the group: the worker's identity.
     pub consumer: String,
-    /// Entries fetched per read.
+    /// New entries fetched per read.
     pub batch: usize,
     /// How long one blocking read waits for new rings.
     pub block: Duration,
@@ -97,6 +100,7 @@ impl RedisDoorbell {
             groups_ready: false,
             last_reclaim: None,
             backoff: Duration::from_millis(100),
+            malformed: Vec::new(),
         };
         futures::stream::unfold(consumer, |mut consumer| async move {
             loop {
@@ -174,6 +178,8 @@ struct Consumer {
     groups_ready: bool,
     last_reclaim: Option<Instant>,
     backoff: Duration,
+    /// Entries that carry no job id: acknowledged and deleted so they are not reclaimed forever.
+    malformed: Vec<(Lane, String)>,
 }
 
 impl Consumer {
@@ -197,7 +203,10 @@ impl Consumer {
                     message_id: entry.id.clone(),
                 }),
             }),
-            None => tracing::warn!(id = %entry.id, "ignoring a malformed ring"),
+            None => {
+                tracing::warn!(id = %entry.id, "dropping a malformed ring");
+                self.malformed.push((lane, entry.id.clone()));
+            }
         }
     }
 
@@ -252,6 +261,29 @@ impl Consumer {
             }
             self.groups_ready = true;
         }
+        for (lane, id) in std::mem::take(&mut self.malformed) {
+            let key = self
+                .keys
+                .iter()
+                .find(|(l, _)| *l == lane)
+                .map(|(_, k)| k.clone())
+                .unwrap_or_default();
+            let mut drop_it = redis::pipe();
+            drop_it
+                .cmd("XACK")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&key)
+                .arg(&id)
+                .ignore();
+            if let Err(e) = drop_it.query_async::<()>(&mut conn).await {
+                self.malformed.push((lane, id));
+                return self.fault(e).await;
+            }
+        }
         let reclaim_due = self
             .last_reclaim
             .is_none_or(|at| at.elapsed() >= self.settings.reclaim_idle / 2);
@@ -259,30 +291,39 @@ impl Consumer {
             self.last_reclaim = Some(Instant::now());
             for i in 0..self.keys.len() {
                 let (lane, key) = self.keys[i].clone();
-                let reply = redis::cmd("XAUTOCLAIM")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(&self.settings.consumer)
-                    .arg(self.settings.reclaim_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(self.settings.batch)
-                    .query_async::<StreamAutoClaimReply>(&mut conn)
-                    .await;
-                match reply {
-                    Ok(reply) => {
-                        if !reply.claimed.is_empty() {
-                            tracing::info!(
-                                count = reply.claimed.len(),
-                                lane = lane.as_str(),
-                                "reclaimed rings from a dead consumer"
-                            );
+                // Follow the cursor, boundedly: a large pending list (after a long outage) is
+                // worked off over several rounds without one round taking forever.
+                let mut cursor = "0-0".to_owned();
+                for _ in 0..RECLAIM_ROUNDS {
+                    let reply = redis::cmd("XAUTOCLAIM")
+                        .arg(&key)
+                        .arg(GROUP)
+                        .arg(&self.settings.consumer)
+                        .arg(self.settings.reclaim_idle.as_millis() as u64)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(RECLAIM_BATCH)
+                        .query_async::<StreamAutoClaimReply>(&mut conn)
+                        .await;
+                    match reply {
+                        Ok(reply) => {
+                            if !reply.claimed.is_empty() {
+                                tracing::info!(
+                                    count = reply.claimed.len(),
+                                    lane = lane.as_str(),
+                                    "reclaimed rings from a dead consumer"
+                                );
+                            }
+                            for entry in &reply.claimed {
+                                self.push(lane, entry);
+                            }
+                            if reply.next_stream_id == "0-0" {
+                                break;
+                            }
+                            cursor = reply.next_stream_id;
                         }
-                        for entry in &reply.claimed {
-                            self.push(lane, entry);
-                        }
+                        Err(e) => return self.fault(e).await,
                     }
-                    Err(e) => return self.fault(e).await,
                 }
             }
             if !self.buffer.is_empty() {

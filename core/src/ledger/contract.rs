@@ -119,11 +119,9 @@ pub async fn cancel_fences_the_running_worker(ledger: Arc<dyn Ledger>) {
     ));
     assert!(!ledger.renew_lease(&claim.lease, LEASE).await.unwrap());
     assert!(!ledger.succeed(&claim.lease, &[]).await.unwrap());
-    ledger
-        .close_attempt(&claim.lease, AttemptOutcome::Canceled, None)
-        .await
-        .unwrap();
+    // The cancel itself closed the attempt, so a dead worker leaves no attempt open.
     let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert!(job.attempts[0].finished_at.is_some());
     assert_eq!(job.status, Status::Canceled);
     assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Canceled));
     assert!(job.outputs.is_empty());
@@ -298,6 +296,9 @@ pub async fn due_jobs_are_rung_again_only_when_stale(ledger: Arc<dyn Ledger>) {
     );
     let soon = now() + chrono::Duration::seconds(1);
     assert_eq!(ledger.due_unrung(soon, 10).await.unwrap(), vec![id]);
+    // A failed ring makes the job due for the very next pass.
+    ledger.mark_unrung(id).await.unwrap();
+    assert_eq!(ledger.due_unrung(an_hour_ago, 10).await.unwrap(), vec![id]);
 }
 
 pub async fn expired_outputs_are_listed_until_marked(ledger: Arc<dyn Ledger>) {

@@ -130,6 +130,8 @@ pub trait Ledger: Send + Sync + 'static {
     async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome>;
     /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
     async fn mark_rung(&self, id: JobId) -> Result<()>;
+    /// Records that a ring failed, so the reconciler's next pass rings the job.
+    async fn mark_unrung(&self, id: JobId) -> Result<()>;
 
     // --- the worker's side --------------------------------------------------------------------
     /// `queued → running` if the job is queued and due; takes a lease for `lease_for` and opens

@@ -527,6 +527,16 @@ impl Ledger for SqlLedger {
             .bind(from)
             .execute(&mut *tx.tx)
             .await?;
+            // The running attempt ends with the job, even if its worker is gone and never says so.
+            sqlx::query(&self.sql(
+                "UPDATE attempts SET finished_at = ?, outcome = 'canceled', error_code = 'canceled', \
+                     error_message = 'the job was canceled while this attempt ran' \
+                 WHERE job_id = ? AND finished_at IS NULL",
+            ))
+            .bind(at)
+            .bind(&sid)
+            .execute(&mut *tx.tx)
+            .await?;
         }
         if let Some(from) = from {
             let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
@@ -546,6 +556,14 @@ impl Ledger for SqlLedger {
             Some(job) if job.status == Status::Canceled => CancelOutcome::Canceled(job),
             Some(job) => CancelOutcome::AlreadyTerminal(job),
         })
+    }
+
+    async fn mark_unrung(&self, id: JobId) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn mark_rung(&self, id: JobId) -> Result<()> {
@@ -705,6 +723,13 @@ impl Ledger for SqlLedger {
             at,
         )
         .await?;
+        if won {
+            // Unrung: once due, the reconciler rings it unless the retry timer does first.
+            sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
+                .bind(lease.job_id.to_string())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
         tx.tx.commit().await?;
         Ok(won)
     }
