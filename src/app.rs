@@ -48,8 +48,16 @@ impl Running {
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }
-        if let Some(api) = self.api {
-            let _ = api.await;
+        if let Some(mut api) = self.api {
+            // In-flight requests get a moment to finish; a slow download does not hold the
+            // process hostage.
+            if tokio::time::timeout(Duration::from_secs(10), &mut api)
+                .await
+                .is_err()
+            {
+                tracing::warn!("requests still open after 10 s; closing them");
+                api.abort();
+            }
         }
     }
 }

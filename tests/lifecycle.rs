@@ -130,6 +130,11 @@ async fn inline_data_uri_inputs_work() {
     )
     .await;
     let up = wait_terminal(&kiln.http, &kiln.base, &key, &up).await;
+    let shown = up["input"]["image"].as_str().unwrap();
+    assert!(
+        shown.starts_with("data:image/png;base64,<") && shown.ends_with("bytes elided>"),
+        "{shown}"
+    );
     let img = image::load_from_memory(
         &download(&kiln.http, up["outputs"][0]["url"].as_str().unwrap()).await,
     )

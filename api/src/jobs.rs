@@ -78,7 +78,7 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
         "id": job.id,
         "model": job.model,
         "status": job.status,
-        "input": job.input,
+        "input": elide_inline_data(&job.input),
         "outputs": outputs,
         "error": job.error,
         "attempts": attempts,
@@ -89,6 +89,25 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
         "expires_at": job.expires_at(),
         "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
     }))
+}
+
+/// Inline `data:` inputs can be megabytes; a job resource shows their media type and size
+/// instead, so reading and listing jobs stays cheap.
+fn elide_inline_data(value: &Value) -> Value {
+    const KEEP: usize = 128;
+    match value {
+        Value::String(s) if s.starts_with("data:") && s.len() > KEEP => {
+            let meta = s.split_once(',').map(|(m, _)| m).unwrap_or("data:");
+            Value::String(format!("{meta},<{} bytes elided>", s.len()))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(elide_inline_data).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), elide_inline_data(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// The response for one job: a poll hint while it is not finished.

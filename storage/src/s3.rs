@@ -130,13 +130,17 @@ impl S3Store {
         Ok(())
     }
 
-    /// Puts a lifecycle rule expiring `jobs/` objects under the prefix after `ttl` (rounded up to
-    /// whole days, S3's unit). Stores without lifecycle support answer with an error, which the
+    /// Puts Kiln's lifecycle rule on the bucket: objects under `{prefix}jobs/` expire after
+    /// `ttl` (rounded up to whole days, S3's unit), and multipart uploads left incomplete (an
+    /// upload dropped by a cancel or a crash) are aborted after a day. Rules of others on the
+    /// bucket are kept: the existing configuration is read and only Kiln's rule, named after
+    /// the prefix, is replaced. Stores without lifecycle support answer with an error, which the
     /// caller reports as a warning: the janitor deletes expired objects either way.
     pub async fn ensure_lifecycle(&self, ttl: Duration) -> Result<(), StorageError> {
         let days = ttl.as_secs().div_ceil(86_400).max(1) as i32;
-        let rule = LifecycleRule::builder()
-            .id(LIFECYCLE_RULE_ID)
+        let rule_id = format!("{LIFECYCLE_RULE_ID}:{}", self.prefix);
+        let ours = LifecycleRule::builder()
+            .id(&rule_id)
             .status(ExpirationStatus::Enabled)
             .filter(
                 LifecycleRuleFilter::builder()
@@ -144,10 +148,32 @@ impl S3Store {
                     .build(),
             )
             .expiration(LifecycleExpiration::builder().days(days).build())
+            .abort_incomplete_multipart_upload(
+                aws_sdk_s3::types::AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(1)
+                    .build(),
+            )
             .build()
             .map_err(backend)?;
+        let existing = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(current) => current.rules().to_vec(),
+            // No configuration yet is the usual first start.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => vec![],
+            Err(e) => return Err(backend(describe(&e))),
+        };
+        let mut rules: Vec<LifecycleRule> = existing
+            .into_iter()
+            .filter(|r| r.id() != Some(rule_id.as_str()))
+            .collect();
+        rules.push(ours);
         let config = BucketLifecycleConfiguration::builder()
-            .rules(rule)
+            .set_rules(Some(rules))
             .build()
             .map_err(backend)?;
         self.client
