@@ -8,12 +8,17 @@ use anyhow::Context;
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::redis::{ConsumerSettings, RedisDoorbell};
 use kiln_core::dispatch::{self, Doorbell};
+use kiln_core::routes::{ProviderKind, DEMO_PROVIDER};
 use kiln_core::{keys, Ledger, TenantId};
 use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
 use kiln_webhooks::{SafeClient, SsrfPolicy};
-use kiln_worker::executor::ExecutorConfig;
+use kiln_worker::demo_provider::DemoProvider;
+use kiln_worker::executor::{ExecutorConfig, Providers};
 use kiln_worker::inputs::InputResolver;
+use kiln_worker::openai::OpenAiProvider;
+use kiln_worker::provider::Provider;
 use kiln_worker::{WorkerHandle, WorkerRuntime, WorkerSettings};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -91,6 +96,23 @@ fn signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
 
 fn uuid_like() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The providers routes can name: the built-in `demo`, and each configured upstream.
+fn providers(config: &Config, inputs: InputResolver) -> Providers {
+    let mut providers: Providers = HashMap::new();
+    providers.insert(DEMO_PROVIDER.into(), Arc::new(DemoProvider::new(inputs)));
+    for p in &config.providers {
+        let api_key = p
+            .api_key_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok());
+        let provider: Arc<dyn Provider> = match p.kind {
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key)),
+        };
+        providers.insert(p.name.clone(), provider);
+    }
+    providers
 }
 
 /// Writes a file only its owner can read.
@@ -247,7 +269,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             (doorbell, rings, !(roles.api && roles.worker))
         }
     };
-    let catalog = Catalog::new(config.demo.allow_crash);
+    let catalog = Catalog::new(config.demo.allow_crash).with_models(config.models.clone());
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
 
     let worker = if roles.worker {
@@ -255,10 +277,13 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             ledger: ledger.clone(),
             doorbell: doorbell.clone(),
             store: store.clone(),
-            inputs: InputResolver::new(
-                store.clone(),
-                SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
-                config.outputs.max_input_bytes,
+            providers: providers(
+                config,
+                InputResolver::new(
+                    store.clone(),
+                    SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
+                    config.outputs.max_input_bytes,
+                ),
             ),
             catalog: catalog.clone(),
             executor: ExecutorConfig {

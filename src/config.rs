@@ -68,6 +68,10 @@ pub struct Config {
     /// `Retry-After` hint on unfinished jobs.
     #[serde(with = "humantime_serde")]
     pub poll_hint: Duration,
+    /// Upstream providers that model routes may name (`[[providers]]` in kiln.toml).
+    pub providers: Vec<kiln_core::routes::ProviderConfig>,
+    /// Configured models and their route chains (`[[models]]` in kiln.toml).
+    pub models: Vec<kiln_core::routes::ModelConfig>,
     pub worker: WorkerConfig,
     pub outputs: OutputsConfig,
     pub demo: DemoConfig,
@@ -154,6 +158,8 @@ impl Default for Config {
             signing_secret: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
+            providers: vec![],
+            models: vec![],
             worker: WorkerConfig::default(),
             outputs: OutputsConfig::default(),
             demo: DemoConfig::default(),
@@ -283,6 +289,8 @@ impl Config {
             "redis_prefix must be a non-empty word"
         );
         self.storage()?;
+        kiln_core::routes::validate(&self.providers, &self.models)
+            .map_err(|e| anyhow::anyhow!(e))?;
         anyhow::ensure!(
             self.s3_access_key_id.is_some() == self.s3_secret_access_key.is_some(),
             "s3_access_key_id and s3_secret_access_key are set together or not at all"

@@ -69,6 +69,7 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
                 "finished_at": a.finished_at,
                 "outcome": a.outcome.map(|o| o.as_str()),
                 "error": a.error,
+                "error_class": a.error_class,
             })
         })
         .collect();

@@ -88,8 +88,18 @@ pub struct DemoVideoInput {
     pub knobs: DemoKnobs,
 }
 
+/// The input of a configured text-to-image model, whatever its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextToImageInput {
+    pub prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub seed: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelInput {
+    TextToImage(TextToImageInput),
     DemoImage(DemoImageInput),
     DemoUpscale(DemoUpscaleInput),
     DemoVideo(DemoVideoInput),
@@ -97,7 +107,13 @@ pub enum ModelInput {
 
 impl ModelInput {
     pub fn knobs(&self) -> &DemoKnobs {
+        static NONE: DemoKnobs = DemoKnobs {
+            latency_ms: 0,
+            fail_rate: 0.0,
+            crash: false,
+        };
         match self {
+            ModelInput::TextToImage(_) => &NONE,
             ModelInput::DemoImage(i) => &i.knobs,
             ModelInput::DemoUpscale(i) => &i.knobs,
             ModelInput::DemoVideo(i) => &i.knobs,
@@ -107,7 +123,7 @@ impl ModelInput {
     /// URLs the worker will fetch; the api checks them against the SSRF policy at submit.
     pub fn fetched_urls(&self) -> Vec<(&'static str, &Url)> {
         let image = match self {
-            ModelInput::DemoImage(_) => None,
+            ModelInput::TextToImage(_) | ModelInput::DemoImage(_) => None,
             ModelInput::DemoUpscale(i) => Some(&i.image),
             ModelInput::DemoVideo(i) => Some(&i.image),
         };
@@ -120,8 +136,8 @@ impl ModelInput {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
-    pub name: &'static str,
-    pub description: &'static str,
+    pub name: String,
+    pub description: String,
     pub output: &'static str,
     pub input_schema: Value,
 }
@@ -129,12 +145,35 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     allow_crash: bool,
+    configured: Vec<crate::routes::ModelConfig>,
 }
 
 impl Catalog {
     /// `allow_crash` enables the `crash` knob; off unless a test or an operator turns it on.
     pub fn new(allow_crash: bool) -> Self {
-        Catalog { allow_crash }
+        Catalog {
+            allow_crash,
+            configured: vec![],
+        }
+    }
+
+    /// Adds the configured models (validated with `routes::validate`).
+    pub fn with_models(mut self, models: Vec<crate::routes::ModelConfig>) -> Self {
+        self.configured = models;
+        self
+    }
+
+    /// The route chain of a model: configured, or the one implicit demo route of a demo model.
+    pub fn routes(&self, model: &str) -> Vec<crate::routes::RouteConfig> {
+        match self.configured.iter().find(|m| m.name == model) {
+            Some(m) => m.routes.clone(),
+            None => vec![crate::routes::RouteConfig {
+                provider: crate::routes::DEMO_PROVIDER.into(),
+                model: model.to_owned(),
+                timeout: None,
+                max_attempts: None,
+            }],
+        }
     }
 
     pub fn models(&self) -> Vec<ModelInfo> {
@@ -150,10 +189,26 @@ impl Catalog {
             props
         };
         let image_ref = json!({"type": "string", "description": "an http(s) URL, a data: URI, or the URL of an earlier Kiln output"});
-        vec![
+        let configured = self.configured.iter().map(|m| ModelInfo {
+            name: m.name.clone(),
+            description: m.description.clone(),
+            output: "image/png",
+            input_schema: json!({
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+                    "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
+                    "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
+                    "seed": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": false,
+            }),
+        });
+        let mut all = vec![
             ModelInfo {
-                name: DEMO_IMAGE,
-                description: "Draws a deterministic PNG from a prompt and a seed.",
+                name: DEMO_IMAGE.into(),
+                description: "Draws a deterministic PNG from a prompt and a seed.".into(),
                 output: "image/png",
                 input_schema: json!({
                     "type": "object",
@@ -168,8 +223,8 @@ impl Catalog {
                 }),
             },
             ModelInfo {
-                name: DEMO_UPSCALE,
-                description: "Resizes an image by 2x or 4x.",
+                name: DEMO_UPSCALE.into(),
+                description: "Resizes an image by 2x or 4x.".into(),
                 output: "image/png",
                 input_schema: json!({
                     "type": "object",
@@ -182,8 +237,8 @@ impl Catalog {
                 }),
             },
             ModelInfo {
-                name: DEMO_VIDEO,
-                description: "Makes a short zoom clip (animated GIF) from an image.",
+                name: DEMO_VIDEO.into(),
+                description: "Makes a short zoom clip (animated GIF) from an image.".into(),
                 output: "image/gif",
                 input_schema: json!({
                     "type": "object",
@@ -196,7 +251,9 @@ impl Catalog {
                     "additionalProperties": false,
                 }),
             },
-        ]
+        ];
+        all.extend(configured);
+        all
     }
 
     /// Checks `model` and `input` of a submit; on success returns the typed input.
@@ -241,6 +298,18 @@ impl Catalog {
                 fps: fields.optional_u64("fps", 1, 30)?.unwrap_or(12) as u32,
                 knobs: self.knobs(&mut fields)?,
             }),
+            configured if self.configured.iter().any(|m| m.name == configured) => {
+                ModelInput::TextToImage(TextToImageInput {
+                    prompt: fields.string("prompt", 1, 4000)?,
+                    width: fields
+                        .optional_u64("width", MIN_SIDE as u64, 4096)?
+                        .unwrap_or(1024) as u32,
+                    height: fields
+                        .optional_u64("height", MIN_SIDE as u64, 4096)?
+                        .unwrap_or(1024) as u32,
+                    seed: fields.optional_u64("seed", 0, u64::MAX)?,
+                })
+            }
             _ => {
                 return Err(InputError::new(
                     "unknown_model",

@@ -202,6 +202,8 @@ pub struct Attempt {
     pub finished_at: Option<Timestamp>,
     pub outcome: Option<AttemptOutcome>,
     pub error: Option<ErrorInfo>,
+    /// How a failure was classified: `retry`, `fall_back` or `fail`.
+    pub error_class: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

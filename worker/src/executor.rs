@@ -5,16 +5,16 @@
 //! generator is stopped at once. On shutdown past the grace period the job is released, not
 //! failed, so another worker runs it without counting it against the job.
 
-use crate::demo;
-use crate::inputs::InputResolver;
-use crate::provider::{FailureClass, GeneratedOutput, ProviderError};
+use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError};
 use futures::{FutureExt, StreamExt};
-use kiln_core::catalog::{Catalog, ModelInput};
+use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
 use kiln_core::ledger::{Claim, Lease};
+use kiln_core::routes::RouteConfig;
 use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
 use kiln_storage::ObjectStore;
 use rand::Rng;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -34,11 +34,14 @@ pub struct ExecutorConfig {
     pub job_timeout: Duration,
 }
 
+/// Providers by name (`demo` included).
+pub type Providers = HashMap<String, Arc<dyn Provider>>;
+
 pub struct Executor {
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) doorbell: Arc<dyn Doorbell>,
     store: Arc<dyn ObjectStore>,
-    inputs: InputResolver,
+    providers: Providers,
     catalog: Catalog,
     config: ExecutorConfig,
     /// Fired when the shutdown grace period is over: running jobs are released.
@@ -56,7 +59,7 @@ impl Executor {
         ledger: Arc<dyn Ledger>,
         doorbell: Arc<dyn Doorbell>,
         store: Arc<dyn ObjectStore>,
-        inputs: InputResolver,
+        providers: Providers,
         catalog: Catalog,
         config: ExecutorConfig,
         hard_stop: CancellationToken,
@@ -65,7 +68,7 @@ impl Executor {
             ledger,
             doorbell,
             store,
-            inputs,
+            providers,
             catalog,
             config,
             hard_stop,
@@ -162,17 +165,26 @@ impl Executor {
 
     async fn record_failure(&self, claim: &Claim, failure: ProviderError) -> ExecResult {
         let lease = &claim.lease;
-        // Only failures count against `max_attempts`: an attempt lost with its worker or
-        // released at shutdown was not the job's fault (lost ones count as rescues instead).
-        let failures = 1 + claim
-            .job
-            .attempts
-            .iter()
-            .filter(|a| a.outcome == Some(AttemptOutcome::Failed))
-            .count() as u32;
-        let retry = failure.class == FailureClass::Retry && failures < self.config.max_attempts;
-        let won = if retry {
-            let delay = self.backoff(failures);
+        self.ledger
+            .annotate_attempt(lease, None, Some(failure.class.as_str()))
+            .await?;
+        let routes = self.catalog.routes(&claim.job.model);
+        let (index, failed_here) = self.route_position(claim);
+        let failures = failed_here + 1;
+        let budget = routes[index]
+            .max_attempts
+            .unwrap_or(self.config.max_attempts);
+        let has_next = index + 1 < routes.len();
+        // Retry on this route while its budget lasts; then, or at once for capacity and
+        // availability failures, fall back to the next route; permanent failures end the job.
+        let next = match failure.class {
+            FailureClass::Retry if failures < budget => {
+                Some(self.retry_delay(failures, failure.retry_after))
+            }
+            FailureClass::Retry | FailureClass::FallBack if has_next => Some(Duration::ZERO),
+            _ => None,
+        };
+        let won = if let Some(delay) = next {
             let run_after =
                 kiln_core::time::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             let won = self
@@ -180,7 +192,7 @@ impl Executor {
                 .retry_later(lease, &failure.error, run_after)
                 .await?;
             if won {
-                tracing::info!(job = %lease.job_id, code = %failure.error.code, ?delay, "retry scheduled");
+                tracing::info!(job = %lease.job_id, code = %failure.error.code, class = failure.class.as_str(), ?delay, "next attempt scheduled");
                 let doorbell = self.doorbell.clone();
                 let job_id = lease.job_id;
                 let ledger = self.ledger.clone();
@@ -196,11 +208,9 @@ impl Executor {
             won
         } else {
             let mut error = failure.error.clone();
-            if failure.class == FailureClass::Retry {
-                error.message = format!(
-                    "{} (gave up after {failures} failed attempts)",
-                    error.message
-                );
+            if failure.class != FailureClass::Fail {
+                let tried = claim.job.attempts.len();
+                error.message = format!("{} (every route failed; {tried} attempts)", error.message);
             }
             let won = self.ledger.fail(lease, &error).await?;
             if won {
@@ -237,6 +247,45 @@ impl Executor {
         Ok(self.ledger.job_by_id(id).await?.map(|j| j.status))
     }
 
+    /// The route this attempt runs on, derived from the job's attempt history (so it needs no
+    /// state of its own): walk the chain, moving on after a route's budget of failures or at
+    /// its first fall-back failure. Returns the route's index and its failures so far.
+    fn current_route(&self, claim: &Claim) -> (usize, RouteConfig) {
+        let (index, _) = self.route_position(claim);
+        (index, self.catalog.routes(&claim.job.model)[index].clone())
+    }
+
+    fn route_position(&self, claim: &Claim) -> (usize, u32) {
+        let routes = self.catalog.routes(&claim.job.model);
+        let (mut index, mut failed) = (0usize, 0u32);
+        for attempt in &claim.job.attempts {
+            if attempt.outcome != Some(AttemptOutcome::Failed)
+                || attempt.route != routes[index].label()
+            {
+                continue;
+            }
+            failed += 1;
+            let budget = routes[index]
+                .max_attempts
+                .unwrap_or(self.config.max_attempts);
+            if (attempt.error_class.as_deref() == Some("fall_back") || failed >= budget)
+                && index + 1 < routes.len()
+            {
+                index += 1;
+                failed = 0;
+            }
+        }
+        (index, failed)
+    }
+
+    /// Honours the upstream's `Retry-After` within `retry_max`; otherwise backoff.
+    fn retry_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(after) => after.min(self.config.retry_max),
+            None => self.backoff(failures),
+        }
+    }
+
     /// Exponential backoff with jitter in [half, full] of the step, capped.
     fn backoff(&self, attempt: u32) -> Duration {
         let step = self
@@ -253,7 +302,24 @@ impl Executor {
             .catalog
             .validate(&job.model, &job.input)
             .map_err(|e| ProviderError::fail(e.code, format!("{}: {}", e.field, e.message)))?;
-        let outputs = self.generate(&input).await?;
+        let (_, route) = self.current_route(claim);
+        self.ledger
+            .annotate_attempt(&claim.lease, Some(&route.label()), None)
+            .await
+            .map_err(|e| {
+                ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
+            })?;
+        let provider = self.providers.get(&route.provider).ok_or_else(|| {
+            ProviderError::fall_back(
+                "provider_unknown",
+                format!("no provider named '{}' is configured", route.provider),
+            )
+        })?;
+        let attempt = AttemptContext {
+            attempt_id: &claim.lease.attempt_id,
+            route: &route,
+        };
+        let outputs = provider.generate(&attempt, &input).await?;
         let expires_at = kiln_core::time::now()
             + chrono::Duration::from_std(self.config.output_ttl).unwrap_or_default();
         let mut stored = Vec::with_capacity(outputs.len());
@@ -285,52 +351,6 @@ impl Executor {
         }
         Ok(stored)
     }
-
-    async fn generate(&self, input: &ModelInput) -> Result<Vec<GeneratedOutput>, ProviderError> {
-        let knobs = input.knobs().clone();
-        if knobs.latency_ms > 0 {
-            // Cancellable: the executor's select drops this future on cancel.
-            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-        }
-        if knobs.crash {
-            tracing::error!("demo crash knob set: aborting the process");
-            std::process::abort();
-        }
-        if knobs.fail_rate > 0.0 && rand::thread_rng().gen_bool(knobs.fail_rate) {
-            return Err(ProviderError::retry(
-                "demo_transient_failure",
-                "the demo generator failed on purpose (fail_rate)",
-            ));
-        }
-        let output = match input {
-            ModelInput::DemoImage(i) => {
-                let i = i.clone();
-                blocking(move || demo::render_image(&i)).await?
-            }
-            ModelInput::DemoUpscale(i) => {
-                let source = self.inputs.image_bytes(&i.image).await?;
-                let scale = i.scale;
-                blocking(move || demo::upscale(&source, scale)).await?
-            }
-            ModelInput::DemoVideo(i) => {
-                let source = self.inputs.image_bytes(&i.image).await?;
-                let (seconds, fps) = (i.seconds, i.fps);
-                blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
-            }
-        };
-        Ok(vec![output])
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
-) -> Result<T, ProviderError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
-        Err(ProviderError::retry(
-            "internal_error",
-            "the generator panicked",
-        ))
-    })
 }
 
 /// Renews the lease every `every`; fires `lost` as soon as the lease is no longer ours. A ledger

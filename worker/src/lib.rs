@@ -7,9 +7,11 @@
 //! Providers never touch the ledger; only the executor does.
 
 pub mod demo;
+pub mod demo_provider;
 pub mod executor;
 pub mod inputs;
 pub mod janitor;
+pub mod openai;
 pub mod provider;
 pub mod reconciler;
 pub mod runtime;

@@ -4,8 +4,7 @@
 //! and lets in-flight jobs finish; after the grace period the hard stop makes the executor release
 //! what is still running, so no job waits for a lease to expire because its worker left politely.
 
-use crate::executor::{ExecResult, Executor, ExecutorConfig};
-use crate::inputs::InputResolver;
+use crate::executor::{ExecResult, Executor, ExecutorConfig, Providers};
 use crate::janitor::Janitor;
 use crate::reconciler::Reconciler;
 use apalis_core::task::data::Data;
@@ -39,7 +38,7 @@ pub struct WorkerRuntime {
     pub ledger: Arc<dyn Ledger>,
     pub doorbell: Arc<dyn Doorbell>,
     pub store: Arc<dyn ObjectStore>,
-    pub inputs: InputResolver,
+    pub providers: Providers,
     pub catalog: Catalog,
     pub executor: ExecutorConfig,
     pub settings: WorkerSettings,
@@ -91,7 +90,7 @@ impl WorkerRuntime {
             self.ledger.clone(),
             self.doorbell.clone(),
             self.store.clone(),
-            self.inputs,
+            self.providers,
             self.catalog,
             self.executor,
             hard_stop.clone(),

@@ -144,6 +144,14 @@ pub trait Ledger: Send + Sync + 'static {
         route: &str,
         lease_for: Duration,
     ) -> Result<Option<Claim>>;
+    /// Records the route an attempt runs on (decided after the claim) and how its failure was
+    /// classified; either may be left as it is.
+    async fn annotate_attempt(
+        &self,
+        lease: &Lease,
+        route: Option<&str>,
+        error_class: Option<&str>,
+    ) -> Result<()>;
     /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool>;
     /// `running → succeeded` with the outputs, fenced by the lease.

@@ -149,7 +149,7 @@ impl SqlLedger {
         let mut job = job_from_row(&row)?;
         let id = job.id.to_string();
         job.attempts = sqlx::query(&self.sql(
-            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message \
+            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message, error_class \
              FROM attempts WHERE job_id = ? ORDER BY number",
         ))
         .bind(&id)
@@ -254,6 +254,7 @@ fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
             .transpose()
             .map_err(LedgerError::Corrupt)?,
         error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+        error_class: r.try_get("error_class")?,
     })
 }
 
@@ -639,6 +640,23 @@ impl Ledger for SqlLedger {
             },
             attempt_number: number as u32,
         }))
+    }
+
+    async fn annotate_attempt(
+        &self,
+        lease: &Lease,
+        route: Option<&str>,
+        error_class: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class) WHERE id = ?",
+        ))
+        .bind(route)
+        .bind(error_class)
+        .bind(&lease.attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {

@@ -1,0 +1,320 @@
+//! Upstream providers behind route chains, against a fault-injecting fake that speaks the
+//! OpenAI images protocol (`POST /v1/images/generations`): 429 with `Retry-After` is honoured,
+//! 500s retry then fall back, a hang hits the route's timeout, a malformed answer fails cleanly,
+//! a content-policy refusal fails without fallback, and when every route fails the job fails
+//! with all its attempts shown.
+
+mod common;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use base64::Engine;
+use common::*;
+use kiln_core::routes::{ModelConfig, ProviderConfig, ProviderKind, RouteConfig};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+enum Behaviour {
+    Image,
+    Status(u16, Option<u64>, &'static str),
+    Hang,
+    Malformed,
+}
+
+#[derive(Default)]
+struct Script {
+    next: VecDeque<Behaviour>,
+    seen_keys: Vec<String>,
+}
+
+/// The fake upstream; answers each request with the next scripted behaviour (the last one
+/// repeats).
+async fn fake_upstream(script: Vec<Behaviour>) -> (String, Arc<Mutex<Script>>) {
+    let state = Arc::new(Mutex::new(Script {
+        next: script.into(),
+        seen_keys: vec![],
+    }));
+    let shared = state.clone();
+    let app = axum::Router::new().route(
+        "/v1/images/generations",
+        post(move |headers: HeaderMap, body: axum::Json<Value>| {
+            let state = shared.clone();
+            async move {
+                assert!(body["prompt"].is_string() && body["model"].is_string() && body["size"].is_string());
+                let behaviour = {
+                    let mut s = state.lock().unwrap();
+                    let key = headers.get("idempotency-key").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    s.seen_keys.push(key);
+                    if s.next.len() > 1 { s.next.pop_front().unwrap() } else { s.next.front().cloned().unwrap() }
+                };
+                match behaviour {
+                    Behaviour::Image => {
+                        let png = tiny_png();
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+                        axum::Json(json!({"created": 1, "data": [{"b64_json": b64}]})).into_response()
+                    }
+                    Behaviour::Status(code, retry_after, error_code) => {
+                        let mut headers = HeaderMap::new();
+                        if let Some(s) = retry_after {
+                            headers.insert("retry-after", s.to_string().parse().unwrap());
+                        }
+                        let body = json!({"error": {"message": "scripted failure", "type": "scripted", "code": error_code}});
+                        (StatusCode::from_u16(code).unwrap(), headers, axum::Json(body)).into_response()
+                    }
+                    Behaviour::Hang => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        StatusCode::OK.into_response()
+                    }
+                    Behaviour::Malformed => (StatusCode::OK, "{\"data\": [{\"url\": ").into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, state)
+}
+
+fn tiny_png() -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(4, 4, image::Rgba([200, 100, 50, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn route(
+    provider: &str,
+    model: &str,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+) -> RouteConfig {
+    RouteConfig {
+        provider: provider.into(),
+        model: model.into(),
+        timeout: timeout_ms.map(Duration::from_millis),
+        max_attempts,
+    }
+}
+
+/// Kiln with the fake as provider `fake` and a model `acme/img` on `routes`.
+async fn kiln_with(base: &str, routes: Vec<RouteConfig>) -> Kiln {
+    let base = url::Url::parse(base).unwrap();
+    Kiln::start_with(move |c| {
+        c.providers = vec![ProviderConfig {
+            name: "fake".into(),
+            kind: ProviderKind::Openai,
+            base_url: base,
+            api_key_env: None,
+        }];
+        c.models = vec![ModelConfig {
+            name: "acme/img".into(),
+            description: String::new(),
+            routes,
+        }];
+        c.worker.retry_max = Duration::from_secs(5);
+    })
+    .await
+}
+
+async fn run_job(kiln: &Kiln) -> Value {
+    let key = kiln.key("acme").await;
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}}),
+    )
+    .await;
+    wait_terminal(&kiln.http, &kiln.base, &key, &id).await
+}
+
+fn attempts(job: &Value) -> Vec<(String, String, String)> {
+    job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["route"].as_str().unwrap_or_default().to_owned(),
+                a["outcome"].as_str().unwrap_or_default().to_owned(),
+                a["error"]["code"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_with_retry_after_is_honoured() {
+    let (base, script) = fake_upstream(vec![
+        Behaviour::Status(429, Some(1), "rate_limit_exceeded"),
+        Behaviour::Image,
+    ])
+    .await;
+    let kiln = kiln_with(&base, vec![route("fake", "img-1", None, Some(3))]).await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(
+        attempts(&job),
+        vec![
+            (
+                "fake:img-1".into(),
+                "failed".into(),
+                "upstream_rate_limited".into()
+            ),
+            ("fake:img-1".into(), "succeeded".into(), String::new()),
+        ]
+    );
+    assert_eq!(job["attempts"][0]["error_class"], "retry");
+    let failed_at: chrono::DateTime<chrono::Utc> = job["attempts"][0]["finished_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let retried_at: chrono::DateTime<chrono::Utc> = job["attempts"][1]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retried_at - failed_at >= chrono::Duration::milliseconds(1000),
+        "Retry-After: 1 was not honoured"
+    );
+    // Each attempt carried its own stable id upstream as the idempotency key.
+    let keys = script.lock().unwrap().seen_keys.clone();
+    let ids: Vec<String> = job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ids);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_retry_then_fall_back_to_the_next_route() {
+    let (base, _) = fake_upstream(vec![Behaviour::Status(500, None, "server_error")]).await;
+    let kiln = kiln_with(
+        &base,
+        vec![
+            route("fake", "img-1", None, Some(2)),
+            route("demo", "demo/image", None, None),
+        ],
+    )
+    .await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(
+        attempts(&job),
+        vec![
+            (
+                "fake:img-1".into(),
+                "failed".into(),
+                "upstream_error".into()
+            ),
+            (
+                "fake:img-1".into(),
+                "failed".into(),
+                "upstream_error".into()
+            ),
+            ("demo:demo/image".into(), "succeeded".into(), String::new()),
+        ]
+    );
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthorized_provider_falls_back_at_once_and_a_policy_refusal_does_not() {
+    let (base, _) = fake_upstream(vec![Behaviour::Status(401, None, "invalid_api_key")]).await;
+    let kiln = kiln_with(
+        &base,
+        vec![
+            route("fake", "img-1", None, Some(3)),
+            route("demo", "demo/image", None, None),
+        ],
+    )
+    .await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(attempts(&job)[0].2, "upstream_unauthorized");
+    assert_eq!(job["attempts"][0]["error_class"], "fall_back");
+    assert_eq!(attempts(&job).len(), 2, "no retries on a fall-back failure");
+    kiln.shutdown().await;
+
+    let (base, _) = fake_upstream(vec![Behaviour::Status(
+        400,
+        None,
+        "content_policy_violation",
+    )])
+    .await;
+    let kiln = kiln_with(
+        &base,
+        vec![
+            route("fake", "img-1", None, Some(3)),
+            route("demo", "demo/image", None, None),
+        ],
+    )
+    .await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "content_policy_violation");
+    assert_eq!(
+        attempts(&job).len(),
+        1,
+        "a policy refusal neither retries nor falls back"
+    );
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hang_hits_the_route_timeout_and_a_malformed_answer_fails_cleanly() {
+    let (base, _) = fake_upstream(vec![Behaviour::Hang]).await;
+    let kiln = kiln_with(&base, vec![route("fake", "img-1", Some(300), Some(1))]).await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "upstream_timeout");
+    kiln.shutdown().await;
+
+    let (base, _) = fake_upstream(vec![Behaviour::Malformed]).await;
+    let kiln = kiln_with(&base, vec![route("fake", "img-1", None, Some(2))]).await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "upstream_malformed_response");
+    assert_eq!(attempts(&job).len(), 2);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_route_fails_the_job_fails_with_all_attempts_shown() {
+    let (base, _) = fake_upstream(vec![Behaviour::Status(503, None, "overloaded")]).await;
+    let kiln = kiln_with(
+        &base,
+        vec![
+            route("fake", "img-1", None, Some(2)),
+            route("fake", "img-2", None, Some(1)),
+        ],
+    )
+    .await;
+    let job = run_job(&kiln).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(
+        attempts(&job)
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        vec!["fake:img-1", "fake:img-1", "fake:img-2"]
+    );
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("every route failed"),
+        "{job:#}"
+    );
+    kiln.shutdown().await;
+}

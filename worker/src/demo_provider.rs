@@ -1,0 +1,85 @@
+//! The `demo` provider: Kiln's built-in generators (see `demo`) behind the provider seam, with
+//! the demo knobs (latency, failure rate, crash) that let demos and tests exercise slow jobs,
+//! retries and lost workers. A configured text-to-image model may route here, typically as the
+//! last fallback.
+
+use crate::demo;
+use crate::inputs::InputResolver;
+use crate::provider::{AttemptContext, GeneratedOutput, Provider, ProviderError};
+use async_trait::async_trait;
+use kiln_core::catalog::{DemoImageInput, DemoKnobs, ModelInput};
+use rand::Rng;
+use std::time::Duration;
+
+pub struct DemoProvider {
+    inputs: InputResolver,
+}
+
+impl DemoProvider {
+    pub fn new(inputs: InputResolver) -> Self {
+        DemoProvider { inputs }
+    }
+}
+
+#[async_trait]
+impl Provider for DemoProvider {
+    async fn generate(
+        &self,
+        _attempt: &AttemptContext<'_>,
+        input: &ModelInput,
+    ) -> Result<Vec<GeneratedOutput>, ProviderError> {
+        let knobs = input.knobs().clone();
+        if knobs.latency_ms > 0 {
+            // Cancellable: the executor's select drops this future on cancel.
+            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+        }
+        if knobs.crash {
+            tracing::error!("demo crash knob set: aborting the process");
+            std::process::abort();
+        }
+        if knobs.fail_rate > 0.0 && rand::thread_rng().gen_bool(knobs.fail_rate) {
+            return Err(ProviderError::retry(
+                "demo_transient_failure",
+                "the demo generator failed on purpose (fail_rate)",
+            ));
+        }
+        let output = match input {
+            ModelInput::TextToImage(t) => {
+                let i = DemoImageInput {
+                    prompt: t.prompt.clone(),
+                    width: t.width.min(kiln_core::catalog::MAX_SIDE),
+                    height: t.height.min(kiln_core::catalog::MAX_SIDE),
+                    seed: t.seed,
+                    knobs: DemoKnobs::default(),
+                };
+                blocking(move || demo::render_image(&i)).await?
+            }
+            ModelInput::DemoImage(i) => {
+                let i = i.clone();
+                blocking(move || demo::render_image(&i)).await?
+            }
+            ModelInput::DemoUpscale(i) => {
+                let source = self.inputs.image_bytes(&i.image).await?;
+                let scale = i.scale;
+                blocking(move || demo::upscale(&source, scale)).await?
+            }
+            ModelInput::DemoVideo(i) => {
+                let source = self.inputs.image_bytes(&i.image).await?;
+                let (seconds, fps) = (i.seconds, i.fps);
+                blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
+            }
+        };
+        Ok(vec![output])
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(ProviderError::retry(
+            "internal_error",
+            "the generator panicked",
+        ))
+    })
+}
