@@ -12,6 +12,7 @@ use kiln_core::routes::{ProviderKind, DEMO_PROVIDER};
 use kiln_core::{keys, Ledger, TenantId};
 use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
 use kiln_webhooks::{SafeClient, SsrfPolicy};
+use kiln_worker::circuit::CircuitBreaker;
 use kiln_worker::demo_provider::DemoProvider;
 use kiln_worker::executor::{ExecutorConfig, Providers};
 use kiln_worker::inputs::InputResolver;
@@ -107,10 +108,12 @@ fn providers(config: &Config, inputs: InputResolver) -> Providers {
             .api_key_env
             .as_ref()
             .and_then(|var| std::env::var(var).ok());
-        let provider: Arc<dyn Provider> = match p.kind {
+        let upstream: Arc<dyn Provider> = match p.kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key)),
         };
-        providers.insert(p.name.clone(), provider);
+        let guarded =
+            CircuitBreaker::new(&p.name, upstream, p.circuit_failures, p.circuit_cooldown);
+        providers.insert(p.name.clone(), Arc::new(guarded));
     }
     providers
 }

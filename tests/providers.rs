@@ -31,6 +31,12 @@ struct Script {
     seen_keys: Vec<String>,
 }
 
+impl Script {
+    fn replace(&mut self, behaviours: Vec<Behaviour>) {
+        self.next = behaviours.into();
+    }
+}
+
 /// The fake upstream; answers each request with the next scripted behaviour (the last one
 /// repeats).
 async fn fake_upstream(script: Vec<Behaviour>) -> (String, Arc<Mutex<Script>>) {
@@ -110,6 +116,8 @@ async fn kiln_with(base: &str, routes: Vec<RouteConfig>) -> Kiln {
             kind: ProviderKind::Openai,
             base_url: base,
             api_key_env: None,
+            circuit_failures: 2,
+            circuit_cooldown: Duration::from_millis(1500),
         }];
         c.models = vec![ModelConfig {
             name: "acme/img".into(),
@@ -316,5 +324,45 @@ async fn when_every_route_fails_the_job_fails_with_all_attempts_shown() {
             .contains("every route failed"),
         "{job:#}"
     );
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_circuit_opens_skips_the_provider_and_probes_after_its_cooldown() {
+    let (base, script) = fake_upstream(vec![Behaviour::Status(500, None, "server_error")]).await;
+    let kiln = kiln_with(
+        &base,
+        vec![
+            route("fake", "img-1", None, Some(1)),
+            route("demo", "demo/image", None, None),
+        ],
+    )
+    .await;
+    // Two failures (one per job) open the circuit (circuit_failures = 2).
+    for _ in 0..2 {
+        let job = run_job(&kiln).await;
+        assert_eq!(attempts(&job)[0].2, "upstream_error");
+        assert_eq!(job["status"], "succeeded", "the demo route takes over");
+    }
+    assert_eq!(script.lock().unwrap().seen_keys.len(), 2);
+    // Open: the provider is skipped without a request, the job falls back at once.
+    let job = run_job(&kiln).await;
+    assert_eq!(attempts(&job)[0].2, "circuit_open", "{job:#}");
+    assert_eq!(job["attempts"][0]["error_class"], "fall_back");
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(
+        script.lock().unwrap().seen_keys.len(),
+        2,
+        "an open circuit sends nothing upstream"
+    );
+    // After the cooldown one probe goes through; the upstream has recovered, the circuit closes.
+    script.lock().unwrap().replace(vec![Behaviour::Image]);
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the cooldown is the behaviour under test
+    let job = run_job(&kiln).await;
+    assert_eq!(
+        attempts(&job),
+        vec![("fake:img-1".into(), "succeeded".into(), String::new())]
+    );
+    assert_eq!(script.lock().unwrap().seen_keys.len(), 3);
     kiln.shutdown().await;
 }

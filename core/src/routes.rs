@@ -27,6 +27,20 @@ pub struct ProviderConfig {
     /// Environment variable holding the API key (never the key itself in configuration).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Consecutive failures that open this provider's circuit.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit waits before it lets one probe through.
+    #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
+    pub circuit_cooldown: Duration,
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+
+fn default_circuit_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -36,6 +50,8 @@ impl std::fmt::Debug for ProviderConfig {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url.as_str())
             .field("api_key_env", &self.api_key_env)
+            .field("circuit_failures", &self.circuit_failures)
+            .field("circuit_cooldown", &self.circuit_cooldown)
             .finish()
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! Providers never touch the ledger; only the executor does.
 
+pub mod circuit;
 pub mod demo;
 pub mod demo_provider;
 pub mod executor;
