@@ -8,6 +8,7 @@ use anyhow::Context;
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::redis::{ConsumerSettings, RedisDoorbell};
 use kiln_core::dispatch::{self, Doorbell};
+use kiln_core::permits::{LocalPermits, SharedPermits};
 use kiln_core::routes::{ProviderKind, DEMO_PROVIDER};
 use kiln_core::{keys, Ledger, TenantId};
 use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
@@ -16,6 +17,7 @@ use kiln_worker::circuit::CircuitBreaker;
 use kiln_worker::demo_provider::DemoProvider;
 use kiln_worker::executor::{ExecutorConfig, Providers};
 use kiln_worker::inputs::InputResolver;
+use kiln_worker::limit::ConcurrencyLimit;
 use kiln_worker::openai::OpenAiProvider;
 use kiln_worker::provider::Provider;
 use kiln_worker::{WorkerHandle, WorkerRuntime, WorkerSettings};
@@ -100,7 +102,7 @@ fn uuid_like() -> String {
 }
 
 /// The providers routes can name: the built-in `demo`, and each configured upstream.
-fn providers(config: &Config, inputs: InputResolver) -> Providers {
+fn providers(config: &Config, inputs: InputResolver, permits: SharedPermits) -> Providers {
     let mut providers: Providers = HashMap::new();
     providers.insert(DEMO_PROVIDER.into(), Arc::new(DemoProvider::new(inputs)));
     for p in &config.providers {
@@ -111,9 +113,23 @@ fn providers(config: &Config, inputs: InputResolver) -> Providers {
         let upstream: Arc<dyn Provider> = match p.kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key)),
         };
-        let guarded =
-            CircuitBreaker::new(&p.name, upstream, p.circuit_failures, p.circuit_cooldown);
-        providers.insert(p.name.clone(), Arc::new(guarded));
+        let mut guarded: Arc<dyn Provider> = Arc::new(CircuitBreaker::new(
+            &p.name,
+            upstream,
+            p.circuit_failures,
+            p.circuit_cooldown,
+        ));
+        // The cap is outermost, so waiting for capacity never counts against the circuit.
+        if let Some(max) = p.max_concurrency {
+            guarded = Arc::new(ConcurrencyLimit::new(
+                &p.name,
+                guarded,
+                permits.clone(),
+                max,
+                p.capacity_wait,
+            ));
+        }
+        providers.insert(p.name.clone(), guarded);
     }
     providers
 }
@@ -245,33 +261,36 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         identity_base(config)
     };
     let worker_identity_for_report = identity.clone();
-    let (doorbell, rings, poll_ledger): (Arc<dyn Doorbell>, _, _) = match &config.redis_url {
-        Some(url) => {
-            let bell = RedisDoorbell::connect(url.expose(), &config.redis_prefix)
-                .await
-                .context("cannot reach Redis (redis_url)")?;
-            let rings = bell.consume(ConsumerSettings {
-                consumer: identity.clone(),
-                // One at a time: a ring fetched early would wait behind a long job while another
-                // worker idles. Apalis asks for the next ring only when a slot is free.
-                batch: 1,
-                ..ConsumerSettings::default()
-            });
-            (Arc::new(bell), rings, false)
-        }
-        None => {
-            // The in-process doorbell only reaches a worker in this same process. Split into
-            // separate api and worker processes without a shared queue, the api's rings do
-            // nothing and the worker polls the ledger instead.
-            let (in_process, rings) = dispatch::in_process();
-            let doorbell: Arc<dyn Doorbell> = if roles.worker {
-                Arc::new(in_process)
-            } else {
-                Arc::new(dispatch::LedgerPolling)
-            };
-            (doorbell, rings, !(roles.api && roles.worker))
-        }
-    };
+    let (doorbell, rings, poll_ledger, permits): (Arc<dyn Doorbell>, _, _, SharedPermits) =
+        match &config.redis_url {
+            Some(url) => {
+                let bell = RedisDoorbell::connect(url.expose(), &config.redis_prefix)
+                    .await
+                    .context("cannot reach Redis (redis_url)")?;
+                let rings = bell.consume(ConsumerSettings {
+                    consumer: identity.clone(),
+                    // One at a time: a ring fetched early would wait behind a long job while another
+                    // worker idles. Apalis asks for the next ring only when a slot is free.
+                    batch: 1,
+                    ..ConsumerSettings::default()
+                });
+                let permits = Arc::new(bell.permits());
+                (Arc::new(bell), rings, false, permits)
+            }
+            None => {
+                // The in-process doorbell only reaches a worker in this same process. Split into
+                // separate api and worker processes without a shared queue, the api's rings do
+                // nothing and the worker polls the ledger instead.
+                let (in_process, rings) = dispatch::in_process();
+                let doorbell: Arc<dyn Doorbell> = if roles.worker {
+                    Arc::new(in_process)
+                } else {
+                    Arc::new(dispatch::LedgerPolling)
+                };
+                let permits = Arc::new(LocalPermits::default());
+                (doorbell, rings, !(roles.api && roles.worker), permits)
+            }
+        };
     let catalog = Catalog::new(config.demo.allow_crash).with_models(config.models.clone());
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
 
@@ -287,6 +306,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
                     config.outputs.max_input_bytes,
                 ),
+                permits,
             ),
             catalog: catalog.clone(),
             executor: ExecutorConfig {

@@ -20,6 +20,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 enum Behaviour {
     Image,
+    /// An image after a pause, so concurrent requests overlap.
+    SlowImage,
     Status(u16, Option<u64>, &'static str),
     Hang,
     Malformed,
@@ -29,6 +31,8 @@ enum Behaviour {
 struct Script {
     next: VecDeque<Behaviour>,
     seen_keys: Vec<String>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 impl Script {
@@ -42,7 +46,7 @@ impl Script {
 async fn fake_upstream(script: Vec<Behaviour>) -> (String, Arc<Mutex<Script>>) {
     let state = Arc::new(Mutex::new(Script {
         next: script.into(),
-        seen_keys: vec![],
+        ..Script::default()
     }));
     let shared = state.clone();
     let app = axum::Router::new().route(
@@ -58,6 +62,17 @@ async fn fake_upstream(script: Vec<Behaviour>) -> (String, Arc<Mutex<Script>>) {
                     if s.next.len() > 1 { s.next.pop_front().unwrap() } else { s.next.front().cloned().unwrap() }
                 };
                 match behaviour {
+                    Behaviour::SlowImage => {
+                        {
+                            let mut s = state.lock().unwrap();
+                            s.in_flight += 1;
+                            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        state.lock().unwrap().in_flight -= 1;
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(tiny_png());
+                        axum::Json(json!({"created": 1, "data": [{"b64_json": b64}]})).into_response()
+                    }
                     Behaviour::Image => {
                         let png = tiny_png();
                         let b64 = base64::engine::general_purpose::STANDARD.encode(png);
@@ -116,6 +131,8 @@ async fn kiln_with(base: &str, routes: Vec<RouteConfig>) -> Kiln {
             kind: ProviderKind::Openai,
             base_url: base,
             api_key_env: None,
+            max_concurrency: None,
+            capacity_wait: Duration::from_secs(60),
             circuit_failures: 2,
             circuit_cooldown: Duration::from_millis(1500),
         }];
@@ -365,4 +382,69 @@ async fn the_circuit_opens_skips_the_provider_and_probes_after_its_cooldown() {
     );
     assert_eq!(script.lock().unwrap().seen_keys.len(), 3);
     kiln.shutdown().await;
+}
+
+/// With a cap of 2 and three workers (each its own Kiln on one Postgres and one Redis), the
+/// upstream never sees more than 2 requests at once, and every job still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_cap_holds_across_workers() {
+    let (base, script) = fake_upstream(vec![Behaviour::SlowImage]).await;
+    let backends = Backends::start().await;
+    let base = url::Url::parse(&base).unwrap();
+    let mut kilns = vec![];
+    for _ in 0..3 {
+        let base = base.clone();
+        kilns.push(
+            Kiln::start_with(|c| {
+                backends.apply(c);
+                c.worker.concurrency = 3;
+                c.providers = vec![ProviderConfig {
+                    name: "fake".into(),
+                    kind: ProviderKind::Openai,
+                    base_url: base,
+                    api_key_env: None,
+                    max_concurrency: Some(2),
+                    capacity_wait: Duration::from_secs(60),
+                    circuit_failures: 5,
+                    circuit_cooldown: Duration::from_secs(30),
+                }];
+                c.models = vec![ModelConfig {
+                    name: "acme/img".into(),
+                    description: String::new(),
+                    routes: vec![route("fake", "img-1", None, Some(1))],
+                }];
+            })
+            .await,
+        );
+    }
+    let key = kilns[0].key("acme").await;
+    let mut ids = vec![];
+    for _ in 0..9 {
+        let body =
+            json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}});
+        ids.push(submit_ok(&kilns[0].http, &kilns[0].base, &key, body).await);
+    }
+    let mut workers = std::collections::HashSet::new();
+    for id in &ids {
+        let job = wait_terminal(&kilns[0].http, &kilns[0].base, &key, id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        workers.insert(job["attempts"][0]["worker"].as_str().unwrap().to_owned());
+    }
+    let (calls, max_in_flight) = {
+        let s = script.lock().unwrap();
+        (s.seen_keys.len(), s.max_in_flight)
+    };
+    assert_eq!(calls, 9, "each job called the upstream once");
+    assert!(
+        max_in_flight <= 2,
+        "the upstream saw {max_in_flight} requests at once"
+    );
+    assert_eq!(max_in_flight, 2, "the cap is used, not just respected");
+    assert!(
+        workers.len() >= 2,
+        "the jobs spread over the workers: {workers:?}"
+    );
+    for k in kilns {
+        k.shutdown().await;
+    }
 }

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod job;
 pub mod keys;
 pub mod ledger;
+pub mod permits;
 pub mod routes;
 #[cfg(any(test, feature = "contract"))]
 pub mod testing;

@@ -27,12 +27,22 @@ pub struct ProviderConfig {
     /// Environment variable holding the API key (never the key itself in configuration).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Calls to this provider at once, across all workers; absent, no cap.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// How long a call waits for a free slot under the cap before falling back.
+    #[serde(default = "default_capacity_wait", with = "humantime_serde")]
+    pub capacity_wait: Duration,
     /// Consecutive failures that open this provider's circuit.
     #[serde(default = "default_circuit_failures")]
     pub circuit_failures: u32,
     /// How long an open circuit waits before it lets one probe through.
     #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
     pub circuit_cooldown: Duration,
+}
+
+fn default_capacity_wait() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_circuit_failures() -> u32 {
@@ -50,6 +60,7 @@ impl std::fmt::Debug for ProviderConfig {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url.as_str())
             .field("api_key_env", &self.api_key_env)
+            .field("max_concurrency", &self.max_concurrency)
             .field("circuit_failures", &self.circuit_failures)
             .field("circuit_cooldown", &self.circuit_cooldown)
             .finish()

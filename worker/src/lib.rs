@@ -12,6 +12,7 @@ pub mod demo_provider;
 pub mod executor;
 pub mod inputs;
 pub mod janitor;
+pub mod limit;
 pub mod openai;
 pub mod provider;
 pub mod reconciler;

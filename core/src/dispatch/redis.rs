@@ -89,6 +89,11 @@ impl RedisDoorbell {
         stream_key(&self.prefix, lane)
     }
 
+    /// Provider permits on the same Redis, under the same prefix.
+    pub fn permits(&self) -> crate::permits::RedisPermits {
+        crate::permits::RedisPermits::new(self.conn.clone(), &self.prefix)
+    }
+
     /// The rings of every lane for one consumer, as an apalis backend stream.
     pub fn consume(&self, settings: ConsumerSettings) -> RingStream {
         let consumer = Consumer {
