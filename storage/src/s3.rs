@@ -86,8 +86,16 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            // Checksums only where S3 requires them: the SDK's default CRC32 trailers on
+            // every upload are not understood by every S3-compatible store.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
         if shared.region().is_none() {
             config = config.region(aws_config::Region::new("us-east-1"));
         }
