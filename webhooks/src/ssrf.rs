@@ -24,6 +24,8 @@ pub enum FetchError {
     Status(u16),
     #[error("the server answered with a redirect, which Kiln does not follow")]
     Redirect,
+    #[error("the server answered with content of type {0}, which is not accepted here")]
+    ContentType(String),
     #[error("the request failed: {0}")]
     Transport(String),
 }
@@ -206,8 +208,15 @@ impl SafeClient {
     }
 
     /// GETs `url` into memory, refusing bodies over `max_bytes` (checked while streaming, not
-    /// trusted from Content-Length alone).
-    pub async fn fetch(&self, url: &Url, max_bytes: u64) -> Result<Bytes, FetchError> {
+    /// trusted from Content-Length alone) and, when `accept` names media-type prefixes (such as
+    /// `image/`), any declared content type outside them (`application/octet-stream` and an
+    /// undeclared type pass: the caller's decoder has the last word).
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        max_bytes: u64,
+        accept: &[&str],
+    ) -> Result<Bytes, FetchError> {
         self.policy.check_url(url)?;
         let response = self
             .client
@@ -224,6 +233,24 @@ impl SafeClient {
         }
         if response.content_length().is_some_and(|n| n > max_bytes) {
             return Err(FetchError::TooLarge(max_bytes));
+        }
+        if let Some(declared) = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            let media = declared
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let acceptable = accept.is_empty()
+                || media == "application/octet-stream"
+                || accept.iter().any(|prefix| media.starts_with(prefix));
+            if !acceptable {
+                return Err(FetchError::ContentType(media));
+            }
         }
         let mut body = BytesMut::new();
         let mut stream = response.bytes_stream();
@@ -334,7 +361,7 @@ mod tests {
         let client = SafeClient::new(SsrfPolicy::default(), Duration::from_secs(5));
         let url = Url::parse(&format!("http://localhost:{port}/")).unwrap();
         assert!(matches!(
-            client.fetch(&url, 100).await,
+            client.fetch(&url, 100, &[]).await,
             Err(FetchError::Forbidden(_))
         ));
         // The connect-time resolver refuses on its own, without the submit-time name check.
@@ -356,9 +383,31 @@ mod tests {
         );
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         assert_eq!(
-            dev.fetch(&url, 100).await.unwrap(),
+            dev.fetch(&url, 100, &[]).await.unwrap(),
             Bytes::from_static(b"ok")
         );
+    }
+
+    #[tokio::test]
+    async fn declared_content_types_must_match() {
+        let dev = SafeClient::new(
+            SsrfPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]),
+            Duration::from_secs(5),
+        );
+        let html = serve("HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: 2\r\n\r\nhi").await;
+        let url = Url::parse(&format!("http://127.0.0.1:{html}/")).unwrap();
+        assert!(
+            matches!(dev.fetch(&url, 100, &["image/"]).await, Err(FetchError::ContentType(t)) if t == "text/html")
+        );
+        assert!(
+            dev.fetch(&url, 100, &[]).await.is_ok(),
+            "no restriction asked for"
+        );
+        let png =
+            serve("HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        let url = Url::parse(&format!("http://127.0.0.1:{png}/")).unwrap();
+        assert!(dev.fetch(&url, 100, &["image/"]).await.is_ok());
     }
 
     #[tokio::test]
@@ -373,19 +422,19 @@ mod tests {
         .await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         assert!(matches!(
-            dev.fetch(&url, 100).await,
+            dev.fetch(&url, 100, &[]).await,
             Err(FetchError::Redirect)
         ));
         let port = serve("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         assert!(matches!(
-            dev.fetch(&url, 5).await,
+            dev.fetch(&url, 5, &[]).await,
             Err(FetchError::TooLarge(5))
         ));
         let port = serve("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n0123456789").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         assert!(matches!(
-            dev.fetch(&url, 5).await,
+            dev.fetch(&url, 5, &[]).await,
             Err(FetchError::TooLarge(5))
         ));
     }

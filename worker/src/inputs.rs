@@ -38,19 +38,24 @@ impl InputResolver {
             })?;
             return self.read_object(&key).await;
         }
-        let bytes = self.client.fetch(url, self.max_bytes).await.map_err(|e| {
-            let code = match &e {
-                FetchError::Forbidden(_) => "input_forbidden",
-                FetchError::TooLarge(_) => "input_too_large",
-                _ => "input_unavailable",
-            };
-            let message = format!("could not fetch input.image: {e}");
-            if e.is_transient() {
-                ProviderError::retry(code, message)
-            } else {
-                ProviderError::fail(code, message)
-            }
-        })?;
+        let bytes = self
+            .client
+            .fetch(url, self.max_bytes, &["image/"])
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    FetchError::Forbidden(_) => "input_forbidden",
+                    FetchError::TooLarge(_) => "input_too_large",
+                    FetchError::ContentType(_) => "input_not_an_image",
+                    _ => "input_unavailable",
+                };
+                let message = format!("could not fetch input.image: {e}");
+                if e.is_transient() {
+                    ProviderError::retry(code, message)
+                } else {
+                    ProviderError::fail(code, message)
+                }
+            })?;
         Ok(bytes.to_vec())
     }
 
