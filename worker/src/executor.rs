@@ -34,6 +34,9 @@ pub struct ExecutorConfig {
     pub job_timeout: Duration,
 }
 
+/// The route an attempt shows between its claim and the choice of its route.
+const UNROUTED: &str = "unrouted";
+
 /// Providers by name (`demo` included).
 pub type Providers = HashMap<String, Arc<dyn Provider>>;
 
@@ -83,7 +86,9 @@ impl Executor {
         }
         let claim = self
             .ledger
-            .claim(job_id, &self.config.identity, "demo", self.config.lease)
+            // The route is decided from the claimed job's attempt history and recorded on the
+            // attempt just after (`generate_and_store`); until then the attempt says so.
+            .claim(job_id, &self.config.identity, UNROUTED, self.config.lease)
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
