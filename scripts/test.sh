@@ -16,6 +16,11 @@ ensure() { # ensure COMMAND PACKAGE: install the Debian package when the command
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$2" >/dev/null
 }
 
+ensure_pkg() { # ensure_pkg PACKAGE: install a Debian package unconditionally
+  if [ -z "$APT_UPDATED" ]; then $SUDO apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
 CLEANUP=()
 cleanup() { for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
 trap cleanup EXIT
@@ -34,6 +39,20 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! s3s-fs --help >/dev/null 2>&1; then
   echo "test.sh: installing s3s-fs 0.14.1 (once)" >&2
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
+
+# A real Cog server for the Cog adapter's tests: the `cog` package from PyPI (its server runs
+# without Docker) and Pillow for the fixture predictor, in a venv built once and cached.
+if [ -z "${TEST_KILN_COG_PYTHON:-}" ]; then
+  ensure python3 python3
+  COG_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-test/cog-venv-0.23.1"
+  if ! "$COG_VENV/bin/python" -c 'import cog, PIL' >/dev/null 2>&1; then
+    echo "test.sh: installing cog 0.23.1 into $COG_VENV (once)" >&2
+    rm -rf "$COG_VENV"
+    python3 -m venv "$COG_VENV" 2>/dev/null || { ensure_pkg python3-venv; python3 -m venv "$COG_VENV"; }
+    "$COG_VENV/bin/pip" install --quiet --disable-pip-version-check 'cog==0.23.1' 'pillow==13.0.0'
+  fi
+  export TEST_KILN_COG_PYTHON="$COG_VENV/bin/python"
 fi
 
 # Postgres: use TEST_KILN_POSTGRES_URL, else a local server that answers, else start our own.

@@ -14,12 +14,16 @@ use kiln_core::{keys, Ledger, TenantId};
 use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
 use kiln_webhooks::{SafeClient, SsrfPolicy};
 use kiln_worker::circuit::CircuitBreaker;
+use kiln_worker::cog::{CallbackSettings, CogProvider};
+use kiln_worker::comfyui::ComfyUiProvider;
 use kiln_worker::demo_provider::DemoProvider;
 use kiln_worker::executor::{ExecutorConfig, Providers};
+use kiln_worker::fal::FalProvider;
 use kiln_worker::inputs::InputResolver;
-use kiln_worker::limit::ConcurrencyLimit;
+use kiln_worker::limit::{ConcurrencyLimit, RateLimited};
 use kiln_worker::openai::OpenAiProvider;
 use kiln_worker::provider::Provider;
+use kiln_worker::replicate::ReplicateProvider;
 use kiln_worker::{WorkerHandle, WorkerRuntime, WorkerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,17 +105,56 @@ fn uuid_like() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// A provider's API key: from its environment variable, else from its secret file.
+fn api_key(p: &kiln_core::routes::ProviderConfig) -> anyhow::Result<Option<String>> {
+    if let Some(key) = p
+        .api_key_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok())
+    {
+        return Ok(Some(key));
+    }
+    match &p.api_key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "providers.{}: cannot read api_key_file {}",
+                    p.name,
+                    path.display()
+                )
+            })?;
+            Ok(Some(key.trim_end().to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The providers routes can name: the built-in `demo`, and each configured upstream.
-fn providers(config: &Config, inputs: InputResolver, permits: SharedPermits) -> Providers {
+fn providers(
+    config: &Config,
+    inputs: InputResolver,
+    permits: SharedPermits,
+    callbacks: CallbackSettings,
+) -> anyhow::Result<Providers> {
     let mut providers: Providers = HashMap::new();
     providers.insert(DEMO_PROVIDER.into(), Arc::new(DemoProvider::new(inputs)));
     for p in &config.providers {
-        let api_key = p
-            .api_key_env
-            .as_ref()
-            .and_then(|var| std::env::var(var).ok());
+        let api_key = api_key(p)?;
         let upstream: Arc<dyn Provider> = match p.kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key)),
+            ProviderKind::Cog => Arc::new(CogProvider::new(
+                &p.base_url,
+                callbacks.clone(),
+                p.poll_interval,
+            )),
+            ProviderKind::Comfyui => Arc::new(ComfyUiProvider::new(&p.base_url, p.poll_interval)),
+            ProviderKind::Replicate => Arc::new(ReplicateProvider::new(
+                &p.base_url,
+                api_key,
+                p.poll_interval,
+                p.prefer_wait,
+            )),
+            ProviderKind::Fal => Arc::new(FalProvider::new(&p.base_url, api_key, p.poll_interval)),
         };
         let mut guarded: Arc<dyn Provider> = Arc::new(CircuitBreaker::new(
             &p.name,
@@ -119,7 +162,18 @@ fn providers(config: &Config, inputs: InputResolver, permits: SharedPermits) -> 
             p.circuit_failures,
             p.circuit_cooldown,
         ));
-        // The cap is outermost, so waiting for capacity never counts against the circuit.
+        // The limits are outside the breaker, so waiting for capacity never counts against the
+        // circuit; the rate limit is innermost of the two, so a call holding a concurrency
+        // permit is the one that waits for a start.
+        if let Some(rate) = p.rate_limit {
+            guarded = Arc::new(RateLimited::new(
+                &p.name,
+                guarded,
+                permits.clone(),
+                rate,
+                p.capacity_wait,
+            ));
+        }
         if let Some(max) = p.max_concurrency {
             guarded = Arc::new(ConcurrencyLimit::new(
                 &p.name,
@@ -131,7 +185,16 @@ fn providers(config: &Config, inputs: InputResolver, permits: SharedPermits) -> 
         }
         providers.insert(p.name.clone(), guarded);
     }
-    providers
+    // A workflow that cannot be read would fail every job on its route: refuse to start.
+    for m in &config.models {
+        for r in &m.routes {
+            if let Some(path) = &r.workflow {
+                kiln_worker::comfyui::load_workflow(path)
+                    .map_err(|e| anyhow::anyhow!("models.{}: {e}", m.name))?;
+            }
+        }
+    }
+    Ok(providers)
 }
 
 /// Writes a file only its owner can read.
@@ -201,12 +264,20 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         (None, None) => Url::parse(&format!("http://{}/", config.listen))?,
     };
 
+    let secret: Arc<[u8]> = signing_secret(config)?.into();
+    let pushes_results = config.providers.iter().any(|p| p.kind == ProviderKind::Cog);
+    anyhow::ensure!(
+        !(roles.worker && !roles.api && pushes_results)
+            || config.callback_url.is_some()
+            || config.public_url.is_some(),
+        "a worker without an api of its own needs callback_url (or public_url): Cog servers post their results to the api there"
+    );
     let (store, local): (Arc<dyn ObjectStore>, Option<Arc<LocalStore>>) = match config.storage()? {
         StorageUrl::Local(dir) => {
             let local = Arc::new(LocalStore::new(
                 dir,
                 public_url.clone(),
-                UrlSigner::new(signing_secret(config)?),
+                UrlSigner::new(secret.to_vec()),
             ));
             (local.clone(), Some(local))
         }
@@ -307,7 +378,14 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     config.outputs.max_input_bytes,
                 ),
                 permits,
-            ),
+                CallbackSettings {
+                    base: config
+                        .callback_url
+                        .clone()
+                        .unwrap_or_else(|| public_url.clone()),
+                    secret: secret.clone(),
+                },
+            )?,
             catalog: catalog.clone(),
             executor: ExecutorConfig {
                 identity,
@@ -346,6 +424,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             ssrf,
             max_body_bytes: config.max_body_bytes,
             poll_hint: config.poll_hint,
+            callback_secret: secret,
         });
         let app = kiln_api::router(state);
         let stop = stop_api.clone();

@@ -61,7 +61,11 @@ pub struct Config {
     /// Static S3 credentials; absent, the AWS environment and profile chain provide them.
     pub s3_access_key_id: Option<Secret>,
     pub s3_secret_access_key: Option<Secret>,
-    /// Key for signed download URLs. Default: generated once into `{data_dir}/signing.key`.
+    /// How upstreams that push results (Cog) reach this deployment's api; often a private
+    /// address. Default: `public_url`.
+    pub callback_url: Option<Url>,
+    /// Key for signed download and callback URLs. Default: generated once into
+    /// `{data_dir}/signing.key`; set it when api and workers run as separate processes.
     pub signing_secret: Option<Secret>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -155,6 +159,7 @@ impl Default for Config {
             s3_region: None,
             s3_access_key_id: None,
             s3_secret_access_key: None,
+            callback_url: None,
             signing_secret: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),

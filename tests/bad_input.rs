@@ -43,6 +43,27 @@ async fn bad_submissions_are_refused_and_change_nothing() {
             Some("model"),
         ),
         (
+            "a cancel_after that is not a duration",
+            json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}, "cancel_after": "forever"}),
+            422,
+            "invalid_duration",
+            Some("cancel_after"),
+        ),
+        (
+            "a cancel_after of zero",
+            json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}, "cancel_after": 0}),
+            422,
+            "out_of_range",
+            Some("cancel_after"),
+        ),
+        (
+            "a max_queue_wait past a day",
+            json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}, "max_queue_wait": "2d"}),
+            422,
+            "out_of_range",
+            Some("max_queue_wait"),
+        ),
+        (
             "missing model",
             json!({"input": {}}),
             422,
@@ -150,6 +171,20 @@ async fn bad_submissions_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "invalid_json");
+
+    let res = kiln
+        .http
+        .post(kiln.url("/v1/jobs"))
+        .bearer_auth(&key)
+        .header("Cancel-After", "soon")
+        .json(&image_job(16, 16))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_duration");
+    assert_eq!(problem["field"], "Cancel-After");
 
     let huge = format!(
         "{{\"model\":\"demo/image\",\"input\":{{\"prompt\":\"{}\"}}}}",

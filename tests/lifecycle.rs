@@ -344,6 +344,8 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),
             input: json!({"prompt": "never rung", "width": 16, "height": 16}),
+            deadline_at: None,
+            start_by: None,
         })
         .await
         .unwrap();

@@ -31,6 +31,8 @@ enum Behaviour {
 struct Script {
     next: VecDeque<Behaviour>,
     seen_keys: Vec<String>,
+    /// When each request arrived.
+    arrivals: Vec<std::time::Instant>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -59,6 +61,7 @@ async fn fake_upstream(script: Vec<Behaviour>) -> (String, Arc<Mutex<Script>>) {
                     let mut s = state.lock().unwrap();
                     let key = headers.get("idempotency-key").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
                     s.seen_keys.push(key);
+                    s.arrivals.push(std::time::Instant::now());
                     if s.next.len() > 1 { s.next.pop_front().unwrap() } else { s.next.front().cloned().unwrap() }
                 };
                 match behaviour {
@@ -119,6 +122,7 @@ fn route(
         model: model.into(),
         timeout: timeout_ms.map(Duration::from_millis),
         max_attempts,
+        ..Default::default()
     }
 }
 
@@ -131,14 +135,20 @@ async fn kiln_with(base: &str, routes: Vec<RouteConfig>) -> Kiln {
             kind: ProviderKind::Openai,
             base_url: base,
             api_key_env: None,
+            api_key_file: None,
             max_concurrency: None,
+            rate_limit: None,
             capacity_wait: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+            prefer_wait: None,
             circuit_failures: 2,
             circuit_cooldown: Duration::from_millis(1500),
         }];
         c.models = vec![ModelConfig {
             name: "acme/img".into(),
             description: String::new(),
+            params: vec![],
+            fallback_on_refusal: false,
             routes,
         }];
         c.worker.retry_max = Duration::from_secs(5);
@@ -384,6 +394,70 @@ async fn the_circuit_opens_skips_the_provider_and_probes_after_its_cooldown() {
     kiln.shutdown().await;
 }
 
+/// A rate limit of 2 starts per second holds however many workers slots are free: no window of
+/// a second ever sees a third request, and every job still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_spaces_the_calls_it_starts() {
+    let (base, script) = fake_upstream(vec![Behaviour::Image]).await;
+    let base = url::Url::parse(&base).unwrap();
+    let kiln = Kiln::start_with(|c| {
+        c.worker.concurrency = 6;
+        c.providers = vec![ProviderConfig {
+            name: "fake".into(),
+            kind: ProviderKind::Openai,
+            base_url: base,
+            api_key_env: None,
+            api_key_file: None,
+            max_concurrency: None,
+            rate_limit: Some(kiln_core::routes::RateLimit {
+                requests: 2,
+                per: Duration::from_secs(1),
+            }),
+            capacity_wait: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+            prefer_wait: None,
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(30),
+        }];
+        c.models = vec![ModelConfig {
+            name: "acme/img".into(),
+            description: String::new(),
+            params: vec![],
+            fallback_on_refusal: false,
+            routes: vec![route("fake", "img-1", None, Some(1))],
+        }];
+    })
+    .await;
+    let key = kiln.key("acme").await;
+    let mut ids = vec![];
+    for _ in 0..6 {
+        let body =
+            json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}});
+        ids.push(submit_ok(&kiln.http, &kiln.base, &key, body).await);
+    }
+    for id in &ids {
+        let job = wait_terminal(&kiln.http, &kiln.base, &key, id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(
+            job["attempts"].as_array().unwrap().len(),
+            1,
+            "waiting is not failing"
+        );
+    }
+    let arrivals = script.lock().unwrap().arrivals.clone();
+    assert_eq!(arrivals.len(), 6);
+    for pair in arrivals.windows(3) {
+        // The third start of any window waits for the first to leave it (less the moment a
+        // request takes from Kiln's count to the fake's arrival).
+        let spread = pair[2].duration_since(pair[0]);
+        assert!(
+            spread >= Duration::from_millis(900),
+            "three starts within {spread:?}"
+        );
+    }
+    kiln.shutdown().await;
+}
+
 /// With a cap of 2 and three workers (each its own Kiln on one Postgres and one Redis), the
 /// upstream never sees more than 2 requests at once, and every job still runs.
 #[tokio::test(flavor = "multi_thread")]
@@ -403,14 +477,20 @@ async fn a_concurrency_cap_holds_across_workers() {
                     kind: ProviderKind::Openai,
                     base_url: base,
                     api_key_env: None,
+                    api_key_file: None,
                     max_concurrency: Some(2),
+                    rate_limit: None,
                     capacity_wait: Duration::from_secs(60),
+                    poll_interval: Duration::from_millis(100),
+                    prefer_wait: None,
                     circuit_failures: 5,
                     circuit_cooldown: Duration::from_secs(30),
                 }];
                 c.models = vec![ModelConfig {
                     name: "acme/img".into(),
                     description: String::new(),
+                    params: vec![],
+                    fallback_on_refusal: false,
                     routes: vec![route("fake", "img-1", None, Some(1))],
                 }];
             })

@@ -9,7 +9,7 @@ use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -56,23 +56,35 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
             "expired": expired,
         }));
     }
-    let attempts: Vec<Value> = job
-        .attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "number": a.number,
-                "id": a.id,
-                "route": a.route,
-                "worker": a.worker,
-                "started_at": a.started_at,
-                "finished_at": a.finished_at,
-                "outcome": a.outcome.map(|o| o.as_str()),
-                "error": a.error,
-                "error_class": a.error_class,
-            })
-        })
-        .collect();
+    let mut attempts: Vec<Value> = Vec::with_capacity(job.attempts.len());
+    let mut previous: Option<&kiln_core::Attempt> = None;
+    for a in &job.attempts {
+        // An attempt on another route than the failed one before it is a fallback; its reason
+        // is that failure.
+        let fallback_reason = previous
+            .filter(|p| p.outcome == Some(kiln_core::AttemptOutcome::Failed) && p.route != a.route)
+            .and_then(|p| p.error.as_ref())
+            .map(|e| e.code.clone());
+        let (provider, upstream_model) = a.route.split_once(':').unwrap_or((&a.route, ""));
+        attempts.push(json!({
+            "number": a.number,
+            "id": a.id,
+            "route": a.route,
+            "provider": provider,
+            "upstream_model": upstream_model,
+            "upstream_id": a.upstream_id,
+            "worker": a.worker,
+            "started_at": a.started_at,
+            "finished_at": a.finished_at,
+            "outcome": a.outcome.map(|o| o.as_str()),
+            "error": a.error,
+            "error_class": a.error_class,
+            "fallback_reason": fallback_reason,
+            "cost": a.cost_micros.map(cost_value),
+        }));
+        previous = Some(a);
+    }
+    let cost: i64 = job.attempts.iter().filter_map(|a| a.cost_micros).sum();
     let self_url = format!("/v1/jobs/{}", job.id);
     Ok(json!({
         "object": "job",
@@ -83,13 +95,21 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
         "outputs": outputs,
         "error": job.error,
         "attempts": attempts,
+        "cost": cost_value(cost),
         "rescues": job.rescue_count,
+        "deadline_at": job.deadline_at,
+        "start_by": job.start_by,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "completed_at": job.completed_at,
         "expires_at": job.expires_at(),
         "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
     }))
+}
+
+/// Costs are kept in millionths of the operator's currency unit and shown in the unit.
+fn cost_value(micros: i64) -> Value {
+    json!(micros as f64 / 1e6)
 }
 
 /// Inline `data:` inputs can be megabytes; a job resource shows their media type and size
@@ -148,6 +168,7 @@ fn body_problem(rejection: BytesRejection) -> Problem {
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let body = body.map_err(body_problem)?;
@@ -165,7 +186,12 @@ pub async fn submit(
             "the body must be a JSON object",
         ));
     };
-    let (model, input) = parse_submit(&request)?;
+    let Submission {
+        model,
+        input,
+        cancel_after,
+        max_queue_wait,
+    } = parse_submit(&request, &headers)?;
     let parsed = state.catalog.validate(&model, &input).map_err(|e| {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
     })?;
@@ -179,6 +205,8 @@ pub async fn submit(
             tenant,
             model,
             input,
+            deadline_at: cancel_after.map(after),
+            start_by: max_queue_wait.map(after),
         })
         .await?;
     if let Err(e) = state.doorbell.ring(job.id).await {
@@ -195,14 +223,64 @@ pub async fn submit(
     Ok(response)
 }
 
-fn parse_submit(request: &Map<String, Value>) -> Result<(String, Value), Problem> {
+/// A job submission, parsed.
+struct Submission {
+    model: String,
+    input: Value,
+    cancel_after: Option<std::time::Duration>,
+    max_queue_wait: Option<std::time::Duration>,
+}
+
+/// Longest `cancel_after` and `max_queue_wait`.
+const MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn after(d: std::time::Duration) -> kiln_core::time::Timestamp {
+    kiln_core::time::now() + chrono::Duration::from_std(d).unwrap_or_default()
+}
+
+/// A duration as a submission gives it: `"90s"`, `"5m"`, `"1h30m"`, or a number of seconds.
+fn parse_limit(field: &str, value: &Value) -> Result<std::time::Duration, Problem> {
+    let invalid = |code: &str, detail: String| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+    };
+    let duration = match value {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_LIMIT.as_secs_f64())
+            .map(std::time::Duration::from_secs_f64)
+            .ok_or_else(|| invalid("out_of_range", format!("{field} must be 1 s to 24 h")))?,
+        Value::String(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+            invalid(
+                "invalid_duration",
+                format!("{field} must be a duration like \"90s\", \"5m\" or \"1h30m\""),
+            )
+        })?,
+        _ => {
+            return Err(invalid(
+                "invalid_type",
+                format!("{field} must be a duration string or a number of seconds"),
+            ))
+        }
+    };
+    if duration < std::time::Duration::from_secs(1) || duration > MAX_LIMIT {
+        return Err(invalid(
+            "out_of_range",
+            format!("{field} must be 1 s to 24 h"),
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Submission, Problem> {
     let invalid = |code: &str, field: &str, detail: &str| {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
     };
-    if let Some(extra) = request
-        .keys()
-        .find(|k| !matches!(k.as_str(), "model" | "input"))
-    {
+    if let Some(extra) = request.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "model" | "input" | "cancel_after" | "max_queue_wait"
+        )
+    }) {
         return Err(invalid(
             "unknown_field",
             extra,
@@ -218,7 +296,36 @@ fn parse_submit(request: &Map<String, Value>) -> Result<(String, Value), Problem
         Some(v) => v.clone(),
         None => return Err(invalid("missing_field", "input", "input is required")),
     };
-    Ok((model, input))
+    // `Cancel-After` is Replicate's header for the same limit; where both are given, the
+    // sooner one holds.
+    let header = match headers.get("cancel-after") {
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default();
+            Some(parse_limit(
+                "Cancel-After",
+                &Value::String(text.to_owned()),
+            )?)
+        }
+        None => None,
+    };
+    let body = request
+        .get("cancel_after")
+        .map(|v| parse_limit("cancel_after", v))
+        .transpose()?;
+    let cancel_after = match (header, body) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let max_queue_wait = request
+        .get("max_queue_wait")
+        .map(|v| parse_limit("max_queue_wait", v))
+        .transpose()?;
+    Ok(Submission {
+        model,
+        input,
+        cancel_after,
+        max_queue_wait,
+    })
 }
 
 /// Kiln's own signed URLs are allowed (chaining an earlier output); any other URL must pass the

@@ -4,6 +4,7 @@
 //! detail. `router` builds the whole axum app from an `ApiState`.
 
 mod auth;
+mod callbacks;
 mod files;
 mod jobs;
 mod problem;
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// The `Retry-After` hint on a job that is not finished yet.
     pub poll_hint: Duration,
+    /// Key of the tokens in upstream callback URLs (`kiln_core::callbacks`).
+    pub callback_secret: Arc<[u8]>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -45,6 +48,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/v1/models", get(models))
         .route("/v1/files/{*key}", get(files::download))
+        .route(
+            "/v1/callbacks/{job_id}/{upstream_id}",
+            post(callbacks::receive).layer(DefaultBodyLimit::max(callbacks::MAX_CALLBACK_BYTES)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("not_found", "there is no such route") })

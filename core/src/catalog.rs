@@ -95,6 +95,8 @@ pub struct TextToImageInput {
     pub width: u32,
     pub height: u32,
     pub seed: Option<u64>,
+    /// The model's own parameters (declared in its configuration), checked and passed through.
+    pub params: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,10 +172,17 @@ impl Catalog {
             None => vec![crate::routes::RouteConfig {
                 provider: crate::routes::DEMO_PROVIDER.into(),
                 model: model.to_owned(),
-                timeout: None,
-                max_attempts: None,
+                ..Default::default()
             }],
         }
+    }
+
+    /// Whether an upstream's refusal of a job's input moves it to the next route
+    /// (`fallback_on_refusal`) instead of failing it.
+    pub fn falls_back_on_refusal(&self, model: &str) -> bool {
+        self.configured
+            .iter()
+            .any(|m| m.name == model && m.fallback_on_refusal)
     }
 
     pub fn models(&self) -> Vec<ModelInfo> {
@@ -189,21 +198,28 @@ impl Catalog {
             props
         };
         let image_ref = json!({"type": "string", "description": "an http(s) URL, a data: URI, or the URL of an earlier Kiln output"});
-        let configured = self.configured.iter().map(|m| ModelInfo {
-            name: m.name.clone(),
-            description: m.description.clone(),
-            output: "image/png",
-            input_schema: json!({
-                "type": "object",
-                "required": ["prompt"],
-                "properties": {
-                    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-                    "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
-                    "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
-                    "seed": {"type": "integer", "minimum": 0},
-                },
-                "additionalProperties": false,
-            }),
+        let configured = self.configured.iter().map(|m| {
+            let mut properties = json!({
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+                "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
+                "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
+                "seed": {"type": "integer", "minimum": 0},
+            });
+            let props = properties.as_object_mut().expect("an object");
+            for p in &m.params {
+                props.insert(p.name.clone(), p.json_schema());
+            }
+            ModelInfo {
+                name: m.name.clone(),
+                description: m.description.clone(),
+                output: "image/png",
+                input_schema: json!({
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": properties,
+                    "additionalProperties": false,
+                }),
+            }
         });
         let mut all = vec![
             ModelInfo {
@@ -299,6 +315,11 @@ impl Catalog {
                 knobs: self.knobs(&mut fields)?,
             }),
             configured if self.configured.iter().any(|m| m.name == configured) => {
+                let config = self
+                    .configured
+                    .iter()
+                    .find(|m| m.name == configured)
+                    .expect("just found");
                 ModelInput::TextToImage(TextToImageInput {
                     prompt: fields.string("prompt", 1, 4000)?,
                     width: fields
@@ -308,6 +329,7 @@ impl Catalog {
                         .optional_u64("height", MIN_SIDE as u64, 4096)?
                         .unwrap_or(1024) as u32,
                     seed: fields.optional_u64("seed", 0, u64::MAX)?,
+                    params: fields.params(&config.params)?,
                 })
             }
             _ => {
@@ -341,7 +363,7 @@ impl Catalog {
 /// Reads fields from an input object, remembering which were used so unknown ones can be refused.
 struct Fields<'a> {
     obj: &'a Map<String, Value>,
-    used: Vec<&'static str>,
+    used: Vec<String>,
 }
 
 impl<'a> Fields<'a> {
@@ -353,8 +375,8 @@ impl<'a> Fields<'a> {
         format!("input.{name}")
     }
 
-    fn get(&mut self, name: &'static str) -> Option<&'a Value> {
-        self.used.push(name);
+    fn get(&mut self, name: &str) -> Option<&'a Value> {
+        self.used.push(name.to_owned());
         self.obj.get(name).filter(|v| !v.is_null())
     }
 
@@ -466,6 +488,59 @@ impl<'a> Fields<'a> {
         Ok(Some(f))
     }
 
+    /// A configured model's declared parameters: each optional, each checked against its type
+    /// and bounds, passed on as given.
+    fn params(
+        &mut self,
+        declared: &[crate::routes::ParamConfig],
+    ) -> Result<Map<String, Value>, InputError> {
+        use crate::routes::ParamKind;
+        let mut params = Map::new();
+        for p in declared {
+            let Some(v) = self.get(&p.name) else { continue };
+            let path = Self::path(&p.name);
+            let fits = match p.kind {
+                ParamKind::String => v.is_string(),
+                ParamKind::Boolean => v.is_boolean(),
+                ParamKind::Number => v.is_number(),
+                ParamKind::Integer => v.as_f64().is_some_and(|f| f.fract() == 0.0),
+            };
+            if !fits {
+                return Err(InputError::new(
+                    "invalid_type",
+                    path,
+                    format!("input.{} must be of type {}", p.name, p.kind.as_str()),
+                ));
+            }
+            let measure = match v {
+                Value::String(s) => Some(s.chars().count() as f64),
+                other => other.as_f64(),
+            };
+            let below = p.minimum.zip(measure).is_some_and(|(min, m)| m < min);
+            let above = p.maximum.zip(measure).is_some_and(|(max, m)| m > max);
+            if below || above {
+                let bounds = match (p.minimum, p.maximum) {
+                    (Some(a), Some(b)) => format!("between {a} and {b}"),
+                    (Some(a), None) => format!("at least {a}"),
+                    (None, Some(b)) => format!("at most {b}"),
+                    (None, None) => unreachable!("a bound was crossed"),
+                };
+                let what = if v.is_string() {
+                    " characters long"
+                } else {
+                    ""
+                };
+                return Err(InputError::new(
+                    "out_of_range",
+                    path,
+                    format!("input.{} must be {bounds}{what}", p.name),
+                ));
+            }
+            params.insert(p.name.clone(), v.clone());
+        }
+        Ok(params)
+    }
+
     fn optional_bool(&mut self, name: &'static str) -> Result<Option<bool>, InputError> {
         self.get(name)
             .map(|v| {
@@ -512,7 +587,12 @@ impl<'a> Fields<'a> {
 
     /// Unknown fields are refused: a typo like `widht` should not silently fall back to a default.
     fn finish(self) -> Result<(), InputError> {
-        let allowed: Vec<&str> = self.used.iter().copied().chain(["crash"]).collect();
+        let allowed: Vec<&str> = self
+            .used
+            .iter()
+            .map(String::as_str)
+            .chain(["crash"])
+            .collect();
         if let Some(extra) = self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(InputError::new(
                 "unknown_field",

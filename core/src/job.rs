@@ -204,6 +204,10 @@ pub struct Attempt {
     pub error: Option<ErrorInfo>,
     /// How a failure was classified: `retry`, `fall_back` or `fail`.
     pub error_class: Option<String>,
+    /// The upstream's handle for this attempt (a re-attached attempt shows the one it resumed).
+    pub upstream_id: Option<String>,
+    /// What the attempt cost, in millionths of the configured currency unit.
+    pub cost_micros: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +247,10 @@ pub struct Job {
     pub lease_expires_at: Option<Timestamp>,
     pub attempt_count: u32,
     pub rescue_count: u32,
+    /// From `cancel_after`: past it the job fails as `deadline_exceeded`.
+    pub deadline_at: Option<Timestamp>,
+    /// From `max_queue_wait`: never started by then, the job fails as `queue_timeout`.
+    pub start_by: Option<Timestamp>,
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<Output>,
 }

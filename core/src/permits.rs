@@ -1,8 +1,11 @@
-//! Provider concurrency permits: at most `max` calls to one provider at once, across every
-//! worker. With Redis the permits are members of a sorted set per provider, scored by their
+//! Provider concurrency permits and rate limits, shared by every worker. Permits: at most `max`
+//! calls to one provider at once. Rate: at most `limit` call starts in any window of `per`
+//! (a sliding window, so there is no burst at a window's edge). With Redis the permits are members of a sorted set per provider, scored by their
 //! expiry, taken and pruned atomically by a small script, so a permit held by a worker that died
 //! frees itself when it expires; a live holder renews it. The embedded default has one process,
-//! so a semaphore per provider does.
+//! so a semaphore per provider does. Rate starts are a sorted set of start times per provider
+//! in Redis (trimmed to the window by the same script that counts them), or a queue of instants
+//! in one process.
 
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -29,12 +32,21 @@ pub trait Permits: Send + Sync + 'static {
     /// Extends a held permit.
     async fn renew(&self, provider: &str, holder: &str, ttl: Duration) -> Result<(), PermitError>;
     async fn release(&self, provider: &str, holder: &str) -> Result<(), PermitError>;
+    /// Records a call start for `provider` if fewer than `limit` started in the last `per`;
+    /// otherwise takes nothing and says how long until the oldest start leaves the window.
+    async fn try_start(
+        &self,
+        provider: &str,
+        limit: u32,
+        per: Duration,
+    ) -> Result<Option<Duration>, PermitError>;
 }
 
 /// Permits within one process.
 #[derive(Default)]
 pub struct LocalPermits {
     held: Mutex<HashMap<String, Vec<String>>>,
+    starts: Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
 }
 
 #[async_trait]
@@ -80,6 +92,29 @@ impl Permits for LocalPermits {
         }
         Ok(())
     }
+
+    async fn try_start(
+        &self,
+        provider: &str,
+        limit: u32,
+        per: Duration,
+    ) -> Result<Option<Duration>, PermitError> {
+        let now = std::time::Instant::now();
+        let mut starts = self.starts.lock().expect("the rate lock is never poisoned");
+        let window = starts.entry(provider.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= per)
+        {
+            window.pop_front();
+        }
+        if (window.len() as u32) < limit {
+            window.push_back(now);
+            return Ok(None);
+        }
+        let oldest = *window.front().expect("a full window is not empty");
+        Ok(Some(per.saturating_sub(now.duration_since(oldest))))
+    }
 }
 
 /// Permits in Redis, shared by all workers.
@@ -100,6 +135,19 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   return 1
 end
 return 0
+"#;
+
+/// Trims starts older than the window (ARGV[2]), then records one at ARGV[1] (member ARGV[4])
+/// if fewer than ARGV[3] remain; otherwise answers the milliseconds until the oldest leaves.
+const START: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tonumber(oldest[2]) + tonumber(ARGV[5]) - tonumber(ARGV[1])
 "#;
 
 fn unavailable(e: impl std::fmt::Display) -> PermitError {
@@ -168,6 +216,29 @@ impl Permits for RedisPermits {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn try_start(
+        &self,
+        provider: &str,
+        limit: u32,
+        per: Duration,
+    ) -> Result<Option<Duration>, PermitError> {
+        let mut conn = self.conn.clone();
+        let now = now_ms();
+        let per_ms = per.as_millis().max(1) as i64;
+        let member = format!("{now}-{:016x}", rand::random::<u64>());
+        let wait_ms: i64 = redis::Script::new(START)
+            .key(format!("{}:rate:{provider}", self.prefix))
+            .arg(now)
+            .arg(now - per_ms)
+            .arg(limit)
+            .arg(member)
+            .arg(per_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((wait_ms >= 0).then(|| Duration::from_millis(wait_ms.max(1) as u64)))
+    }
 }
 
 /// Shared handle type.
@@ -198,9 +269,55 @@ mod tests {
         assert!(permits.try_acquire("p", "c", 2, ttl).await.unwrap());
     }
 
+    async fn rates_slide(permits: &dyn Permits) {
+        let per = Duration::from_millis(400);
+        assert_eq!(permits.try_start("r", 2, per).await.unwrap(), None);
+        assert_eq!(permits.try_start("r", 2, per).await.unwrap(), None);
+        let wait = permits
+            .try_start("r", 2, per)
+            .await
+            .unwrap()
+            .expect("the window is full");
+        assert!(wait <= per, "{wait:?}");
+        assert_eq!(
+            permits.try_start("other", 2, per).await.unwrap(),
+            None,
+            "per provider"
+        );
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
+        assert_eq!(
+            permits.try_start("r", 2, per).await.unwrap(),
+            None,
+            "the oldest left"
+        );
+    }
+
     #[tokio::test]
     async fn local_permits_cap_and_free() {
         caps_and_frees(&LocalPermits::default(), Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test]
+    async fn local_rates_slide() {
+        rates_slide(&LocalPermits::default()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_rates_slide_across_clients() {
+        let redis = RedisServer::start();
+        let permits = RedisDoorbell::connect(&redis.url(), "t")
+            .await
+            .unwrap()
+            .permits();
+        rates_slide(&permits).await;
+        // Another client (another worker) sees the same window.
+        let other = RedisDoorbell::connect(&redis.url(), "t")
+            .await
+            .unwrap()
+            .permits();
+        let per = Duration::from_secs(5);
+        assert_eq!(permits.try_start("shared", 1, per).await.unwrap(), None);
+        assert!(other.try_start("shared", 1, per).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -16,6 +16,14 @@ pub const DEMO_PROVIDER: &str = "demo";
 pub enum ProviderKind {
     /// `POST {base_url}/v1/images/generations`: OpenAI and the relays that speak its API.
     Openai,
+    /// A Cog server: `PUT {base_url}/predictions/{id}`, its result pushed back to Kiln.
+    Cog,
+    /// A ComfyUI server: `POST {base_url}/prompt` with the route's workflow.
+    Comfyui,
+    /// Replicate's HTTP API: `POST {base_url}/v1/models/{owner}/{name}/predictions`.
+    Replicate,
+    /// fal's queue: `POST {base_url}/{model}` and the status, result and cancel URLs it answers.
+    Fal,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -27,12 +35,27 @@ pub struct ProviderConfig {
     /// Environment variable holding the API key (never the key itself in configuration).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Or a file holding it (a mounted secret); read at start, trailing whitespace dropped.
+    #[serde(default)]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Calls to this provider at once, across all workers; absent, no cap.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
-    /// How long a call waits for a free slot under the cap before falling back.
+    /// At most `requests` call starts per `per`, across all workers; absent, no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// How long a call waits for a free slot under the cap (or the rate limit) before falling
+    /// back.
     #[serde(default = "default_capacity_wait", with = "humantime_serde")]
     pub capacity_wait: Duration,
+    /// How often a call that waits on the upstream looks for its result (a pushed callback in
+    /// the ledger, or the upstream's status endpoint).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Replicate only: ask for the result in the create call (`Prefer: wait=N`, N ≤ 60 s).
+    /// Saves polling on short runs, but a worker that dies during the wait cannot re-attach.
+    #[serde(default, with = "humantime_serde::option")]
+    pub prefer_wait: Option<Duration>,
     /// Consecutive failures that open this provider's circuit.
     #[serde(default = "default_circuit_failures")]
     pub circuit_failures: u32,
@@ -41,8 +64,20 @@ pub struct ProviderConfig {
     pub circuit_cooldown: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
 fn default_capacity_wait() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_circuit_failures() -> u32 {
@@ -60,14 +95,16 @@ impl std::fmt::Debug for ProviderConfig {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url.as_str())
             .field("api_key_env", &self.api_key_env)
+            .field("api_key_file", &self.api_key_file)
             .field("max_concurrency", &self.max_concurrency)
+            .field("rate_limit", &self.rate_limit)
             .field("circuit_failures", &self.circuit_failures)
             .field("circuit_cooldown", &self.circuit_cooldown)
             .finish()
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub provider: String,
@@ -79,6 +116,103 @@ pub struct RouteConfig {
     /// Attempts on this route before falling back (transient failures only).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Fixed upstream inputs this route always sends (a scheduler, a step count); the job's
+    /// own inputs override them.
+    #[serde(default)]
+    pub input: serde_json::Map<String, serde_json::Value>,
+    /// Renames Kiln's input names to the upstream's (`prompt = "text"`); for ComfyUI, maps
+    /// each input to the `node.field` of the workflow it fills.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// For ComfyUI, the workflow (API format, as JSON) this route queues.
+    #[serde(default)]
+    pub workflow: Option<std::path::PathBuf>,
+    /// What one attempt on this route costs.
+    #[serde(default)]
+    pub cost: CostModel,
+}
+
+/// A route's price list, in the operator's currency unit. An attempt the upstream accepted costs
+/// `per_run + per_second × upstream seconds + per_output × outputs`, failed ones included: the
+/// honest figure is the cost per successful task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostModel {
+    #[serde(default)]
+    pub per_run: f64,
+    #[serde(default)]
+    pub per_second: f64,
+    #[serde(default)]
+    pub per_output: f64,
+}
+
+impl CostModel {
+    /// In millionths of the unit, so sums are exact.
+    pub fn micros(&self, seconds: f64, outputs: usize) -> i64 {
+        let cost =
+            self.per_run + self.per_second * seconds.max(0.0) + self.per_output * outputs as f64;
+        (cost * 1e6).round() as i64
+    }
+
+    pub fn is_free(&self) -> bool {
+        *self == CostModel::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+impl ParamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamKind::String => "string",
+            ParamKind::Integer => "integer",
+            ParamKind::Number => "number",
+            ParamKind::Boolean => "boolean",
+        }
+    }
+}
+
+/// A model's own input beyond prompt, width, height and seed, passed through to its routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    /// Lower bound of a number, or shortest length of a string.
+    #[serde(default)]
+    pub minimum: Option<f64>,
+    #[serde(default)]
+    pub maximum: Option<f64>,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl ParamConfig {
+    pub fn json_schema(&self) -> serde_json::Value {
+        let mut schema = serde_json::json!({"type": self.kind.as_str()});
+        let (min_key, max_key) = match self.kind {
+            ParamKind::String => ("minLength", "maxLength"),
+            _ => ("minimum", "maximum"),
+        };
+        if let Some(min) = self.minimum {
+            schema[min_key] = min.into();
+        }
+        if let Some(max) = self.maximum {
+            schema[max_key] = max.into();
+        }
+        if !self.description.is_empty() {
+            schema["description"] = self.description.clone().into();
+        }
+        schema
+    }
 }
 
 impl RouteConfig {
@@ -94,6 +228,13 @@ pub struct ModelConfig {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Inputs of its own, beyond prompt, width, height and seed.
+    #[serde(default)]
+    pub params: Vec<ParamConfig>,
+    /// When an upstream refuses the input (validation, content policy), try the next route
+    /// rather than fail the job: for chains whose providers judge differently.
+    #[serde(default)]
+    pub fallback_on_refusal: bool,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -104,11 +245,27 @@ pub fn validate(providers: &[ProviderConfig], models: &[ModelConfig]) -> Result<
         if p.name == DEMO_PROVIDER || !seen.insert(p.name.as_str()) {
             return Err(format!("providers: the name '{}' is taken", p.name));
         }
+        if let Some(rate) = p.rate_limit {
+            if rate.requests == 0 || rate.per.is_zero() {
+                return Err(format!(
+                    "providers.{}: rate_limit needs requests ≥ 1 and a non-zero per",
+                    p.name
+                ));
+            }
+        }
     }
     let mut names = std::collections::HashSet::new();
     for m in models {
         if m.name.starts_with("demo/") || !names.insert(m.name.as_str()) {
             return Err(format!("models: the name '{}' is taken", m.name));
+        }
+        for p in &m.params {
+            if ["prompt", "width", "height", "seed", "crash"].contains(&p.name.as_str()) {
+                return Err(format!(
+                    "models.{}: the parameter name '{}' is taken",
+                    m.name, p.name
+                ));
+            }
         }
         if m.routes.is_empty() {
             return Err(format!("models.{}: needs at least one route", m.name));
@@ -118,6 +275,16 @@ pub fn validate(providers: &[ProviderConfig], models: &[ModelConfig]) -> Result<
                 return Err(format!(
                     "models.{}: route names unknown provider '{}'",
                     m.name, r.provider
+                ));
+            }
+            let kind = providers
+                .iter()
+                .find(|p| p.name == r.provider)
+                .map(|p| p.kind);
+            if kind == Some(ProviderKind::Comfyui) && r.workflow.is_none() {
+                return Err(format!(
+                    "models.{}: a comfyui route needs a workflow file",
+                    m.name
                 ));
             }
             if r.provider == DEMO_PROVIDER && r.model != crate::catalog::DEMO_IMAGE {

@@ -313,8 +313,10 @@ impl KilnProcess {
     /// Starts `kiln ROLE` (`serve`, `api` or `worker`) and waits until it reports ready.
     pub fn start(role: &str, dir: &Path, env: &[(String, String)]) -> KilnProcess {
         let mut cmd = Command::new(kiln_bin());
+        // Run from the data directory, so a test's `kiln.toml` there is the configuration.
         cmd.args([role, "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .current_dir(dir)
             .env("KILN_LOG", "warn")
             .env("KILN_WORKER__LEASE", "1s")
             .env("KILN_WORKER__HEARTBEAT", "200ms")
@@ -372,6 +374,104 @@ impl KilnProcess {
 impl Drop for KilnProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Cog server (the `cog` package from PyPI) running the fixture predictor in
+/// `tests/fixtures/cog` on a free loopback port. The test command installs `cog` into a venv and
+/// names its Python in `TEST_KILN_COG_PYTHON`.
+pub struct CogServer {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CogServer {
+    pub async fn start() -> CogServer {
+        let python = std::env::var("TEST_KILN_COG_PYTHON").expect(
+            "TEST_KILN_COG_PYTHON must name a Python with the cog package (scripts/test.sh sets it)",
+        );
+        let bin = Path::new(&python).parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let port = kiln_core::testing::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("predictions.log");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cog");
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"])
+            .current_dir(&fixture)
+            .env("PATH", path)
+            .env("PORT", port.to_string())
+            .env("COG_PREDICT_TYPE_STUB", "predict.py:Predictor")
+            .env("COG_FIXTURE_LOG", &log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own process group, so dropping the server also stops the worker it spawns.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("cannot start the Cog server");
+        let server = CogServer {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while server.health().await.as_deref() != Some("READY") {
+            assert!(
+                Instant::now() < deadline,
+                "the Cog server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    /// `READY`, `BUSY`, `STARTING`…, or `None` while it does not answer.
+    pub async fn health(&self) -> Option<String> {
+        let answer = http()
+            .get(format!("{}health-check", self.url))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = answer.json().await.ok()?;
+        body["status"].as_str().map(str::to_owned)
+    }
+
+    /// The events the predictor logged for `prompt` (`start`, `done`, `failed`), in order.
+    pub fn events(&self, prompt: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(p, _)| *p == prompt)
+            .map(|(_, e)| e.to_owned())
+            .collect()
+    }
+
+    /// Waits until the predictor has logged `event` for `prompt`.
+    pub async fn wait_event(&self, prompt: &str, event: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.events(prompt).iter().any(|e| e == event) {
+            assert!(
+                Instant::now() < deadline,
+                "the predictor never logged {event} for {prompt}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for CogServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
     }
 }

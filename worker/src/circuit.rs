@@ -9,6 +9,7 @@
 use crate::provider::{AttemptContext, FailureClass, GeneratedOutput, Provider, ProviderError};
 use async_trait::async_trait;
 use kiln_core::catalog::ModelInput;
+use kiln_core::routes::RouteConfig;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,5 +91,9 @@ impl Provider for CircuitBreaker {
         let result = self.inner.generate(attempt, input).await;
         self.record(&result, probe);
         result
+    }
+
+    async fn cancel(&self, route: &RouteConfig, upstream_id: &str) -> Result<(), ProviderError> {
+        self.inner.cancel(route, upstream_id).await
     }
 }

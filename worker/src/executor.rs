@@ -5,11 +5,11 @@
 //! generator is stopped at once. On shutdown past the grace period the job is released, not
 //! failed, so another worker runs it without counting it against the job.
 
-use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError};
+use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, UpstreamLink};
 use futures::{FutureExt, StreamExt};
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
-use kiln_core::ledger::{Claim, Lease};
+use kiln_core::ledger::{AttemptNote, Claim, Lease};
 use kiln_core::routes::RouteConfig;
 use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
 use kiln_storage::ObjectStore;
@@ -98,6 +98,9 @@ impl Executor {
 
     /// Runs a claimed job to its next state.
     pub async fn run(&self, claim: Claim) -> ExecResult {
+        let started = std::time::Instant::now();
+        let (_, route) = self.current_route(&claim);
+        let link = UpstreamLink::new(self.ledger.clone(), claim.lease.clone());
         let lost = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             self.ledger.clone(),
@@ -107,17 +110,37 @@ impl Executor {
             lost.clone(),
         ));
         // A panic in a generator must not take the worker down with it; it fails the attempt.
-        // A hung generator or store must not hold the job forever: the attempt has a deadline.
-        let deadline = self.config.job_timeout;
-        let claimed = &claim;
+        // A hung generator or store must not hold the job forever: the attempt has a deadline,
+        // the job's own (`cancel_after`) where it comes sooner. The route's timeout bounds the
+        // upstream call alone (`generate_and_store`).
+        let job_deadline = claim.job.deadline_at.map(|at| {
+            (at - kiln_core::time::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
+        let (deadline, is_jobs) = match job_deadline {
+            Some(left) if left < self.config.job_timeout => (left, true),
+            _ => (self.config.job_timeout, false),
+        };
+        let (claimed, routed, linked) = (&claim, &route, &link);
         let bounded = async move {
-            tokio::time::timeout(deadline, self.generate_and_store(claimed))
+            tokio::time::timeout(deadline, self.generate_and_store(claimed, routed, linked))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(ProviderError::retry(
-                        "timeout",
-                        format!("the attempt took longer than {}s", deadline.as_secs()),
-                    ))
+                    Err(if is_jobs {
+                        ProviderError::fail(
+                            "deadline_exceeded",
+                            "the job did not finish before its deadline (cancel_after)",
+                        )
+                    } else {
+                        ProviderError::retry(
+                            "timeout",
+                            format!(
+                                "the attempt took longer than {:.1}s",
+                                deadline.as_secs_f64()
+                            ),
+                        )
+                    })
                 })
         };
         let work = std::panic::AssertUnwindSafe(bounded)
@@ -136,7 +159,67 @@ impl Executor {
             _ = self.hard_stop.cancelled() => Ending::ShuttingDown,
         };
         heartbeat.abort();
+        self.settle_upstream(&claim, &route, &link, &ending, started.elapsed())
+            .await;
         self.finish(&claim, ending).await
+    }
+
+    /// What the upstream side of an attempt needs once it ends: its cost recorded (an attempt
+    /// the upstream accepted costs money, failed or not), and the upstream told to stop when the
+    /// job was canceled or the attempt ran out of time. A job released at shutdown or taken
+    /// over keeps its upstream call running: the next attempt re-attaches to it.
+    async fn settle_upstream(
+        &self,
+        claim: &Claim,
+        route: &RouteConfig,
+        link: &UpstreamLink,
+        ending: &Ending,
+        elapsed: Duration,
+    ) {
+        let handle = link.recorded();
+        let outputs = match ending {
+            Ending::Generated(Ok(outputs)) => Some(outputs.len()),
+            _ => None,
+        };
+        let accepted = outputs.is_some() || handle.is_some();
+        if accepted && !route.cost.is_free() {
+            let seconds = link.upstream_seconds().unwrap_or(elapsed.as_secs_f64());
+            let note = AttemptNote {
+                cost_micros: Some(route.cost.micros(seconds, outputs.unwrap_or(0))),
+                ..Default::default()
+            };
+            if let Err(e) = self.ledger.annotate_attempt(&claim.lease, note).await {
+                tracing::warn!(job = %claim.lease.job_id, error = %e, "could not record the attempt's cost");
+            }
+        }
+        let Some(handle) = handle else { return };
+        let stop = match ending {
+            Ending::Generated(Err(e)) => {
+                matches!(
+                    e.error.code.as_str(),
+                    "timeout" | "upstream_timeout" | "deadline_exceeded"
+                )
+            }
+            Ending::LeaseLost => matches!(
+                self.job_status(claim.lease.job_id).await,
+                Ok(Some(Status::Canceled))
+            ),
+            _ => false,
+        };
+        if !stop {
+            return;
+        }
+        let Some(provider) = self.providers.get(&route.provider) else {
+            return;
+        };
+        match provider.cancel(route, &handle).await {
+            Ok(()) => {
+                tracing::info!(job = %claim.lease.job_id, upstream = %handle, "upstream call stopped")
+            }
+            Err(e) => {
+                tracing::warn!(job = %claim.lease.job_id, upstream = %handle, error = %e.error.message, "could not stop the upstream call")
+            }
+        }
     }
 
     async fn finish(&self, claim: &Claim, ending: Ending) -> ExecResult {
@@ -170,16 +253,32 @@ impl Executor {
 
     async fn record_failure(&self, claim: &Claim, failure: ProviderError) -> ExecResult {
         let lease = &claim.lease;
-        self.ledger
-            .annotate_attempt(lease, None, Some(failure.class.as_str()))
-            .await?;
         let routes = self.catalog.routes(&claim.job.model);
         let (index, failed_here) = self.route_position(claim);
+        let has_next = index + 1 < routes.len();
+        let mut failure = failure;
+        // An upstream's refusal of the input (validation, content policy) ends the job, unless
+        // the model says another route may judge it differently.
+        let refusal = matches!(
+            failure.error.code.as_str(),
+            "upstream_rejected_input" | "content_policy_violation"
+        );
+        if failure.class == FailureClass::Fail
+            && refusal
+            && has_next
+            && self.catalog.falls_back_on_refusal(&claim.job.model)
+        {
+            failure.class = FailureClass::FallBack;
+        }
+        let note = AttemptNote {
+            error_class: Some(failure.class.as_str()),
+            ..Default::default()
+        };
+        self.ledger.annotate_attempt(lease, note).await?;
         let failures = failed_here + 1;
         let budget = routes[index]
             .max_attempts
             .unwrap_or(self.config.max_attempts);
-        let has_next = index + 1 < routes.len();
         // Retry on this route while its budget lasts; then, or at once for capacity and
         // availability failures, fall back to the next route; permanent failures end the job.
         let next = match failure.class {
@@ -291,25 +390,54 @@ impl Executor {
         }
     }
 
-    /// Exponential backoff with jitter in [half, full] of the step, capped.
+    /// Exponential backoff with full jitter (anywhere from zero to the capped step), so
+    /// workers that failed together on one upstream do not come back together.
     fn backoff(&self, attempt: u32) -> Duration {
         let step = self
             .config
             .retry_base
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
             .min(self.config.retry_max);
-        step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        step.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
     }
 
-    async fn generate_and_store(&self, claim: &Claim) -> Result<Vec<NewOutput>, ProviderError> {
+    /// The upstream handle this attempt should re-attach to: the one the attempt just before it
+    /// started on the same route, if that attempt never saw it end (its worker died, lost its
+    /// lease, or released the job at shutdown).
+    fn resumable<'c>(claim: &'c Claim, route: &RouteConfig) -> Option<&'c str> {
+        let previous = claim
+            .job
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.number < claim.attempt_number)?;
+        let unfinished = matches!(
+            previous.outcome,
+            Some(AttemptOutcome::Lost | AttemptOutcome::Released)
+        );
+        (unfinished && previous.route == route.label())
+            .then_some(previous.upstream_id.as_deref())
+            .flatten()
+    }
+
+    async fn generate_and_store(
+        &self,
+        claim: &Claim,
+        route: &RouteConfig,
+        link: &UpstreamLink,
+    ) -> Result<Vec<NewOutput>, ProviderError> {
         let job = &claim.job;
         let input = self
             .catalog
             .validate(&job.model, &job.input)
             .map_err(|e| ProviderError::fail(e.code, format!("{}: {}", e.field, e.message)))?;
-        let (_, route) = self.current_route(claim);
+        let label = route.label();
+        let note = AttemptNote {
+            route: Some(&label),
+            ..Default::default()
+        };
         self.ledger
-            .annotate_attempt(&claim.lease, Some(&route.label()), None)
+            .annotate_attempt(&claim.lease, note)
             .await
             .map_err(|e| {
                 ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
@@ -321,10 +449,27 @@ impl Executor {
             )
         })?;
         let attempt = AttemptContext {
+            job_id: job.id,
             attempt_id: &claim.lease.attempt_id,
-            route: &route,
+            route,
+            resume: Self::resumable(claim, route),
+            link,
         };
-        let outputs = provider.generate(&attempt, &input).await?;
+        let call = provider.generate(&attempt, &input);
+        let outputs = match route.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::retry(
+                        "upstream_timeout",
+                        format!(
+                            "the upstream did not finish within the route's timeout of {:.1}s",
+                            limit.as_secs_f64()
+                        ),
+                    ))
+                })?,
+            None => call.await?,
+        };
         let expires_at = kiln_core::time::now()
             + chrono::Duration::from_std(self.config.output_ttl).unwrap_or_default();
         let mut stored = Vec::with_capacity(outputs.len());

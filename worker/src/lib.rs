@@ -4,19 +4,25 @@
 //! reconciler, which keeps invariant 1 (rings what nobody took, rescues what a dead worker held),
 //! and the janitor, which deletes expired outputs. `runtime` wires them onto apalis.
 //!
-//! Providers never touch the ledger; only the executor does.
+//! Providers reach the ledger only through their attempt's `UpstreamLink` (record the upstream
+//! handle, read a pushed callback); every state change is the executor's.
 
 pub mod circuit;
+pub mod cog;
+pub mod comfyui;
 pub mod demo;
 pub mod demo_provider;
 pub mod executor;
+pub mod fal;
 pub mod inputs;
 pub mod janitor;
 pub mod limit;
 pub mod openai;
 pub mod provider;
 pub mod reconciler;
+pub mod replicate;
 pub mod runtime;
+pub mod upstream;
 
 pub use executor::{Executor, ExecutorConfig};
 pub use runtime::{WorkerHandle, WorkerRuntime, WorkerSettings};

@@ -1,14 +1,18 @@
-//! A provider's concurrency cap, as a provider that wraps another: each call first takes one of
+//! A provider's concurrency cap and rate limit, as providers that wrap another. The cap: each call first takes one of
 //! the provider's `max` permits (shared by all workers through `Permits`), renews it while the
 //! call runs, and gives it back after. A call that finds every permit taken waits for one up to
 //! `wait`, then falls back to the next route as `provider_at_capacity`. A permit whose holder
 //! vanished (a cancel drops the call; a worker dies) is given back by the drop guard, or at the
-//! latest expires with its lease.
+//! latest expires with its lease. The rate limit: a call that would start more than
+//! `requests` calls per `per` (across workers) waits for the window to slide, up to `wait`, then
+//! falls back as `provider_rate_limited`. A re-attaching call starts nothing upstream and is
+//! not counted.
 
 use crate::provider::{AttemptContext, GeneratedOutput, Provider, ProviderError};
 use async_trait::async_trait;
 use kiln_core::catalog::ModelInput;
 use kiln_core::permits::SharedPermits;
+use kiln_core::routes::RouteConfig;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +73,9 @@ impl Provider for ConcurrencyLimit {
         attempt: &AttemptContext<'_>,
         input: &ModelInput,
     ) -> Result<Vec<GeneratedOutput>, ProviderError> {
-        let holder = attempt.attempt_id.to_owned();
+        // A re-attached attempt takes over the permit of the call it resumes: the upstream is
+        // still busy with that call, not with a new one.
+        let holder = attempt.resume.unwrap_or(attempt.attempt_id).to_owned();
         let give_up = Instant::now() + self.wait;
         loop {
             match self
@@ -117,5 +123,73 @@ impl Provider for ConcurrencyLimit {
             renewal,
         };
         self.inner.generate(attempt, input).await
+    }
+
+    async fn cancel(&self, route: &RouteConfig, upstream_id: &str) -> Result<(), ProviderError> {
+        self.inner.cancel(route, upstream_id).await
+    }
+}
+
+pub struct RateLimited {
+    inner: Arc<dyn Provider>,
+    name: String,
+    permits: SharedPermits,
+    limit: kiln_core::routes::RateLimit,
+    wait: Duration,
+}
+
+impl RateLimited {
+    pub fn new(
+        name: &str,
+        inner: Arc<dyn Provider>,
+        permits: SharedPermits,
+        limit: kiln_core::routes::RateLimit,
+        wait: Duration,
+    ) -> Self {
+        RateLimited {
+            inner,
+            name: name.to_owned(),
+            permits,
+            limit,
+            wait,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for RateLimited {
+    async fn generate(
+        &self,
+        attempt: &AttemptContext<'_>,
+        input: &ModelInput,
+    ) -> Result<Vec<GeneratedOutput>, ProviderError> {
+        if attempt.resume.is_none() {
+            let give_up = Instant::now() + self.wait;
+            loop {
+                let outcome = self
+                    .permits
+                    .try_start(&self.name, self.limit.requests, self.limit.per)
+                    .await
+                    .map_err(|e| ProviderError::retry("permits_unavailable", e.to_string()))?;
+                let Some(pause) = outcome else { break };
+                if Instant::now() + pause > give_up {
+                    return Err(ProviderError::fall_back(
+                        "provider_rate_limited",
+                        format!(
+                            "provider '{}' is at its rate limit of {} per {:?}",
+                            self.name, self.limit.requests, self.limit.per
+                        ),
+                    ));
+                }
+                // Jitter, so waiting workers do not all retry at the same instant.
+                let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..20));
+                tokio::time::sleep(pause + jitter).await;
+            }
+        }
+        self.inner.generate(attempt, input).await
+    }
+
+    async fn cancel(&self, route: &RouteConfig, upstream_id: &str) -> Result<(), ProviderError> {
+        self.inner.cancel(route, upstream_id).await
     }
 }

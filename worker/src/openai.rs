@@ -1,5 +1,7 @@
 //! The OpenAI-compatible images adapter: `POST {base_url}/v1/images/generations` with
-//! `{model, prompt, size, n: 1, response_format: "b64_json"}` and a Bearer key. This reaches
+//! `{model, prompt, size, n: 1, response_format: "b64_json"}` (plus the route's fixed inputs
+//! and the model's parameters) and a Bearer key; items come back as `b64_json` or as a `url`
+//! to download. This reaches
 //! OpenAI and the relays that speak its API. The attempt id goes out as `Idempotency-Key`, so a
 //! relay that honours it does not bill a retried request twice.
 //!
@@ -10,6 +12,7 @@
 //! the documented shape is a transient upstream fault, reported with a clear code.
 
 use crate::provider::{AttemptContext, GeneratedOutput, Provider, ProviderError};
+use crate::upstream::{self, retry_after};
 use async_trait::async_trait;
 use base64::Engine;
 use kiln_core::catalog::ModelInput;
@@ -42,18 +45,6 @@ impl OpenAiProvider {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
-
 fn upstream_message(body: &Value) -> (String, String) {
     let error = &body["error"];
     let code = error["code"]
@@ -83,13 +74,18 @@ impl Provider for OpenAiProvider {
                 "this route takes text-to-image input only",
             ));
         };
-        let request = json!({
+        let mut request = json!({
             "model": attempt.route.model,
             "prompt": input.prompt,
             "size": format!("{}x{}", input.width, input.height),
             "n": 1,
             "response_format": "b64_json",
         });
+        // The route's fixed inputs (quality, style, `response_format = "url"`…) and the
+        // model's own parameters go into the request as they are.
+        let body = request.as_object_mut().expect("an object");
+        body.extend(attempt.route.input.clone());
+        body.extend(input.params.clone());
         let mut call = self
             .client
             .post(self.endpoint.clone())
@@ -168,27 +164,27 @@ impl Provider for OpenAiProvider {
             .as_array()
             .filter(|d| !d.is_empty())
             .ok_or_else(|| malformed("no data"))?;
-        items
-            .iter()
-            .map(|item| {
-                let b64 = item["b64_json"]
-                    .as_str()
-                    .ok_or_else(|| malformed("no b64_json"))?;
+        let mut outputs = Vec::with_capacity(items.len());
+        for item in items {
+            // `b64_json` inline, or a `url` to download (what `response_format: url` answers).
+            if let Some(b64) = item["b64_json"].as_str() {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64)
                     .map_err(|_| malformed("b64_json is not base64"))?;
-                let (content_type, extension) = match image::guess_format(&bytes) {
-                    Ok(image::ImageFormat::Png) => ("image/png", "png"),
-                    Ok(image::ImageFormat::Jpeg) => ("image/jpeg", "jpg"),
-                    Ok(image::ImageFormat::Gif) => ("image/gif", "gif"),
-                    _ => return Err(malformed("the image is not PNG, JPEG or GIF")),
-                };
-                Ok(GeneratedOutput {
+                let (content_type, extension) = upstream::sniff(&bytes)
+                    .filter(|(t, _)| t.starts_with("image/"))
+                    .ok_or_else(|| malformed("the image is not PNG, JPEG, GIF or WebP"))?;
+                outputs.push(GeneratedOutput {
                     content_type,
                     extension,
                     bytes,
-                })
-            })
-            .collect()
+                });
+            } else if let Some(url) = item["url"].as_str() {
+                outputs.push(upstream::fetch_output(&self.client, url, "openai").await?);
+            } else {
+                return Err(malformed("an item has neither b64_json nor url"));
+            }
+        }
+        Ok(outputs)
     }
 }

@@ -3,11 +3,19 @@
 //! 429), worth falling back to the next route (capacity, quota, an unavailable model, a
 //! misconfigured provider), or permanent (bad input, a content-policy refusal); the executor
 //! decides from that class alone. Adapters live one per file beside this one.
+//!
+//! An adapter whose upstream keeps working after the call that started it (Cog, ComfyUI,
+//! Replicate, fal) records the upstream's handle through its attempt's `UpstreamLink` before it
+//! waits, so a worker that dies mid-call leaves the handle in the ledger; the next attempt gets
+//! it as `resume` and re-attaches instead of starting (and paying for) the work again. The link
+//! is the only way an adapter reaches the ledger: one row, one attempt, nothing else.
 
 use async_trait::async_trait;
 use kiln_core::catalog::ModelInput;
+use kiln_core::ledger::{AttemptNote, Lease};
 use kiln_core::routes::RouteConfig;
-use kiln_core::ErrorInfo;
+use kiln_core::{ErrorInfo, JobId, Ledger};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One finished output, still in memory; the executor streams it into storage.
@@ -72,9 +80,84 @@ impl ProviderError {
 
 /// What an adapter knows about the attempt it runs.
 pub struct AttemptContext<'a> {
-    /// Stable across a rescue; sent upstream as the idempotency key where the protocol allows.
+    pub job_id: JobId,
+    /// Unique per attempt; sent upstream as the idempotency key where the protocol allows.
     pub attempt_id: &'a str,
     pub route: &'a RouteConfig,
+    /// A handle an earlier attempt on this route started and never saw end (its worker died
+    /// or was stopped): re-attach to it rather than start again.
+    pub resume: Option<&'a str>,
+    pub link: &'a UpstreamLink,
+}
+
+impl AttemptContext<'_> {
+    /// Records the upstream's handle on the attempt. Call it before waiting on the upstream
+    /// (before starting the call, where the handle is chosen by Kiln).
+    pub async fn record_upstream(&self, upstream_id: &str) -> Result<(), ProviderError> {
+        self.link.record(upstream_id).await
+    }
+
+    /// The terminal callback the upstream pushed for `upstream_id`, once it has come.
+    pub async fn callback(&self, upstream_id: &str) -> Result<Option<String>, ProviderError> {
+        self.link
+            .ledger
+            .callback(self.job_id, upstream_id)
+            .await
+            .map_err(ledger_unavailable)
+    }
+
+    /// The upstream's own measure of its compute time, where it reports one; billing per
+    /// second uses it instead of the wall time.
+    pub fn report_upstream_seconds(&self, seconds: f64) {
+        if seconds.is_finite() && seconds >= 0.0 {
+            *self.link.seconds.lock().expect("never poisoned") = Some(seconds);
+        }
+    }
+}
+
+fn ledger_unavailable(e: kiln_core::LedgerError) -> ProviderError {
+    ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
+}
+
+/// An attempt's narrow path to the ledger, and what the executor learns from it afterwards.
+pub struct UpstreamLink {
+    ledger: Arc<dyn Ledger>,
+    lease: Lease,
+    recorded: Mutex<Option<String>>,
+    seconds: Mutex<Option<f64>>,
+}
+
+impl UpstreamLink {
+    pub fn new(ledger: Arc<dyn Ledger>, lease: Lease) -> Self {
+        UpstreamLink {
+            ledger,
+            lease,
+            recorded: Mutex::new(None),
+            seconds: Mutex::new(None),
+        }
+    }
+
+    async fn record(&self, upstream_id: &str) -> Result<(), ProviderError> {
+        let note = AttemptNote {
+            upstream_id: Some(upstream_id),
+            ..Default::default()
+        };
+        self.ledger
+            .annotate_attempt(&self.lease, note)
+            .await
+            .map_err(ledger_unavailable)?;
+        *self.recorded.lock().expect("never poisoned") = Some(upstream_id.to_owned());
+        Ok(())
+    }
+
+    /// The handle the attempt recorded, if it got that far.
+    pub fn recorded(&self) -> Option<String> {
+        self.recorded.lock().expect("never poisoned").clone()
+    }
+
+    pub fn upstream_seconds(&self) -> Option<f64> {
+        *self.seconds.lock().expect("never poisoned")
+    }
 }
 
 #[async_trait]
@@ -84,4 +167,10 @@ pub trait Provider: Send + Sync + 'static {
         attempt: &AttemptContext<'_>,
         input: &ModelInput,
     ) -> Result<Vec<GeneratedOutput>, ProviderError>;
+
+    /// Asks the upstream to stop the work behind `upstream_id` (the job was canceled or ran
+    /// out of time). Best effort: the job's state does not wait on it.
+    async fn cancel(&self, _route: &RouteConfig, _upstream_id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }

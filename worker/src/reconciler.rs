@@ -3,7 +3,8 @@
 //! that are due but have not been rung for a while (a ring lost with a dead process, a retry whose
 //! timer died, a crash between commit and ring). Every worker process runs one; passes are
 //! idempotent, so several at once only ring a job twice, and the claim's compare-and-set makes a
-//! second ring harmless.
+//! second ring harmless. It also fails queued jobs past their own limits (`cancel_after`,
+//! `max_queue_wait`): a job that waits cannot notice that by itself.
 
 use kiln_core::dispatch::Doorbell;
 use kiln_core::ledger::Rescue;
@@ -29,6 +30,7 @@ pub struct PassReport {
     pub rescued: usize,
     pub gave_up: usize,
     pub rung: usize,
+    pub overdue: usize,
 }
 
 impl Reconciler {
@@ -81,6 +83,15 @@ impl Reconciler {
                     report.gave_up += 1;
                 }
             }
+        }
+        // Jobs past their own limits fail before anything rings them.
+        for (id, code) in self
+            .ledger
+            .fail_overdue(kiln_core::time::now(), BATCH)
+            .await?
+        {
+            tracing::info!(job = %id, code, "job failed: past its limit");
+            report.overdue += 1;
         }
         let ring_everything_due = self.queue_restarted().await || ring_everything_due;
         let rung_before = if ring_everything_due {

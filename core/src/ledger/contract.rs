@@ -21,6 +21,8 @@ async fn new_job(ledger: &dyn Ledger, owner: &str) -> JobId {
             tenant: tenant(owner),
             model: "demo/image".into(),
             input: serde_json::json!({"prompt": "x"}),
+            deadline_at: None,
+            start_by: None,
         })
         .await
         .unwrap();
@@ -403,6 +405,125 @@ pub async fn worker_slots_are_unique_and_come_back(ledger: Arc<dyn Ledger>) {
     );
 }
 
+pub async fn upstream_handles_and_callbacks_outlive_a_rescue(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let short = Duration::from_millis(30);
+    let first = ledger
+        .claim(id, "w1", "demo", short)
+        .await
+        .unwrap()
+        .unwrap();
+    let note = AttemptNote {
+        route: Some("cog:draw"),
+        upstream_id: Some("prediction-1"),
+        ..Default::default()
+    };
+    ledger.annotate_attempt(&first.lease, note).await.unwrap();
+    outlive(short).await;
+    ledger.rescue_expired_leases(3, 10).await.unwrap();
+    // The result arrives while nobody waits: it is kept for whoever re-attaches.
+    assert!(ledger
+        .record_callback(id, "prediction-1", "{\"status\":\"succeeded\"}")
+        .await
+        .unwrap());
+    assert!(
+        !ledger
+            .record_callback(id, "prediction-1", "{\"again\":true}")
+            .await
+            .unwrap(),
+        "the first callback wins"
+    );
+    let second = ledger
+        .claim(id, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let lost = &second.job.attempts[0];
+    assert_eq!(lost.outcome, Some(AttemptOutcome::Lost));
+    assert_eq!(lost.upstream_id.as_deref(), Some("prediction-1"));
+    assert_eq!(
+        ledger
+            .callback(id, "prediction-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"status\":\"succeeded\"}")
+    );
+    let cost = AttemptNote {
+        cost_micros: Some(2_500),
+        ..Default::default()
+    };
+    ledger.annotate_attempt(&second.lease, cost).await.unwrap();
+    assert!(ledger.succeed(&second.lease, &[]).await.unwrap());
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    assert_eq!(job.attempts[1].cost_micros, Some(2_500));
+    assert_eq!(job.attempts[0].route, "cog:draw");
+    // A finished job keeps no callbacks and takes no new ones.
+    assert_eq!(ledger.callback(id, "prediction-1").await.unwrap(), None);
+    assert!(!ledger
+        .record_callback(id, "prediction-2", "{}")
+        .await
+        .unwrap());
+}
+
+pub async fn overdue_jobs_fail_with_the_limit_they_broke(ledger: Arc<dyn Ledger>) {
+    let insert = |deadline: Option<i64>, start_by: Option<i64>| {
+        let ledger = ledger.clone();
+        async move {
+            let at = |secs: i64| now() + chrono::Duration::seconds(secs);
+            ledger
+                .insert_job(NewJob {
+                    id: JobId::new(),
+                    tenant: tenant("a"),
+                    model: "demo/image".into(),
+                    input: serde_json::json!({"prompt": "x"}),
+                    deadline_at: deadline.map(at),
+                    start_by: start_by.map(at),
+                })
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let past_deadline = insert(Some(-1), None).await;
+    let never_started = insert(None, Some(-1)).await;
+    let in_time = insert(Some(60), Some(60)).await;
+    let unlimited = insert(None, None).await;
+    // A job that started keeps running past its start_by.
+    let started = insert(None, Some(-1)).await;
+    let claim = ledger
+        .claim(started, "w", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.release(&claim.lease).await.unwrap());
+
+    let mut failed = ledger.fail_overdue(now(), 100).await.unwrap();
+    failed.sort();
+    let mut expected = vec![
+        (past_deadline, "deadline_exceeded".to_owned()),
+        (never_started, "queue_timeout".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(failed, expected);
+    for (id, code) in &expected {
+        let job = ledger.job_by_id(*id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Failed);
+        assert_eq!(job.error.unwrap().code, *code);
+        assert_eq!(terminal_transitions(ledger.as_ref(), *id).await, 1);
+    }
+    for id in [in_time, unlimited, started] {
+        assert_eq!(
+            ledger.job_by_id(id).await.unwrap().unwrap().status,
+            Status::Queued
+        );
+    }
+    assert!(
+        ledger.fail_overdue(now(), 100).await.unwrap().is_empty(),
+        "once only"
+    );
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -418,7 +539,9 @@ macro_rules! ledger_contract_tests {
             due_jobs_are_rung_again_only_when_stale,
             expired_outputs_are_listed_until_marked,
             api_keys_are_looked_up_by_hash,
-            worker_slots_are_unique_and_come_back
+            worker_slots_are_unique_and_come_back,
+            upstream_handles_and_callbacks_outlive_a_rescue,
+            overdue_jobs_fail_with_the_limit_they_broke
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

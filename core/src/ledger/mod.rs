@@ -39,6 +39,10 @@ pub struct NewJob {
     pub tenant: TenantId,
     pub model: String,
     pub input: serde_json::Value,
+    /// Fail the job as `deadline_exceeded` if it has not finished by then.
+    pub deadline_at: Option<Timestamp>,
+    /// Fail the job as `queue_timeout` if no attempt has started by then.
+    pub start_by: Option<Timestamp>,
 }
 
 /// Filters of `GET /v1/jobs`. Jobs come newest first; `before` is the cursor (an id from the
@@ -66,6 +70,19 @@ pub struct Claim {
     pub job: Job,
     pub lease: Lease,
     pub attempt_number: u32,
+}
+
+/// What a worker records on its running attempt; a field left `None` keeps its value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttemptNote<'a> {
+    /// The route the attempt runs on (`provider:model`), decided just after the claim.
+    pub route: Option<&'a str>,
+    /// How its failure was classified: `retry`, `fall_back` or `fail`.
+    pub error_class: Option<&'a str>,
+    /// The upstream's handle (prediction, prompt or request id), recorded before waiting on it.
+    pub upstream_id: Option<&'a str>,
+    /// What the attempt cost, in millionths of the configured currency unit.
+    pub cost_micros: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,14 +161,13 @@ pub trait Ledger: Send + Sync + 'static {
         route: &str,
         lease_for: Duration,
     ) -> Result<Option<Claim>>;
-    /// Records the route an attempt runs on (decided after the claim) and how its failure was
-    /// classified; either may be left as it is.
-    async fn annotate_attempt(
-        &self,
-        lease: &Lease,
-        route: Option<&str>,
-        error_class: Option<&str>,
-    ) -> Result<()>;
+    /// Records what the worker learned about its running attempt (see `AttemptNote`).
+    async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()>;
+    /// Stores an upstream's terminal callback for one of a running job's upstream handles.
+    /// `false` when one is already stored (the first wins) or the job is no longer in flight.
+    async fn record_callback(&self, job_id: JobId, upstream_id: &str, body: &str) -> Result<bool>;
+    /// The stored callback for an upstream handle, if it has come.
+    async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>>;
     /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool>;
     /// `running → succeeded` with the outputs, fenced by the lease.
@@ -193,6 +209,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Running jobs whose lease expired go back to `queued` (counting a rescue), or to `failed`
     /// once they have been rescued `max_rescues` times.
     async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>>;
+    /// Queued jobs past their deadline, or never started by their `start_by`, become `failed`
+    /// (`deadline_exceeded`, `queue_timeout`). Returns them with their error code.
+    async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>>;
     /// Queued jobs that are due and were last rung before `rung_before`.
     async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>>;
     async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;

@@ -82,7 +82,8 @@ pub struct SqlLedger {
 }
 
 const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
-    started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count";
+    started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
+    deadline_at, start_by";
 
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
@@ -149,7 +150,8 @@ impl SqlLedger {
         let mut job = job_from_row(&row)?;
         let id = job.id.to_string();
         job.attempts = sqlx::query(&self.sql(
-            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message, error_class \
+            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message, error_class, \
+                    upstream_id, cost_micros \
              FROM attempts WHERE job_id = ? ORDER BY number",
         ))
         .bind(&id)
@@ -233,6 +235,10 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
             .map(from_millis),
         attempt_count: row.try_get::<i64, _>("attempt_count")? as u32,
         rescue_count: row.try_get::<i64, _>("rescue_count")? as u32,
+        deadline_at: row
+            .try_get::<Option<i64>, _>("deadline_at")?
+            .map(from_millis),
+        start_by: row.try_get::<Option<i64>, _>("start_by")?.map(from_millis),
         attempts: vec![],
         outputs: vec![],
     })
@@ -255,6 +261,8 @@ fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
             .map_err(LedgerError::Corrupt)?,
         error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
         error_class: r.try_get("error_class")?,
+        upstream_id: r.try_get("upstream_id")?,
+        cost_micros: r.try_get("cost_micros")?,
     })
 }
 
@@ -344,12 +352,24 @@ async fn leave_running(
         return Ok(false);
     }
     finish_attempt(tx, &lease.attempt_id, outcome, error, at).await?;
+    if to.is_terminal() {
+        forget_callbacks(tx, &id).await?;
+    }
     let reason = error.map(|e| e.code.as_str()).or(match outcome {
         AttemptOutcome::Released => Some("released"),
         _ => None,
     });
     record_transition(tx, &id, Some(Status::Running), to, reason, at).await?;
     Ok(true)
+}
+
+/// Upstream callbacks matter only while the job runs; a finished job drops them.
+async fn forget_callbacks(tx: &mut Tx, job_id: &str) -> Result<()> {
+    sqlx::query(&tx.d.sql("DELETE FROM upstream_callbacks WHERE job_id = ?"))
+        .bind(job_id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -423,8 +443,8 @@ impl Ledger for SqlLedger {
         let id = job.id.to_string();
         let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
-            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
         ))
         .bind(&id)
         .bind(&job.tenant.0)
@@ -433,6 +453,8 @@ impl Ledger for SqlLedger {
         .bind(at)
         .bind(at)
         .bind(at)
+        .bind(job.deadline_at.map(to_millis))
+        .bind(job.start_by.map(to_millis))
         .execute(&mut *tx.tx)
         .await?;
         record_transition(&mut tx, &id, None, Status::Queued, None, at).await?;
@@ -538,6 +560,7 @@ impl Ledger for SqlLedger {
             .bind(&sid)
             .execute(&mut *tx.tx)
             .await?;
+            forget_callbacks(&mut tx, &sid).await?;
         }
         if let Some(from) = from {
             let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
@@ -642,21 +665,113 @@ impl Ledger for SqlLedger {
         }))
     }
 
-    async fn annotate_attempt(
-        &self,
-        lease: &Lease,
-        route: Option<&str>,
-        error_class: Option<&str>,
-    ) -> Result<()> {
+    async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()> {
         sqlx::query(&self.sql(
-            "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class) WHERE id = ?",
+            "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class), \
+                 upstream_id = COALESCE(?, upstream_id), cost_micros = COALESCE(?, cost_micros) \
+             WHERE id = ?",
         ))
-        .bind(route)
-        .bind(error_class)
+        .bind(note.route)
+        .bind(note.error_class)
+        .bind(note.upstream_id)
+        .bind(note.cost_micros)
         .bind(&lease.attempt_id)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>> {
+        let at = to_millis(now);
+        let mut tx = self.write_tx().await?;
+        // Two indexed reads (one per limit) rather than one OR that would scan the queue.
+        let mut overdue: Vec<(String, &str)> = vec![];
+        for (sql, code) in [
+            (
+                "SELECT id FROM jobs WHERE deadline_at <= ? AND status = 'queued'",
+                "deadline_exceeded",
+            ),
+            (
+                "SELECT id FROM jobs WHERE start_by <= ? AND status = 'queued' AND started_at IS NULL",
+                "queue_timeout",
+            ),
+        ] {
+            let ids: Vec<String> = sqlx::query_scalar(&self.sql(&format!(
+                "{sql} LIMIT {limit}{}",
+                self.dialect.lock_rows_skip_locked()
+            )))
+            .bind(at)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+            for id in ids {
+                if !overdue.iter().any(|(o, _)| *o == id) {
+                    overdue.push((id, code));
+                }
+            }
+        }
+        let mut failed = Vec::with_capacity(overdue.len());
+        for (id, code) in overdue {
+            let message = match code {
+                "deadline_exceeded" => "the job did not finish before its deadline (cancel_after)",
+                _ => "the job did not start within its max_queue_wait",
+            };
+            let changed = sqlx::query(&self.sql(
+                "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, completed_at = ? \
+                 WHERE id = ? AND status = 'queued'",
+            ))
+            .bind(code)
+            .bind(message)
+            .bind(at)
+            .bind(&id)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                forget_callbacks(&mut tx, &id).await?;
+                record_transition(
+                    &mut tx,
+                    &id,
+                    Some(Status::Queued),
+                    Status::Failed,
+                    Some(code),
+                    at,
+                )
+                .await?;
+                let job_id = id
+                    .parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?;
+                failed.push((job_id, code.to_owned()));
+            }
+        }
+        tx.tx.commit().await?;
+        Ok(failed)
+    }
+
+    async fn record_callback(&self, job_id: JobId, upstream_id: &str, body: &str) -> Result<bool> {
+        // Only a job still in flight takes a callback: one for a finished job is stale.
+        let stored = sqlx::query(&self.sql(
+            "INSERT INTO upstream_callbacks (job_id, upstream_id, body, received_at) \
+             SELECT id, ?, ?, ? FROM jobs WHERE id = ? AND status IN ('queued', 'running') \
+             ON CONFLICT (job_id, upstream_id) DO NOTHING",
+        ))
+        .bind(upstream_id)
+        .bind(body)
+        .bind(to_millis(now()))
+        .bind(job_id.to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(stored == 1)
+    }
+
+    async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            &self.sql("SELECT body FROM upstream_callbacks WHERE job_id = ? AND upstream_id = ?"),
+        )
+        .bind(job_id.to_string())
+        .bind(upstream_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {

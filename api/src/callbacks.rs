@@ -1,0 +1,70 @@
+//! Where upstreams that push their results (Cog's webhook) post them. The URL carries a token
+//! bound to the job and the upstream handle (`kiln_core::callbacks`), because such upstreams sign
+//! nothing; a bad token is refused before the body is looked at. A terminal result is stored in
+//! the ledger for the worker waiting on it (or the one that re-attaches after a rescue);
+//! progress events are acknowledged and dropped. Every accepted callback answers 200, a
+//! duplicate or a stale one included, so the upstream stops retrying.
+
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use kiln_core::JobId;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// A callback body carries the outputs inline (data URIs), so it may be large.
+pub const MAX_CALLBACK_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+pub async fn receive(
+    State(state): State<Arc<ApiState>>,
+    Path((job_id, upstream_id)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    body: Bytes,
+) -> Result<StatusCode, Problem> {
+    let refused = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "invalid_callback_token",
+            "this callback URL's token is missing or wrong",
+        )
+    };
+    let job_id: JobId = job_id.parse().map_err(|_| refused())?;
+    let token = query.token.ok_or_else(refused)?;
+    if !kiln_core::callbacks::verify(&state.callback_secret, job_id, &upstream_id, &token) {
+        return Err(refused());
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the callback body is not JSON: {e}"),
+        )
+    })?;
+    let terminal = matches!(
+        parsed["status"].as_str(),
+        Some("succeeded" | "failed" | "canceled")
+    );
+    if !terminal {
+        return Ok(StatusCode::OK);
+    }
+    let text = String::from_utf8(body.to_vec()).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the callback body is not UTF-8",
+        )
+    })?;
+    let stored = state
+        .ledger
+        .record_callback(job_id, &upstream_id, &text)
+        .await?;
+    tracing::info!(job = %job_id, upstream = %upstream_id, stored, "upstream callback");
+    Ok(StatusCode::OK)
+}

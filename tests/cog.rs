@@ -1,0 +1,311 @@
+//! Kiln against a real Cog server (the `cog` package from PyPI, running the fixture predictor in
+//! `tests/fixtures/cog`): a Kiln model served end to end with its result pushed back through the
+//! callback, cancel reaching the prediction, and a worker killed mid-prediction whose job
+//! re-attaches to the same prediction instead of running the model again.
+
+mod common;
+
+use common::*;
+use kiln_core::routes::{
+    CostModel, ModelConfig, ParamConfig, ParamKind, ProviderConfig, ProviderKind, RouteConfig,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn cog_provider(url: &str) -> ProviderConfig {
+    ProviderConfig {
+        name: "cog".into(),
+        kind: ProviderKind::Cog,
+        base_url: url.parse().unwrap(),
+        api_key_env: None,
+        api_key_file: None,
+        // One prediction at a time, as the server has one slot.
+        max_concurrency: Some(1),
+        rate_limit: None,
+        capacity_wait: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(100),
+        prefer_wait: None,
+        circuit_failures: 5,
+        circuit_cooldown: Duration::from_secs(30),
+    }
+}
+
+fn draw_model() -> ModelConfig {
+    ModelConfig {
+        name: "acme/draw".into(),
+        description: "the fixture predictor".into(),
+        params: vec![ParamConfig {
+            name: "delay".into(),
+            kind: ParamKind::Number,
+            minimum: Some(0.0),
+            maximum: Some(60.0),
+            description: String::new(),
+        }],
+        fallback_on_refusal: false,
+        routes: vec![RouteConfig {
+            provider: "cog".into(),
+            model: "draw".into(),
+            cost: CostModel {
+                per_run: 0.01,
+                per_second: 0.5,
+                per_output: 0.0,
+            },
+            ..Default::default()
+        }],
+    }
+}
+
+async fn kiln_with_cog(cog: &CogServer) -> Kiln {
+    let url = cog.url.clone();
+    Kiln::start_with(move |c| {
+        c.providers = vec![cog_provider(&url)];
+        c.models = vec![draw_model()];
+    })
+    .await
+}
+
+fn draw(prompt: &str, extra: Value) -> Value {
+    let mut input = json!({"prompt": prompt, "width": 96, "height": 80});
+    input
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    json!({"model": "acme/draw", "input": input})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cog_model_serves_a_kiln_model_end_to_end() {
+    let cog = CogServer::start().await;
+    let kiln = kiln_with_cog(&cog).await;
+    let key = kiln.key("acme").await;
+    let id = submit_ok(&kiln.http, &kiln.base, &key, draw("a red kiln", json!({}))).await;
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+
+    // The output is the predictor's PNG at the requested size, stored by Kiln.
+    let url = job["outputs"][0]["url"].as_str().unwrap();
+    let png = kiln
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let image = image::load_from_memory(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (96, 80));
+
+    // One attempt, one prediction: its id is the attempt's, and the attempt shows its cost.
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["provider"], "cog");
+    assert_eq!(attempts[0]["upstream_id"], attempts[0]["id"]);
+    let cost = attempts[0]["cost"].as_f64().unwrap();
+    assert!(cost >= 0.01, "per-run price plus compute time: {cost}");
+    assert_eq!(job["cost"], attempts[0]["cost"]);
+    assert_eq!(cog.events("a red kiln"), ["start", "done"]);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_prediction_fails_the_job_with_the_models_error() {
+    let cog = CogServer::start().await;
+    let kiln = Kiln::start_with({
+        let url = cog.url.clone();
+        move |c| {
+            c.providers = vec![cog_provider(&url)];
+            let mut model = draw_model();
+            model.params.push(ParamConfig {
+                name: "fail".into(),
+                kind: ParamKind::Boolean,
+                minimum: None,
+                maximum: None,
+                description: String::new(),
+            });
+            c.models = vec![model];
+        }
+    })
+    .await;
+    let key = kiln.key("acme").await;
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        draw("a broken kiln", json!({"fail": true})),
+    )
+    .await;
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "upstream_prediction_failed");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the predictor was asked to fail"),
+        "{message}"
+    );
+    assert_eq!(cog.events("a broken kiln"), ["start", "failed"]);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_cog_prediction() {
+    let cog = CogServer::start().await;
+    let kiln = kiln_with_cog(&cog).await;
+    let key = kiln.key("acme").await;
+    // Far longer than the test waits below: only a cancel that reaches Cog frees it in time.
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        draw("a slow kiln", json!({"delay": 45})),
+    )
+    .await;
+    cog.wait_event("a slow kiln", "start").await;
+    assert_eq!(cog.health().await.as_deref(), Some("BUSY"));
+
+    let res = kiln
+        .http
+        .post(format!("{}/v1/jobs/{id}/cancel", kiln.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The worker notices at its next heartbeat and cancels the prediction: Cog's slot frees up
+    // long before the prediction's 45 seconds are over, and the predictor never finishes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cog.health().await.as_deref() != Some("READY") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prediction was never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cog.events("a slow kiln"), ["start"]);
+    let job = get_job(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "canceled");
+    assert_eq!(job["attempts"][0]["outcome"], "canceled");
+    kiln.shutdown().await;
+}
+
+/// The processes' configuration: the Cog provider and its model, as an operator writes it.
+fn kiln_toml(cog: &CogServer) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "cog"
+kind = "cog"
+base_url = "{}"
+max_concurrency = 1
+poll_interval = "100ms"
+
+[[models]]
+name = "acme/draw"
+params = [{{ name = "delay", type = "number", minimum = 0, maximum = 60 }}]
+
+[[models.routes]]
+provider = "cog"
+model = "draw"
+"#,
+        cog.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_prediction_re_attaches_and_cog_runs_it_once() {
+    let cog = CogServer::start().await;
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kiln.toml"), kiln_toml(&cog)).unwrap();
+    let mut env = backends.env();
+    env.push((
+        "KILN_SIGNING_SECRET".into(),
+        "a shared secret for this test".into(),
+    ));
+    let api = KilnProcess::start("api", dir.path(), &env);
+    // Workers have no listener of their own: Cog posts results to the api.
+    env.push(("KILN_CALLBACK_URL".into(), format!("{}/", api.base)));
+    let mut first = KilnProcess::start("worker", dir.path(), &env);
+    let key = create_key_with(dir.path(), "acme", &env);
+    let http = http();
+
+    let id = submit_ok(
+        &http,
+        &api.base,
+        &key,
+        draw("a rescued kiln", json!({"delay": 4})),
+    )
+    .await;
+    cog.wait_event("a rescued kiln", "start").await;
+    first.kill9();
+
+    // A new worker rescues the job and waits on the prediction that is still running.
+    let _second = KilnProcess::start("worker", dir.path(), &env);
+    let job = wait_terminal(&http, &api.base, &key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(
+        cog.events("a rescued kiln"),
+        ["start", "done"],
+        "Cog ran exactly one prediction"
+    );
+
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job:#}");
+    assert_eq!(attempts[0]["outcome"], "lost");
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    // The second attempt re-attached to the first attempt's prediction.
+    assert_eq!(attempts[0]["upstream_id"], attempts[0]["id"]);
+    assert_eq!(attempts[1]["upstream_id"], attempts[0]["id"]);
+    let png = http
+        .get(job["outputs"][0]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let image = image::load_from_memory(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (96, 80));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_with_a_wrong_token_is_refused_and_stores_nothing() {
+    let cog = CogServer::start().await;
+    let kiln = kiln_with_cog(&cog).await;
+    let key = kiln.key("acme").await;
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        draw("a guarded kiln", json!({"delay": 2})),
+    )
+    .await;
+    cog.wait_event("a guarded kiln", "start").await;
+    let job = get_job(&kiln.http, &kiln.base, &key, &id).await;
+    let prediction = job["attempts"][0]["upstream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged =
+        json!({"id": prediction, "status": "succeeded", "output": "data:image/png;base64,AAAA"});
+    for query in ["", "?token=", "?token=00ff"] {
+        let res = kiln
+            .http
+            .post(format!(
+                "{}/v1/callbacks/{id}/{prediction}{query}",
+                kiln.base
+            ))
+            .json(&forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_callback_token");
+    }
+    // The real result still wins.
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    kiln.shutdown().await;
+}
