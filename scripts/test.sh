@@ -41,18 +41,20 @@ if ! s3s-fs --help >/dev/null 2>&1; then
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 fi
 
-# A real Cog server for the Cog adapter's tests: the `cog` package from PyPI (its server runs
-# without Docker) and Pillow for the fixture predictor, in a venv built once and cached.
-if [ -z "${TEST_KILN_COG_PYTHON:-}" ]; then
+# Python tools the tests drive, in a venv built once and cached: a real Cog server (the `cog`
+# package; its server runs without Docker) with Pillow for the fixture predictor, and the
+# `standardwebhooks` package as an independent verifier of Kiln's webhook signatures.
+if [ -z "${TEST_KILN_PYTHON:-}" ]; then
   ensure python3 python3
-  COG_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-test/cog-venv-0.23.1"
-  if ! "$COG_VENV/bin/python" -c 'import cog, PIL' >/dev/null 2>&1; then
-    echo "test.sh: installing cog 0.23.1 into $COG_VENV (once)" >&2
-    rm -rf "$COG_VENV"
-    python3 -m venv "$COG_VENV" 2>/dev/null || { ensure_pkg python3-venv; python3 -m venv "$COG_VENV"; }
-    "$COG_VENV/bin/pip" install --quiet --disable-pip-version-check 'cog==0.23.1' 'pillow==13.0.0'
+  VENV="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-test/venv-1"
+  if ! "$VENV/bin/python" -c 'import cog, PIL, standardwebhooks' >/dev/null 2>&1; then
+    echo "test.sh: installing cog, pillow and standardwebhooks into $VENV (once)" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" 2>/dev/null || { ensure_pkg python3-venv; python3 -m venv "$VENV"; }
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+      'cog==0.23.1' 'pillow==13.0.0' 'standardwebhooks==1.1.0'
   fi
-  export TEST_KILN_COG_PYTHON="$COG_VENV/bin/python"
+  export TEST_KILN_PYTHON="$VENV/bin/python"
 fi
 
 # Postgres: use TEST_KILN_POSTGRES_URL, else a local server that answers, else start our own.

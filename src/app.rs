@@ -48,6 +48,7 @@ pub struct Running {
     /// This process's worker identity (when it runs a worker).
     pub worker_identity: Option<String>,
     stop_api: CancellationToken,
+    stop_deliverer: CancellationToken,
     api: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<WorkerHandle>,
 }
@@ -57,6 +58,7 @@ impl Running {
     /// claiming, lets running jobs finish within the grace period and releases the rest.
     pub async fn shutdown(self) {
         self.stop_api.cancel();
+        self.stop_deliverer.cancel();
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }
@@ -364,6 +366,19 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         };
     let catalog = Catalog::new(config.demo.allow_crash).with_models(config.models.clone());
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
+    let embedded = config.redis_url.is_none()
+        && kiln_core::ledger::Dialect::of_url(&config.database_url())
+            == Some(kiln_core::ledger::Dialect::Sqlite);
+    let webhook_ssrf = if config.ssrf.loopback_webhooks.unwrap_or(embedded) {
+        tracing::warn!("webhooks may target loopback addresses (the embedded default's allowance for local receivers); set ssrf.loopback_webhooks = false to refuse them");
+        let mut allow = config.ssrf.allow.clone();
+        allow.extend(
+            ["127.0.0.0/8", "::1/128"].map(|n| n.parse::<ipnet::IpNet>().expect("a valid range")),
+        );
+        SsrfPolicy::new(allow)
+    } else {
+        ssrf.clone()
+    };
 
     let worker = if roles.worker {
         let runtime = WorkerRuntime {
@@ -413,6 +428,31 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         None
     };
 
+    // Webhook deliveries go out from worker processes, through the SSRF-safe client.
+    let stop_deliverer = CancellationToken::new();
+    if roles.worker {
+        let view_store = store.clone();
+        let view: kiln_worker::deliverer::JobView = Arc::new(move |job| {
+            let store = view_store.clone();
+            Box::pin(async move {
+                kiln_api::view_job(store.as_ref(), &job)
+                    .await
+                    .unwrap_or_else(|_| serde_json::json!({"id": job.id, "status": job.status}))
+            })
+        });
+        let deliverer = kiln_worker::deliverer::Deliverer {
+            ledger: ledger.clone(),
+            client: SafeClient::new(webhook_ssrf.clone(), Duration::from_secs(15)),
+            view,
+            settings: kiln_worker::deliverer::DeliverySettings {
+                schedule: config.webhooks.schedule.clone(),
+                poll: config.webhooks.poll,
+                max_payload_bytes: config.webhooks.max_payload_bytes,
+            },
+        };
+        tokio::spawn(deliverer.run(stop_deliverer.clone()));
+    }
+
     let stop_api = CancellationToken::new();
     let api = listener.map(|listener| {
         let state = Arc::new(kiln_api::ApiState {
@@ -422,6 +462,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             local: local.clone(),
             catalog,
             ssrf,
+            webhook_ssrf,
             max_body_bytes: config.max_body_bytes,
             poll_hint: config.poll_hint,
             callback_secret: secret,
@@ -441,6 +482,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         ledger,
         worker_identity: roles.worker.then_some(worker_identity_for_report),
         stop_api,
+        stop_deliverer,
         api,
         worker,
     })

@@ -80,6 +80,7 @@ pub struct Config {
     pub outputs: OutputsConfig,
     pub demo: DemoConfig,
     pub ssrf: SsrfConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +142,66 @@ pub struct DemoConfig {
 pub struct SsrfConfig {
     /// Private ranges that input and webhook URLs may reach anyway (local development).
     pub allow: Vec<ipnet::IpNet>,
+    /// Whether webhooks may target loopback addresses. Unset: yes on the embedded default
+    /// (SQLite, no Redis), so a receiver on the same machine works, with a warning at start;
+    /// no anywhere else.
+    pub loopback_webhooks: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Delays before each try of a delivery (the first usually zero); jittered by up to 10 %.
+    #[serde(with = "humantime_serde_vec")]
+    pub schedule: Vec<Duration>,
+    /// How often a worker looks for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// Largest payload; a larger job is sent without its input.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        WebhooksConfig {
+            // Standard Webhooks' recommended schedule.
+            schedule: vec![
+                s(0),
+                s(5),
+                s(5 * 60),
+                s(30 * 60),
+                s(2 * 3600),
+                s(5 * 3600),
+                s(10 * 3600),
+                s(10 * 3600),
+            ],
+            poll: Duration::from_millis(500),
+            max_payload_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// A list of durations written like `["0s", "5s", "5m"]`.
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|d| humantime_serde::re::humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| {
+                humantime_serde::re::humantime::parse_duration(t).map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 impl Default for Config {
@@ -169,6 +230,7 @@ impl Default for Config {
             outputs: OutputsConfig::default(),
             demo: DemoConfig::default(),
             ssrf: SsrfConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }

@@ -59,7 +59,12 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
+        /// The key's default webhook: where its jobs' events go when a job names no webhook.
+        #[arg(long)]
+        webhook: Option<url::Url>,
     },
+    /// Set a key's default webhook (by id or prefix); `none` clears it.
+    Webhook { key: String, url: String },
     /// List keys (never the keys themselves: only their prefixes).
     List,
     /// Revoke a key by its id or prefix.
@@ -170,11 +175,29 @@ async fn shutdown_signal() {
 async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let ledger = app::open_ledger(config).await?;
     match command {
-        KeysCommand::Create { tenant } => {
+        KeysCommand::Create { tenant, webhook } => {
             let tenant = TenantId::parse(&tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
             let minted = keys::mint();
-            ledger.insert_api_key(&tenant, &minted).await?;
+            let record = ledger.insert_api_key(&tenant, &minted).await?;
+            if let Some(url) = webhook {
+                ledger
+                    .set_default_webhook(&record.id, Some(url.as_str()))
+                    .await?;
+            }
             println!("{}", minted.plaintext);
+        }
+        KeysCommand::Webhook { key, url } => {
+            let url = match url.as_str() {
+                "none" => None,
+                other => Some(
+                    url::Url::parse(other)
+                        .map_err(|e| anyhow::anyhow!("the webhook is not a URL: {e}"))?
+                        .to_string(),
+                ),
+            };
+            let n = ledger.set_default_webhook(&key, url.as_deref()).await?;
+            anyhow::ensure!(n > 0, "no live key has the id or prefix '{key}'");
+            eprintln!("kiln: set the default webhook of {n} key(s)");
         }
         KeysCommand::List => {
             println!(

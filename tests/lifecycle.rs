@@ -346,6 +346,9 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
             input: json!({"prompt": "never rung", "width": 16, "height": 16}),
             deadline_at: None,
             start_by: None,
+            key_id: None,
+            webhook_url: None,
+            webhook_events: None,
         })
         .await
         .unwrap();

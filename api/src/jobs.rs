@@ -3,7 +3,7 @@
 //! reconciler: the ledger already holds the job). Reads are scoped by tenant: another tenant's job
 //! is a 404, exactly like a job that does not exist.
 
-use crate::auth::Tenant;
+use crate::auth::{Caller, Tenant};
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::body::Bytes;
@@ -33,6 +33,11 @@ fn parse_id(raw: &str) -> Result<JobId, Problem> {
 
 /// The job resource as clients see it.
 async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
+    view_job(state.store.as_ref(), job).await
+}
+
+/// The job as `GET /v1/jobs/{id}` shows it; webhook payloads carry the same.
+pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Result<Value, Problem> {
     let mut outputs = Vec::with_capacity(job.outputs.len());
     for o in &job.outputs {
         let expired = o.deleted_at.is_some() || o.expires_at <= Utc::now();
@@ -40,8 +45,7 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
             Value::Null
         } else {
             Value::String(
-                state
-                    .store
+                store
                     .presign_get(&o.object_key, o.expires_at)
                     .await?
                     .to_string(),
@@ -99,6 +103,8 @@ async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
         "rescues": job.rescue_count,
         "deadline_at": job.deadline_at,
         "start_by": job.start_by,
+        "webhook": job.webhook_url,
+        "webhook_events": job.webhook_events,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "completed_at": job.completed_at,
@@ -167,7 +173,7 @@ fn body_problem(rejection: BytesRejection) -> Problem {
 
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
-    Tenant(tenant): Tenant,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -191,7 +197,28 @@ pub async fn submit(
         input,
         cancel_after,
         max_queue_wait,
+        webhook,
+        webhook_events,
     } = parse_submit(&request, &headers)?;
+    // A job that names no webhook uses its key's default, if the key has one.
+    let webhook = match (webhook, &caller.default_webhook) {
+        (None, Some(default)) => url::Url::parse(default).ok(),
+        (given, _) => given,
+    };
+    if let Some(url) = &webhook {
+        state
+            .webhook_ssrf
+            .check_url_resolving(url)
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "webhook_url_forbidden",
+                    format!("webhook: {e}"),
+                )
+                .with_field("webhook")
+            })?;
+    }
     let parsed = state.catalog.validate(&model, &input).map_err(|e| {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
     })?;
@@ -202,11 +229,14 @@ pub async fn submit(
         .ledger
         .insert_job(NewJob {
             id: JobId::new(),
-            tenant,
+            tenant: caller.tenant,
             model,
             input,
             deadline_at: cancel_after.map(after),
             start_by: max_queue_wait.map(after),
+            key_id: Some(caller.key_id),
+            webhook_url: webhook.map(|u| u.to_string()),
+            webhook_events,
         })
         .await?;
     if let Err(e) = state.doorbell.ring(job.id).await {
@@ -229,7 +259,12 @@ struct Submission {
     input: Value,
     cancel_after: Option<std::time::Duration>,
     max_queue_wait: Option<std::time::Duration>,
+    webhook: Option<url::Url>,
+    webhook_events: Option<Vec<String>>,
 }
+
+/// The events a job's webhook can ask for.
+pub const JOB_EVENTS: [&str; 4] = ["job.started", "job.succeeded", "job.failed", "job.canceled"];
 
 /// Longest `cancel_after` and `max_queue_wait`.
 const MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -278,7 +313,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     if let Some(extra) = request.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "model" | "input" | "cancel_after" | "max_queue_wait"
+            "model" | "input" | "cancel_after" | "max_queue_wait" | "webhook" | "webhook_events"
         )
     }) {
         return Err(invalid(
@@ -320,11 +355,50 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
         .get("max_queue_wait")
         .map(|v| parse_limit("max_queue_wait", v))
         .transpose()?;
+    let webhook = match request.get("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(url::Url::parse(s).map_err(|e| {
+            invalid(
+                "invalid_url",
+                "webhook",
+                &format!("webhook is not a valid URL: {e}"),
+            )
+        })?),
+        Some(_) => return Err(invalid("invalid_type", "webhook", "webhook must be a URL")),
+    };
+    let webhook_events = match request.get("webhook_events") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut events = Vec::with_capacity(items.len());
+            for item in items {
+                match item.as_str() {
+                    Some(e) if JOB_EVENTS.contains(&e) => events.push(e.to_owned()),
+                    _ => {
+                        return Err(invalid(
+                            "unknown_event",
+                            "webhook_events",
+                            &format!("webhook_events may hold only {}", JOB_EVENTS.join(", ")),
+                        ))
+                    }
+                }
+            }
+            Some(events)
+        }
+        Some(_) => {
+            return Err(invalid(
+                "invalid_type",
+                "webhook_events",
+                "webhook_events must be a list of event types",
+            ))
+        }
+    };
     Ok(Submission {
         model,
         input,
         cancel_after,
         max_queue_wait,
+        webhook,
+        webhook_events,
     })
 }
 

@@ -8,6 +8,9 @@ mod callbacks;
 mod files;
 mod jobs;
 mod problem;
+mod webhooks;
+
+pub use jobs::view_job;
 
 pub use problem::Problem;
 
@@ -32,6 +35,8 @@ pub struct ApiState {
     pub local: Option<Arc<LocalStore>>,
     pub catalog: Catalog,
     pub ssrf: SsrfPolicy,
+    /// Where webhooks may go: `ssrf`, plus loopback on the embedded default.
+    pub webhook_ssrf: SsrfPolicy,
     pub max_body_bytes: usize,
     /// The `Retry-After` hint on a job that is not finished yet.
     pub poll_hint: Duration,
@@ -46,6 +51,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
+        .route("/v1/jobs/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/jobs/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/v1/webhooks/default/secret", get(webhooks::secret))
+        .route("/v1/webhooks/default/secret/rotate", post(webhooks::rotate))
         .route("/v1/models", get(models))
         .route("/v1/files/{*key}", get(files::download))
         .route(

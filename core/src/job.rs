@@ -251,6 +251,9 @@ pub struct Job {
     pub deadline_at: Option<Timestamp>,
     /// From `max_queue_wait`: never started by then, the job fails as `queue_timeout`.
     pub start_by: Option<Timestamp>,
+    pub webhook_url: Option<String>,
+    /// The event types its webhook receives; `None` for all.
+    pub webhook_events: Option<Vec<String>>,
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<Output>,
 }

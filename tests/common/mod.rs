@@ -380,7 +380,7 @@ impl Drop for KilnProcess {
 
 /// A real Cog server (the `cog` package from PyPI) running the fixture predictor in
 /// `tests/fixtures/cog` on a free loopback port. The test command installs `cog` into a venv and
-/// names its Python in `TEST_KILN_COG_PYTHON`.
+/// names its Python in `TEST_KILN_PYTHON`.
 pub struct CogServer {
     child: Child,
     pub url: String,
@@ -390,9 +390,7 @@ pub struct CogServer {
 
 impl CogServer {
     pub async fn start() -> CogServer {
-        let python = std::env::var("TEST_KILN_COG_PYTHON").expect(
-            "TEST_KILN_COG_PYTHON must name a Python with the cog package (scripts/test.sh sets it)",
-        );
+        let python = test_python();
         let bin = Path::new(&python).parent().unwrap().to_path_buf();
         let path = format!(
             "{}:{}",
@@ -474,4 +472,12 @@ impl Drop for CogServer {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// The Python of the test tools' venv (`cog`, `standardwebhooks`), which the test command
+/// installs and names in `TEST_KILN_PYTHON`.
+pub fn test_python() -> String {
+    std::env::var("TEST_KILN_PYTHON").expect(
+        "TEST_KILN_PYTHON must name a Python with cog and standardwebhooks (scripts/test.sh sets it)",
+    )
 }

@@ -3,6 +3,8 @@
 //! there is exactly one place that decides which addresses Kiln may reach on a user's behalf.
 //! Standard Webhooks signing and durable delivery build on this client.
 
+pub mod sign;
 pub mod ssrf;
 
-pub use ssrf::{FetchError, SafeClient, SsrfPolicy};
+pub use sign::{signature_header, WebhookSecret};
+pub use ssrf::{FetchError, PostAnswer, SafeClient, SsrfPolicy};

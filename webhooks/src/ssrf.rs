@@ -89,6 +89,31 @@ impl SsrfPolicy {
     }
 }
 
+impl SsrfPolicy {
+    /// The submit-time check with the host name resolved too, so a name that points at a
+    /// forbidden address is refused with a clear answer now rather than failing at send. A
+    /// name that does not resolve yet passes: the check at connect still holds.
+    pub async fn check_url_resolving(&self, url: &Url) -> Result<(), FetchError> {
+        self.check_url(url)?;
+        let (Some(Host::Domain(name)), Some(port)) = (url.host(), url.port_or_known_default())
+        else {
+            return Ok(());
+        };
+        let Ok(addrs) = tokio::net::lookup_host((name, port)).await else {
+            return Ok(());
+        };
+        for addr in addrs {
+            if !self.permits(addr.ip()) {
+                return Err(FetchError::Forbidden(format!(
+                    "{name} resolves to a private or reserved address ({})",
+                    addr.ip()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Loopback, private, link-local (cloud metadata included), CGNAT, unique-local, multicast,
 /// reserved and documentation ranges, and IPv6 forms that embed such an IPv4 address.
 pub fn is_forbidden(ip: IpAddr) -> bool {
@@ -262,6 +287,55 @@ impl SafeClient {
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
+    }
+}
+
+/// What a webhook receiver answered.
+#[derive(Debug, Clone)]
+pub struct PostAnswer {
+    pub status: u16,
+    /// The receiver's `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+}
+
+impl SafeClient {
+    /// POSTs a JSON body with `headers`; the answer's body is read and dropped (up to 64 KiB),
+    /// so a receiver cannot hold the connection with a slow, endless answer.
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<PostAnswer, FetchError> {
+        self.policy.check_url(url)?;
+        let mut call = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in headers {
+            call = call.header(*name, value);
+        }
+        let response = call.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut read = 0usize;
+        let mut stream = response.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > 64 * 1024 {
+                break;
+            }
+        }
+        Ok(PostAnswer {
+            status,
+            retry_after,
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod circuit;
 pub mod cog;
 pub mod comfyui;
+pub mod deliverer;
 pub mod demo;
 pub mod demo_provider;
 pub mod executor;

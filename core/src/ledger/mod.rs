@@ -43,6 +43,67 @@ pub struct NewJob {
     pub deadline_at: Option<Timestamp>,
     /// Fail the job as `queue_timeout` if no attempt has started by then.
     pub start_by: Option<Timestamp>,
+    /// The API key that submitted it: its secret signs the job's webhooks.
+    pub key_id: Option<String>,
+    pub webhook_url: Option<String>,
+    /// Event types to deliver (`job.started`, …); `None` for all.
+    pub webhook_events: Option<Vec<String>>,
+}
+
+/// A webhook delivery that is due, claimed for one try.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// The `webhook-id`: the same on every try.
+    pub id: String,
+    pub job_id: JobId,
+    pub event_type: String,
+    pub url: String,
+    /// When the event happened: the payload's `timestamp`.
+    pub created_at: Timestamp,
+    /// Tries made before this one.
+    pub tries: u32,
+    pub key_id: Option<String>,
+}
+
+/// One try of a delivery, as the log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryTry {
+    pub number: u32,
+    pub at: Timestamp,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+/// What follows a try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryNext {
+    Delivered,
+    RetryAt(Timestamp),
+    /// The schedule ran out.
+    Failed,
+    /// The receiver answered 410: it wants no more.
+    Gone,
+}
+
+/// A delivery with its log.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub event_type: String,
+    pub url: String,
+    pub created_at: Timestamp,
+    pub status: String,
+    pub next_try_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub tries: Vec<DeliveryTry>,
+}
+
+/// An API key's webhook secrets: the current one, and during a rotation the previous one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSecrets {
+    pub current: String,
+    pub previous: Option<String>,
 }
 
 /// Filters of `GET /v1/jobs`. Jobs come newest first; `before` is the cursor (an id from the
@@ -107,6 +168,8 @@ pub struct ApiKeyRecord {
     pub prefix: String,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// Where its jobs' webhooks go when a job names none.
+    pub default_webhook: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +197,19 @@ pub trait Ledger: Send + Sync + 'static {
     async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord>;
     /// The tenant of a live (not revoked) key, by the key's hash.
     async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>>;
+    /// A live key's record, by the key's hash.
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Sets (or clears) a live key's default webhook, by id or prefix; returns how many keys.
+    async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64>;
+    /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
+    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets>;
+    /// Makes `new` the key's secret; the current one keeps signing until `previous_until`.
+    async fn rotate_webhook_secret(
+        &self,
+        key_id: &str,
+        new: &str,
+        previous_until: Timestamp,
+    ) -> Result<()>;
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
     /// Revokes by id or by display prefix; returns how many keys were revoked.
     async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64>;
@@ -193,6 +269,29 @@ pub trait Ledger: Send + Sync + 'static {
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
+
+    // --- webhook deliveries ----------------------------------------------------------------
+    /// Pending deliveries due by `now` (a first try only once `first_delay` has passed since
+    /// the event), oldest first, each held for `hold` (a worker that dies mid-try leaves it due
+    /// again after that).
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        first_delay: Duration,
+        hold: Duration,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>>;
+    /// Logs a try and moves the delivery on.
+    async fn finish_delivery_try(
+        &self,
+        id: &str,
+        tried: &DeliveryTry,
+        next: DeliveryNext,
+    ) -> Result<()>;
+    /// A job's deliveries with their tries; `None` when the tenant has no such job.
+    async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>>;
+    /// Sends a delivery again (same `webhook-id`); `false` when there is no such delivery.
+    async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool>;
 
     // --- worker identities ----------------------------------------------------------------
     /// Takes the lowest free identity `{base}-{n}` for `holder` (a slot is free when nobody

@@ -83,7 +83,7 @@ pub struct SqlLedger {
 
 const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
-    deadline_at, start_by";
+    deadline_at, start_by, webhook_url, webhook_events";
 
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
@@ -239,6 +239,10 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
             .try_get::<Option<i64>, _>("deadline_at")?
             .map(from_millis),
         start_by: row.try_get::<Option<i64>, _>("start_by")?.map(from_millis),
+        webhook_url: row.try_get("webhook_url")?,
+        webhook_events: row
+            .try_get::<Option<String>, _>("webhook_events")?
+            .map(|list| list.split(',').map(str::to_owned).collect()),
         attempts: vec![],
         outputs: vec![],
     })
@@ -273,6 +277,7 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
         prefix: r.try_get("prefix")?,
         created_at: from_millis(r.try_get("created_at")?),
         revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+        default_webhook: r.try_get("default_webhook")?,
     })
 }
 
@@ -294,6 +299,41 @@ async fn record_transition(
     .bind(at)
     .execute(&mut *tx.tx)
     .await?;
+    enqueue_webhook(tx, job_id, to, at).await
+}
+
+/// Writes the webhook delivery a transition causes, in the transition's own transaction (so a
+/// crash cannot separate them): `job.started` for a job's first start (its `started_at` is
+/// this instant), `job.{status}` for a terminal one; only for a job with a webhook URL whose
+/// event filter (a comma list, or none for all) takes the type.
+async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Result<()> {
+    let (event, first_start_only) = match to {
+        Status::Running => ("job.started", true),
+        Status::Succeeded => ("job.succeeded", false),
+        Status::Failed => ("job.failed", false),
+        Status::Canceled => ("job.canceled", false),
+        Status::Queued => return Ok(()),
+    };
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let statement = tx.d.sql(&format!(
+        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+         SELECT ?, id, ?, webhook_url, ?, 'pending', ? FROM jobs \
+         WHERE id = ? AND webhook_url IS NOT NULL \
+           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE ?){}",
+        if first_start_only { " AND started_at = ?" } else { "" }
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&statement)
+        .bind(&id)
+        .bind(event)
+        .bind(at)
+        .bind(at)
+        .bind(job_id)
+        .bind(format!("%,{event},%"));
+    if first_start_only {
+        query = query.bind(at);
+    }
+    query.execute(&mut *tx.tx).await?;
     Ok(())
 }
 
@@ -388,6 +428,7 @@ impl Ledger for SqlLedger {
             prefix: key.display_prefix.clone(),
             created_at: now(),
             revoked_at: None,
+            default_webhook: None,
         };
         sqlx::query(&self.sql("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)"))
             .bind(&record.id)
@@ -410,8 +451,238 @@ impl Ledger for SqlLedger {
         Ok(tenant.map(TenantId))
     }
 
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        sqlx::query(&self.sql(
+            "SELECT id, tenant, prefix, created_at, revoked_at, default_webhook FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()
+    }
+
+    async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64> {
+        Ok(sqlx::query(&self.sql(
+            "UPDATE api_keys SET default_webhook = ? WHERE (id = ? OR prefix = ?) AND revoked_at IS NULL",
+        ))
+        .bind(url)
+        .bind(id_or_prefix)
+        .bind(id_or_prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets> {
+        sqlx::query(
+            &self.sql(
+                "UPDATE api_keys SET webhook_secret = ? WHERE id = ? AND webhook_secret IS NULL",
+            ),
+        )
+        .bind(candidate)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(&self.sql(
+            "SELECT webhook_secret, previous_webhook_secret, previous_secret_until FROM api_keys WHERE id = ?",
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| LedgerError::Corrupt(format!("api key {key_id} vanished")))?;
+        let until: Option<i64> = row.try_get("previous_secret_until")?;
+        let live = until.is_some_and(|u| u > to_millis(now()));
+        Ok(WebhookSecrets {
+            current: row.try_get("webhook_secret")?,
+            previous: if live {
+                row.try_get("previous_webhook_secret")?
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        key_id: &str,
+        new: &str,
+        previous_until: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE api_keys SET previous_webhook_secret = webhook_secret, previous_secret_until = ?, \
+                 webhook_secret = ? WHERE id = ?",
+        ))
+        .bind(to_millis(previous_until))
+        .bind(new)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        first_delay: Duration,
+        hold: Duration,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>> {
+        let at = to_millis(now);
+        let first_due = at - first_delay.as_millis() as i64;
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(&self.sql(&format!(
+            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, j.key_id \
+             FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             WHERE d.status = 'pending' AND d.next_try_at <= ? \
+               AND (d.tries > 0 OR d.next_try_at <= ?) \
+             ORDER BY d.next_try_at, d.id LIMIT {limit}{}",
+            match self.dialect {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+            }
+        )))
+        .bind(at)
+        .bind(first_due)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            sqlx::query(&self.sql("UPDATE webhook_deliveries SET next_try_at = ? WHERE id = ?"))
+                .bind(at + hold.as_millis() as i64)
+                .bind(&id)
+                .execute(&mut *tx.tx)
+                .await?;
+            let job_id: String = r.try_get("job_id")?;
+            due.push(DueDelivery {
+                id,
+                job_id: job_id
+                    .parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("job id '{job_id}'")))?,
+                event_type: r.try_get("event_type")?,
+                url: r.try_get("url")?,
+                created_at: from_millis(r.try_get("created_at")?),
+                tries: r.try_get::<i64, _>("tries")? as u32,
+                key_id: r.try_get("key_id")?,
+            });
+        }
+        tx.tx.commit().await?;
+        Ok(due)
+    }
+
+    async fn finish_delivery_try(
+        &self,
+        id: &str,
+        tried: &DeliveryTry,
+        next: DeliveryNext,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(&self.sql(
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (delivery_id, number) DO NOTHING",
+        ))
+        .bind(id)
+        .bind(tried.number as i64)
+        .bind(to_millis(tried.at))
+        .bind(tried.status_code.map(i64::from))
+        .bind(tried.latency_ms as i64)
+        .bind(tried.error.as_deref())
+        .execute(&mut *tx.tx)
+        .await?;
+        let (status, next_try_at, delivered_at) = match next {
+            DeliveryNext::Delivered => ("delivered", None, Some(to_millis(tried.at))),
+            DeliveryNext::RetryAt(at) => ("pending", Some(to_millis(at)), None),
+            DeliveryNext::Failed => ("failed", None, None),
+            DeliveryNext::Gone => ("gone", None, None),
+        };
+        sqlx::query(&self.sql(
+            "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ? WHERE id = ?",
+        ))
+        .bind(status)
+        .bind(tried.number as i64)
+        .bind(next_try_at)
+        .bind(delivered_at)
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+        tx.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>> {
+        let sid = job_id.to_string();
+        let owned: Option<String> =
+            sqlx::query_scalar(&self.sql("SELECT id FROM jobs WHERE id = ? AND tenant = ?"))
+                .bind(&sid)
+                .bind(&tenant.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        if owned.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, event_type, url, created_at, status, next_try_at, delivered_at \
+             FROM webhook_deliveries WHERE job_id = ? ORDER BY created_at, id",
+        ))
+        .bind(&sid)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let tries = sqlx::query(&self.sql(
+                "SELECT number, at, status_code, latency_ms, error FROM webhook_tries WHERE delivery_id = ? ORDER BY number",
+            ))
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|t| {
+                Ok(DeliveryTry {
+                    number: t.try_get::<i64, _>("number")? as u32,
+                    at: from_millis(t.try_get("at")?),
+                    status_code: t.try_get::<Option<i64>, _>("status_code")?.map(|c| c as u16),
+                    latency_ms: t.try_get::<i64, _>("latency_ms")? as u64,
+                    error: t.try_get("error")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            out.push(Delivery {
+                id,
+                event_type: r.try_get("event_type")?,
+                url: r.try_get("url")?,
+                created_at: from_millis(r.try_get("created_at")?),
+                status: r.try_get("status")?,
+                next_try_at: r.try_get::<Option<i64>, _>("next_try_at")?.map(from_millis),
+                delivered_at: r
+                    .try_get::<Option<i64>, _>("delivered_at")?
+                    .map(from_millis),
+                tries,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool> {
+        let changed = sqlx::query(&self.sql(
+            "UPDATE webhook_deliveries SET status = 'pending', next_try_at = ? \
+             WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?)",
+        ))
+        .bind(to_millis(now()))
+        .bind(delivery_id)
+        .bind(job_id.to_string())
+        .bind(job_id.to_string())
+        .bind(&tenant.0)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        sqlx::query(&self.sql("SELECT id, tenant, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id"))
+        sqlx::query(&self.sql("SELECT id, tenant, prefix, created_at, revoked_at, default_webhook FROM api_keys ORDER BY created_at, id"))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -443,8 +714,9 @@ impl Ledger for SqlLedger {
         let id = job.id.to_string();
         let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
-            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+                 key_id, webhook_url, webhook_events) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(&id)
         .bind(&job.tenant.0)
@@ -455,6 +727,9 @@ impl Ledger for SqlLedger {
         .bind(at)
         .bind(job.deadline_at.map(to_millis))
         .bind(job.start_by.map(to_millis))
+        .bind(job.key_id.as_deref())
+        .bind(job.webhook_url.as_deref())
+        .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
         .execute(&mut *tx.tx)
         .await?;
         record_transition(&mut tx, &id, None, Status::Queued, None, at).await?;

@@ -1,0 +1,102 @@
+//! Webhook routes: the calling key's signing secret (at Replicate's path, so receivers written
+//! for Replicate fetch it unchanged) and its rotation, and a job's delivery log with redelivery.
+//! A rotation keeps the previous secret signing beside the new one for an overlap window, so
+//! receivers can switch without dropping a delivery.
+
+use crate::auth::{Caller, Tenant};
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_core::JobId;
+use kiln_webhooks::WebhookSecret;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// How long a rotated-out secret keeps signing.
+pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
+
+pub async fn secret(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<Value>, Problem> {
+    let secrets = state
+        .ledger
+        .webhook_secrets(&caller.key_id, &WebhookSecret::generate().expose())
+        .await?;
+    Ok(Json(json!({"key": secrets.current})))
+}
+
+pub async fn rotate(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<Value>, Problem> {
+    // A key that never had a secret gets one first, so there is something to rotate out.
+    state
+        .ledger
+        .webhook_secrets(&caller.key_id, &WebhookSecret::generate().expose())
+        .await?;
+    let fresh = WebhookSecret::generate().expose();
+    let until = kiln_core::time::now() + ROTATION_OVERLAP;
+    state
+        .ledger
+        .rotate_webhook_secret(&caller.key_id, &fresh, until)
+        .await?;
+    Ok(Json(json!({"key": fresh, "previous_valid_until": until})))
+}
+
+fn not_found() -> Problem {
+    Problem::not_found("job_not_found", "there is no job with this id")
+}
+
+pub async fn deliveries(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let deliveries = state
+        .ledger
+        .deliveries(&tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
+    let data: Vec<Value> = deliveries
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "type": d.event_type,
+                "url": d.url,
+                "created_at": d.created_at,
+                "status": d.status,
+                "next_try_at": d.next_try_at,
+                "delivered_at": d.delivered_at,
+                "tries": d.tries.iter().map(|t| json!({
+                    "number": t.number,
+                    "at": t.at,
+                    "status_code": t.status_code,
+                    "latency_ms": t.latency_ms,
+                    "error": t.error,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn redeliver(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path((id, delivery)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let id: JobId = id.parse().map_err(|_| not_found())?;
+    if state.ledger.redeliver(&tenant, id, &delivery).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(Problem::not_found(
+            "delivery_not_found",
+            "this job has no such delivery",
+        ))
+    }
+}

@@ -1,0 +1,201 @@
+//! The webhook deliverer. Deliveries are rows the ledger wrote in the same transaction as the
+//! state change that caused them; each worker process claims the due ones (holding each for a
+//! while, so a worker that dies mid-try leaves it due again), signs them with the submitting
+//! key's secret (both secrets during a rotation) and posts them through the SSRF-safe client,
+//! which checks the address again at send. Only a 2xx delivers; a 410 stops; anything else is
+//! tried again on the schedule, honouring `Retry-After` within it, until the schedule runs out.
+//!
+//! Why the ledger and not the dispatch queue: a delivery is due at a time (5 s, 5 min … 10 h
+//! out), and the ledger's index on `next_try_at` is already a durable timer; the queue would need
+//! a delay mechanism of its own and would still have to be reconciled against the ledger.
+
+use futures::future::BoxFuture;
+use kiln_core::ledger::{DeliveryNext, DeliveryTry, DueDelivery};
+use kiln_core::{Job, Ledger};
+use kiln_webhooks::{signature_header, SafeClient, WebhookSecret};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Renders a job as `GET /v1/jobs/{id}` shows it (output URLs included).
+pub type JobView = Arc<dyn Fn(Job) -> BoxFuture<'static, serde_json::Value> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Delays before each try: the first is usually zero.
+    pub schedule: Vec<Duration>,
+    /// How often the deliverer looks for due deliveries.
+    pub poll: Duration,
+    /// Largest payload; a bigger job is sent without its input.
+    pub max_payload_bytes: usize,
+}
+
+pub struct Deliverer {
+    pub ledger: Arc<dyn Ledger>,
+    pub client: SafeClient,
+    pub view: JobView,
+    pub settings: DeliverySettings,
+}
+
+impl Deliverer {
+    /// Runs until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.pass().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "webhook pass failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    /// One pass: claims due deliveries and tries each once. Returns how many it tried.
+    pub async fn pass(&self) -> Result<usize, kiln_core::LedgerError> {
+        let first_delay = self.settings.schedule.first().copied().unwrap_or_default();
+        let due = self
+            .ledger
+            .claim_deliveries(
+                kiln_core::time::now(),
+                first_delay,
+                Duration::from_secs(60),
+                32,
+            )
+            .await?;
+        let n = due.len();
+        // Jobs in parallel; one job's events in order (they come oldest first), so a receiver
+        // sees `job.started` before `job.succeeded` when both are due at once.
+        let mut by_job: Vec<Vec<DueDelivery>> = vec![];
+        for d in due {
+            match by_job.iter_mut().find(|g| g[0].job_id == d.job_id) {
+                Some(group) => group.push(d),
+                None => by_job.push(vec![d]),
+            }
+        }
+        let groups = by_job.into_iter().map(|group| async move {
+            for d in group {
+                self.try_once(d).await?;
+            }
+            Ok::<(), kiln_core::LedgerError>(())
+        });
+        for result in futures::future::join_all(groups).await {
+            result?;
+        }
+        Ok(n)
+    }
+
+    async fn try_once(&self, delivery: DueDelivery) -> Result<(), kiln_core::LedgerError> {
+        let number = delivery.tries + 1;
+        let Some(job) = self.ledger.job_by_id(delivery.job_id).await? else {
+            return Ok(());
+        };
+        let body = self.payload(&delivery, job).await;
+        let secrets = match &delivery.key_id {
+            Some(key_id) => {
+                let stored = self
+                    .ledger
+                    .webhook_secrets(key_id, &WebhookSecret::generate().expose())
+                    .await?;
+                std::iter::once(stored.current)
+                    .chain(stored.previous)
+                    .filter_map(|s| WebhookSecret::parse(&s))
+                    .collect()
+            }
+            None => vec![],
+        };
+        let timestamp = delivery.created_at.timestamp();
+        let mut headers = vec![
+            ("webhook-id", delivery.id.clone()),
+            ("webhook-timestamp", timestamp.to_string()),
+        ];
+        if !secrets.is_empty() {
+            headers.push((
+                "webhook-signature",
+                signature_header(&secrets, &delivery.id, timestamp, &body),
+            ));
+        }
+        let started = Instant::now();
+        let at = kiln_core::time::now();
+        let result = match url::Url::parse(&delivery.url) {
+            Ok(url) => self.client.post_json(&url, &headers, body.into()).await,
+            Err(e) => Err(kiln_webhooks::FetchError::Forbidden(format!(
+                "bad URL: {e}"
+            ))),
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let (status_code, error, retry_after, next) = match result {
+            Ok(answer) if (200..300).contains(&answer.status) => (
+                Some(answer.status),
+                None,
+                None,
+                Some(DeliveryNext::Delivered),
+            ),
+            Ok(answer) if answer.status == 410 => (
+                Some(410),
+                Some("the receiver answered 410 Gone".to_owned()),
+                None,
+                Some(DeliveryNext::Gone),
+            ),
+            Ok(answer) => (
+                Some(answer.status),
+                Some(format!("the receiver answered {}", answer.status)),
+                answer.retry_after,
+                None,
+            ),
+            // A forbidden address stays forbidden: no point in trying again.
+            Err(kiln_webhooks::FetchError::Forbidden(why)) => {
+                (None, Some(why), None, Some(DeliveryNext::Failed))
+            }
+            Err(e) => (None, Some(e.to_string()), None, None),
+        };
+        let next = next.unwrap_or_else(|| self.next_after(number, retry_after));
+        tracing::info!(delivery = %delivery.id, job = %delivery.job_id, try_number = number, ?status_code, ?next, "webhook try");
+        let tried = DeliveryTry {
+            number,
+            at,
+            status_code,
+            latency_ms,
+            error,
+        };
+        self.ledger
+            .finish_delivery_try(&delivery.id, &tried, next)
+            .await
+    }
+
+    /// The next try on the schedule (with up to 10 % jitter), or the end of it. The schedule's
+    /// first entry is the delay of the first try, applied when deliveries are claimed. A receiver's
+    /// `Retry-After` moves the try later, never earlier, and never past the schedule's end.
+    fn next_after(&self, tries: u32, retry_after: Option<Duration>) -> DeliveryNext {
+        let Some(step) = self.settings.schedule.get(tries as usize).copied() else {
+            return DeliveryNext::Failed;
+        };
+        let jitter = step.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        let longest = self.settings.schedule.iter().max().copied().unwrap_or(step);
+        let delay = retry_after.map_or(step, |after| after.clamp(step, longest.max(step))) + jitter;
+        DeliveryNext::RetryAt(
+            kiln_core::time::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+        )
+    }
+
+    /// `{type, timestamp, data}` with the job as `GET` shows it, bounded in size.
+    async fn payload(&self, delivery: &DueDelivery, job: Job) -> Vec<u8> {
+        let mut data = (self.view)(job).await;
+        let mut body = serde_json::json!({
+            "type": delivery.event_type,
+            "timestamp": delivery.created_at,
+            "data": data,
+        });
+        let mut bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+        if bytes.len() > self.settings.max_payload_bytes {
+            data["input"] =
+                serde_json::json!({"elided": "the input is too large for a webhook; GET the job"});
+            body["data"] = data;
+            bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+        }
+        bytes
+    }
+}
