@@ -340,20 +340,19 @@ pub async fn expired_outputs_are_listed_until_marked(ledger: Arc<dyn Ledger>) {
 pub async fn api_keys_are_looked_up_by_hash(ledger: Arc<dyn Ledger>) {
     let key = crate::keys::mint();
     let record = ledger.insert_api_key(&tenant("a"), &key).await.unwrap();
+    let found = ledger.key_by_hash(&key.hash).await.unwrap().unwrap();
     assert_eq!(
-        ledger.tenant_for_key(&key.hash).await.unwrap(),
-        Some(tenant("a"))
+        (found.id.as_str(), &found.tenant),
+        (record.id.as_str(), &tenant("a"))
     );
-    assert_eq!(
-        ledger
-            .tenant_for_key(&crate::keys::hash("kiln_other"))
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(ledger
+        .key_by_hash(&crate::keys::hash("kiln_other"))
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(ledger.count_api_keys().await.unwrap(), 1);
     assert_eq!(ledger.revoke_api_key(&record.id).await.unwrap(), 1);
-    assert_eq!(ledger.tenant_for_key(&key.hash).await.unwrap(), None);
+    assert!(ledger.key_by_hash(&key.hash).await.unwrap().is_none());
     assert!(ledger.list_api_keys().await.unwrap()[0]
         .revoked_at
         .is_some());

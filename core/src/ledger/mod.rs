@@ -195,9 +195,7 @@ pub trait Ledger: Send + Sync + 'static {
 
     // --- API keys -------------------------------------------------------------------------
     async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord>;
-    /// The tenant of a live (not revoked) key, by the key's hash.
-    async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>>;
-    /// A live key's record, by the key's hash.
+    /// A live (not revoked) key's record, by the key's hash.
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     /// Sets (or clears) a live key's default webhook, by id or prefix; returns how many keys.
     async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64>;

@@ -441,16 +441,6 @@ impl Ledger for SqlLedger {
         Ok(record)
     }
 
-    async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<TenantId>> {
-        let tenant: Option<String> = sqlx::query_scalar(
-            &self.sql("SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"),
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(tenant.map(TenantId))
-    }
-
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
         sqlx::query(&self.sql(
             "SELECT id, tenant, prefix, created_at, revoked_at, default_webhook FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
