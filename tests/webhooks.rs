@@ -181,6 +181,22 @@ async fn deliveries(kiln: &Kiln, key: &str, id: &str) -> Vec<Value> {
         .clone()
 }
 
+/// Waits until the job has `n` deliveries and none is still pending.
+async fn wait_for_deliveries(kiln: &Kiln, key: &str, id: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = deliveries(kiln, key, id).await;
+        if log.len() >= n && log.iter().all(|d| d["status"] != "pending") {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries never settled: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_standardwebhooks_package_verifies_kilns_deliveries() {
     let receiver = Receiver::start(vec![]).await;
@@ -268,6 +284,14 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
         .collect();
     assert_eq!(types, ["job.succeeded"], "job.started was filtered out");
 
+    // A 410 says the endpoint is gone for good: the key that had it as its default webhook
+    // loses it too.
+    let ledger = &kiln.running.as_ref().unwrap().ledger;
+    let record = ledger.list_api_keys().await.unwrap().remove(0);
+    ledger
+        .set_default_webhook(&record.id, Some(&gone.url))
+        .await
+        .unwrap();
     let id = submit_ok(
         &kiln.http,
         &kiln.base,
@@ -276,16 +300,13 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
     )
     .await;
     wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
-    gone.wait_for(1).await;
-    let log = loop {
-        let log = deliveries(&kiln, &key, &id).await;
-        if log[0]["status"] != "pending" {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
     assert_eq!(log[0]["status"], "gone");
     assert_eq!(log[0]["tries"].as_array().unwrap().len(), 1);
+    assert_eq!(gone.got().len(), 1);
+    assert!(ledger.list_api_keys().await.unwrap()[0]
+        .default_webhook
+        .is_none());
 
     // Bad filters are refused.
     let res = submit(

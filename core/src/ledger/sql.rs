@@ -597,6 +597,27 @@ impl Ledger for SqlLedger {
         .bind(id)
         .execute(&mut *tx.tx)
         .await?;
+        if next == DeliveryNext::Gone {
+            // 410: the endpoint wants nothing more. Its other pending deliveries stop too, and
+            // no key keeps it as its default webhook.
+            let url: String =
+                sqlx::query_scalar(&self.sql("SELECT url FROM webhook_deliveries WHERE id = ?"))
+                    .bind(id)
+                    .fetch_one(&mut *tx.tx)
+                    .await?;
+            sqlx::query(&self.sql(
+                "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL WHERE url = ? AND status = 'pending'",
+            ))
+            .bind(&url)
+            .execute(&mut *tx.tx)
+            .await?;
+            sqlx::query(
+                &self.sql("UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ?"),
+            )
+            .bind(&url)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
         tx.tx.commit().await?;
         Ok(())
     }
