@@ -343,6 +343,19 @@ async fn during_a_rotation_both_secrets_verify() {
         .to_owned();
     assert_ne!(old, new);
     assert_eq!(secret(&kiln, &key).await, new);
+    // A second rotation during the overlap would end the old secret early: refused.
+    let res = kiln
+        .http
+        .post(kiln.url("/v1/webhooks/default/secret/rotate"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "rotation_in_progress"
+    );
     let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
     submit_ok(&kiln.http, &kiln.base, &key, job).await;
     let got = receiver.wait_for(1).await;

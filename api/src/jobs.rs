@@ -382,6 +382,13 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
                     }
                 }
             }
+            if events.is_empty() {
+                return Err(invalid(
+                    "unknown_event",
+                    "webhook_events",
+                    "webhook_events must name at least one event (leave it out for all)",
+                ));
+            }
             Some(events)
         }
         Some(_) => {

@@ -33,10 +33,18 @@ pub async fn rotate(
     caller: Caller,
 ) -> Result<Json<Value>, Problem> {
     // A key that never had a secret gets one first, so there is something to rotate out.
-    state
+    let secrets = state
         .ledger
         .webhook_secrets(&caller.key_id, &WebhookSecret::generate().expose())
         .await?;
+    // A second rotation during the overlap would cut the first one's promise short.
+    if secrets.previous.is_some() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "rotation_in_progress",
+            "the previous secret is still valid; rotate again once its overlap has ended",
+        ));
+    }
     let fresh = WebhookSecret::generate().expose();
     let until = kiln_core::time::now() + ROTATION_OVERLAP;
     state

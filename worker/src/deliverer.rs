@@ -42,6 +42,9 @@ impl Deliverer {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         loop {
+            if stop.is_cancelled() {
+                return;
+            }
             match self.pass().await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
@@ -90,7 +93,23 @@ impl Deliverer {
 
     async fn try_once(&self, delivery: DueDelivery) -> Result<(), kiln_core::LedgerError> {
         let number = delivery.tries + 1;
+        let at = kiln_core::time::now();
         let Some(job) = self.ledger.job_by_id(delivery.job_id).await? else {
+            let tried = DeliveryTry {
+                number,
+                at,
+                status_code: None,
+                latency_ms: 0,
+                error: Some("the job is gone".into()),
+            };
+            self.ledger
+                .finish_delivery_try(
+                    &delivery.id,
+                    &delivery.claim_token,
+                    &tried,
+                    DeliveryNext::Failed,
+                )
+                .await?;
             return Ok(());
         };
         let body = self.payload(&delivery, job).await;
@@ -107,7 +126,10 @@ impl Deliverer {
             }
             None => vec![],
         };
-        let timestamp = delivery.created_at.timestamp();
+        // The signed timestamp is this try's, not the event's: verifiers refuse messages older
+        // than a few minutes, and a retry hours later is still genuine. The event's own time is
+        // the payload's `timestamp`.
+        let timestamp = at.timestamp();
         let mut headers = vec![
             ("webhook-id", delivery.id.clone()),
             ("webhook-timestamp", timestamp.to_string()),
@@ -119,7 +141,6 @@ impl Deliverer {
             ));
         }
         let started = Instant::now();
-        let at = kiln_core::time::now();
         let result = match url::Url::parse(&delivery.url) {
             Ok(url) => self.client.post_json(&url, &headers, body.into()).await,
             Err(e) => Err(kiln_webhooks::FetchError::Forbidden(format!(
@@ -152,7 +173,8 @@ impl Deliverer {
             }
             Err(e) => (None, Some(e.to_string()), None, None),
         };
-        let next = next.unwrap_or_else(|| self.next_after(number, retry_after));
+        let next =
+            next.unwrap_or_else(|| self.next_after(number - delivery.schedule_base, retry_after));
         tracing::info!(delivery = %delivery.id, job = %delivery.job_id, try_number = number, ?status_code, ?next, "webhook try");
         let tried = DeliveryTry {
             number,
@@ -161,13 +183,19 @@ impl Deliverer {
             latency_ms,
             error,
         };
-        self.ledger
-            .finish_delivery_try(&delivery.id, &tried, next)
-            .await
+        let recorded = self
+            .ledger
+            .finish_delivery_try(&delivery.id, &delivery.claim_token, &tried, next)
+            .await?;
+        if !recorded {
+            tracing::info!(delivery = %delivery.id, "another claim took this delivery over; this try is not recorded");
+        }
+        Ok(())
     }
 
-    /// The next try on the schedule (with up to 10 % jitter), or the end of it. The schedule's
-    /// first entry is the delay of the first try, applied when deliveries are claimed. A receiver's
+    /// The next try on the schedule (with up to 10 % jitter), or the end of it; `tries` counts
+    /// since the event (or its last redelivery). The schedule's first entry is the delay of the
+    /// first try, applied when deliveries are claimed. A receiver's
     /// `Retry-After` moves the try later, never earlier, and never past the schedule's end.
     fn next_after(&self, tries: u32, retry_after: Option<Duration>) -> DeliveryNext {
         let Some(step) = self.settings.schedule.get(tries as usize).copied() else {

@@ -611,10 +611,20 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
         error: Some("the receiver answered 500".into()),
     };
     let retry_at = now() - chrono::Duration::milliseconds(1);
-    ledger
-        .finish_delivery_try(&due[0].id, &tried, DeliveryNext::RetryAt(retry_at))
+    // Only the claim's holder records a result.
+    assert!(!ledger
+        .finish_delivery_try(&due[0].id, "not-the-claim", &tried, DeliveryNext::Delivered)
         .await
-        .unwrap();
+        .unwrap());
+    assert!(ledger
+        .finish_delivery_try(
+            &due[0].id,
+            &due[0].claim_token,
+            &tried,
+            DeliveryNext::RetryAt(retry_at)
+        )
+        .await
+        .unwrap());
     let again = ledger
         .claim_deliveries(now(), Duration::from_secs(60), LEASE, 10)
         .await
@@ -634,10 +644,15 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
         error: None,
         ..tried.clone()
     };
-    ledger
-        .finish_delivery_try(&again[0].id, &delivered, DeliveryNext::Delivered)
+    assert!(ledger
+        .finish_delivery_try(
+            &again[0].id,
+            &again[0].claim_token,
+            &delivered,
+            DeliveryNext::Delivered
+        )
         .await
-        .unwrap();
+        .unwrap());
     let log = ledger
         .deliveries(&tenant("a"), again[0].job_id)
         .await
@@ -673,6 +688,12 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
         .unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].id, again[0].id);
+    assert_eq!(back[0].schedule_base, 2, "the schedule starts over");
+    // While it is being tried, a redelivery is refused.
+    assert!(!ledger
+        .redeliver(&tenant("a"), d_job(&again[0]), &again[0].id)
+        .await
+        .unwrap());
 }
 
 fn d_job(d: &DueDelivery) -> JobId {

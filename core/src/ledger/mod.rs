@@ -62,7 +62,11 @@ pub struct DueDelivery {
     pub created_at: Timestamp,
     /// Tries made before this one.
     pub tries: u32,
+    /// Tries made before the last redelivery: the schedule counts from there.
+    pub schedule_base: u32,
     pub key_id: Option<String>,
+    /// This claim's token: only its holder's result is recorded.
+    pub claim_token: String,
 }
 
 /// One try of a delivery, as the log shows it.
@@ -279,16 +283,19 @@ pub trait Ledger: Send + Sync + 'static {
         hold: Duration,
         limit: u32,
     ) -> Result<Vec<DueDelivery>>;
-    /// Logs a try and moves the delivery on.
+    /// Logs a try and moves the delivery on, if `claim_token` still holds it; `false` when
+    /// another claim has taken it over (the result is then not recorded).
     async fn finish_delivery_try(
         &self,
         id: &str,
+        claim_token: &str,
         tried: &DeliveryTry,
         next: DeliveryNext,
-    ) -> Result<()>;
+    ) -> Result<bool>;
     /// A job's deliveries with their tries; `None` when the tenant has no such job.
     async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>>;
-    /// Sends a delivery again (same `webhook-id`); `false` when there is no such delivery.
+    /// Sends a delivery again (same `webhook-id`, the schedule from its start); `false` when
+    /// there is no such delivery or a worker is trying it right now.
     async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool>;
 
     // --- worker identities ----------------------------------------------------------------

@@ -523,7 +523,7 @@ impl Ledger for SqlLedger {
         let first_due = at - first_delay.as_millis() as i64;
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(&self.sql(&format!(
-            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, j.key_id \
+            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id \
              FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
              WHERE d.status = 'pending' AND d.next_try_at <= ? \
                AND (d.tries > 0 OR d.next_try_at <= ?) \
@@ -540,11 +540,15 @@ impl Ledger for SqlLedger {
         let mut due = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: String = r.try_get("id")?;
-            sqlx::query(&self.sql("UPDATE webhook_deliveries SET next_try_at = ? WHERE id = ?"))
-                .bind(at + hold.as_millis() as i64)
-                .bind(&id)
-                .execute(&mut *tx.tx)
-                .await?;
+            let claim_token = uuid::Uuid::new_v4().simple().to_string();
+            sqlx::query(&self.sql(
+                "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id = ?",
+            ))
+            .bind(at + hold.as_millis() as i64)
+            .bind(&claim_token)
+            .bind(&id)
+            .execute(&mut *tx.tx)
+            .await?;
             let job_id: String = r.try_get("job_id")?;
             due.push(DueDelivery {
                 id,
@@ -555,7 +559,9 @@ impl Ledger for SqlLedger {
                 url: r.try_get("url")?,
                 created_at: from_millis(r.try_get("created_at")?),
                 tries: r.try_get::<i64, _>("tries")? as u32,
+                schedule_base: r.try_get::<i64, _>("schedule_base")? as u32,
                 key_id: r.try_get("key_id")?,
+                claim_token,
             });
         }
         tx.tx.commit().await?;
@@ -565,13 +571,37 @@ impl Ledger for SqlLedger {
     async fn finish_delivery_try(
         &self,
         id: &str,
+        claim_token: &str,
         tried: &DeliveryTry,
         next: DeliveryNext,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let (status, next_try_at, delivered_at) = match next {
+            DeliveryNext::Delivered => ("delivered", None, Some(to_millis(tried.at))),
+            DeliveryNext::RetryAt(at) => ("pending", Some(to_millis(at)), None),
+            DeliveryNext::Failed => ("failed", None, None),
+            DeliveryNext::Gone => ("gone", None, None),
+        };
         let mut tx = self.write_tx().await?;
+        // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
+        // nothing.
+        let changed = sqlx::query(&self.sql(
+            "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
+             WHERE id = ? AND claim_token = ?",
+        ))
+        .bind(status)
+        .bind(tried.number as i64)
+        .bind(next_try_at)
+        .bind(delivered_at)
+        .bind(id)
+        .bind(claim_token)
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
         sqlx::query(&self.sql(
-            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (delivery_id, number) DO NOTHING",
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
         ))
         .bind(id)
         .bind(tried.number as i64)
@@ -581,45 +611,35 @@ impl Ledger for SqlLedger {
         .bind(tried.error.as_deref())
         .execute(&mut *tx.tx)
         .await?;
-        let (status, next_try_at, delivered_at) = match next {
-            DeliveryNext::Delivered => ("delivered", None, Some(to_millis(tried.at))),
-            DeliveryNext::RetryAt(at) => ("pending", Some(to_millis(at)), None),
-            DeliveryNext::Failed => ("failed", None, None),
-            DeliveryNext::Gone => ("gone", None, None),
-        };
-        sqlx::query(&self.sql(
-            "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ? WHERE id = ?",
-        ))
-        .bind(status)
-        .bind(tried.number as i64)
-        .bind(next_try_at)
-        .bind(delivered_at)
-        .bind(id)
-        .execute(&mut *tx.tx)
-        .await?;
         if next == DeliveryNext::Gone {
-            // 410: the endpoint wants nothing more. Its other pending deliveries stop too, and
-            // no key keeps it as its default webhook.
-            let url: String =
-                sqlx::query_scalar(&self.sql("SELECT url FROM webhook_deliveries WHERE id = ?"))
-                    .bind(id)
-                    .fetch_one(&mut *tx.tx)
-                    .await?;
+            // 410: the endpoint wants nothing more from this tenant. The tenant's other pending
+            // deliveries to it stop too, and none of its keys keeps it as the default webhook.
+            let row = sqlx::query(&self.sql(
+                "SELECT d.url, j.tenant FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id = ?",
+            ))
+            .bind(id)
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            let (url, tenant): (String, String) = (row.try_get("url")?, row.try_get("tenant")?);
             sqlx::query(&self.sql(
-                "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL WHERE url = ? AND status = 'pending'",
+                "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL \
+                 WHERE url = ? AND status = 'pending' AND claim_token IS NULL \
+                   AND job_id IN (SELECT id FROM jobs WHERE tenant = ?)",
             ))
             .bind(&url)
+            .bind(&tenant)
             .execute(&mut *tx.tx)
             .await?;
-            sqlx::query(
-                &self.sql("UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ?"),
-            )
+            sqlx::query(&self.sql(
+                "UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ? AND tenant = ?",
+            ))
             .bind(&url)
+            .bind(&tenant)
             .execute(&mut *tx.tx)
             .await?;
         }
         tx.tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>> {
@@ -677,15 +697,20 @@ impl Ledger for SqlLedger {
     }
 
     async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool> {
+        // Not while a worker holds it (it is being tried now); the schedule starts over.
+        let at = to_millis(now());
         let changed = sqlx::query(&self.sql(
-            "UPDATE webhook_deliveries SET status = 'pending', next_try_at = ? \
-             WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?)",
+            "UPDATE webhook_deliveries SET status = 'pending', next_try_at = ?, schedule_base = tries, \
+                 delivered_at = NULL \
+             WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?) \
+               AND NOT (status = 'pending' AND claim_token IS NOT NULL AND next_try_at > ?)",
         ))
-        .bind(to_millis(now()))
+        .bind(at)
         .bind(delivery_id)
         .bind(job_id.to_string())
         .bind(job_id.to_string())
         .bind(&tenant.0)
+        .bind(at)
         .execute(&self.pool)
         .await?
         .rows_affected();
