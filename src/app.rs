@@ -388,6 +388,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             providers: providers(
                 config,
                 InputResolver::new(
+                    ledger.clone(),
                     store.clone(),
                     SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
                     config.outputs.max_input_bytes,

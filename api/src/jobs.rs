@@ -225,6 +225,9 @@ pub async fn submit(
     for (field, url) in parsed.fetched_urls() {
         check_input_url(&state, field, url).await?;
     }
+    for (field, job, index) in parsed.output_references() {
+        check_output_reference(&state, &caller.tenant, field, job, index).await?;
+    }
     let job = state
         .ledger
         .insert_job(NewJob {
@@ -246,7 +249,9 @@ pub async fn submit(
             tracing::warn!(job = %job.id, error = %e, "could not mark the job unrung; it is rung once ring_stale_after passes");
         }
     }
-    let mut response = job_response(&state, &job, StatusCode::ACCEPTED).await?;
+    let tenant = job.tenant.clone();
+    let mut response =
+        respond_after_wait(&state, &tenant, job.clone(), &headers, StatusCode::ACCEPTED).await?;
     let location =
         HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).expect("ids are valid header text");
     response.headers_mut().insert(header::LOCATION, location);
@@ -409,6 +414,36 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     })
 }
 
+/// A `kiln://` reference must name an output of the caller's own that is still kept; another
+/// tenant's job is "no such output", exactly like a job that does not exist.
+async fn check_output_reference(
+    state: &ApiState,
+    tenant: &kiln_core::TenantId,
+    field: &str,
+    job: JobId,
+    index: u32,
+) -> Result<(), Problem> {
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input_reference_invalid",
+            detail,
+        )
+        .with_field(field)
+    };
+    let source = state.ledger.get_job(tenant, job).await?;
+    let output = source
+        .as_ref()
+        .and_then(|j| j.outputs.iter().find(|o| o.index == index))
+        .ok_or_else(|| invalid(format!("{field}: there is no output {index} of job {job}")))?;
+    if output.deleted_at.is_some() || output.expires_at <= Utc::now() {
+        return Err(invalid(format!(
+            "{field}: output {index} of job {job} has expired"
+        )));
+    }
+    Ok(())
+}
+
 /// Kiln's own signed URLs are allowed (chaining an earlier output); any other URL must pass the
 /// SSRF policy now, and passes it again when the worker connects.
 async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Result<(), Problem> {
@@ -436,13 +471,41 @@ pub async fn get(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let job = state
         .ledger
         .get_job(&tenant, parse_id(&id)?)
         .await?
         .ok_or_else(job_not_found)?;
-    job_response(&state, &job, StatusCode::OK).await
+    respond_after_wait(&state, &tenant, job, &headers, StatusCode::OK).await
+}
+
+/// Answers with the job, first waiting for it to end if the client asked (`Prefer: wait=N`).
+async fn respond_after_wait(
+    state: &ApiState,
+    tenant: &kiln_core::TenantId,
+    job: Job,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> Result<Response, Problem> {
+    let Some(wait) = crate::wait::requested_wait(headers) else {
+        return job_response(state, &job, status).await;
+    };
+    let job = crate::wait::until_terminal(state, tenant, job, wait).await?;
+    // A submit that waited for its job to end answers 201: created, and done.
+    let status = if status == StatusCode::ACCEPTED && job.status.is_terminal() {
+        StatusCode::CREATED
+    } else {
+        status
+    };
+    let mut response = job_response(state, &job, status).await?;
+    let applied = format!("wait={}", wait.as_secs());
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_str(&applied).expect("digits are a valid header"),
+    );
+    Ok(response)
 }
 
 pub async fn cancel(

@@ -8,6 +8,7 @@ mod callbacks;
 mod files;
 mod jobs;
 mod problem;
+mod wait;
 mod webhooks;
 
 pub use jobs::view_job;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
+        .route("/v1/jobs/{id}/events", get(wait::job_events))
         .route("/v1/jobs/{id}/deliveries", get(webhooks::deliveries))
         .route(
             "/v1/jobs/{id}/deliveries/{delivery}/redeliver",

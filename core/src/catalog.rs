@@ -71,6 +71,20 @@ pub enum ImageSource {
         bytes: Vec<u8>,
     },
     Url(Url),
+    /// `kiln://jobs/{id}/outputs/{n}`: one of the caller's earlier outputs, read from storage
+    /// by its key (never re-downloaded through a public URL); tenant-checked at submit and at
+    /// run.
+    Output {
+        job: crate::JobId,
+        index: u32,
+    },
+}
+
+impl ImageSource {
+    /// The `kiln://` reference to output `index` of `job`.
+    pub fn output_reference(job: crate::JobId, index: u32) -> String {
+        format!("kiln://jobs/{job}/outputs/{index}")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +133,19 @@ impl ModelInput {
             ModelInput::DemoImage(i) => &i.knobs,
             ModelInput::DemoUpscale(i) => &i.knobs,
             ModelInput::DemoVideo(i) => &i.knobs,
+        }
+    }
+
+    /// Earlier outputs the input refers to (`kiln://jobs/{id}/outputs/{n}`), with their field.
+    pub fn output_references(&self) -> Vec<(&'static str, crate::JobId, u32)> {
+        let image = match self {
+            ModelInput::TextToImage(_) | ModelInput::DemoImage(_) => None,
+            ModelInput::DemoUpscale(i) => Some(&i.image),
+            ModelInput::DemoVideo(i) => Some(&i.image),
+        };
+        match image {
+            Some(ImageSource::Output { job, index }) => vec![("input.image", *job, *index)],
+            _ => vec![],
         }
     }
 
@@ -197,7 +224,7 @@ impl Catalog {
                 .extend(knobs.as_object().cloned().unwrap_or_default());
             props
         };
-        let image_ref = json!({"type": "string", "description": "an http(s) URL, a data: URI, or the URL of an earlier Kiln output"});
+        let image_ref = json!({"type": "string", "description": "an http(s) URL, a data: URI, or an earlier output: its URL or kiln://jobs/{id}/outputs/{n}"});
         let configured = self.configured.iter().map(|m| {
             let mut properties = json!({
                 "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
@@ -568,6 +595,15 @@ impl<'a> Fields<'a> {
             return parse_data_uri(rest)
                 .map_err(|m| InputError::new("invalid_data_uri", Self::path(name), m));
         }
+        if let Some(rest) = s.strip_prefix("kiln://") {
+            return parse_output_reference(rest).ok_or_else(|| {
+                InputError::new(
+                    "invalid_reference",
+                    Self::path(name),
+                    format!("input.{name} must look like kiln://jobs/{{job id}}/outputs/{{index}}"),
+                )
+            });
+        }
         let url = Url::parse(s).map_err(|e| {
             InputError::new(
                 "invalid_url",
@@ -602,6 +638,24 @@ impl<'a> Fields<'a> {
         }
         Ok(())
     }
+}
+
+/// `jobs/{id}/outputs/{n}` (after `kiln://`).
+fn parse_output_reference(rest: &str) -> Option<ImageSource> {
+    let mut parts = rest.split('/');
+    let (Some("jobs"), Some(job), Some("outputs"), Some(index), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some(ImageSource::Output {
+        job: job.parse().ok()?,
+        index: index.parse().ok()?,
+    })
 }
 
 /// `data:[<mediatype>][;base64],<data>`, restricted to base64-encoded images.

@@ -25,7 +25,7 @@ impl DemoProvider {
 impl Provider for DemoProvider {
     async fn generate(
         &self,
-        _attempt: &AttemptContext<'_>,
+        attempt: &AttemptContext<'_>,
         input: &ModelInput,
     ) -> Result<Vec<GeneratedOutput>, ProviderError> {
         let knobs = input.knobs().clone();
@@ -59,12 +59,12 @@ impl Provider for DemoProvider {
                 blocking(move || demo::render_image(&i)).await?
             }
             ModelInput::DemoUpscale(i) => {
-                let source = self.inputs.image_bytes(&i.image).await?;
+                let source = self.inputs.image_bytes(&i.image, attempt.tenant).await?;
                 let scale = i.scale;
                 blocking(move || demo::upscale(&source, scale)).await?
             }
             ModelInput::DemoVideo(i) => {
-                let source = self.inputs.image_bytes(&i.image).await?;
+                let source = self.inputs.image_bytes(&i.image, attempt.tenant).await?;
                 let (seconds, fps) = (i.seconds, i.fps);
                 blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
             }

@@ -450,6 +450,7 @@ impl Executor {
         })?;
         let attempt = AttemptContext {
             job_id: job.id,
+            tenant: &job.tenant,
             attempt_id: &claim.lease.attempt_id,
             route,
             resume: Self::resumable(claim, route),

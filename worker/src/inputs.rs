@@ -1,35 +1,53 @@
 //! Resolving a job's input images to bytes. Inline data URIs need nothing; a URL that is one of
 //! Kiln's own signed download URLs is read straight from the object store (an earlier job's
 //! output, the common chaining case, works even when the api's address is loopback); any other
-//! URL is fetched through the SSRF-safe client with a size cap. Failures are classified: a refused
-//! or malformed input is permanent, an unreachable server is worth retrying.
+//! URL is fetched through the SSRF-safe client with a size cap; a `kiln://jobs/{id}/outputs/{n}`
+//! reference is looked up in the ledger (scoped by the running job's tenant, so a job can only
+//! read its own tenant's outputs) and read from the store by its key. Failures are classified: a
+//! refused or malformed input is permanent, an unreachable server is worth retrying.
 
 use crate::provider::ProviderError;
 use bytes::BytesMut;
 use futures::StreamExt;
 use kiln_core::catalog::ImageSource;
+use kiln_core::{JobId, Ledger, TenantId};
 use kiln_storage::{ObjectStore, StorageError};
 use kiln_webhooks::{FetchError, SafeClient};
 use std::sync::Arc;
 
 pub struct InputResolver {
+    ledger: Arc<dyn Ledger>,
     store: Arc<dyn ObjectStore>,
     client: SafeClient,
     max_bytes: u64,
 }
 
 impl InputResolver {
-    pub fn new(store: Arc<dyn ObjectStore>, client: SafeClient, max_bytes: u64) -> Self {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        store: Arc<dyn ObjectStore>,
+        client: SafeClient,
+        max_bytes: u64,
+    ) -> Self {
         InputResolver {
+            ledger,
             store,
             client,
             max_bytes,
         }
     }
 
-    pub async fn image_bytes(&self, source: &ImageSource) -> Result<Vec<u8>, ProviderError> {
+    pub async fn image_bytes(
+        &self,
+        source: &ImageSource,
+        tenant: &TenantId,
+    ) -> Result<Vec<u8>, ProviderError> {
         let url = match source {
             ImageSource::Inline { bytes, .. } => return Ok(bytes.clone()),
+            ImageSource::Output { job, index } => {
+                let key = self.output_key(tenant, *job, *index).await?;
+                return self.read_object(&key).await;
+            }
             ImageSource::Url(url) => url,
         };
         if let Some(own) = self.store.resolve_own_url(url).await {
@@ -57,6 +75,34 @@ impl InputResolver {
                 }
             })?;
         Ok(bytes.to_vec())
+    }
+
+    /// The storage key of an earlier output of the same tenant's, if it is still kept.
+    async fn output_key(
+        &self,
+        tenant: &TenantId,
+        job: JobId,
+        index: u32,
+    ) -> Result<String, ProviderError> {
+        let source = self.ledger.get_job(tenant, job).await.map_err(|e| {
+            ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
+        })?;
+        let output = source
+            .as_ref()
+            .and_then(|j| j.outputs.iter().find(|o| o.index == index))
+            .ok_or_else(|| {
+                ProviderError::fail(
+                    "input_reference_invalid",
+                    format!("input.image: there is no output {index} of job {job}"),
+                )
+            })?;
+        if output.deleted_at.is_some() || output.expires_at <= kiln_core::time::now() {
+            return Err(ProviderError::fail(
+                "input_expired",
+                "input.image names an output that no longer exists",
+            ));
+        }
+        Ok(output.object_key.clone())
     }
 
     async fn read_object(&self, key: &str) -> Result<Vec<u8>, ProviderError> {

@@ -81,6 +81,8 @@ impl ProviderError {
 /// What an adapter knows about the attempt it runs.
 pub struct AttemptContext<'a> {
     pub job_id: JobId,
+    /// The job's tenant: inputs that name earlier outputs are read within it only.
+    pub tenant: &'a kiln_core::TenantId,
     /// Unique per attempt; sent upstream as the idempotency key where the protocol allows.
     pub attempt_id: &'a str,
     pub route: &'a RouteConfig,
