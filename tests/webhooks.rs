@@ -226,6 +226,11 @@ async fn the_standardwebhooks_package_verifies_kilns_deliveries() {
     assert!(verify(&secret, &tampered).is_err());
     let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     assert!(verify(other, &got[1]).is_err());
+    // A replayed delivery with an old timestamp fails too (the verifier's tolerance is 5 min).
+    let mut stale = got[1].clone();
+    let ten_minutes_ago = got[1].timestamp.parse::<i64>().unwrap() - 600;
+    stale.timestamp = ten_minutes_ago.to_string();
+    assert!(verify(&secret, &stale).is_err());
     kiln.shutdown().await;
 }
 
@@ -551,4 +556,61 @@ async fn a_worker_killed_between_completion_and_webhook_loses_nothing() {
         .unwrap();
     assert_eq!(log["data"].as_array().unwrap().len(), 1, "one event, once");
     assert_eq!(log["data"][0]["id"], got[0].id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_schedule_fails_the_delivery_and_logs_every_try() {
+    let receiver = Receiver::start(vec![500; 10]).await;
+    let kiln = Kiln::start_with(|c| {
+        c.webhooks.schedule = [0, 30, 30].map(Duration::from_millis).to_vec();
+        c.webhooks.poll = Duration::from_millis(20);
+    })
+    .await;
+    let key = kiln.key("acme").await;
+    let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
+    let id = submit_ok(&kiln.http, &kiln.base, &key, job).await;
+    let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
+    assert_eq!(log[0]["status"], "failed");
+    assert_eq!(
+        log[0]["tries"].as_array().unwrap().len(),
+        3,
+        "one try per schedule entry"
+    );
+    assert_eq!(receiver.got().len(), 3);
+
+    // Another tenant sees neither the log nor the redelivery.
+    let other = kiln.key("other").await;
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}/deliveries")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let delivery = log[0]["id"].as_str().unwrap();
+    let redeliver = format!("/v1/jobs/{id}/deliveries/{delivery}/redeliver");
+    let res = kiln
+        .http
+        .post(kiln.url(&redeliver))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // Its owner can send it again: same webhook-id, the schedule from the start.
+    let res = kiln
+        .http
+        .post(kiln.url(&redeliver))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let got = receiver.wait_for(6).await;
+    assert!(got.iter().all(|r| r.id == got[0].id));
+    let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
+    assert_eq!(log[0]["tries"].as_array().unwrap().len(), 6);
+    kiln.shutdown().await;
 }
