@@ -11,6 +11,7 @@ pub mod job;
 pub mod keys;
 pub mod ledger;
 pub mod permits;
+pub mod pipeline;
 pub mod routes;
 #[cfg(any(test, feature = "contract"))]
 pub mod testing;

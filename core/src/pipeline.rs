@@ -1,0 +1,293 @@
+//! Pipelines as data: the step graph a client submits, checked before anything is written. A
+//! step's input may hold, as a whole string value anywhere in it, a reference to an earlier
+//! step's output, `$steps.NAME.outputs[N]`. The references are the graph's edges: every one must
+//! name another step, and the graph must have no cycle. When a step starts, its references
+//! become `kiln://jobs/{id}/outputs/{n}` storage references to the jobs of the steps it depends
+//! on, so outputs pass by storage key, never through a public URL.
+//!
+//! Kept free of storage and HTTP so the rules are unit-tested here and shared by the api (which
+//! refuses bad graphs) and the ledger (which starts steps).
+
+use crate::catalog::ImageSource;
+use crate::JobId;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most steps in one pipeline.
+pub const MAX_STEPS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    pub name: String,
+    pub model: String,
+    pub input: Value,
+}
+
+/// A bad graph, with the field at fault (`steps[1].input.image`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphError {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl GraphError {
+    fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        GraphError {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One `$steps.NAME.outputs[N]` found in an input: where, which step, which output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub path: String,
+    pub step: String,
+    pub index: u32,
+}
+
+fn parse_reference(text: &str) -> Option<(String, u32)> {
+    let rest = text.strip_prefix("$steps.")?;
+    let (name, tail) = rest.split_once(".outputs[")?;
+    let index = tail.strip_suffix(']')?.parse().ok()?;
+    valid_name(name).then(|| (name.to_owned(), index))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Every reference in `input`, with its path below `prefix`.
+pub fn references(input: &Value, prefix: &str) -> Vec<Reference> {
+    let mut found = vec![];
+    walk(input, prefix, &mut |path, text| {
+        if let Some((step, index)) = parse_reference(text) {
+            found.push(Reference {
+                path: path.to_owned(),
+                step,
+                index,
+            });
+        }
+    });
+    found
+}
+
+fn walk(value: &Value, path: &str, visit: &mut impl FnMut(&str, &str)) {
+    match value {
+        Value::String(s) => visit(path, s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &format!("{path}[{i}]"), visit);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                walk(v, &format!("{path}.{k}"), visit);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks the graph; returns each step's dependencies (by name), in step order.
+pub fn plan(steps: &[StepSpec]) -> Result<Vec<BTreeSet<String>>, GraphError> {
+    if steps.is_empty() {
+        return Err(GraphError::new(
+            "missing_field",
+            "steps",
+            "a pipeline needs at least one step",
+        ));
+    }
+    if steps.len() > MAX_STEPS {
+        return Err(GraphError::new(
+            "out_of_range",
+            "steps",
+            format!("a pipeline has at most {MAX_STEPS} steps"),
+        ));
+    }
+    let mut names = BTreeMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        if !valid_name(&s.name) {
+            return Err(GraphError::new(
+                "invalid_name",
+                format!("steps[{i}].name"),
+                "a step name is 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if names.insert(s.name.as_str(), i).is_some() {
+            return Err(GraphError::new(
+                "duplicate_step",
+                format!("steps[{i}].name"),
+                format!("two steps are named '{}'", s.name),
+            ));
+        }
+    }
+    let mut deps = Vec::with_capacity(steps.len());
+    for (i, s) in steps.iter().enumerate() {
+        let mut mine = BTreeSet::new();
+        for r in references(&s.input, &format!("steps[{i}].input")) {
+            if !names.contains_key(r.step.as_str()) {
+                return Err(GraphError::new(
+                    "unknown_step",
+                    r.path,
+                    format!("there is no step named '{}'", r.step),
+                ));
+            }
+            if r.step == s.name {
+                return Err(GraphError::new(
+                    "cycle",
+                    r.path,
+                    format!("step '{}' refers to its own output", s.name),
+                ));
+            }
+            mine.insert(r.step);
+        }
+        deps.push(mine);
+    }
+    // Kahn's algorithm: whatever cannot be ordered sits on a cycle.
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let ready: Vec<&str> = steps
+            .iter()
+            .zip(&deps)
+            .filter(|(s, d)| {
+                !done.contains(s.name.as_str()) && d.iter().all(|n| done.contains(n.as_str()))
+            })
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        done.extend(ready);
+    }
+    if let Some((i, s)) = steps
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !done.contains(s.name.as_str()))
+    {
+        return Err(GraphError::new(
+            "cycle",
+            format!("steps[{i}].input"),
+            format!("step '{}' is on a cycle of references", s.name),
+        ));
+    }
+    Ok(deps)
+}
+
+/// `input` with each reference replaced by `resolve(step, index)` (a `kiln://` reference once
+/// the step has run; a stand-in of the same shape for checking the input before).
+pub fn substitute(input: &Value, resolve: &impl Fn(&str, u32) -> String) -> Value {
+    match input {
+        Value::String(s) => match parse_reference(s) {
+            Some((step, index)) => Value::String(resolve(&step, index)),
+            None => input.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|i| substitute(i, resolve)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, resolve)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The input as it will look when the step starts, with a stand-in job id: what the model's
+/// input checks see at submit.
+pub fn with_stand_ins(input: &Value) -> Value {
+    substitute(input, &|_, index| {
+        ImageSource::output_reference(JobId(uuid::Uuid::nil()), index)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn step(name: &str, input: Value) -> StepSpec {
+        StepSpec {
+            name: name.into(),
+            model: "demo/image".into(),
+            input,
+        }
+    }
+
+    #[test]
+    fn a_chain_plans_in_order() {
+        let steps = [
+            step("image", json!({"prompt": "x"})),
+            step(
+                "upscale",
+                json!({"image": "$steps.image.outputs[0]", "scale": 2}),
+            ),
+            step("video", json!({"image": "$steps.upscale.outputs[0]"})),
+        ];
+        let deps = plan(&steps).unwrap();
+        assert!(deps[0].is_empty());
+        assert_eq!(deps[1], BTreeSet::from(["image".to_owned()]));
+        assert_eq!(deps[2], BTreeSet::from(["upscale".to_owned()]));
+        let job = JobId::new();
+        let started = substitute(&steps[1].input, &|s, i| {
+            assert_eq!(s, "image");
+            ImageSource::output_reference(job, i)
+        });
+        assert_eq!(started["image"], format!("kiln://jobs/{job}/outputs/0"));
+    }
+
+    #[test]
+    fn bad_graphs_are_refused_with_the_field_at_fault() {
+        let unknown = [step("a", json!({"image": "$steps.b.outputs[0]"}))];
+        let e = plan(&unknown).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            ("unknown_step", "steps[0].input.image")
+        );
+
+        let cycle = [
+            step("a", json!({"image": "$steps.b.outputs[0]"})),
+            step("b", json!({"image": "$steps.a.outputs[0]"})),
+        ];
+        assert_eq!(plan(&cycle).unwrap_err().code, "cycle");
+        let own = [step("a", json!({"image": "$steps.a.outputs[0]"}))];
+        assert_eq!(plan(&own).unwrap_err().code, "cycle");
+
+        let twice = [step("a", json!({})), step("a", json!({}))];
+        let e = plan(&twice).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            ("duplicate_step", "steps[1].name")
+        );
+        assert_eq!(plan(&[]).unwrap_err().code, "missing_field");
+        assert_eq!(
+            plan(&[step("a b", json!({}))]).unwrap_err().code,
+            "invalid_name"
+        );
+    }
+
+    #[test]
+    fn only_whole_strings_are_references() {
+        let input =
+            json!({"prompt": "see $steps.a.outputs[0] here", "list": ["$steps.a.outputs[2]"]});
+        let found = references(&input, "input");
+        assert_eq!(
+            found,
+            [Reference {
+                path: "input.list[0]".into(),
+                step: "a".into(),
+                index: 2
+            }]
+        );
+        assert_eq!(
+            with_stand_ins(&input)["list"][0],
+            format!("kiln://jobs/{}/outputs/2", uuid::Uuid::nil())
+        );
+    }
+}
