@@ -403,6 +403,59 @@ async fn leave_running(
     Ok(true)
 }
 
+/// Writes a new queued job (a step of `pipeline`, if given) with its first transition.
+async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i64) -> Result<()> {
+    let id = job.id.to_string();
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+             key_id, webhook_url, webhook_events, pipeline_id) \
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(&id)
+    .bind(&job.tenant.0)
+    .bind(&job.model)
+    .bind(job.input.to_string())
+    .bind(at)
+    .bind(at)
+    .bind(at)
+    .bind(job.deadline_at.map(to_millis))
+    .bind(job.start_by.map(to_millis))
+    .bind(job.key_id.as_deref())
+    .bind(job.webhook_url.as_deref())
+    .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
+    .bind(pipeline)
+    .execute(&mut *tx.tx)
+    .await?;
+    record_transition(tx, &id, None, Status::Queued, None, at).await
+}
+
+/// `queued|running → canceled` for a job the caller has locked and found in state `from`.
+async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
+    sqlx::query(&tx.d.sql(
+        "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
+             error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND status = ?",
+    ))
+    .bind(at)
+    .bind(sid)
+    .bind(from)
+    .execute(&mut *tx.tx)
+    .await?;
+    // The running attempt ends with the job, even if its worker is gone and never says so.
+    sqlx::query(&tx.d.sql(
+        "UPDATE attempts SET finished_at = ?, outcome = 'canceled', error_code = 'canceled', \
+             error_message = 'the job was canceled while this attempt ran' \
+         WHERE job_id = ? AND finished_at IS NULL",
+    ))
+    .bind(at)
+    .bind(sid)
+    .execute(&mut *tx.tx)
+    .await?;
+    forget_callbacks(tx, sid).await?;
+    let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
+    record_transition(tx, sid, Some(from), Status::Canceled, Some("canceled"), at).await
+}
+
 /// Upstream callbacks matter only while the job runs; a finished job drops them.
 async fn forget_callbacks(tx: &mut Tx, job_id: &str) -> Result<()> {
     sqlx::query(&tx.d.sql("DELETE FROM upstream_callbacks WHERE job_id = ?"))
@@ -747,33 +800,13 @@ impl Ledger for SqlLedger {
 
     async fn insert_job(&self, job: NewJob) -> Result<Job> {
         let at = to_millis(now());
-        let id = job.id.to_string();
         let mut tx = self.write_tx().await?;
-        sqlx::query(&self.sql(
-            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
-                 key_id, webhook_url, webhook_events) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(&id)
-        .bind(&job.tenant.0)
-        .bind(&job.model)
-        .bind(job.input.to_string())
-        .bind(at)
-        .bind(at)
-        .bind(at)
-        .bind(job.deadline_at.map(to_millis))
-        .bind(job.start_by.map(to_millis))
-        .bind(job.key_id.as_deref())
-        .bind(job.webhook_url.as_deref())
-        .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
-        .execute(&mut *tx.tx)
-        .await?;
-        record_transition(&mut tx, &id, None, Status::Queued, None, at).await?;
+        insert_job_in(&mut tx, &job, None, at).await?;
         tx.tx.commit().await?;
-        Ok(self
-            .job_by_id(job.id)
+        let id = job.id;
+        self.job_by_id(id)
             .await?
-            .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after insert")))?)
+            .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after insert")))
     }
 
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
@@ -849,41 +882,8 @@ impl Ledger for SqlLedger {
         .bind(&tenant.0)
         .fetch_optional(&mut *tx.tx)
         .await?;
-        let from = current.filter(|s| s == "queued" || s == "running");
-        if let Some(from) = &from {
-            sqlx::query(&self.sql(
-                "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
-                     error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-                 WHERE id = ? AND status = ?",
-            ))
-            .bind(at)
-            .bind(&sid)
-            .bind(from)
-            .execute(&mut *tx.tx)
-            .await?;
-            // The running attempt ends with the job, even if its worker is gone and never says so.
-            sqlx::query(&self.sql(
-                "UPDATE attempts SET finished_at = ?, outcome = 'canceled', error_code = 'canceled', \
-                     error_message = 'the job was canceled while this attempt ran' \
-                 WHERE job_id = ? AND finished_at IS NULL",
-            ))
-            .bind(at)
-            .bind(&sid)
-            .execute(&mut *tx.tx)
-            .await?;
-            forget_callbacks(&mut tx, &sid).await?;
-        }
-        if let Some(from) = from {
-            let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
-            record_transition(
-                &mut tx,
-                &sid,
-                Some(from),
-                Status::Canceled,
-                Some("canceled"),
-                at,
-            )
-            .await?;
+        if let Some(from) = current.filter(|s| s == "queued" || s == "running") {
+            cancel_in(&mut tx, &sid, &from, at).await?;
         }
         tx.tx.commit().await?;
         Ok(match self.get_job(tenant, id).await? {
