@@ -50,6 +50,40 @@ pub struct NewJob {
     pub webhook_events: Option<Vec<String>>,
 }
 
+/// A pipeline to create: its steps in the order given (checked with `pipeline::plan`).
+#[derive(Debug, Clone)]
+pub struct NewPipeline {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub key_id: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<Vec<String>>,
+    pub steps: Vec<crate::pipeline::StepSpec>,
+}
+
+/// A step as the pipeline shows it: its job once it has started.
+#[derive(Debug, Clone)]
+pub struct PipelineStep {
+    pub name: String,
+    pub model: String,
+    pub depends_on: Vec<String>,
+    pub job_id: Option<JobId>,
+    pub job_status: Option<Status>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub status: Status,
+    pub error: Option<ErrorInfo>,
+    pub created_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<Vec<String>>,
+    pub steps: Vec<PipelineStep>,
+}
+
 /// A webhook delivery that is due, claimed for one try.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
@@ -271,6 +305,21 @@ pub trait Ledger: Send + Sync + 'static {
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
+
+    // --- pipelines ----------------------------------------------------------------------------
+    /// Writes a pipeline and its steps, and starts the steps that depend on nothing, in one
+    /// transaction. Returns the pipeline and the jobs started (to be rung).
+    async fn insert_pipeline(&self, pipeline: NewPipeline) -> Result<(Pipeline, Vec<JobId>)>;
+    /// Moves a running pipeline on: starts the steps whose inputs now exist, fails it (and
+    /// cancels its other steps) when a step failed or was canceled, succeeds it when every step
+    /// did. Idempotent; returns the jobs it started.
+    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<JobId>>;
+    async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
+    /// `running → canceled`, canceling the steps that have not ended; `None` when the tenant
+    /// has no such pipeline.
+    async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
+    /// Running pipelines, for the reconciler's safety-net pass.
+    async fn active_pipelines(&self, limit: u32) -> Result<Vec<JobId>>;
 
     // --- webhook deliveries ----------------------------------------------------------------
     /// Pending deliveries due by `now` (a first try only once `first_delay` has passed since

@@ -16,6 +16,7 @@ use crate::time::{from_millis, now, to_millis};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -454,6 +455,169 @@ async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
     forget_callbacks(tx, sid).await?;
     let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
     record_transition(tx, sid, Some(from), Status::Canceled, Some("canceled"), at).await
+}
+
+/// Ends a running pipeline with `status` and cancels its steps that have not ended.
+async fn end_pipeline(
+    tx: &mut Tx,
+    pid: &str,
+    status: Status,
+    code: &str,
+    message: &str,
+    at: i64,
+) -> Result<()> {
+    let (code, message) = match status {
+        Status::Succeeded => (None, None),
+        _ => (Some(code), Some(message)),
+    };
+    sqlx::query(&tx.d.sql(
+        "UPDATE pipelines SET status = ?, error_code = ?, error_message = ?, completed_at = ? \
+         WHERE id = ? AND status = 'running'",
+    ))
+    .bind(status.as_str())
+    .bind(code)
+    .bind(message)
+    .bind(at)
+    .bind(pid)
+    .execute(&mut *tx.tx)
+    .await?;
+    let open: Vec<(String, String)> = sqlx::query(&tx.d.sql(&format!(
+        "SELECT j.id, j.status FROM pipeline_steps s JOIN jobs j ON j.id = s.job_id \
+         WHERE s.pipeline_id = ? AND j.status IN ('queued', 'running'){}",
+        tx.d.lock_rows()
+    )))
+    .bind(pid)
+    .fetch_all(&mut *tx.tx)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("id")?, r.try_get("status")?)))
+    .collect::<Result<_>>()?;
+    for (job, from) in open {
+        cancel_in(tx, &job, &from, at).await?;
+    }
+    Ok(())
+}
+
+/// The pipeline's next move, inside the caller's transaction (see `Ledger::advance_pipeline`).
+async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
+    let Some(row) = sqlx::query(&tx.d.sql(&format!(
+        "SELECT tenant, key_id, status FROM pipelines WHERE id = ?{}",
+        tx.d.lock_rows()
+    )))
+    .bind(pid)
+    .fetch_optional(&mut *tx.tx)
+    .await?
+    else {
+        return Ok(vec![]);
+    };
+    let status: String = row.try_get("status")?;
+    if status != "running" {
+        return Ok(vec![]);
+    }
+    let tenant = TenantId(row.try_get("tenant")?);
+    let key_id: Option<String> = row.try_get("key_id")?;
+    struct StepRow {
+        name: String,
+        model: String,
+        input: String,
+        depends_on: Vec<String>,
+        job_id: Option<String>,
+        job_status: Option<String>,
+        job_error: Option<String>,
+    }
+    let steps: Vec<StepRow> = sqlx::query(&tx.d.sql(
+        "SELECT s.name, s.model, s.input, s.depends_on, s.job_id, j.status AS job_status, j.error_message AS job_error \
+         FROM pipeline_steps s LEFT JOIN jobs j ON j.id = s.job_id \
+         WHERE s.pipeline_id = ? ORDER BY s.position",
+    ))
+    .bind(pid)
+    .fetch_all(&mut *tx.tx)
+    .await?
+    .iter()
+    .map(|r| {
+        let depends_on: String = r.try_get("depends_on")?;
+        Ok(StepRow {
+            name: r.try_get("name")?,
+            model: r.try_get("model")?,
+            input: r.try_get("input")?,
+            depends_on: depends_on
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            job_id: r.try_get("job_id")?,
+            job_status: r.try_get("job_status")?,
+            job_error: r.try_get("job_error")?,
+        })
+    })
+    .collect::<Result<_>>()?;
+    // A step that failed or was canceled ends the pipeline; its dependents never start.
+    if let Some(broken) = steps
+        .iter()
+        .find(|s| matches!(s.job_status.as_deref(), Some("failed" | "canceled")))
+    {
+        let state = broken.job_status.as_deref().unwrap_or_default();
+        let (status, code) = match state {
+            "canceled" => (Status::Canceled, "step_canceled"),
+            _ => (Status::Failed, "step_failed"),
+        };
+        let message = format!(
+            "step '{}' {state}: {}",
+            broken.name,
+            broken.job_error.as_deref().unwrap_or("no reason given")
+        );
+        end_pipeline(tx, pid, status, code, &message, at).await?;
+        return Ok(vec![]);
+    }
+    if steps
+        .iter()
+        .all(|s| s.job_status.as_deref() == Some("succeeded"))
+    {
+        end_pipeline(tx, pid, Status::Succeeded, "", "", at).await?;
+        return Ok(vec![]);
+    }
+    let succeeded: BTreeMap<&str, &str> = steps
+        .iter()
+        .filter(|s| s.job_status.as_deref() == Some("succeeded"))
+        .filter_map(|s| Some((s.name.as_str(), s.job_id.as_deref()?)))
+        .collect();
+    let mut started = vec![];
+    for step in steps.iter().filter(|s| s.job_id.is_none()) {
+        if !step
+            .depends_on
+            .iter()
+            .all(|d| succeeded.contains_key(d.as_str()))
+        {
+            continue;
+        }
+        let template: serde_json::Value = serde_json::from_str(&step.input)
+            .map_err(|e| LedgerError::Corrupt(format!("pipeline {pid} step input: {e}")))?;
+        let input = crate::pipeline::substitute(&template, &|dep, index| {
+            format!("kiln://jobs/{}/outputs/{index}", succeeded[dep])
+        });
+        let job = NewJob {
+            id: JobId::new(),
+            tenant: tenant.clone(),
+            model: step.model.clone(),
+            input,
+            deadline_at: None,
+            start_by: None,
+            key_id: key_id.clone(),
+            webhook_url: None,
+            webhook_events: None,
+        };
+        insert_job_in(tx, &job, Some(pid), at).await?;
+        sqlx::query(&tx.d.sql(
+            "UPDATE pipeline_steps SET job_id = ? WHERE pipeline_id = ? AND name = ? AND job_id IS NULL",
+        ))
+        .bind(job.id.to_string())
+        .bind(pid)
+        .bind(&step.name)
+        .execute(&mut *tx.tx)
+        .await?;
+        started.push(job.id);
+    }
+    Ok(started)
 }
 
 /// Upstream callbacks matter only while the job runs; a finished job drops them.
@@ -990,6 +1154,167 @@ impl Ledger for SqlLedger {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn insert_pipeline(&self, pipeline: NewPipeline) -> Result<(Pipeline, Vec<JobId>)> {
+        let deps = crate::pipeline::plan(&pipeline.steps).map_err(|e| {
+            LedgerError::Corrupt(format!(
+                "an unchecked pipeline reached the ledger: {}",
+                e.message
+            ))
+        })?;
+        let at = to_millis(now());
+        let pid = pipeline.id.to_string();
+        let mut tx = self.write_tx().await?;
+        sqlx::query(&self.sql(
+            "INSERT INTO pipelines (id, tenant, key_id, status, webhook_url, webhook_events, created_at) \
+             VALUES (?, ?, ?, 'running', ?, ?, ?)",
+        ))
+        .bind(&pid)
+        .bind(&pipeline.tenant.0)
+        .bind(pipeline.key_id.as_deref())
+        .bind(pipeline.webhook_url.as_deref())
+        .bind(pipeline.webhook_events.as_ref().map(|e| e.join(",")))
+        .bind(at)
+        .execute(&mut *tx.tx)
+        .await?;
+        for (position, (step, depends_on)) in pipeline.steps.iter().zip(&deps).enumerate() {
+            sqlx::query(&self.sql(
+                "INSERT INTO pipeline_steps (pipeline_id, name, position, model, input, depends_on) VALUES (?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&pid)
+            .bind(&step.name)
+            .bind(position as i64)
+            .bind(&step.model)
+            .bind(step.input.to_string())
+            .bind(depends_on.iter().cloned().collect::<Vec<_>>().join(","))
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        let started = advance_in(&mut tx, &pid, at).await?;
+        tx.tx.commit().await?;
+        let created = self
+            .get_pipeline(&pipeline.tenant, pipeline.id)
+            .await?
+            .ok_or_else(|| LedgerError::Corrupt(format!("pipeline {pid} vanished after insert")))?;
+        Ok((created, started))
+    }
+
+    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<JobId>> {
+        let mut tx = self.write_tx().await?;
+        let started = advance_in(&mut tx, &id.to_string(), to_millis(now())).await?;
+        tx.tx.commit().await?;
+        Ok(started)
+    }
+
+    async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>> {
+        let pid = id.to_string();
+        let Some(row) = sqlx::query(&self.sql(
+            "SELECT id, tenant, status, error_code, error_message, created_at, completed_at, webhook_url, webhook_events \
+             FROM pipelines WHERE id = ? AND tenant = ?",
+        ))
+        .bind(&pid)
+        .bind(&tenant.0)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(&self.sql(
+            "SELECT s.name, s.model, s.depends_on, s.job_id, j.status AS job_status \
+             FROM pipeline_steps s LEFT JOIN jobs j ON j.id = s.job_id \
+             WHERE s.pipeline_id = ? ORDER BY s.position",
+        ))
+        .bind(&pid)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let depends_on: String = r.try_get("depends_on")?;
+            Ok(PipelineStep {
+                name: r.try_get("name")?,
+                model: r.try_get("model")?,
+                depends_on: depends_on
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                job_id: r
+                    .try_get::<Option<String>, _>("job_id")?
+                    .map(|j| {
+                        j.parse()
+                            .map_err(|_| LedgerError::Corrupt(format!("job id '{j}'")))
+                    })
+                    .transpose()?,
+                job_status: r
+                    .try_get::<Option<String>, _>("job_status")?
+                    .map(|s| s.parse().map_err(LedgerError::Corrupt))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let code: Option<String> = row.try_get("error_code")?;
+        let message: Option<String> = row.try_get("error_message")?;
+        let status: String = row.try_get("status")?;
+        Ok(Some(Pipeline {
+            id,
+            tenant: TenantId(row.try_get("tenant")?),
+            status: status.parse().map_err(LedgerError::Corrupt)?,
+            error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+            created_at: from_millis(row.try_get("created_at")?),
+            completed_at: row
+                .try_get::<Option<i64>, _>("completed_at")?
+                .map(from_millis),
+            webhook_url: row.try_get("webhook_url")?,
+            webhook_events: row
+                .try_get::<Option<String>, _>("webhook_events")?
+                .map(|l| l.split(',').map(str::to_owned).collect()),
+            steps,
+        }))
+    }
+
+    async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>> {
+        let pid = id.to_string();
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let status: Option<String> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT status FROM pipelines WHERE id = ? AND tenant = ?{}",
+            self.dialect.lock_rows()
+        )))
+        .bind(&pid)
+        .bind(&tenant.0)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        if status == "running" {
+            end_pipeline(
+                &mut tx,
+                &pid,
+                Status::Canceled,
+                "canceled",
+                "the pipeline was canceled",
+                at,
+            )
+            .await?;
+        }
+        tx.tx.commit().await?;
+        self.get_pipeline(tenant, id).await
+    }
+
+    async fn active_pipelines(&self, limit: u32) -> Result<Vec<JobId>> {
+        let ids: Vec<String> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT id FROM pipelines WHERE status = 'running' ORDER BY id LIMIT {limit}"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|i| {
+                i.parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{i}'")))
+            })
+            .collect()
     }
 
     async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>> {
