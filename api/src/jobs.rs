@@ -416,7 +416,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
 
 /// A `kiln://` reference must name an output of the caller's own that is still kept; another
 /// tenant's job is "no such output", exactly like a job that does not exist.
-async fn check_output_reference(
+pub(crate) async fn check_output_reference(
     state: &ApiState,
     tenant: &kiln_core::TenantId,
     field: &str,

@@ -7,6 +7,7 @@ mod auth;
 mod callbacks;
 mod files;
 mod jobs;
+mod pipelines;
 mod problem;
 mod wait;
 mod webhooks;
@@ -53,6 +54,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/v1/jobs/{id}/events", get(wait::job_events))
+        .route("/v1/pipelines", post(pipelines::submit))
+        .route("/v1/pipelines/{id}", get(pipelines::get))
+        .route("/v1/pipelines/{id}/cancel", post(pipelines::cancel))
         .route("/v1/jobs/{id}/deliveries", get(webhooks::deliveries))
         .route(
             "/v1/jobs/{id}/deliveries/{delivery}/redeliver",

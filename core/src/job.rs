@@ -254,6 +254,8 @@ pub struct Job {
     pub webhook_url: Option<String>,
     /// The event types its webhook receives; `None` for all.
     pub webhook_events: Option<Vec<String>>,
+    /// The pipeline this job is a step of.
+    pub pipeline_id: Option<JobId>,
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<Output>,
 }

@@ -161,7 +161,13 @@ impl Executor {
         heartbeat.abort();
         self.settle_upstream(&claim, &route, &link, &ending, started.elapsed())
             .await;
-        self.finish(&claim, ending).await
+        self.finish(&claim, ending).await?;
+        if let Some(pipeline) = claim.job.pipeline_id {
+            // The step may have ended: the pipeline moves on (the reconciler does the same for
+            // any pipeline this process dies before advancing).
+            advance_pipeline(self.ledger.as_ref(), self.doorbell.as_ref(), pipeline).await?;
+        }
+        Ok(())
     }
 
     /// What the upstream side of an attempt needs once it ends: its cost recorded (an attempt
@@ -502,6 +508,21 @@ impl Executor {
         }
         Ok(stored)
     }
+}
+
+/// Moves a pipeline on and rings the steps it started. A failed ring is left to the reconciler
+/// (the step is marked unrung), as for any submitted job.
+pub async fn advance_pipeline(
+    ledger: &dyn Ledger,
+    doorbell: &dyn Doorbell,
+    pipeline: JobId,
+) -> ExecResult {
+    for job in ledger.advance_pipeline(pipeline).await? {
+        if doorbell.ring(job).await.is_err() {
+            ledger.mark_unrung(job).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Renews the lease every `every`; fires `lost` as soon as the lease is no longer ours. A ledger

@@ -93,6 +93,15 @@ impl Reconciler {
             tracing::info!(job = %id, code, "job failed: past its limit");
             report.overdue += 1;
         }
+        // Pipelines whose step ended while no executor was there to move them on.
+        for pipeline in self.ledger.active_pipelines(BATCH).await? {
+            crate::executor::advance_pipeline(
+                self.ledger.as_ref(),
+                self.doorbell.as_ref(),
+                pipeline,
+            )
+            .await?;
+        }
         let ring_everything_due = self.queue_restarted().await || ring_everything_due;
         let rung_before = if ring_everything_due {
             kiln_core::time::now() + chrono::Duration::seconds(1)

@@ -84,7 +84,7 @@ pub struct SqlLedger {
 
 const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
-    deadline_at, start_by, webhook_url, webhook_events";
+    deadline_at, start_by, webhook_url, webhook_events, pipeline_id";
 
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
@@ -244,6 +244,13 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
         webhook_events: row
             .try_get::<Option<String>, _>("webhook_events")?
             .map(|list| list.split(',').map(str::to_owned).collect()),
+        pipeline_id: row
+            .try_get::<Option<String>, _>("pipeline_id")?
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{p}'")))
+            })
+            .transpose()?,
         attempts: vec![],
         outputs: vec![],
     })

@@ -1,0 +1,240 @@
+//! The pipeline routes. A submit is checked whole before anything is written: the graph
+//! (`kiln_core::pipeline::plan`: unknown steps, cycles), every step's model and input (with its
+//! step references replaced by stand-ins of the shape they will have), the caller's own
+//! `kiln://` references (tenant-checked) and the webhook URL. Then the pipeline, its steps and
+//! its first jobs are written in one transaction and the first jobs rung. A pipeline shows its
+//! steps with their jobs, the outputs of its final steps, and its cost (the sum of its steps').
+
+use crate::auth::{Caller, Tenant};
+use crate::jobs::view_job;
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_core::ledger::{NewPipeline, Pipeline};
+use kiln_core::pipeline::{plan, with_stand_ins, StepSpec};
+use kiln_core::JobId;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn unprocessable(code: &str, field: impl Into<String>, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+}
+
+fn not_found() -> Problem {
+    Problem::not_found("pipeline_not_found", "there is no pipeline with this id")
+}
+
+fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
+    let steps = body["steps"]
+        .as_array()
+        .ok_or_else(|| unprocessable("missing_field", "steps", "steps must be a list of steps"))?;
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let text = |field: &str| {
+                s[field].as_str().map(str::to_owned).ok_or_else(|| {
+                    unprocessable(
+                        "missing_field",
+                        format!("steps[{i}].{field}"),
+                        format!("steps[{i}].{field} must be a string"),
+                    )
+                })
+            };
+            Ok(StepSpec {
+                name: text("name")?,
+                model: text("model")?,
+                input: s.get("input").cloned().unwrap_or(json!({})),
+            })
+        })
+        .collect()
+}
+
+pub async fn submit(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    if let Some(extra) = body.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !matches!(k.as_str(), "steps" | "webhook" | "webhook_events"))
+    }) {
+        return Err(unprocessable(
+            "unknown_field",
+            extra.clone(),
+            format!("'{extra}' is not a field of a pipeline"),
+        ));
+    }
+    let steps = parse_steps(&body)?;
+    plan(&steps).map_err(|e| unprocessable(e.code, e.field, e.message))?;
+    for (i, step) in steps.iter().enumerate() {
+        let input = with_stand_ins(&step.input);
+        let parsed = state.catalog.validate(&step.model, &input).map_err(|e| {
+            let field = if e.field == "model" {
+                format!("steps[{i}].model")
+            } else {
+                format!("steps[{i}].{}", e.field)
+            };
+            unprocessable(e.code, field, e.message)
+        })?;
+        for (field, job, index) in parsed.output_references() {
+            // Stand-ins point at the nil job; only the caller's own references are checked.
+            if job.0.is_nil() {
+                continue;
+            }
+            crate::jobs::check_output_reference(
+                &state,
+                &caller.tenant,
+                &format!("steps[{i}].{field}"),
+                job,
+                index,
+            )
+            .await?;
+        }
+    }
+    let webhook = match body.get("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let url = url::Url::parse(s).map_err(|e| {
+                unprocessable(
+                    "invalid_url",
+                    "webhook",
+                    format!("webhook is not a valid URL: {e}"),
+                )
+            })?;
+            state
+                .webhook_ssrf
+                .check_url_resolving(&url)
+                .await
+                .map_err(|e| {
+                    unprocessable("webhook_url_forbidden", "webhook", format!("webhook: {e}"))
+                })?;
+            Some(url.to_string())
+        }
+        Some(_) => {
+            return Err(unprocessable(
+                "invalid_type",
+                "webhook",
+                "webhook must be a URL",
+            ))
+        }
+    };
+    let (pipeline, started) = state
+        .ledger
+        .insert_pipeline(NewPipeline {
+            id: JobId::new(),
+            tenant: caller.tenant,
+            key_id: Some(caller.key_id),
+            webhook_url: webhook,
+            webhook_events: None,
+            steps,
+        })
+        .await?;
+    for job in started {
+        if state.doorbell.ring(job).await.is_err() {
+            // Committed is committed: the reconciler rings it.
+            let _ = state.ledger.mark_unrung(job).await;
+        }
+    }
+    let mut response =
+        (StatusCode::ACCEPTED, Json(render(&state, &pipeline).await?)).into_response();
+    let location = HeaderValue::from_str(&format!("/v1/pipelines/{}", pipeline.id))
+        .expect("ids are valid header text");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let pipeline = state
+        .ledger
+        .get_pipeline(&tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(render(&state, &pipeline).await?))
+}
+
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let pipeline = state
+        .ledger
+        .cancel_pipeline(&tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(render(&state, &pipeline).await?))
+}
+
+/// The pipeline as clients see it: steps with their jobs, the final steps' outputs, the cost.
+async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem> {
+    let mut steps = Vec::with_capacity(pipeline.steps.len());
+    let mut outputs = vec![];
+    let mut cost = 0i64;
+    for step in &pipeline.steps {
+        let job = match step.job_id {
+            Some(id) => state.ledger.get_job(&pipeline.tenant, id).await?,
+            None => None,
+        };
+        if let Some(job) = &job {
+            cost += job
+                .attempts
+                .iter()
+                .filter_map(|a| a.cost_micros)
+                .sum::<i64>();
+        }
+        // Final steps: no other step depends on them.
+        let is_final = !pipeline
+            .steps
+            .iter()
+            .any(|s| s.depends_on.contains(&step.name));
+        if is_final {
+            if let Some(job) = &job {
+                let view = view_job(state.store.as_ref(), job).await?;
+                for o in view["outputs"].as_array().into_iter().flatten() {
+                    let mut o = o.clone();
+                    o["step"] = json!(step.name);
+                    outputs.push(o);
+                }
+            }
+        }
+        steps.push(json!({
+            "name": step.name,
+            "model": step.model,
+            "depends_on": step.depends_on,
+            "job_id": step.job_id,
+            "status": step.job_status.map(|s| s.as_str()).unwrap_or("pending"),
+        }));
+    }
+    let self_url = format!("/v1/pipelines/{}", pipeline.id);
+    Ok(json!({
+        "object": "pipeline",
+        "id": pipeline.id,
+        "status": pipeline.status,
+        "steps": steps,
+        "outputs": outputs,
+        "cost": cost as f64 / 1e6,
+        "error": pipeline.error,
+        "webhook": pipeline.webhook_url,
+        "created_at": pipeline.created_at,
+        "completed_at": pipeline.completed_at,
+        "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
+    }))
+}
