@@ -433,12 +433,26 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     let stop_deliverer = CancellationToken::new();
     if roles.worker {
         let view_store = store.clone();
-        let view: kiln_worker::deliverer::JobView = Arc::new(move |job| {
-            let store = view_store.clone();
+        let view_ledger = ledger.clone();
+        let view: kiln_worker::deliverer::JobView = Arc::new(move |job, pipeline_event| {
+            let (store, ledger) = (view_store.clone(), view_ledger.clone());
             Box::pin(async move {
-                kiln_api::view_job(store.as_ref(), &job)
+                let fallback = serde_json::json!({"id": job.id, "status": job.status});
+                match (pipeline_event, job.pipeline_id) {
+                    (true, Some(pipeline)) => kiln_api::view_pipeline(
+                        ledger.as_ref(),
+                        store.as_ref(),
+                        &job.tenant,
+                        pipeline,
+                    )
                     .await
-                    .unwrap_or_else(|_| serde_json::json!({"id": job.id, "status": job.status}))
+                    .ok()
+                    .flatten()
+                    .unwrap_or(fallback),
+                    _ => kiln_api::view_job(store.as_ref(), &job)
+                        .await
+                        .unwrap_or(fallback),
+                }
             })
         });
         let deliverer = kiln_worker::deliverer::Deliverer {

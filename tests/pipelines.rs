@@ -44,6 +44,26 @@ async fn wait_pipeline(kiln: &Kiln, key: &str, id: &str, done: impl Fn(&Value) -
     }
 }
 
+/// A webhook receiver that keeps every body it gets.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let got = shared.clone();
+            async move {
+                got.lock().unwrap().push(body.0);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
 fn chain(upscale_extra: Value) -> Value {
     let mut upscale = json!({"image": "$steps.image.outputs[0]", "scale": 2});
     upscale
@@ -106,7 +126,10 @@ async fn image_upscale_video_runs_through_and_the_frames_are_the_upscaled_size()
 async fn a_step_that_fails_for_good_fails_the_pipeline_and_its_dependents_never_run() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let res = submit_pipeline(&kiln, &key, chain(json!({"fail_rate": 1.0}))).await;
+    let (hook, got) = receiver().await;
+    let mut body = chain(json!({"fail_rate": 1.0}));
+    body["webhook"] = json!(hook);
+    let res = submit_pipeline(&kiln, &key, body).await;
     let id = res.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
@@ -117,6 +140,32 @@ async fn a_step_that_fails_for_good_fails_the_pipeline_and_its_dependents_never_
     assert_eq!(done["steps"][1]["status"], "failed");
     assert_eq!(done["steps"][2]["status"], "pending");
     assert!(done["steps"][2]["job_id"].is_null(), "step 3 never ran");
+    // pipeline.failed fires once, carrying the pipeline; it is logged on the step it hangs off.
+    let step2 = done["steps"][1]["job_id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let log: Value = kiln
+            .http
+            .get(kiln.url(&format!("/v1/jobs/{step2}/deliveries")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if log["data"][0]["status"] == "delivered" {
+            assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log:#}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let events = got.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["type"], "pipeline.failed");
+    assert_eq!(events[0]["data"]["id"], id.as_str());
+    assert_eq!(events[0]["data"]["status"], "failed");
     kiln.shutdown().await;
 }
 

@@ -13,6 +13,7 @@ mod wait;
 mod webhooks;
 
 pub use jobs::view_job;
+pub use pipelines::view_pipeline;
 
 pub use problem::Problem;
 

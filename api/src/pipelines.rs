@@ -130,6 +130,33 @@ pub async fn submit(
             ))
         }
     };
+    let events = match body.get("webhook_events") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let all = ["pipeline.succeeded", "pipeline.failed", "pipeline.canceled"];
+            let events: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().filter(|e| all.contains(e)).map(str::to_owned))
+                .collect();
+            match events {
+                Some(e) if !e.is_empty() => Some(e),
+                _ => {
+                    return Err(unprocessable(
+                        "unknown_event",
+                        "webhook_events",
+                        format!("webhook_events may hold only {}", all.join(", ")),
+                    ))
+                }
+            }
+        }
+        Some(_) => {
+            return Err(unprocessable(
+                "invalid_type",
+                "webhook_events",
+                "webhook_events must be a list of event types",
+            ))
+        }
+    };
     let (pipeline, started) = state
         .ledger
         .insert_pipeline(NewPipeline {
@@ -137,7 +164,7 @@ pub async fn submit(
             tenant: caller.tenant,
             key_id: Some(caller.key_id),
             webhook_url: webhook,
-            webhook_events: None,
+            webhook_events: events,
             steps,
         })
         .await?;
@@ -183,14 +210,35 @@ pub async fn cancel(
     Ok(Json(render(&state, &pipeline).await?))
 }
 
-/// The pipeline as clients see it: steps with their jobs, the final steps' outputs, the cost.
+/// A pipeline as `GET /v1/pipelines/{id}` shows it, by id; webhook payloads carry the same.
+pub async fn view_pipeline(
+    ledger: &dyn kiln_core::Ledger,
+    store: &dyn kiln_storage::ObjectStore,
+    tenant: &kiln_core::TenantId,
+    id: JobId,
+) -> Result<Option<Value>, Problem> {
+    match ledger.get_pipeline(tenant, id).await? {
+        Some(p) => Ok(Some(render_with(ledger, store, &p).await?)),
+        None => Ok(None),
+    }
+}
+
 async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem> {
+    render_with(state.ledger.as_ref(), state.store.as_ref(), pipeline).await
+}
+
+/// The pipeline as clients see it: steps with their jobs, the final steps' outputs, the cost.
+async fn render_with(
+    ledger: &dyn kiln_core::Ledger,
+    store: &dyn kiln_storage::ObjectStore,
+    pipeline: &Pipeline,
+) -> Result<Value, Problem> {
     let mut steps = Vec::with_capacity(pipeline.steps.len());
     let mut outputs = vec![];
     let mut cost = 0i64;
     for step in &pipeline.steps {
         let job = match step.job_id {
-            Some(id) => state.ledger.get_job(&pipeline.tenant, id).await?,
+            Some(id) => ledger.get_job(&pipeline.tenant, id).await?,
             None => None,
         };
         if let Some(job) = &job {
@@ -207,7 +255,7 @@ async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem>
             .any(|s| s.depends_on.contains(&step.name));
         if is_final {
             if let Some(job) = &job {
-                let view = view_job(state.store.as_ref(), job).await?;
+                let view = view_job(store, job).await?;
                 for o in view["outputs"].as_array().into_iter().flatten() {
                     let mut o = o.clone();
                     o["step"] = json!(step.name);

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Renders a job as `GET /v1/jobs/{id}` shows it (output URLs included).
-pub type JobView = Arc<dyn Fn(Job) -> BoxFuture<'static, serde_json::Value> + Send + Sync>;
+/// Renders a job as `GET /v1/jobs/{id}` shows it (output URLs included); for a `pipeline.*`
+/// event (`true`), the job's pipeline as `GET /v1/pipelines/{id}` shows it.
+pub type JobView = Arc<dyn Fn(Job, bool) -> BoxFuture<'static, serde_json::Value> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -211,7 +212,8 @@ impl Deliverer {
 
     /// `{type, timestamp, data}` with the job as `GET` shows it, bounded in size.
     async fn payload(&self, delivery: &DueDelivery, job: Job) -> Vec<u8> {
-        let mut data = (self.view)(job).await;
+        let pipeline_event = delivery.event_type.starts_with("pipeline.");
+        let mut data = (self.view)(job, pipeline_event).await;
         let mut body = serde_json::json!({
             "type": delivery.event_type,
             "timestamp": delivery.created_at,

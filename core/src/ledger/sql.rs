@@ -488,6 +488,25 @@ async fn end_pipeline(
     .bind(pid)
     .execute(&mut *tx.tx)
     .await?;
+    // The pipeline's webhook hears `pipeline.{status}` once, in this transaction. A delivery
+    // belongs to a job, so it hangs off the pipeline's most recently started step.
+    let event = format!("pipeline.{}", status.as_str());
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+         SELECT ?, s.job_id, ?, p.webhook_url, ?, 'pending', ? \
+         FROM pipelines p JOIN pipeline_steps s ON s.pipeline_id = p.id \
+         WHERE p.id = ? AND p.webhook_url IS NOT NULL AND s.job_id IS NOT NULL \
+           AND (p.webhook_events IS NULL OR (',' || p.webhook_events || ',') LIKE ?) \
+         ORDER BY s.job_id DESC LIMIT 1",
+    ))
+    .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+    .bind(&event)
+    .bind(at)
+    .bind(at)
+    .bind(pid)
+    .bind(format!("%,{event},%"))
+    .execute(&mut *tx.tx)
+    .await?;
     let open: Vec<(String, String)> = sqlx::query(&tx.d.sql(&format!(
         "SELECT j.id, j.status FROM pipeline_steps s JOIN jobs j ON j.id = s.job_id \
          WHERE s.pipeline_id = ? AND j.status IN ('queued', 'running'){}",
