@@ -250,13 +250,17 @@ async fn a_worker_killed_mid_prediction_re_attaches_and_cog_runs_it_once() {
         "Cog ran exactly one prediction"
     );
 
+    // The killed worker's attempt is lost; every later one re-attached to its prediction. (On
+    // a loaded machine the tests' 1 s lease can lapse once more before the prediction ends; a
+    // further rescue re-attaches again, so only the first and last attempts are fixed.)
     let attempts = job["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{job:#}");
+    assert!(attempts.len() >= 2, "{job:#}");
     assert_eq!(attempts[0]["outcome"], "lost");
-    assert_eq!(attempts[1]["outcome"], "succeeded");
-    // The second attempt re-attached to the first attempt's prediction.
+    assert_eq!(attempts.last().unwrap()["outcome"], "succeeded");
     assert_eq!(attempts[0]["upstream_id"], attempts[0]["id"]);
-    assert_eq!(attempts[1]["upstream_id"], attempts[0]["id"]);
+    for later in &attempts[1..] {
+        assert_eq!(later["upstream_id"], attempts[0]["id"], "{job:#}");
+    }
     let png = http
         .get(job["outputs"][0]["url"].as_str().unwrap())
         .send()
