@@ -84,17 +84,7 @@ async fn a_cog_model_serves_a_kiln_model_end_to_end() {
 
     // The output is the predictor's PNG at the requested size, stored by Kiln.
     let url = job["outputs"][0]["url"].as_str().unwrap();
-    let png = kiln
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let image = image::load_from_memory(&png).unwrap();
-    assert_eq!((image.width(), image.height()), (96, 80));
+    assert_eq!(output_size(&kiln.http, url).await, (96, 80));
 
     // One attempt, one prediction: its id is the attempt's, and the attempt shows its cost.
     let attempts = job["attempts"].as_array().unwrap();
@@ -261,16 +251,10 @@ async fn a_worker_killed_mid_prediction_re_attaches_and_cog_runs_it_once() {
     for later in &attempts[1..] {
         assert_eq!(later["upstream_id"], attempts[0]["id"], "{job:#}");
     }
-    let png = http
-        .get(job["outputs"][0]["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let image = image::load_from_memory(&png).unwrap();
-    assert_eq!((image.width(), image.height()), (96, 80));
+    assert_eq!(
+        output_size(&http, job["outputs"][0]["url"].as_str().unwrap()).await,
+        (96, 80)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -455,19 +455,8 @@ async fn run(kiln: &Kiln, key: &str, prompt: &str) -> Value {
     wait_terminal(&kiln.http, &kiln.base, key, &id).await
 }
 
-async fn output_size(kiln: &Kiln, job: &Value) -> (u32, u32) {
-    let url = job["outputs"][0]["url"].as_str().unwrap();
-    let bytes = kiln
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let img = image::load_from_memory(&bytes).unwrap();
-    (img.width(), img.height())
+async fn job_output_size(kiln: &Kiln, job: &Value) -> (u32, u32) {
+    output_size(&kiln.http, job["outputs"][0]["url"].as_str().unwrap()).await
 }
 
 /// Submits a job that never finishes upstream, waits until the upstream has it, cancels it.
@@ -523,7 +512,7 @@ async fn replicate_predictions_are_created_polled_and_their_outputs_stored() {
     let key = kiln.key("acme").await;
     let job = run(&kiln, &key, "a kiln").await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(output_size(&kiln, &job).await, (48, 40));
+    assert_eq!(job_output_size(&kiln, &job).await, (48, 40));
     let attempt = &job["attempts"][0];
     assert_eq!(attempt["provider"], "replicate");
     assert_eq!(attempt["upstream_model"], "acme/painter");
@@ -729,7 +718,7 @@ async fn fal_requests_are_queued_polled_and_their_results_stored() {
     let key = kiln.key("acme").await;
     let job = run(&kiln, &key, "a kiln").await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(output_size(&kiln, &job).await, (48, 40));
+    assert_eq!(job_output_size(&kiln, &job).await, (48, 40));
     assert_eq!(job["attempts"][0]["upstream_id"], "fr1");
     {
         let s = upstream.lock().unwrap();
@@ -825,7 +814,7 @@ async fn comfyui_workflows_are_filled_queued_and_their_saved_images_stored() {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     // The image ComfyUI "rendered" has the size Kiln wrote into the latent node; the preview
     // (a `temp` file) is not an output.
-    assert_eq!(output_size(&kiln, &job).await, (48, 40));
+    assert_eq!(job_output_size(&kiln, &job).await, (48, 40));
     assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
     let attempt = &job["attempts"][0];
     assert_eq!(

@@ -481,3 +481,10 @@ pub fn test_python() -> String {
         "TEST_KILN_PYTHON must name a Python with cog and standardwebhooks (scripts/test.sh sets it)",
     )
 }
+
+/// Downloads an output and decodes it: its width and height (the first frame of an animation).
+pub async fn output_size(http: &reqwest::Client, url: &str) -> (u32, u32) {
+    let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+    let image = image::load_from_memory(&bytes).unwrap();
+    (image.width(), image.height())
+}
