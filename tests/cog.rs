@@ -99,6 +99,32 @@ async fn a_cog_model_serves_a_kiln_model_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_models_progress_bar_reaches_the_job_through_cogs_log_events() {
+    let cog = CogServer::start().await;
+    let kiln = kiln_with_cog(&cog).await;
+    let key = kiln.key("acme").await;
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        draw("a slow kiln", json!({"delay": 4.0})),
+    )
+    .await;
+    let events = format!("{}/v1/jobs/{id}/events", kiln.base);
+    // The predictor prints a tqdm bar; Cog posts its logs to the callback URL as it goes.
+    let midway = follow_events(&kiln.http, &events, &key, |j| {
+        j["progress"].as_f64().is_some_and(|p| p > 0.0 && p < 1.0)
+    })
+    .await;
+    assert_eq!(midway["status"], "running", "{midway:#}");
+    assert_eq!(midway["attempts"][0]["progress"], midway["progress"]);
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["progress"], 1.0);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_prediction_fails_the_job_with_the_models_error() {
     let cog = CogServer::start().await;
     let kiln = Kiln::start_with({

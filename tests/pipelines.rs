@@ -29,39 +29,10 @@ async fn get_pipeline(kiln: &Kiln, key: &str, id: &str) -> Value {
         .unwrap()
 }
 
+/// Follows the pipeline's events until `done` holds.
 async fn wait_pipeline(kiln: &Kiln, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let p = get_pipeline(kiln, key, id).await;
-        if done(&p) {
-            return p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pipeline never got there: {p:#}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// A webhook receiver that keeps every body it gets.
-async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let shared = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::Json<Value>| {
-            let got = shared.clone();
-            async move {
-                got.lock().unwrap().push(body.0);
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
+    let url = kiln.url(&format!("/v1/pipelines/{id}/events"));
+    follow_events(&kiln.http, &url, key, done).await
 }
 
 fn chain(upscale_extra: Value) -> Value {
@@ -119,9 +90,9 @@ async fn image_upscale_video_runs_through_and_the_frames_are_the_upscaled_size()
 async fn a_step_that_fails_for_good_fails_the_pipeline_and_its_dependents_never_run() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let (hook, got) = receiver().await;
+    let mut hooks = Receiver::start().await;
     let mut body = chain(json!({"fail_rate": 1.0}));
-    body["webhook"] = json!(hook);
+    body["webhook"] = json!(hooks.url);
     let res = submit_pipeline(&kiln, &key, body).await;
     let id = res.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -154,11 +125,14 @@ async fn a_step_that_fails_for_good_fails_the_pipeline_and_its_dependents_never_
         assert!(std::time::Instant::now() < deadline, "{log:#}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let events = got.lock().unwrap().clone();
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(events[0]["type"], "pipeline.failed");
-    assert_eq!(events[0]["data"]["id"], id.as_str());
-    assert_eq!(events[0]["data"]["status"], "failed");
+    let event = hooks.next().await;
+    assert_eq!(event["type"], "pipeline.failed");
+    assert_eq!(event["data"]["id"], id.as_str());
+    assert_eq!(event["data"]["status"], "failed");
+    assert!(
+        hooks.arrived().is_empty(),
+        "pipeline.failed fired more than once"
+    );
     kiln.shutdown().await;
 }
 
@@ -263,5 +237,192 @@ async fn invalid_graphs_are_refused_and_create_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_wait_on_create_returns_a_short_pipeline_finished() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    // About a second of work in all: the first step holds for 1 s.
+    let mut body = chain(json!({}));
+    body["steps"][0]["input"]["latency_ms"] = json!(1_000);
+    let res = kiln
+        .http
+        .post(kiln.url("/v1/pipelines"))
+        .bearer_auth(&key)
+        .header("Prefer", "wait=10")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "created and done");
+    assert_eq!(res.headers()["preference-applied"], "wait=10");
+    assert!(res.headers().get("location").is_some());
+    let done: Value = res.json().await.unwrap();
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["outputs"][0]["step"], "video");
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_wait_on_get_returns_a_long_pipeline_running_after_the_wait() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let mut body = chain(json!({}));
+    body["steps"][0]["input"]["latency_ms"] = json!(30_000);
+    let res = submit_pipeline(&kiln, &key, body).await;
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/pipelines/{id}")))
+        .bearer_auth(&key)
+        .header("Prefer", "wait=10")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["preference-applied"], "wait=10");
+    assert!(res.headers().get("retry-after").is_some(), "a poll hint");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "running", "{body:#}");
+    assert_eq!(body["steps"][0]["status"], "running", "{body:#}");
+    // The wait is the behaviour under test: it holds for the 10 s asked, and not much more.
+    assert!(waited >= std::time::Duration::from_secs(10), "{waited:?}");
+    assert!(waited < std::time::Duration::from_secs(14), "{waited:?}");
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_streams_each_change_as_server_sent_events_until_it_ends() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    // Step 2 takes 1.5 s, longer than the watcher's slowest pause, so it is seen running.
+    let res = submit_pipeline(&kiln, &key, chain(json!({"latency_ms": 1_500}))).await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/pipelines/{id}/events")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    // The stream ends by itself after the terminal event.
+    let text = res.text().await.unwrap();
+    assert!(text.lines().any(|l| l == "event: pipeline"), "{text}");
+    let seen: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let last = seen.last().expect("at least one event");
+    assert_eq!(last["status"], "succeeded", "{text}");
+    // Each event is a change of the pipeline or one of its steps.
+    let prints: Vec<Value> = seen
+        .iter()
+        .map(|p| {
+            json!([
+                p["status"],
+                p["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["status"].clone())
+                    .collect::<Vec<_>>()
+            ])
+        })
+        .collect();
+    assert!(prints.windows(2).all(|w| w[0] != w[1]), "{prints:#?}");
+    // Step 2 was seen running between step 1's end and its own.
+    assert!(
+        prints
+            .iter()
+            .any(|p| p[1][0] == "succeeded" && p[1][1] == "running"),
+        "{prints:#?}"
+    );
+    // Another tenant sees nothing.
+    let other = kiln.key("other").await;
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/pipelines/{id}/events")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_are_listed_newest_first_by_tenant_and_paged() {
+    let kiln = Kiln::start().await;
+    let acme = kiln.key("acme").await;
+    let other = kiln.key("other").await;
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let res = submit_pipeline(&kiln, &acme, chain(json!({}))).await;
+        assert_eq!(res.status(), 202);
+        ids.push(
+            res.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let res = submit_pipeline(&kiln, &other, chain(json!({}))).await;
+    assert_eq!(res.status(), 202);
+    let page = |key: String, query: String| {
+        let http = kiln.http.clone();
+        let url = kiln.url(&format!("/v1/pipelines{query}"));
+        async move {
+            let res = http.get(url).bearer_auth(key).send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = page(acme.clone(), "?limit=2".into()).await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(first["has_more"], true);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = page(acme.clone(), format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["data"][0]["id"], ids[0].as_str());
+    assert_eq!(second["has_more"], false);
+    // Filters: every acme pipeline ends succeeded; none is listed as failed.
+    for id in &ids {
+        wait_pipeline(&kiln, &acme, id, |p| p["status"] == "succeeded").await;
+    }
+    let (_, failed) = page(acme.clone(), "?status=failed".into()).await;
+    assert!(failed["data"].as_array().unwrap().is_empty(), "{failed:#}");
+    let (_, succeeded) = page(acme.clone(), "?status=succeeded".into()).await;
+    assert_eq!(succeeded["data"].as_array().unwrap().len(), 3);
+    // The other tenant sees only its own; a bad filter is a problem naming it.
+    let (_, theirs) = page(other.clone(), String::new()).await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 1);
+    let (status, bad) = page(acme.clone(), "?model=demo/image".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["code"], "unknown_parameter");
+    assert_eq!(bad["field"], "model");
     kiln.shutdown().await;
 }

@@ -110,7 +110,7 @@ fn replicate_prediction(s: &Upstream, id: &str, input: &Value) -> Value {
         "model": "acme/painter",
         "version": "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
         "input": input,
-        "logs": "",
+        "logs": replicate_logs(status, polls),
         "output": output,
         "error": error,
         "status": status,
@@ -122,6 +122,23 @@ fn replicate_prediction(s: &Upstream, id: &str, input: &Value) -> Value {
             "web": format!("https://replicate.com/p/{id}"),
         },
     })
+}
+
+/// What a diffusion model logs on Replicate: its sampling loop as tqdm bars, one step per poll.
+fn replicate_logs(status: &str, polls: u32) -> String {
+    if status != "processing" {
+        return String::new();
+    }
+    let steps = polls.min(9);
+    let mut logs = String::from("Using seed: 42\n");
+    for step in 0..=steps {
+        let bar = format!("{:<10}", "#".repeat(step as usize));
+        logs.push_str(&format!(
+            "{:3}%|{bar}| {step}/10 [00:0{step}<00:10, 1.00it/s]\n",
+            step * 10
+        ));
+    }
+    logs
 }
 
 async fn fake_replicate() -> (String, Shared) {
@@ -697,6 +714,50 @@ async fn cancel_reaches_a_replicate_prediction() {
     let job = cancel_running(&kiln, &key, &upstream).await;
     assert_eq!(job["status"], "canceled");
     assert_eq!(upstream.lock().unwrap().canceled, vec!["rp1"]);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_progress_is_read_from_the_predictions_logs() {
+    let secrets = Secrets::new();
+    let replicate_key = secrets.file("replicate", "r8_test");
+    let (base, upstream) = fake_replicate().await;
+    let kiln = kiln(
+        vec![provider(
+            "replicate",
+            ProviderKind::Replicate,
+            &base,
+            Some(replicate_key.clone()),
+        )],
+        vec![route("replicate", "acme/painter")],
+    )
+    .await;
+    let key = kiln.key("acme").await;
+    let body = json!({"model": "acme/img", "input": {"prompt": "slow", "width": 48, "height": 40}});
+    let id = submit_ok(&kiln.http, &kiln.base, &key, body).await;
+    let events = format!("{}/v1/jobs/{id}/events", kiln.base);
+    // The fake logs one more tqdm step per poll, up to 90 %; the job shows the bar's figure.
+    let job = follow_events(&kiln.http, &events, &key, |j| {
+        j["progress"].as_f64().is_some_and(|p| p > 0.0)
+    })
+    .await;
+    assert_eq!(job["status"], "running", "{job:#}");
+    let progress = job["progress"].as_f64().unwrap();
+    assert!(progress <= 0.9, "{job:#}");
+    assert_eq!(job["attempts"][0]["progress"], job["progress"]);
+    kiln.http
+        .post(format!("{}/v1/jobs/{id}/cancel", kiln.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(job["status"], "canceled");
+    assert!(
+        job["progress"].is_null(),
+        "a canceled job shows no progress"
+    );
+    drop(upstream);
     kiln.shutdown().await;
 }
 

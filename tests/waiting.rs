@@ -1,6 +1,7 @@
 //! Waiting without poll loops: `Prefer: wait=N` answers as soon as the job is terminal, or after
 //! N seconds with its current state; server-sent events stream each change and end with the
-//! terminal one.
+//! terminal one. A queued job shows its place in the queue; a running one, how far its
+//! generator says it has come.
 
 mod common;
 
@@ -91,8 +92,22 @@ async fn a_job_streams_its_changes_as_server_sent_events_until_it_ends() {
         "{text}"
     );
     assert!(statuses.iter().any(|s| s == "running"), "{statuses:?}");
-    // Each event is a change: no status repeats back to back.
-    assert!(statuses.windows(2).all(|w| w[0] != w[1]), "{statuses:?}");
+    // Each event is a change (of status, attempts, outputs or progress): none repeats the one
+    // before it.
+    let prints: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            let j: Value = serde_json::from_str(d).unwrap();
+            json!([
+                j["status"],
+                j["attempts"].as_array().unwrap().len(),
+                j["outputs"].as_array().unwrap().len(),
+                j["progress"]
+            ])
+        })
+        .collect();
+    assert!(prints.windows(2).all(|w| w[0] != w[1]), "{prints:?}");
     // Another tenant sees nothing.
     let other = kiln.key("other").await;
     let res = kiln
@@ -103,5 +118,38 @@ async fn a_job_streams_its_changes_as_server_sent_events_until_it_ends() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_job_shows_its_place_and_a_running_one_its_progress() {
+    // One worker slot: while the first job runs, the next ones queue behind it.
+    let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
+    let key = kiln.key("acme").await;
+    let first = submit_ok(&kiln.http, &kiln.base, &key, job(4_000)).await;
+    let events = kiln.url(&format!("/v1/jobs/{first}/events"));
+    follow_events(&kiln.http, &events, &key, |j| j["status"] == "running").await;
+    let second = submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
+    let third = submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
+    let view = get_job(&kiln.http, &kiln.base, &key, &third).await;
+    assert_eq!(view["status"], "queued");
+    assert_eq!(view["queue_position"], 1, "one job ahead: {view:#}");
+    assert_eq!(
+        get_job(&kiln.http, &kiln.base, &key, &second).await["queue_position"],
+        0
+    );
+    // The demo generator reports progress as it works; the job shows it while running.
+    let midway = follow_events(&kiln.http, &events, &key, |j| {
+        j["progress"].as_f64().is_some_and(|p| p > 0.0 && p < 1.0)
+    })
+    .await;
+    assert_eq!(midway["status"], "running", "{midway:#}");
+    assert_eq!(midway["attempts"][0]["progress"], midway["progress"]);
+    let done = wait_terminal(&kiln.http, &kiln.base, &key, &first).await;
+    assert_eq!(done["progress"], 1.0);
+    assert!(done["queue_position"].is_null());
+    // Once the first is done, the queue moves up.
+    let view = wait_terminal(&kiln.http, &kiln.base, &key, &third).await;
+    assert_eq!(view["status"], "succeeded");
     kiln.shutdown().await;
 }

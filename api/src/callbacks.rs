@@ -1,8 +1,8 @@
 //! Where upstreams that push their results (Cog's webhook) post them. The URL carries a token
 //! bound to the job and the upstream handle (`kiln_core::callbacks`), because such upstreams sign
 //! nothing; a bad token is refused before the body is looked at. A terminal result is stored in
-//! the ledger for the worker waiting on it (or the one that re-attaches after a rescue);
-//! progress events are acknowledged and dropped. Every accepted callback answers 200, a
+//! the ledger for the worker waiting on it (or the one that re-attaches after a rescue); a
+//! progress event (Cog's `logs`) leaves only the progress its logs show on the open attempt. Every accepted callback answers 200, a
 //! duplicate or a stale one included, so the upstream stops retrying.
 
 use crate::problem::Problem;
@@ -52,6 +52,16 @@ pub async fn receive(
         Some("succeeded" | "failed" | "canceled")
     );
     if !terminal {
+        let progress = parsed["logs"]
+            .as_str()
+            .and_then(kiln_core::progress::from_logs);
+        if let Some(fraction) = progress {
+            let percent = (fraction * 100.0).floor() as u8;
+            state
+                .ledger
+                .record_progress(job_id, &upstream_id, percent)
+                .await?;
+        }
         return Ok(StatusCode::OK);
     }
     let text = String::from_utf8(body.to_vec()).map_err(|_| {

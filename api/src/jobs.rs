@@ -31,9 +31,29 @@ fn parse_id(raw: &str) -> Result<JobId, Problem> {
     raw.parse().map_err(|_| job_not_found())
 }
 
-/// The job resource as clients see it.
-async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
-    view_job(state.store.as_ref(), job).await
+/// One job as clients see it, with its place in the queue while it waits. Lists leave the
+/// place out: it is a count over the queue, worth paying for one job but not for a page.
+pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
+    let mut view = view_job(state.store.as_ref(), job).await?;
+    if job.status == Status::Queued {
+        view["queue_position"] = json!(state.ledger.queue_position(job.id).await?);
+    }
+    Ok(view)
+}
+
+/// How far a job has come, 0 to 1: its running attempt's last report, where the generator
+/// gives one; 1 once it succeeded.
+fn progress(job: &Job) -> Value {
+    match job.status {
+        Status::Succeeded => json!(1.0),
+        Status::Running => job
+            .attempts
+            .last()
+            .filter(|a| a.finished_at.is_none())
+            .and_then(|a| a.progress_percent)
+            .map_or(Value::Null, |p| json!(f64::from(p) / 100.0)),
+        _ => Value::Null,
+    }
 }
 
 /// The job as `GET /v1/jobs/{id}` shows it; webhook payloads carry the same.
@@ -85,6 +105,7 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
             "error_class": a.error_class,
             "fallback_reason": fallback_reason,
             "cost": a.cost_micros.map(cost_value),
+            "progress": a.progress_percent.map(|p| f64::from(p) / 100.0),
         }));
         previous = Some(a);
     }
@@ -95,6 +116,8 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
         "id": job.id,
         "model": job.model,
         "status": job.status,
+        "queue_position": Value::Null,
+        "progress": progress(job),
         "input": elide_inline_data(&job.input),
         "outputs": outputs,
         "error": job.error,
@@ -109,7 +132,11 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
         "started_at": job.started_at,
         "completed_at": job.completed_at,
         "expires_at": job.expires_at(),
-        "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
+        "urls": {
+            "self": self_url,
+            "cancel": format!("{self_url}/cancel"),
+            "events": format!("{self_url}/events"),
+        },
     }))
 }
 
@@ -500,11 +527,7 @@ async fn respond_after_wait(
         status
     };
     let mut response = job_response(state, &job, status).await?;
-    let applied = format!("wait={}", wait.as_secs());
-    response.headers_mut().insert(
-        "preference-applied",
-        HeaderValue::from_str(&applied).expect("digits are a valid header"),
-    );
+    crate::wait::mark_applied(&mut response, wait);
     Ok(response)
 }
 
@@ -572,7 +595,7 @@ pub async fn list(
     jobs.truncate(filter.limit as usize);
     let mut data = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        data.push(render(&state, job).await?);
+        data.push(view_job(state.store.as_ref(), job).await?);
     }
     let next_cursor = if has_more {
         jobs.last().map(|j| j.id.to_string())
@@ -588,7 +611,7 @@ pub async fn list(
     .into_response())
 }
 
-fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
+pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
     let bad = |field: &str, detail: String| {
         Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail).with_field(field)
     };

@@ -55,8 +55,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/v1/jobs/{id}/events", get(wait::job_events))
-        .route("/v1/pipelines", post(pipelines::submit))
+        .route("/v1/pipelines", post(pipelines::submit).get(pipelines::list))
         .route("/v1/pipelines/{id}", get(pipelines::get))
+        .route("/v1/pipelines/{id}/events", get(wait::pipeline_events))
         .route("/v1/pipelines/{id}/cancel", post(pipelines::cancel))
         .route("/v1/jobs/{id}/deliveries", get(webhooks::deliveries))
         .route(

@@ -4,20 +4,23 @@
 //! `kiln://` references (tenant-checked) and the webhook URL. Then the pipeline, its steps and
 //! its first jobs are written in one transaction and the first jobs rung. A pipeline shows its
 //! steps with their jobs, the outputs of its final steps, and its cost (the sum of its steps').
+//! Create and `GET` honour `Prefer: wait=N` as jobs do (`crate::wait`), so a workflow tool can
+//! run a whole chain in one call of up to a minute.
 
 use crate::auth::{Caller, Tenant};
 use crate::jobs::view_job;
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_core::ledger::{NewPipeline, Pipeline};
 use kiln_core::pipeline::{plan, with_stand_ins, StepSpec};
 use kiln_core::JobId;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 fn unprocessable(code: &str, field: impl Into<String>, detail: impl Into<String>) -> Problem {
@@ -57,6 +60,7 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let body: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -175,7 +179,7 @@ pub async fn submit(
         }
     }
     let mut response =
-        (StatusCode::ACCEPTED, Json(render(&state, &pipeline).await?)).into_response();
+        respond_after_wait(&state, pipeline.clone(), &headers, StatusCode::ACCEPTED).await?;
     let location = HeaderValue::from_str(&format!("/v1/pipelines/{}", pipeline.id))
         .expect("ids are valid header text");
     response.headers_mut().insert(header::LOCATION, location);
@@ -186,14 +190,88 @@ pub async fn get(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let id: JobId = id.parse().map_err(|_| not_found())?;
     let pipeline = state
         .ledger
         .get_pipeline(&tenant, id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(render(&state, &pipeline).await?))
+    respond_after_wait(&state, pipeline, &headers, StatusCode::OK).await
+}
+
+/// Answers with the pipeline, first waiting for it to end if the client asked (`Prefer:
+/// wait=N`); a create that waited for its pipeline to end answers 201. Unfinished, it carries
+/// a poll hint.
+async fn respond_after_wait(
+    state: &ApiState,
+    pipeline: Pipeline,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> Result<Response, Problem> {
+    let wait = crate::wait::requested_wait(headers);
+    let pipeline = match wait {
+        Some(wait) => {
+            let tenant = pipeline.tenant.clone();
+            crate::wait::until_terminal(state, &tenant, pipeline, wait).await?
+        }
+        None => pipeline,
+    };
+    let status =
+        if status == StatusCode::ACCEPTED && wait.is_some() && pipeline.status.is_terminal() {
+            StatusCode::CREATED
+        } else {
+            status
+        };
+    let mut response = (status, Json(render(state, &pipeline).await?)).into_response();
+    if !pipeline.status.is_terminal() {
+        let secs = state.poll_hint.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs).expect("digits are a valid header"),
+        );
+    }
+    if let Some(wait) = wait {
+        crate::wait::mark_applied(&mut response, wait);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/pipelines`: the caller's pipelines, newest first, paged by cursor as jobs are;
+/// filters `status`, `created_after`, `created_before`.
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    if params.contains_key("model") {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+            "'model' is not a filter of this list: a pipeline's steps each have their own",
+        )
+        .with_field("model"));
+    }
+    let filter = crate::jobs::parse_filter(&params)?;
+    let mut page_filter = filter.clone();
+    page_filter.limit = filter.limit + 1;
+    let mut pipelines = state.ledger.list_pipelines(&tenant, &page_filter).await?;
+    let has_more = pipelines.len() > filter.limit as usize;
+    pipelines.truncate(filter.limit as usize);
+    let mut data = Vec::with_capacity(pipelines.len());
+    for pipeline in &pipelines {
+        data.push(render(&state, pipeline).await?);
+    }
+    let next_cursor = has_more
+        .then(|| pipelines.last().map(|p| p.id.to_string()))
+        .flatten();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "next_cursor": next_cursor,
+    })))
 }
 
 pub async fn cancel(
@@ -223,7 +301,7 @@ pub async fn view_pipeline(
     }
 }
 
-async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem> {
+pub(crate) async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem> {
     render_with(state.ledger.as_ref(), state.store.as_ref(), pipeline).await
 }
 
@@ -283,6 +361,10 @@ async fn render_with(
         "webhook": pipeline.webhook_url,
         "created_at": pipeline.created_at,
         "completed_at": pipeline.completed_at,
-        "urls": { "self": self_url, "cancel": format!("{self_url}/cancel") },
+        "urls": {
+            "self": self_url,
+            "cancel": format!("{self_url}/cancel"),
+            "events": format!("{self_url}/events"),
+        },
     }))
 }

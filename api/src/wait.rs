@@ -1,22 +1,27 @@
-//! Waiting without poll loops. `Prefer: wait=N` (RFC 7240, N ≤ 60) on job create and `GET`
-//! holds the answer until the job is terminal or N seconds have passed, then answers with the
-//! job as it is, saying `Preference-Applied`. `GET /v1/jobs/{id}/events` streams the job as
-//! server-sent events, one `job` event per change, and ends after the terminal one.
+//! Waiting without poll loops, for jobs and pipelines alike. `Prefer: wait=N` (RFC 7240,
+//! N ≤ 60) on create and `GET` holds the answer until the resource is terminal or N seconds
+//! have passed, then answers with it as it is, saying `Preference-Applied`. `GET …/events`
+//! streams the resource as server-sent events, one event per change (`job` or `pipeline`),
+//! and ends after the terminal one.
 //!
-//! Both watch the ledger, the only place that knows a job's state whichever process changed
-//! it: a read every 100 ms at first, easing to one a second, so a short job answers quickly and a
-//! long wait costs little.
+//! Both watch the ledger, the only place that knows a resource's state whichever process
+//! changed it: a read every 100 ms at first, easing to one a second, so a short job answers
+//! quickly and a long wait costs little. What a watcher needs of a resource is the `Watched`
+//! trait, so jobs and pipelines share one waiting loop and one event stream.
 
 use crate::auth::Tenant;
-use crate::jobs::view_job;
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Response;
 use futures::Stream;
-use kiln_core::{Job, JobId, TenantId};
+use kiln_core::ledger::Pipeline;
+use kiln_core::{Job, JobId, Status, TenantId};
+use serde_json::Value;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,97 +43,211 @@ pub fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
         .next()
 }
 
-/// Backoff between ledger reads while watching a job.
+/// Says which wait was applied, as RFC 7240 asks.
+pub fn mark_applied(response: &mut Response, wait: Duration) {
+    let applied = format!("wait={}", wait.as_secs());
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_str(&applied).expect("digits are a valid header"),
+    );
+}
+
+/// What a watcher needs of a resource: how to read it again, when it has changed, whether it
+/// has ended, and how clients see it.
+pub trait Watched: Sized + Send + Sync + 'static {
+    /// The server-sent event's name.
+    const EVENT: &'static str;
+    /// What a watcher compares to decide that the resource changed.
+    type Print: PartialEq + Send + Sync + 'static;
+
+    fn id(&self) -> JobId;
+    fn print(&self) -> Self::Print;
+    fn is_terminal(&self) -> bool;
+    fn fetch(
+        state: &ApiState,
+        tenant: &TenantId,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<Self>, Problem>> + Send;
+    fn render(&self, state: &ApiState) -> impl Future<Output = Result<Value, Problem>> + Send;
+}
+
+impl Watched for Job {
+    const EVENT: &'static str = "job";
+    type Print = (Status, usize, usize, Option<u8>);
+
+    fn id(&self) -> JobId {
+        self.id
+    }
+
+    fn print(&self) -> Self::Print {
+        let progress = self.attempts.last().and_then(|a| a.progress_percent);
+        (
+            self.status,
+            self.attempts.len(),
+            self.outputs.len(),
+            progress,
+        )
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    async fn fetch(
+        state: &ApiState,
+        tenant: &TenantId,
+        id: JobId,
+    ) -> Result<Option<Self>, Problem> {
+        Ok(state.ledger.get_job(tenant, id).await?)
+    }
+
+    async fn render(&self, state: &ApiState) -> Result<Value, Problem> {
+        crate::jobs::render(state, self).await
+    }
+}
+
+impl Watched for Pipeline {
+    const EVENT: &'static str = "pipeline";
+    type Print = (Status, Vec<Option<Status>>);
+
+    fn id(&self) -> JobId {
+        self.id
+    }
+
+    fn print(&self) -> Self::Print {
+        let steps = self.steps.iter().map(|s| s.job_status).collect();
+        (self.status, steps)
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    async fn fetch(
+        state: &ApiState,
+        tenant: &TenantId,
+        id: JobId,
+    ) -> Result<Option<Self>, Problem> {
+        Ok(state.ledger.get_pipeline(tenant, id).await?)
+    }
+
+    async fn render(&self, state: &ApiState) -> Result<Value, Problem> {
+        crate::pipelines::render(state, self).await
+    }
+}
+
+/// Backoff between ledger reads while watching.
 fn next_pause(pause: Duration) -> Duration {
     (pause.mul_f64(1.5)).min(Duration::from_secs(1))
 }
 
-/// The job once it is terminal, or as it is when `wait` runs out.
-pub async fn until_terminal(
+/// The resource once it is terminal, or as it is when `wait` runs out.
+pub async fn until_terminal<W: Watched>(
     state: &ApiState,
     tenant: &TenantId,
-    mut job: Job,
+    mut current: W,
     wait: Duration,
-) -> Result<Job, Problem> {
+) -> Result<W, Problem> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(100);
-    while !job.status.is_terminal() && Instant::now() < deadline {
+    while !current.is_terminal() && Instant::now() < deadline {
         tokio::time::sleep(pause.min(deadline - Instant::now())).await;
         pause = next_pause(pause);
-        match state.ledger.get_job(tenant, job.id).await? {
-            Some(fresh) => job = fresh,
+        match W::fetch(state, tenant, current.id()).await? {
+            Some(fresh) => current = fresh,
             None => break,
         }
     }
-    Ok(job)
+    Ok(current)
 }
 
-/// `GET /v1/jobs/{id}/events`: the job now, then again at each change of status, attempts or
-/// outputs, ending after it is terminal.
+/// `GET /v1/jobs/{id}/events`: the job now, then again at each change of status, attempts,
+/// outputs or progress, ending after it is terminal.
 pub async fn job_events(
-    State(state): State<Arc<ApiState>>,
-    Tenant(tenant): Tenant,
+    state: State<Arc<ApiState>>,
+    tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let not_found = || Problem::not_found("job_not_found", "there is no job with this id");
+    events::<Job>(state, tenant, &id, not_found).await
+}
+
+/// `GET /v1/pipelines/{id}/events`: the pipeline now, then again whenever it or one of its
+/// steps changes status, ending after it is terminal.
+pub async fn pipeline_events(
+    state: State<Arc<ApiState>>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let not_found =
+        || Problem::not_found("pipeline_not_found", "there is no pipeline with this id");
+    events::<Pipeline>(state, tenant, &id, not_found).await
+}
+
+async fn events<W: Watched>(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    id: &str,
+    not_found: impl Fn() -> Problem,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let id: JobId = id.parse().map_err(|_| not_found())?;
-    let first = state
-        .ledger
-        .get_job(&tenant, id)
-        .await?
-        .ok_or_else(not_found)?;
-    let stream = async_stream(state, tenant, first);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let first = W::fetch(&state, &tenant, id).await?.ok_or_else(not_found)?;
+    Ok(Sse::new(changes(state, tenant, first)).keep_alive(KeepAlive::default()))
 }
 
-/// What a watcher compares to decide that the job changed.
-fn fingerprint(job: &Job) -> (kiln_core::Status, usize, usize) {
-    (job.status, job.attempts.len(), job.outputs.len())
+/// Where a stream of changes stands between two events.
+struct Watch<W: Watched> {
+    current: Option<W>,
+    last: Option<W::Print>,
+    sent: u64,
+    done: bool,
 }
 
-fn async_stream(
+fn changes<W: Watched>(
     state: Arc<ApiState>,
     tenant: TenantId,
-    first: Job,
+    first: W,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(
-        (Some(first), None, Duration::from_millis(100), false),
-        move |(next, last, pause, done)| {
-            let (state, tenant) = (state.clone(), tenant.clone());
-            async move {
-                if done {
-                    return None;
-                }
-                let mut job = next;
-                let mut pause = pause;
-                // Wait for a change.
-                loop {
-                    if let Some(j) = &job {
-                        if Some(fingerprint(j)) != last {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = next_pause(pause);
-                    let id = job.as_ref().map(|j| j.id)?;
-                    job = Some(state.ledger.get_job(&tenant, id).await.ok().flatten()?);
-                }
-                let job = job.expect("a changed job is present");
-                let body = view_job(state.store.as_ref(), &job)
-                    .await
-                    .unwrap_or_else(|_| serde_json::json!({"id": job.id, "status": job.status}));
-                let event = Event::default()
-                    .event("job")
-                    .id(format!("{}-{}", job.status, job.attempts.len()))
-                    .json_data(&body)
-                    .unwrap_or_else(|_| Event::default().event("job"));
-                let terminal = job.status.is_terminal();
-                let print = Some(fingerprint(&job));
-                Some((
-                    Ok(event),
-                    (Some(job), print, Duration::from_millis(100), terminal),
-                ))
+    let start = Watch {
+        current: Some(first),
+        last: None,
+        sent: 0,
+        done: false,
+    };
+    futures::stream::unfold(start, move |watch| {
+        let (state, tenant) = (state.clone(), tenant.clone());
+        async move {
+            if watch.done {
+                return None;
             }
-        },
-    )
+            let mut current = watch.current?;
+            let mut pause = Duration::from_millis(100);
+            // Wait for a change; a read that fails or finds nothing ends the stream.
+            while Some(current.print()) == watch.last {
+                tokio::time::sleep(pause).await;
+                pause = next_pause(pause);
+                current = W::fetch(&state, &tenant, current.id())
+                    .await
+                    .ok()
+                    .flatten()?;
+            }
+            let body = current
+                .render(&state)
+                .await
+                .unwrap_or_else(|_| serde_json::json!({"id": current.id()}));
+            let sent = watch.sent + 1;
+            let event = Event::default()
+                .event(W::EVENT)
+                .id(sent.to_string())
+                .json_data(&body)
+                .unwrap_or_else(|_| Event::default().event(W::EVENT));
+            let next = Watch {
+                last: Some(current.print()),
+                done: current.is_terminal(),
+                current: Some(current),
+                sent,
+            };
+            Some((Ok(event), next))
+        }
+    })
 }

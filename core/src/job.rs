@@ -208,6 +208,8 @@ pub struct Attempt {
     pub upstream_id: Option<String>,
     /// What the attempt cost, in millionths of the configured currency unit.
     pub cost_micros: Option<i64>,
+    /// The percentage the generator last reported, where it reports one.
+    pub progress_percent: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

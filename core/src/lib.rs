@@ -12,6 +12,7 @@ pub mod keys;
 pub mod ledger;
 pub mod permits;
 pub mod pipeline;
+pub mod progress;
 pub mod routes;
 #[cfg(any(test, feature = "contract"))]
 pub mod testing;

@@ -247,8 +247,99 @@ pub fn is_terminal(job: &Value) -> bool {
     )
 }
 
+/// Waits for the job to end by asking the server to hold the answer (`Prefer: wait`), not by
+/// polling, failing the test at the deadline.
 pub async fn wait_terminal(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
-    wait_for(http, base, key, id, "terminal", is_terminal).await
+    let start = Instant::now();
+    loop {
+        let res = http
+            .get(format!("{base}/v1/jobs/{id}"))
+            .bearer_auth(key)
+            .header("Prefer", "wait=10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let job: Value = res.json().await.unwrap();
+        if is_terminal(&job) {
+            return job;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "job {id} never became terminal: {job:#}"
+        );
+    }
+}
+
+/// Follows a resource's server-sent events (`GET …/events`) until one satisfies `done`, and
+/// returns it; fails the test if the stream ends first or the deadline passes.
+pub async fn follow_events(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let follow = async {
+        let mut res = http.get(url).bearer_auth(key).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{url}");
+        let mut buffer = String::new();
+        let mut last = Value::Null;
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                    last = serde_json::from_str(data).unwrap();
+                    if done(&last) {
+                        return last;
+                    }
+                }
+            }
+        }
+        panic!("the event stream at {url} ended before the awaited change; last: {last:#}");
+    };
+    tokio::time::timeout(DEADLINE, follow)
+        .await
+        .expect("the awaited change did not come before the deadline")
+}
+
+/// A webhook receiver on loopback that hands over every body it gets, in order.
+pub struct Receiver {
+    pub url: String,
+    bodies: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let (tx, bodies) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body.0);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, bodies }
+    }
+
+    /// The next body, waiting for it up to the deadline.
+    pub async fn next(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.bodies.recv())
+            .await
+            .expect("no webhook arrived before the deadline")
+            .expect("the receiver is running")
+    }
+
+    /// Every body that has arrived and not been taken yet.
+    pub fn arrived(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.bodies.try_recv().ok()).collect()
+    }
 }
 
 pub fn image_job(width: u32, height: u32) -> Value {

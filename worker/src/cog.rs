@@ -95,7 +95,8 @@ impl CogProvider {
             "id": id,
             "input": mapped_input(attempt.route, input)?,
             "webhook": webhook.as_str(),
-            "webhook_events_filter": ["completed"],
+            // `logs` too: Cog's log events carry the model's progress bar (throttled by Cog).
+            "webhook_events_filter": ["logs", "completed"],
         });
         let call = self
             .client

@@ -30,8 +30,20 @@ impl Provider for DemoProvider {
     ) -> Result<Vec<GeneratedOutput>, ProviderError> {
         let knobs = input.knobs().clone();
         if knobs.latency_ms > 0 {
-            // Cancellable: the executor's select drops this future on cancel.
-            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+            // Cancellable: the executor's select drops this future on cancel. The wait stands
+            // for the model's work, so it reports progress through it, as a real one would.
+            let latency = Duration::from_millis(knobs.latency_ms);
+            let started = tokio::time::Instant::now();
+            loop {
+                let elapsed = started.elapsed();
+                if elapsed >= latency {
+                    break;
+                }
+                attempt
+                    .report_progress(elapsed.as_secs_f64() / latency.as_secs_f64())
+                    .await;
+                tokio::time::sleep((latency - elapsed).min(Duration::from_secs(1))).await;
+            }
         }
         if knobs.crash {
             tracing::error!("demo crash knob set: aborting the process");
@@ -69,6 +81,7 @@ impl Provider for DemoProvider {
                 blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
             }
         };
+        attempt.report_progress(1.0).await;
         Ok(vec![output])
     }
 }

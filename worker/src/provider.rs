@@ -110,6 +110,38 @@ impl AttemptContext<'_> {
 
     /// The upstream's own measure of its compute time, where it reports one; billing per
     /// second uses it instead of the wall time.
+    /// How far the generator has come, as a fraction; shown on the job. Advisory: written at
+    /// most once a second (and whenever it reaches 100 %), and a failed write is let go.
+    pub async fn report_progress(&self, fraction: f64) {
+        if !fraction.is_finite() {
+            return;
+        }
+        let percent = (fraction.clamp(0.0, 1.0) * 100.0).floor() as u8;
+        {
+            let mut last = self.link.progress.lock().expect("never poisoned");
+            let recent = last
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(1));
+            let same = last.as_ref().is_some_and(|(p, _)| *p == percent);
+            if same || (recent && percent < 100) {
+                return;
+            }
+            *last = Some((percent, std::time::Instant::now()));
+        }
+        let note = AttemptNote {
+            progress_percent: Some(percent),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .link
+            .ledger
+            .annotate_attempt(&self.link.lease, note)
+            .await
+        {
+            tracing::debug!(job = %self.job_id, error = %e, "could not record progress");
+        }
+    }
+
     pub fn report_upstream_seconds(&self, seconds: f64) {
         if seconds.is_finite() && seconds >= 0.0 {
             *self.link.seconds.lock().expect("never poisoned") = Some(seconds);
@@ -127,6 +159,8 @@ pub struct UpstreamLink {
     lease: Lease,
     recorded: Mutex<Option<String>>,
     seconds: Mutex<Option<f64>>,
+    /// The percentage last written, and when.
+    progress: Mutex<Option<(u8, std::time::Instant)>>,
 }
 
 impl UpstreamLink {
@@ -136,6 +170,7 @@ impl UpstreamLink {
             lease,
             recorded: Mutex::new(None),
             seconds: Mutex::new(None),
+            progress: Mutex::new(None),
         }
     }
 

@@ -186,6 +186,12 @@ impl Provider for ReplicateProvider {
             if let Some(result) = self.outcome(attempt, &prediction).await {
                 return result;
             }
+            if let Some(fraction) = prediction["logs"]
+                .as_str()
+                .and_then(kiln_core::progress::from_logs)
+            {
+                attempt.report_progress(fraction).await;
+            }
             tokio::time::sleep(self.poll).await;
             prediction = self.fetch(&id).await?;
         }

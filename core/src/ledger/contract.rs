@@ -815,6 +815,97 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
     assert_eq!(terminal_transitions(ledger.as_ref(), started[0]).await, 1);
 }
 
+pub async fn queued_jobs_know_their_place_and_running_ones_their_progress(ledger: Arc<dyn Ledger>) {
+    let first = new_job(ledger.as_ref(), "a").await;
+    let second = new_job(ledger.as_ref(), "b").await;
+    let third = new_job(ledger.as_ref(), "a").await;
+    // The queue is every tenant's, in submit order.
+    assert_eq!(ledger.queue_position(first).await.unwrap(), Some(0));
+    assert_eq!(ledger.queue_position(second).await.unwrap(), Some(1));
+    assert_eq!(ledger.queue_position(third).await.unwrap(), Some(2));
+    let claim = ledger
+        .claim(first, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.queue_position(first).await.unwrap(), None, "running");
+    assert_eq!(ledger.queue_position(third).await.unwrap(), Some(1));
+    // Progress lands on the open attempt, from the worker or from an upstream's push.
+    let note = AttemptNote {
+        upstream_id: Some("prediction-1"),
+        progress_percent: Some(40),
+        ..Default::default()
+    };
+    ledger.annotate_attempt(&claim.lease, note).await.unwrap();
+    let job = ledger.job_by_id(first).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].progress_percent, Some(40));
+    ledger
+        .record_progress(first, "prediction-1", 70)
+        .await
+        .unwrap();
+    ledger
+        .record_progress(first, "elsewhere", 90)
+        .await
+        .unwrap();
+    let job = ledger.job_by_id(first).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].progress_percent, Some(70));
+    // A finished attempt takes no more.
+    assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+    ledger
+        .record_progress(first, "prediction-1", 10)
+        .await
+        .unwrap();
+    let job = ledger.job_by_id(first).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].progress_percent, Some(70));
+}
+
+pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<dyn Ledger>) {
+    use crate::pipeline::StepSpec;
+    let one_step = |owner: &str| NewPipeline {
+        id: JobId::new(),
+        tenant: tenant(owner),
+        key_id: None,
+        webhook_url: None,
+        webhook_events: None,
+        steps: vec![StepSpec {
+            name: "image".into(),
+            model: "demo/image".into(),
+            input: serde_json::json!({"prompt": "x"}),
+        }],
+    };
+    let mut mine = vec![];
+    for _ in 0..3 {
+        mine.push(ledger.insert_pipeline(one_step("a")).await.unwrap().0.id);
+    }
+    ledger.insert_pipeline(one_step("b")).await.unwrap();
+    let page = |before: Option<JobId>, statuses: Vec<Status>| JobFilter {
+        statuses,
+        before,
+        limit: 2,
+        ..JobFilter::default()
+    };
+    let listed: Vec<JobId> = ledger
+        .list_pipelines(&tenant("a"), &page(None, vec![]))
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(listed, vec![mine[2], mine[1]]);
+    let rest = ledger
+        .list_pipelines(&tenant("a"), &page(Some(mine[1]), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, mine[0]);
+    assert_eq!(rest[0].steps.len(), 1);
+    let failed = ledger
+        .list_pipelines(&tenant("a"), &page(None, vec![Status::Failed]))
+        .await
+        .unwrap();
+    assert!(failed.is_empty());
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -834,7 +925,9 @@ macro_rules! ledger_contract_tests {
             upstream_handles_and_callbacks_outlive_a_rescue,
             overdue_jobs_fail_with_the_limit_they_broke,
             webhook_events_are_written_with_their_transitions,
-            pipelines_start_steps_as_their_inputs_exist_and_end_with_them
+            pipelines_start_steps_as_their_inputs_exist_and_end_with_them,
+            queued_jobs_know_their_place_and_running_ones_their_progress,
+            pipelines_are_listed_newest_first_within_their_tenant
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

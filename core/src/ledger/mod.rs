@@ -182,6 +182,8 @@ pub struct AttemptNote<'a> {
     pub upstream_id: Option<&'a str>,
     /// What the attempt cost, in millionths of the configured currency unit.
     pub cost_micros: Option<i64>,
+    /// How far the generator says it has come, 0–100.
+    pub progress_percent: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +259,10 @@ pub trait Ledger: Send + Sync + 'static {
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>>;
     /// `queued|running → canceled`. A running job's worker notices at its next lease renewal.
     async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome>;
+    /// How many queued jobs, of every tenant, were submitted before this queued one and wait
+    /// with it; `None` once it is not queued. Dispatch drains in submit order within a lane, so
+    /// this is the count a client waits behind.
+    async fn queue_position(&self, id: JobId) -> Result<Option<u64>>;
     /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
     async fn mark_rung(&self, id: JobId) -> Result<()>;
     /// Records that a ring failed, so the reconciler's next pass rings the job.
@@ -278,6 +284,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Stores an upstream's terminal callback for one of a running job's upstream handles.
     /// `false` when one is already stored (the first wins) or the job is no longer in flight.
     async fn record_callback(&self, job_id: JobId, upstream_id: &str, body: &str) -> Result<bool>;
+    /// Records the progress an upstream pushed for one of a running job's handles (Cog's log
+    /// events), on the open attempt waiting on it. Advisory: nothing else changes.
+    async fn record_progress(&self, job_id: JobId, upstream_id: &str, percent: u8) -> Result<()>;
     /// The stored callback for an upstream handle, if it has come.
     async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>>;
     /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
@@ -315,6 +324,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// did. Idempotent; returns the jobs it started.
     async fn advance_pipeline(&self, id: JobId) -> Result<Vec<JobId>>;
     async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
+    /// The tenant's pipelines, newest first. Of the filter, statuses, the creation window,
+    /// the cursor and the limit apply (a pipeline has no single model).
+    async fn list_pipelines(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Pipeline>>;
     /// `running → canceled`, canceling the steps that have not ended; `None` when the tenant
     /// has no such pipeline.
     async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;

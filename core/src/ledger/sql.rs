@@ -152,7 +152,7 @@ impl SqlLedger {
         let id = job.id.to_string();
         job.attempts = sqlx::query(&self.sql(
             "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message, error_class, \
-                    upstream_id, cost_micros \
+                    upstream_id, cost_micros, progress \
              FROM attempts WHERE job_id = ? ORDER BY number",
         ))
         .bind(&id)
@@ -275,6 +275,9 @@ fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
         error_class: r.try_get("error_class")?,
         upstream_id: r.try_get("upstream_id")?,
         cost_micros: r.try_get("cost_micros")?,
+        progress_percent: r
+            .try_get::<Option<i64>, _>("progress")?
+            .map(|p| p.clamp(0, 100) as u8),
     })
 }
 
@@ -1060,6 +1063,19 @@ impl Ledger for SqlLedger {
         Ok(jobs)
     }
 
+    async fn queue_position(&self, id: JobId) -> Result<Option<u64>> {
+        let sid = id.to_string();
+        // One statement, so the job's status and the count are read at the same moment.
+        let ahead: Option<i64> = sqlx::query_scalar(&self.sql(
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND q.id < j.id) \
+             FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
+        ))
+        .bind(&sid)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(ahead.map(|n| n.max(0) as u64))
+    }
+
     async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome> {
         let at = to_millis(now());
         let sid = id.to_string();
@@ -1166,16 +1182,31 @@ impl Ledger for SqlLedger {
         }))
     }
 
+    async fn record_progress(&self, job_id: JobId, upstream_id: &str, percent: u8) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE attempts SET progress = ? \
+             WHERE job_id = ? AND upstream_id = ? AND finished_at IS NULL",
+        ))
+        .bind(i64::from(percent.min(100)))
+        .bind(job_id.to_string())
+        .bind(upstream_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()> {
         sqlx::query(&self.sql(
             "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class), \
-                 upstream_id = COALESCE(?, upstream_id), cost_micros = COALESCE(?, cost_micros) \
+                 upstream_id = COALESCE(?, upstream_id), cost_micros = COALESCE(?, cost_micros), \
+                 progress = COALESCE(?, progress) \
              WHERE id = ?",
         ))
         .bind(note.route)
         .bind(note.error_class)
         .bind(note.upstream_id)
         .bind(note.cost_micros)
+        .bind(note.progress_percent.map(i64::from))
         .bind(&lease.attempt_id)
         .execute(&self.pool)
         .await?;
@@ -1231,6 +1262,53 @@ impl Ledger for SqlLedger {
         let started = advance_in(&mut tx, &id.to_string(), to_millis(now())).await?;
         tx.tx.commit().await?;
         Ok(started)
+    }
+
+    async fn list_pipelines(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Pipeline>> {
+        let mut sql = String::from("SELECT id FROM pipelines WHERE tenant = ?");
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+        }
+        if filter.created_after.is_some() {
+            sql.push_str(" AND created_at >= ?");
+        }
+        if filter.created_before.is_some() {
+            sql.push_str(" AND created_at < ?");
+        }
+        if filter.before.is_some() {
+            sql.push_str(" AND id < ?");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let sql = self.sql(&sql).into_owned();
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(&tenant.0);
+        for s in &filter.statuses {
+            query = query.bind(s.as_str());
+        }
+        if let Some(t) = filter.created_after {
+            query = query.bind(to_millis(t));
+        }
+        if let Some(t) = filter.created_before {
+            query = query.bind(to_millis(t));
+        }
+        if let Some(b) = filter.before {
+            query = query.bind(b.to_string());
+        }
+        let ids = query
+            .bind(filter.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut pipelines = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id
+                .parse()
+                .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{id}'")))?;
+            // A pipeline is never deleted, so one listed a moment ago is still there.
+            if let Some(p) = self.get_pipeline(tenant, id).await? {
+                pipelines.push(p);
+            }
+        }
+        Ok(pipelines)
     }
 
     async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>> {
