@@ -588,27 +588,40 @@ pub async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
     let filter = parse_filter(&params)?;
-    let mut page_filter = filter.clone();
-    page_filter.limit = filter.limit + 1;
-    let mut jobs = state.ledger.list_jobs(&tenant, &page_filter).await?;
-    let has_more = jobs.len() > filter.limit as usize;
-    jobs.truncate(filter.limit as usize);
+    let fetched = state.ledger.list_jobs(&tenant, &probe(&filter)).await?;
+    let (jobs, has_more) = page(fetched, &filter);
     let mut data = Vec::with_capacity(jobs.len());
     for job in &jobs {
         data.push(view_job(state.store.as_ref(), job).await?);
     }
-    let next_cursor = if has_more {
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({
+    let last = jobs.last().map(|j| j.id);
+    Ok(Json(list_body(data, has_more, last)).into_response())
+}
+
+/// The filter with room for one item more, to learn whether more follow the page.
+pub(crate) fn probe(filter: &JobFilter) -> JobFilter {
+    JobFilter {
+        limit: filter.limit + 1,
+        ..filter.clone()
+    }
+}
+
+/// The page out of what `probe` fetched, and whether more follow.
+pub(crate) fn page<T>(mut items: Vec<T>, filter: &JobFilter) -> (Vec<T>, bool) {
+    let has_more = items.len() > filter.limit as usize;
+    items.truncate(filter.limit as usize);
+    (items, has_more)
+}
+
+/// A list response: the page, and the cursor (the last id) when more follow.
+pub(crate) fn list_body(data: Vec<Value>, has_more: bool, last: Option<JobId>) -> Value {
+    let next_cursor = last.filter(|_| has_more).map(|id| id.to_string());
+    json!({
         "object": "list",
         "data": data,
         "has_more": has_more,
         "next_cursor": next_cursor,
-    }))
-    .into_response())
+    })
 }
 
 pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {

@@ -254,24 +254,17 @@ pub async fn list(
         .with_field("model"));
     }
     let filter = crate::jobs::parse_filter(&params)?;
-    let mut page_filter = filter.clone();
-    page_filter.limit = filter.limit + 1;
-    let mut pipelines = state.ledger.list_pipelines(&tenant, &page_filter).await?;
-    let has_more = pipelines.len() > filter.limit as usize;
-    pipelines.truncate(filter.limit as usize);
+    let fetched = state
+        .ledger
+        .list_pipelines(&tenant, &crate::jobs::probe(&filter))
+        .await?;
+    let (pipelines, has_more) = crate::jobs::page(fetched, &filter);
     let mut data = Vec::with_capacity(pipelines.len());
     for pipeline in &pipelines {
         data.push(render(&state, pipeline).await?);
     }
-    let next_cursor = has_more
-        .then(|| pipelines.last().map(|p| p.id.to_string()))
-        .flatten();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "next_cursor": next_cursor,
-    })))
+    let last = pipelines.last().map(|p| p.id);
+    Ok(Json(crate::jobs::list_body(data, has_more, last)))
 }
 
 pub async fn cancel(

@@ -414,6 +414,55 @@ async fn leave_running(
     Ok(true)
 }
 
+/// One page of a tenant's jobs or pipelines (both tables have `tenant`, `status`, `created_at`
+/// and time-ordered ids): `select` narrowed by the filter, newest first. `bind_page` binds its
+/// parameters in the same order.
+fn page_sql(select: &str, filter: &JobFilter) -> String {
+    let mut sql = format!("{select} WHERE tenant = ?");
+    if !filter.statuses.is_empty() {
+        let marks = vec!["?"; filter.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND status IN ({marks})"));
+    }
+    if filter.model.is_some() {
+        sql.push_str(" AND model = ?");
+    }
+    if filter.created_after.is_some() {
+        sql.push_str(" AND created_at >= ?");
+    }
+    if filter.created_before.is_some() {
+        sql.push_str(" AND created_at < ?");
+    }
+    if filter.before.is_some() {
+        sql.push_str(" AND id < ?");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql
+}
+
+fn bind_page<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    tenant: &'q TenantId,
+    filter: &'q JobFilter,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query = query.bind(&tenant.0);
+    for s in &filter.statuses {
+        query = query.bind(s.as_str());
+    }
+    if let Some(m) = &filter.model {
+        query = query.bind(m);
+    }
+    if let Some(t) = filter.created_after {
+        query = query.bind(to_millis(t));
+    }
+    if let Some(t) = filter.created_before {
+        query = query.bind(to_millis(t));
+    }
+    if let Some(b) = filter.before {
+        query = query.bind(b.to_string());
+    }
+    query.bind(filter.limit as i64)
+}
+
 /// Writes a new queued job (a step of `pipeline`, if given) with its first transition.
 async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i64) -> Result<()> {
     let id = job.id.to_string();
@@ -1017,43 +1066,13 @@ impl Ledger for SqlLedger {
     }
 
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?");
-        if !filter.statuses.is_empty() {
-            let marks = vec!["?"; filter.statuses.len()].join(", ");
-            sql.push_str(&format!(" AND status IN ({marks})"));
-        }
-        if filter.model.is_some() {
-            sql.push_str(" AND model = ?");
-        }
-        if filter.created_after.is_some() {
-            sql.push_str(" AND created_at >= ?");
-        }
-        if filter.created_before.is_some() {
-            sql.push_str(" AND created_at < ?");
-        }
-        if filter.before.is_some() {
-            sql.push_str(" AND id < ?");
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        let sql = self.sql(&sql).into_owned();
-        let mut query = sqlx::query(&sql).bind(&tenant.0);
-        for s in &filter.statuses {
-            query = query.bind(s.as_str());
-        }
-        if let Some(m) = &filter.model {
-            query = query.bind(m);
-        }
-        if let Some(t) = filter.created_after {
-            query = query.bind(to_millis(t));
-        }
-        if let Some(t) = filter.created_before {
-            query = query.bind(to_millis(t));
-        }
-        if let Some(b) = filter.before {
-            query = query.bind(b.to_string());
-        }
-        let rows = query
-            .bind(filter.limit as i64)
+        let sql = self
+            .sql(&page_sql(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs"),
+                filter,
+            ))
+            .into_owned();
+        let rows = bind_page(sqlx::query(&sql), tenant, filter)
             .fetch_all(&self.pool)
             .await?;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -1265,39 +1284,19 @@ impl Ledger for SqlLedger {
     }
 
     async fn list_pipelines(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Pipeline>> {
-        let mut sql = String::from("SELECT id FROM pipelines WHERE tenant = ?");
-        if !filter.statuses.is_empty() {
-            let marks = vec!["?"; filter.statuses.len()].join(", ");
-            sql.push_str(&format!(" AND status IN ({marks})"));
-        }
-        if filter.created_after.is_some() {
-            sql.push_str(" AND created_at >= ?");
-        }
-        if filter.created_before.is_some() {
-            sql.push_str(" AND created_at < ?");
-        }
-        if filter.before.is_some() {
-            sql.push_str(" AND id < ?");
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        let sql = self.sql(&sql).into_owned();
-        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(&tenant.0);
-        for s in &filter.statuses {
-            query = query.bind(s.as_str());
-        }
-        if let Some(t) = filter.created_after {
-            query = query.bind(to_millis(t));
-        }
-        if let Some(t) = filter.created_before {
-            query = query.bind(to_millis(t));
-        }
-        if let Some(b) = filter.before {
-            query = query.bind(b.to_string());
-        }
-        let ids = query
-            .bind(filter.limit as i64)
+        let filter = JobFilter {
+            model: None,
+            ..filter.clone()
+        };
+        let sql = self
+            .sql(&page_sql("SELECT id FROM pipelines", &filter))
+            .into_owned();
+        let ids: Vec<String> = bind_page(sqlx::query(&sql), tenant, &filter)
             .fetch_all(&self.pool)
-            .await?;
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
         let mut pipelines = Vec::with_capacity(ids.len());
         for id in ids {
             let id = id
