@@ -480,6 +480,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             webhook_ssrf,
             max_body_bytes: config.max_body_bytes,
             poll_hint: config.poll_hint,
+            idempotency_keep: config.idempotency_keep,
             callback_secret: secret,
         });
         let app = kiln_api::router(state);

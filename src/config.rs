@@ -72,6 +72,9 @@ pub struct Config {
     /// `Retry-After` hint on unfinished jobs.
     #[serde(with = "humantime_serde")]
     pub poll_hint: Duration,
+    /// How long an `Idempotency-Key`'s answer is kept for replay.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_keep: Duration,
     /// Upstream providers that model routes may name (`[[providers]]` in kiln.toml).
     pub providers: Vec<kiln_core::routes::ProviderConfig>,
     /// Configured models and their route chains (`[[models]]` in kiln.toml).
@@ -224,6 +227,7 @@ impl Default for Config {
             signing_secret: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
+            idempotency_keep: Duration::from_secs(24 * 3600),
             providers: vec![],
             models: vec![],
             worker: WorkerConfig::default(),

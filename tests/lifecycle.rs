@@ -340,6 +340,7 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
     let ledger = &kiln.running.as_ref().unwrap().ledger;
     let job = ledger
         .insert_job(kiln_core::ledger::NewJob {
+            idempotency: None,
             id: kiln_core::JobId::new(),
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),

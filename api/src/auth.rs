@@ -27,7 +27,7 @@ fn refused() -> Problem {
 }
 
 /// The live key the request's bearer token names.
-async fn live_key(parts: &Parts, state: &ApiState) -> Result<ApiKeyRecord, Problem> {
+pub(crate) async fn live_key(parts: &Parts, state: &ApiState) -> Result<ApiKeyRecord, Problem> {
     let header = parts
         .headers
         .get(AUTHORIZATION)

@@ -201,6 +201,7 @@ fn body_problem(rejection: BytesRejection) -> Problem {
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
+    idempotency: Option<axum::Extension<kiln_core::ledger::IdempotencyRef>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -258,6 +259,7 @@ pub async fn submit(
     let job = state
         .ledger
         .insert_job(NewJob {
+            idempotency: idempotency.map(|e| e.0),
             id: JobId::new(),
             tenant: caller.tenant,
             model,

@@ -6,6 +6,7 @@
 mod auth;
 mod callbacks;
 mod files;
+mod idempotency;
 mod jobs;
 mod pipelines;
 mod problem;
@@ -18,6 +19,7 @@ pub use pipelines::view_pipeline;
 pub use problem::Problem;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,19 +45,28 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// The `Retry-After` hint on a job that is not finished yet.
     pub poll_hint: Duration,
+    /// How long an `Idempotency-Key`'s answer is kept (24 h by default).
+    pub idempotency_keep: Duration,
     /// Key of the tokens in upstream callback URLs (`kiln_core::callbacks`).
     pub callback_secret: Arc<[u8]>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let limit = state.max_body_bytes;
+    let idempotent = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
     Router::new()
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route(
+            "/v1/jobs",
+            post(jobs::submit.layer(idempotent.clone())).get(jobs::list),
+        )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/v1/jobs/{id}/events", get(wait::job_events))
-        .route("/v1/pipelines", post(pipelines::submit).get(pipelines::list))
+        .route(
+            "/v1/pipelines",
+            post(pipelines::submit.layer(idempotent)).get(pipelines::list),
+        )
         .route("/v1/pipelines/{id}", get(pipelines::get))
         .route("/v1/pipelines/{id}/events", get(wait::pipeline_events))
         .route("/v1/pipelines/{id}/cancel", post(pipelines::cancel))

@@ -60,6 +60,7 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
+    idempotency: Option<axum::Extension<kiln_core::ledger::IdempotencyRef>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
@@ -164,6 +165,7 @@ pub async fn submit(
     let (pipeline, started) = state
         .ledger
         .insert_pipeline(NewPipeline {
+            idempotency: idempotency.map(|e| e.0),
             id: JobId::new(),
             tenant: caller.tenant,
             key_id: Some(caller.key_id),

@@ -1,7 +1,7 @@
 //! The janitor deletes outputs whose `expires_at` has passed and marks them deleted on the job, so
 //! the api shows them as expired instead of handing out URLs to nothing. Object deletion comes
 //! first and is idempotent: if the process dies between the two steps, the next pass deletes a
-//! missing object (a no-op) and then marks it.
+//! missing object (a no-op) and then marks it. It also purges idempotency keys past their 24 h.
 
 use kiln_core::{Ledger, LedgerError};
 use kiln_storage::ObjectStore;
@@ -37,6 +37,13 @@ impl Janitor {
         }
         if deleted > 0 {
             tracing::info!(deleted, "expired outputs deleted");
+        }
+        let purged = self
+            .ledger
+            .purge_idempotency(kiln_core::time::now(), BATCH)
+            .await?;
+        if purged > 0 {
+            tracing::debug!(purged, "expired idempotency keys purged");
         }
         Ok(deleted)
     }

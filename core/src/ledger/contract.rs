@@ -17,6 +17,7 @@ fn tenant(name: &str) -> TenantId {
 async fn new_job(ledger: &dyn Ledger, owner: &str) -> JobId {
     let job = ledger
         .insert_job(NewJob {
+            idempotency: None,
             id: JobId::new(),
             tenant: tenant(owner),
             model: "demo/image".into(),
@@ -475,6 +476,7 @@ pub async fn overdue_jobs_fail_with_the_limit_they_broke(ledger: Arc<dyn Ledger>
             let at = |secs: i64| now() + chrono::Duration::seconds(secs);
             ledger
                 .insert_job(NewJob {
+                    idempotency: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -535,6 +537,7 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
         async move {
             ledger
                 .insert_job(NewJob {
+                    idempotency: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -705,6 +708,7 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
 ) {
     use crate::pipeline::StepSpec;
     let chain = |id: JobId| NewPipeline {
+        idempotency: None,
         id,
         tenant: tenant("a"),
         key_id: None,
@@ -862,6 +866,7 @@ pub async fn queued_jobs_know_their_place_and_running_ones_their_progress(ledger
 pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<dyn Ledger>) {
     use crate::pipeline::StepSpec;
     let one_step = |owner: &str| NewPipeline {
+        idempotency: None,
         id: JobId::new(),
         tenant: tenant(owner),
         key_id: None,
@@ -906,6 +911,133 @@ pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<d
     assert!(failed.is_empty());
 }
 
+pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn Ledger>) {
+    let key = |k: &str| IdempotencyRef {
+        key_id: "key-1".into(),
+        key: k.into(),
+    };
+    let hour = Duration::from_secs(3600);
+    let begin = |k: IdempotencyRef, print: &'static str, lock: Duration, keep: Duration| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .begin_idempotent(&k, print, lock, keep)
+                .await
+                .unwrap()
+        }
+    };
+    // First use runs; a second while it runs is in flight; another body is a mismatch.
+    assert_eq!(
+        begin(key("a"), "p1", hour, hour).await,
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        begin(key("a"), "p1", hour, hour).await,
+        IdempotencyBegin::InFlight
+    );
+    assert_eq!(
+        begin(key("a"), "p2", hour, hour).await,
+        IdempotencyBegin::Mismatch
+    );
+    // Another API key's same key is its own.
+    let theirs = IdempotencyRef {
+        key_id: "key-2".into(),
+        key: "a".into(),
+    };
+    assert_eq!(
+        begin(theirs, "p2", hour, hour).await,
+        IdempotencyBegin::Started
+    );
+    // Answered: replayed as stored.
+    let answer = StoredResponse {
+        status: 202,
+        headers: vec![("location".into(), "/v1/jobs/x".into())],
+        body: "{\"id\":\"x\"}".into(),
+    };
+    ledger
+        .complete_idempotent(&key("a"), &answer)
+        .await
+        .unwrap();
+    assert_eq!(
+        begin(key("a"), "p1", hour, hour).await,
+        IdempotencyBegin::Replay(answer)
+    );
+    // A server-side failure lets the key go: the retry runs.
+    assert_eq!(
+        begin(key("b"), "p1", hour, hour).await,
+        IdempotencyBegin::Started
+    );
+    ledger.abandon_idempotent(&key("b")).await.unwrap();
+    assert_eq!(
+        begin(key("b"), "p1", hour, hour).await,
+        IdempotencyBegin::Started
+    );
+    // A request that died after creating its job: once its lock lapses, the retry gets the job.
+    let short = Duration::from_millis(30);
+    assert_eq!(
+        begin(key("c"), "p1", short, hour).await,
+        IdempotencyBegin::Started
+    );
+    let job = ledger
+        .insert_job(NewJob {
+            id: JobId::new(),
+            tenant: tenant("a"),
+            model: "demo/image".into(),
+            input: serde_json::json!({"prompt": "x"}),
+            deadline_at: None,
+            start_by: None,
+            key_id: None,
+            webhook_url: None,
+            webhook_events: None,
+            idempotency: Some(key("c")),
+        })
+        .await
+        .unwrap();
+    outlive(short).await;
+    assert_eq!(
+        begin(key("c"), "p1", short, hour).await,
+        IdempotencyBegin::Created(job.id)
+    );
+    // One that died before creating anything is taken over.
+    assert_eq!(
+        begin(key("d"), "p1", short, hour).await,
+        IdempotencyBegin::Started
+    );
+    outlive(short).await;
+    assert_eq!(
+        begin(key("d"), "p1", short, hour).await,
+        IdempotencyBegin::Started
+    );
+    // Past its keeping time a key is new again, and the purge deletes what has lapsed.
+    assert_eq!(
+        begin(key("e"), "p1", hour, short).await,
+        IdempotencyBegin::Started
+    );
+    outlive(short).await;
+    assert_eq!(
+        begin(key("e"), "p2", hour, short).await,
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        begin(key("f"), "p1", hour, short).await,
+        IdempotencyBegin::Started
+    );
+    outlive(short).await;
+    assert!(ledger.purge_idempotency(now(), 100).await.unwrap() >= 1);
+    assert_eq!(
+        begin(key("f"), "p2", hour, hour).await,
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        begin(key("a"), "p1", hour, hour).await,
+        IdempotencyBegin::Replay(StoredResponse {
+            status: 202,
+            headers: vec![("location".into(), "/v1/jobs/x".into())],
+            body: "{\"id\":\"x\"}".into(),
+        })
+    );
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -927,7 +1059,8 @@ macro_rules! ledger_contract_tests {
             webhook_events_are_written_with_their_transitions,
             pipelines_start_steps_as_their_inputs_exist_and_end_with_them,
             queued_jobs_know_their_place_and_running_ones_their_progress,
-            pipelines_are_listed_newest_first_within_their_tenant
+            pipelines_are_listed_newest_first_within_their_tenant,
+            idempotency_keys_replay_refuse_take_over_and_expire
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -48,6 +48,39 @@ pub struct NewJob {
     pub webhook_url: Option<String>,
     /// Event types to deliver (`job.started`, …); `None` for all.
     pub webhook_events: Option<Vec<String>>,
+    /// The idempotency key of the request that creates it, linked in the same transaction.
+    pub idempotency: Option<IdempotencyRef>,
+}
+
+/// An `Idempotency-Key` as the ledger keeps it: scoped to the API key that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRef {
+    pub key_id: String,
+    pub key: String,
+}
+
+/// What the ledger knows of an idempotency key when a request arrives with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First use (or the earlier one expired, or died before creating anything): run it.
+    Started,
+    /// Same key, same request, answered before: send the stored response again.
+    Replay(StoredResponse),
+    /// Same key, another request body or route.
+    Mismatch,
+    /// The first request with this key is still being answered.
+    InFlight,
+    /// The first request created this job or pipeline and its process died before answering.
+    Created(JobId),
+}
+
+/// A response kept for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// `[(name, value)]`, as JSON.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 /// A pipeline to create: its steps in the order given (checked with `pipeline::plan`).
@@ -59,6 +92,7 @@ pub struct NewPipeline {
     pub webhook_url: Option<String>,
     pub webhook_events: Option<Vec<String>>,
     pub steps: Vec<crate::pipeline::StepSpec>,
+    pub idempotency: Option<IdempotencyRef>,
 }
 
 /// A step as the pipeline shows it: its job once it has started.
@@ -259,6 +293,27 @@ pub trait Ledger: Send + Sync + 'static {
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>>;
     /// `queued|running → canceled`. A running job's worker notices at its next lease renewal.
     async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome>;
+
+    /// Takes an idempotency key for one request: `fingerprint` identifies the request (route
+    /// and body); `lock_for` bounds how long a request may hold it before a retry may take over;
+    /// `keep_for` is how long the answer is kept.
+    async fn begin_idempotent(
+        &self,
+        key: &IdempotencyRef,
+        fingerprint: &str,
+        lock_for: Duration,
+        keep_for: Duration,
+    ) -> Result<IdempotencyBegin>;
+    /// Stores the answer of the request holding `key`, for replay.
+    async fn complete_idempotent(
+        &self,
+        key: &IdempotencyRef,
+        response: &StoredResponse,
+    ) -> Result<()>;
+    /// Lets `key` go unanswered (the request failed on the server's side): a retry runs again.
+    async fn abandon_idempotent(&self, key: &IdempotencyRef) -> Result<()>;
+    /// Deletes idempotency keys past their keeping time; how many.
+    async fn purge_idempotency(&self, now: Timestamp, limit: u32) -> Result<u64>;
     /// How many queued jobs, of every tenant, were submitted before this queued one and wait
     /// with it; `None` once it is not queued. Dispatch drains in submit order within a lane, so
     /// this is the count a client waits behind.
