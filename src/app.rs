@@ -247,6 +247,7 @@ fn identity_base(config: &Config) -> String {
 /// Starts the roles asked for and returns once the api is listening.
 pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     let ledger = open_ledger(config).await?;
+    ledger.set_dispatch_window(config.tenant_window);
     let listener = if roles.api {
         Some(
             tokio::net::TcpListener::bind(config.listen)
@@ -393,7 +394,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     SafeClient::new(ssrf.clone(), Duration::from_secs(60)),
                     config.outputs.max_input_bytes,
                 ),
-                permits,
+                permits.clone(),
                 CallbackSettings {
                     base: config
                         .callback_url
@@ -481,6 +482,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             max_body_bytes: config.max_body_bytes,
             poll_hint: config.poll_hint,
             idempotency_keep: config.idempotency_keep,
+            limits: config.limits.key_limits(),
+            permits: permits.clone(),
             callback_secret: secret,
         });
         let app = kiln_api::router(state);

@@ -75,6 +75,12 @@ pub struct Config {
     /// How long an `Idempotency-Key`'s answer is kept for replay.
     #[serde(with = "humantime_serde")]
     pub idempotency_keep: Duration,
+    /// How many of one tenant's queued jobs may wait in the shared dispatch queue at once; the
+    /// rest are held in the ledger and admitted as places free, fairly across tenants, so one
+    /// tenant's burst cannot bury another's job.
+    pub tenant_window: u32,
+    /// Default per-key limits (`[limits]`).
+    pub limits: LimitsConfig,
     /// Upstream providers that model routes may name (`[[providers]]` in kiln.toml).
     pub providers: Vec<kiln_core::routes::ProviderConfig>,
     /// Configured models and their route chains (`[[models]]` in kiln.toml).
@@ -138,6 +144,31 @@ pub struct OutputsConfig {
 pub struct DemoConfig {
     /// Lets demo inputs ask the worker process to abort (fault tests only).
     pub allow_crash: bool,
+}
+
+/// Every key's limits, where the key sets none of its own (`kiln keys limits`). Unset: none.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per second per key, on every route (429 with `Retry-After` beyond).
+    pub rate_per_second: Option<u32>,
+    /// Jobs a key may have queued or running at once.
+    pub max_active_jobs: Option<u32>,
+    /// What a key's jobs may cost per UTC day, in the currency unit of the routes' prices.
+    pub daily_spend: Option<f64>,
+    /// The highest priority a key may submit at (`high`, `normal`, `low`).
+    pub max_priority: Option<kiln_core::dispatch::Lane>,
+}
+
+impl LimitsConfig {
+    pub fn key_limits(&self) -> kiln_core::ledger::KeyLimits {
+        kiln_core::ledger::KeyLimits {
+            rate_per_second: self.rate_per_second,
+            max_active_jobs: self.max_active_jobs,
+            daily_spend_micros: self.daily_spend.map(|d| (d * 1e6).round() as i64),
+            max_priority: self.max_priority,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -228,6 +259,8 @@ impl Default for Config {
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
             idempotency_keep: Duration::from_secs(24 * 3600),
+            tenant_window: kiln_core::ledger::DEFAULT_TENANT_WINDOW,
+            limits: LimitsConfig::default(),
             providers: vec![],
             models: vec![],
             worker: WorkerConfig::default(),

@@ -62,13 +62,49 @@ enum KeysCommand {
         /// The key's default webhook: where its jobs' events go when a job names no webhook.
         #[arg(long)]
         webhook: Option<url::Url>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Set a key's default webhook (by id or prefix); `none` clears it.
     Webhook { key: String, url: String },
+    /// Set a key's limits (by id or prefix); a limit left out returns to the configured default.
+    Limits {
+        key: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// List keys (never the keys themselves: only their prefixes).
     List,
     /// Revoke a key by its id or prefix.
     Revoke { key: String },
+}
+
+/// A key's own limits; each one left out falls back to `[limits]` in the configuration.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Requests per second, on every route.
+    #[arg(long)]
+    rps: Option<u32>,
+    /// Jobs queued or running at once.
+    #[arg(long)]
+    max_active: Option<u32>,
+    /// Spend per UTC day, in the currency unit of the routes' prices.
+    #[arg(long)]
+    daily_spend: Option<f64>,
+    /// The highest priority it may submit at: high, normal or low.
+    #[arg(long)]
+    max_priority: Option<kiln_core::dispatch::Lane>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> kiln_core::ledger::KeyLimits {
+        kiln_core::ledger::KeyLimits {
+            rate_per_second: self.rps,
+            max_active_jobs: self.max_active,
+            daily_spend_micros: self.daily_spend.map(|d| (d * 1e6).round() as i64),
+            max_priority: self.max_priority,
+        }
+    }
 }
 
 #[tokio::main]
@@ -175,7 +211,11 @@ async fn shutdown_signal() {
 async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let ledger = app::open_ledger(config).await?;
     match command {
-        KeysCommand::Create { tenant, webhook } => {
+        KeysCommand::Create {
+            tenant,
+            webhook,
+            limits,
+        } => {
             let tenant = TenantId::parse(&tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
             let minted = keys::mint();
             let record = ledger.insert_api_key(&tenant, &minted).await?;
@@ -184,6 +224,7 @@ async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()
                     .set_default_webhook(&record.id, Some(url.as_str()))
                     .await?;
             }
+            ledger.set_key_limits(&record.id, &limits.limits()).await?;
             println!("{}", minted.plaintext);
         }
         KeysCommand::Webhook { key, url } => {
@@ -198,6 +239,11 @@ async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()
             let n = ledger.set_default_webhook(&key, url.as_deref()).await?;
             anyhow::ensure!(n > 0, "no live key has the id or prefix '{key}'");
             eprintln!("kiln: set the default webhook of {n} key(s)");
+        }
+        KeysCommand::Limits { key, limits } => {
+            let n = ledger.set_key_limits(&key, &limits.limits()).await?;
+            anyhow::ensure!(n > 0, "no live key has the id or prefix '{key}'");
+            eprintln!("kiln: set the limits of {n} key(s)");
         }
         KeysCommand::List => {
             println!(

@@ -341,6 +341,8 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
     let job = ledger
         .insert_job(kiln_core::ledger::NewJob {
             idempotency: None,
+            priority: Default::default(),
+            max_active: None,
             id: kiln_core::JobId::new(),
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),

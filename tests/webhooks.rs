@@ -455,6 +455,8 @@ async fn webhooks_to_private_addresses_are_refused_at_submit_and_at_send() {
     let job = ledger
         .insert_job(kiln_core::ledger::NewJob {
             idempotency: None,
+            priority: Default::default(),
+            max_active: None,
             id: kiln_core::JobId::new(),
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),

@@ -65,7 +65,7 @@ async fn run(state: Arc<ApiState>, request: Request, next: Next) -> Result<Respo
         .ok_or_else(|| invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?
         .to_owned();
     let (mut parts, body) = request.into_parts();
-    let caller = live_key(&parts, &state).await?;
+    let caller = live_key(&mut parts, &state).await?;
     let body = to_bytes(body, state.max_body_bytes).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -102,17 +102,13 @@ async fn run(state: Arc<ApiState>, request: Request, next: Next) -> Result<Respo
             .with_field("Idempotency-Key"))
         }
         IdempotencyBegin::InFlight => {
-            let mut response = Problem::new(
+            return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_in_flight",
                 "a request with this Idempotency-Key is still being answered; retry shortly",
             )
             .with_field("Idempotency-Key")
-            .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return Ok(response);
+            .with_retry_after(1));
         }
         IdempotencyBegin::Created(id) => return created_earlier(&state, &caller.tenant, id).await,
     }

@@ -116,6 +116,7 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
         "id": job.id,
         "model": job.model,
         "status": job.status,
+        "priority": job.priority,
         "queue_position": Value::Null,
         "progress": progress(job),
         "input": elide_inline_data(&job.input),
@@ -227,7 +228,22 @@ pub async fn submit(
         max_queue_wait,
         webhook,
         webhook_events,
+        priority,
     } = parse_submit(&request, &headers)?;
+    if let Some(highest) = caller.limits.max_priority {
+        // Lanes order from high to low: a priority "less" than the key's highest is above it.
+        if priority < highest {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "priority_not_allowed",
+                format!(
+                    "this key may submit at priority {} or lower",
+                    highest.as_str()
+                ),
+            )
+            .with_field("priority"));
+        }
+    }
     // A job that names no webhook uses its key's default, if the key has one.
     let webhook = match (webhook, &caller.default_webhook) {
         (None, Some(default)) => url::Url::parse(default).ok(),
@@ -256,10 +272,13 @@ pub async fn submit(
     for (field, job, index) in parsed.output_references() {
         check_output_reference(&state, &caller.tenant, field, job, index).await?;
     }
+    crate::limits::check_spend(&state, &caller, &[model.as_str()]).await?;
     let job = state
         .ledger
         .insert_job(NewJob {
             idempotency: idempotency.map(|e| e.0),
+            priority,
+            max_active: caller.limits.max_active_jobs,
             id: JobId::new(),
             tenant: caller.tenant,
             model,
@@ -270,8 +289,15 @@ pub async fn submit(
             webhook_url: webhook.map(|u| u.to_string()),
             webhook_events,
         })
-        .await?;
-    if let Err(e) = state.doorbell.ring(job.id).await {
+        .await
+        .map_err(crate::limits::active_job_limit)?;
+    // A job its tenant's dispatch window holds back is rung when a place frees.
+    let ring = if job.held {
+        Ok(())
+    } else {
+        state.doorbell.ring(job.id, job.priority).await
+    };
+    if let Err(e) = ring {
         // Committed is committed: the reconciler's next pass rings it.
         tracing::warn!(job = %job.id, error = %e, "could not ring the doorbell; the reconciler will");
         if let Err(e) = state.ledger.mark_unrung(job.id).await {
@@ -295,6 +321,7 @@ struct Submission {
     max_queue_wait: Option<std::time::Duration>,
     webhook: Option<url::Url>,
     webhook_events: Option<Vec<String>>,
+    priority: kiln_core::dispatch::Lane,
 }
 
 /// The events a job's webhook can ask for.
@@ -347,7 +374,13 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     if let Some(extra) = request.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "model" | "input" | "cancel_after" | "max_queue_wait" | "webhook" | "webhook_events"
+            "model"
+                | "input"
+                | "cancel_after"
+                | "max_queue_wait"
+                | "webhook"
+                | "webhook_events"
+                | "priority"
         )
     }) {
         return Err(invalid(
@@ -433,6 +466,19 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
             ))
         }
     };
+    let priority = match request.get("priority") {
+        None | Some(Value::Null) => kiln_core::dispatch::Lane::Normal,
+        Some(Value::String(p)) => p
+            .parse()
+            .map_err(|e: String| invalid("invalid_priority", "priority", &e))?,
+        Some(_) => {
+            return Err(invalid(
+                "invalid_type",
+                "priority",
+                "priority must be one of high, normal, low",
+            ))
+        }
+    };
     Ok(Submission {
         model,
         input,
@@ -440,6 +486,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
         max_queue_wait,
         webhook,
         webhook_events,
+        priority,
     })
 }
 

@@ -8,6 +8,7 @@ mod callbacks;
 mod files;
 mod idempotency;
 mod jobs;
+mod limits;
 mod pipelines;
 mod problem;
 mod wait;
@@ -47,6 +48,10 @@ pub struct ApiState {
     pub poll_hint: Duration,
     /// How long an `Idempotency-Key`'s answer is kept (24 h by default).
     pub idempotency_keep: Duration,
+    /// Every key's limits where the key sets none of its own.
+    pub limits: kiln_core::ledger::KeyLimits,
+    /// Counts each key's requests against its rate, across api processes when shared (Redis).
+    pub permits: kiln_core::permits::SharedPermits,
     /// Key of the tokens in upstream callback URLs (`kiln_core::callbacks`).
     pub callback_secret: Arc<[u8]>,
 }

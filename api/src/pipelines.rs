@@ -162,6 +162,8 @@ pub async fn submit(
             ))
         }
     };
+    let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
+    crate::limits::check_spend(&state, &caller, &models).await?;
     let (pipeline, started) = state
         .ledger
         .insert_pipeline(NewPipeline {
@@ -175,7 +177,12 @@ pub async fn submit(
         })
         .await?;
     for job in started {
-        if state.doorbell.ring(job).await.is_err() {
+        if state
+            .doorbell
+            .ring(job, kiln_core::dispatch::Lane::Normal)
+            .await
+            .is_err()
+        {
             // Committed is committed: the reconciler rings it.
             let _ = state.ledger.mark_unrung(job).await;
         }

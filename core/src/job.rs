@@ -258,6 +258,10 @@ pub struct Job {
     pub webhook_events: Option<Vec<String>>,
     /// The pipeline this job is a step of.
     pub pipeline_id: Option<JobId>,
+    /// Its dispatch lane.
+    pub priority: crate::dispatch::Lane,
+    /// Queued but held back by its tenant's dispatch window (not yet in the shared queue).
+    pub held: bool,
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<Output>,
 }

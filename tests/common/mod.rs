@@ -108,6 +108,18 @@ impl Kiln {
         minted.plaintext
     }
 
+    /// A key of `tenant` with limits of its own.
+    pub async fn key_with(&self, tenant: &str, limits: kiln_core::ledger::KeyLimits) -> String {
+        let minted = keys::mint();
+        let ledger = &self.running.as_ref().unwrap().ledger;
+        let record = ledger
+            .insert_api_key(&TenantId::parse(tenant).unwrap(), &minted)
+            .await
+            .unwrap();
+        assert_eq!(ledger.set_key_limits(&record.id, &limits).await.unwrap(), 1);
+        minted.plaintext
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

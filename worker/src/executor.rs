@@ -8,7 +8,7 @@
 use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, UpstreamLink};
 use futures::{FutureExt, StreamExt};
 use kiln_core::catalog::Catalog;
-use kiln_core::dispatch::Doorbell;
+use kiln_core::dispatch::{Doorbell, Lane};
 use kiln_core::ledger::{AttemptNote, Claim, Lease};
 use kiln_core::routes::RouteConfig;
 use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
@@ -92,6 +92,13 @@ impl Executor {
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
+            // The claim admitted the tenant's next held job to the queue: ring it now (if this
+            // fails, the reconciler rings it, since it is admitted and unrung).
+            if let Some((next, lane)) = claim.admitted {
+                if self.doorbell.ring(next, lane).await.is_ok() {
+                    self.ledger.mark_rung(next).await?;
+                }
+            }
         }
         Ok(claim)
     }
@@ -305,12 +312,13 @@ impl Executor {
                 tracing::info!(job = %lease.job_id, code = %failure.error.code, class = failure.class.as_str(), ?delay, "next attempt scheduled");
                 let doorbell = self.doorbell.clone();
                 let job_id = lease.job_id;
+                let lane = claim.job.priority;
                 let ledger = self.ledger.clone();
                 // If this process dies first, the reconciler rings the job once it is due (the
                 // retry left it marked unrung).
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    if doorbell.ring(job_id).await.is_ok() {
+                    if doorbell.ring(job_id, lane).await.is_ok() {
                         let _ = ledger.mark_rung(job_id).await;
                     }
                 });
@@ -518,7 +526,7 @@ pub async fn advance_pipeline(
     pipeline: JobId,
 ) -> ExecResult {
     for job in ledger.advance_pipeline(pipeline).await? {
-        if doorbell.ring(job).await.is_err() {
+        if doorbell.ring(job, Lane::Normal).await.is_err() {
             ledger.mark_unrung(job).await?;
         }
     }

@@ -73,10 +73,10 @@ impl Reconciler {
             .await?
         {
             match rescue {
-                Rescue::Requeued(id) => {
+                Rescue::Requeued(id, lane) => {
                     tracing::warn!(job = %id, "rescued a job whose worker was lost");
                     report.rescued += 1;
-                    self.ring(id).await?;
+                    self.ring(id, lane).await?;
                 }
                 Rescue::GaveUp(id) => {
                     tracing::warn!(job = %id, "job failed: rescue limit reached");
@@ -109,15 +109,26 @@ impl Reconciler {
             kiln_core::time::now()
                 - chrono::Duration::from_std(self.ring_stale_after).unwrap_or_default()
         };
-        for id in self.ledger.due_unrung(rung_before, BATCH).await? {
-            self.ring(id).await?;
+        // Held jobs whose tenants' windows have room (a queued job ended without a claim),
+        // fairly across tenants; then every admitted job that is due and was never rung, or
+        // was rung long ago.
+        for (id, lane) in self.ledger.admit_held(BATCH).await? {
+            self.ring(id, lane).await?;
+            report.rung += 1;
+        }
+        for (id, lane) in self.ledger.due_unrung(rung_before, BATCH).await? {
+            self.ring(id, lane).await?;
             report.rung += 1;
         }
         Ok(report)
     }
 
-    async fn ring(&self, id: kiln_core::JobId) -> Result<(), LedgerError> {
-        match self.doorbell.ring(id).await {
+    async fn ring(
+        &self,
+        id: kiln_core::JobId,
+        lane: kiln_core::dispatch::Lane,
+    ) -> Result<(), LedgerError> {
+        match self.doorbell.ring(id, lane).await {
             Ok(()) => self.ledger.mark_rung(id).await,
             // The job stays due and unrung; the next pass tries again.
             Err(e) => {

@@ -26,10 +26,25 @@ pub enum DispatchError {
     Unavailable(String),
 }
 
-/// Which lane a ring travels in. Lanes drain highest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Which lane a ring travels in: a job's `priority`. Every read takes from every lane, highest
+/// first, so a busy high lane slows the low one but never stops it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Lane {
     High,
+    #[default]
     Normal,
     Low,
 }
@@ -43,6 +58,17 @@ impl Lane {
             Lane::Normal => "normal",
             Lane::Low => "low",
         }
+    }
+}
+
+impl std::str::FromStr for Lane {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Lane::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not a priority (high, normal, low)"))
     }
 }
 
@@ -68,7 +94,7 @@ pub type RingStream = BoxStream<'static, Result<Ring, Infallible>>;
 pub trait Doorbell: Send + Sync + 'static {
     /// Rings for `job`: the api after committing it, a worker after scheduling a retry, the
     /// reconciler for what nobody took.
-    async fn ring(&self, job: JobId) -> Result<(), DispatchError>;
+    async fn ring(&self, job: JobId, lane: Lane) -> Result<(), DispatchError>;
 
     /// Acknowledges a delivered ring; it will not be delivered again.
     async fn ack(&self, _receipt: &Receipt) -> Result<(), DispatchError> {

@@ -125,10 +125,10 @@ pub fn stream_key(prefix: &str, lane: Lane) -> String {
 
 #[async_trait]
 impl Doorbell for RedisDoorbell {
-    async fn ring(&self, job: JobId) -> Result<(), DispatchError> {
+    async fn ring(&self, job: JobId, lane: Lane) -> Result<(), DispatchError> {
         let mut conn = self.conn.clone();
         let mut add = redis::cmd("XADD");
-        add.arg(self.key(Lane::Normal))
+        add.arg(self.key(lane))
             .arg("*")
             .arg("job")
             .arg(job.to_string());
@@ -396,7 +396,7 @@ mod tests {
         let mut b = bell.consume(settings("b", Duration::from_secs(60)));
         let jobs: Vec<JobId> = (0..4).map(|_| JobId::new()).collect();
         for j in &jobs {
-            bell.ring(*j).await.unwrap();
+            bell.ring(*j, Lane::Normal).await.unwrap();
         }
         let mut seen = vec![];
         while seen.len() < jobs.len() {
@@ -418,6 +418,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_read_takes_every_lane_highest_first() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        let lows: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+        for j in &lows {
+            bell.ring(*j, Lane::Low).await.unwrap();
+        }
+        let high = JobId::new();
+        bell.ring(high, Lane::High).await.unwrap();
+        // Rung before anyone reads: the first read holds both lanes, the high one first.
+        let mut rings = bell.consume(settings("a", Duration::from_secs(60)));
+        let first = next(&mut rings).await;
+        assert_eq!(first.job, high);
+        assert_eq!(first.receipt.as_ref().unwrap().lane, Lane::High);
+        for j in &lows {
+            let ring = next(&mut rings).await;
+            assert_eq!(ring.job, *j);
+            assert_eq!(ring.receipt.as_ref().unwrap().lane, Lane::Low);
+        }
+    }
+
+    #[tokio::test]
     async fn a_dead_consumers_rings_are_reclaimed() {
         let redis = RedisServer::start();
         let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
@@ -425,7 +447,7 @@ mod tests {
         {
             // This consumer takes the ring and dies without acknowledging it.
             let mut dying = bell.consume(settings("dying", Duration::from_millis(100)));
-            bell.ring(job).await.unwrap();
+            bell.ring(job, Lane::Normal).await.unwrap();
             assert_eq!(next(&mut dying).await.job, job);
         }
         let mut survivor = bell.consume(settings("survivor", Duration::from_millis(100)));
@@ -440,13 +462,13 @@ mod tests {
         let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
         let mut rings = bell.consume(settings("w", Duration::from_secs(60)));
         let before = JobId::new();
-        bell.ring(before).await.unwrap();
+        bell.ring(before, Lane::Normal).await.unwrap();
         assert_eq!(next(&mut rings).await.job, before);
         let epoch = bell.epoch().await.unwrap();
 
         redis.kill();
         assert!(
-            bell.ring(JobId::new()).await.is_err(),
+            bell.ring(JobId::new(), Lane::Normal).await.is_err(),
             "a ring with Redis down fails fast"
         );
         redis.restart();
@@ -454,7 +476,7 @@ mod tests {
         // Producers reconnect on their own; the consumer re-creates its group and reads on.
         let after = JobId::new();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while bell.ring(after).await.is_err() {
+        while bell.ring(after, Lane::Normal).await.is_err() {
             assert!(Instant::now() < deadline, "the producer never reconnected");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

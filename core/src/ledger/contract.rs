@@ -3,6 +3,7 @@
 //! function takes a fresh, empty ledger.
 
 use super::*;
+use crate::dispatch::Lane;
 use crate::job::{AttemptOutcome, ErrorInfo, JobId, NewOutput, Status, TenantId};
 use crate::time::now;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ async fn new_job(ledger: &dyn Ledger, owner: &str) -> JobId {
     let job = ledger
         .insert_job(NewJob {
             idempotency: None,
+            priority: Default::default(),
+            max_active: None,
             id: JobId::new(),
             tenant: tenant(owner),
             model: "demo/image".into(),
@@ -80,7 +83,7 @@ pub async fn results_are_fenced_by_the_lease(ledger: Arc<dyn Ledger>) {
     outlive(short).await;
     assert_eq!(
         ledger.rescue_expired_leases(3, 10).await.unwrap(),
-        vec![Rescue::Requeued(id)]
+        vec![Rescue::Requeued(id, Lane::Normal)]
     );
     let fresh = ledger
         .claim(id, "w2", "demo", LEASE)
@@ -190,7 +193,7 @@ pub async fn the_rescue_limit_fails_a_job(ledger: Arc<dyn Ledger>) {
     outlive(short).await;
     assert_eq!(
         ledger.rescue_expired_leases(1, 10).await.unwrap(),
-        vec![Rescue::Requeued(id)]
+        vec![Rescue::Requeued(id, Lane::Normal)]
     );
     ledger
         .claim(id, "w2", "demo", short)
@@ -301,10 +304,16 @@ pub async fn due_jobs_are_rung_again_only_when_stale(ledger: Arc<dyn Ledger>) {
         "just rung at submit"
     );
     let soon = now() + chrono::Duration::seconds(1);
-    assert_eq!(ledger.due_unrung(soon, 10).await.unwrap(), vec![id]);
+    assert_eq!(
+        ledger.due_unrung(soon, 10).await.unwrap(),
+        vec![(id, Lane::Normal)]
+    );
     // A failed ring makes the job due for the very next pass.
     ledger.mark_unrung(id).await.unwrap();
-    assert_eq!(ledger.due_unrung(an_hour_ago, 10).await.unwrap(), vec![id]);
+    assert_eq!(
+        ledger.due_unrung(an_hour_ago, 10).await.unwrap(),
+        vec![(id, Lane::Normal)]
+    );
 }
 
 pub async fn expired_outputs_are_listed_until_marked(ledger: Arc<dyn Ledger>) {
@@ -404,7 +413,7 @@ pub async fn worker_slots_are_unique_and_come_back(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.expire_leases_of("host-0").await.unwrap(), 1);
     assert_eq!(
         ledger.rescue_expired_leases(3, 10).await.unwrap(),
-        vec![Rescue::Requeued(id)]
+        vec![Rescue::Requeued(id, Lane::Normal)]
     );
 }
 
@@ -477,6 +486,8 @@ pub async fn overdue_jobs_fail_with_the_limit_they_broke(ledger: Arc<dyn Ledger>
             ledger
                 .insert_job(NewJob {
                     idempotency: None,
+                    priority: Default::default(),
+                    max_active: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -538,6 +549,8 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
             ledger
                 .insert_job(NewJob {
                     idempotency: None,
+                    priority: Default::default(),
+                    max_active: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -990,6 +1003,8 @@ pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn
             webhook_url: None,
             webhook_events: None,
             idempotency: Some(key("c")),
+            priority: Default::default(),
+            max_active: None,
         })
         .await
         .unwrap();
@@ -1038,6 +1053,80 @@ pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn
     );
 }
 
+pub async fn tenant_windows_hold_a_burst_and_admit_it_as_places_free(ledger: Arc<dyn Ledger>) {
+    ledger.set_dispatch_window(2);
+    let insert = |owner: &str, priority: Lane| {
+        let ledger = ledger.clone();
+        let owner = owner.to_owned();
+        async move {
+            ledger
+                .insert_job(NewJob {
+                    id: JobId::new(),
+                    tenant: tenant(&owner),
+                    model: "demo/image".into(),
+                    input: serde_json::json!({"prompt": "x"}),
+                    deadline_at: None,
+                    start_by: None,
+                    key_id: None,
+                    webhook_url: None,
+                    webhook_events: None,
+                    idempotency: None,
+                    priority,
+                    max_active: None,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let a1 = insert("a", Lane::Normal).await;
+    let a2 = insert("a", Lane::Normal).await;
+    let a3 = insert("a", Lane::Normal).await;
+    let a4 = insert("a", Lane::High).await;
+    assert!(!a1.held && !a2.held, "the window admits two");
+    assert!(a3.held && a4.held, "the rest wait in the ledger");
+    // Another tenant's window is its own.
+    let b1 = insert("b", Lane::Normal).await;
+    assert!(!b1.held);
+    // Held jobs are not rung by the reconciler and cannot be claimed.
+    let soon = now() + chrono::Duration::seconds(1);
+    let due: Vec<JobId> = ledger
+        .due_unrung(soon, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!due.contains(&a3.id) && !due.contains(&a4.id), "{due:?}");
+    assert!(ledger
+        .claim(a3.id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    // A claim frees a place: the tenant's highest-priority held job takes it, in the same
+    // transaction.
+    let claim = ledger
+        .claim(a1.id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.admitted, Some((a4.id, Lane::High)));
+    assert!(claim.job.priority == Lane::Normal);
+    // A queued job that ends without a claim frees a place the reconciler fills.
+    assert!(
+        ledger.admit_held(10).await.unwrap().is_empty(),
+        "no room yet"
+    );
+    assert!(matches!(
+        ledger.cancel_job(&tenant("a"), a2.id).await.unwrap(),
+        CancelOutcome::Canceled(_)
+    ));
+    assert_eq!(
+        ledger.admit_held(10).await.unwrap(),
+        vec![(a3.id, Lane::Normal)]
+    );
+    assert!(!ledger.job_by_id(a3.id).await.unwrap().unwrap().held);
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1060,7 +1149,8 @@ macro_rules! ledger_contract_tests {
             pipelines_start_steps_as_their_inputs_exist_and_end_with_them,
             queued_jobs_know_their_place_and_running_ones_their_progress,
             pipelines_are_listed_newest_first_within_their_tenant,
-            idempotency_keys_replay_refuse_take_over_and_expire
+            idempotency_keys_replay_refuse_take_over_and_expire,
+            tenant_windows_hold_a_burst_and_admit_it_as_places_free
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

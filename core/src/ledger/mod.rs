@@ -11,7 +11,7 @@
 pub mod contract;
 mod sql;
 
-pub use sql::{Dialect, SqlLedger};
+pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
 
 use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Status, TenantId};
 use crate::keys::MintedKey;
@@ -29,6 +29,8 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("unsupported database URL '{0}': expected sqlite:// or postgres://")]
     UnsupportedUrl(String),
+    #[error("the key already has {0} active jobs, its limit")]
+    ActiveJobLimit(u32),
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
@@ -50,6 +52,20 @@ pub struct NewJob {
     pub webhook_events: Option<Vec<String>>,
     /// The idempotency key of the request that creates it, linked in the same transaction.
     pub idempotency: Option<IdempotencyRef>,
+    pub priority: crate::dispatch::Lane,
+    /// Refuse it (`LedgerError::ActiveJobLimit`) if its key already has this many jobs queued
+    /// or running; checked in the inserting transaction, so concurrent submits cannot overshoot.
+    pub max_active: Option<u32>,
+}
+
+/// A key's own limits; `None` leaves the configured default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rate_per_second: Option<u32>,
+    pub max_active_jobs: Option<u32>,
+    /// Daily spend cap in millionths of the currency unit (UTC days).
+    pub daily_spend_micros: Option<i64>,
+    pub max_priority: Option<crate::dispatch::Lane>,
 }
 
 /// An `Idempotency-Key` as the ledger keeps it: scoped to the API key that sent it.
@@ -203,6 +219,9 @@ pub struct Claim {
     pub job: Job,
     pub lease: Lease,
     pub attempt_number: u32,
+    /// The same tenant's next held job, admitted to the queue in the claim's transaction (the
+    /// claim freed a place in its tenant's window): the claimer rings it.
+    pub admitted: Option<(JobId, crate::dispatch::Lane)>,
 }
 
 /// What a worker records on its running attempt; a field left `None` keeps its value.
@@ -230,7 +249,7 @@ pub enum CancelOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rescue {
     /// The job went back to `queued`; it must be rung.
-    Requeued(JobId),
+    Requeued(JobId, crate::dispatch::Lane),
     /// The job had been rescued too often and is now `failed`.
     GaveUp(JobId),
 }
@@ -244,6 +263,7 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<Timestamp>,
     /// Where its jobs' webhooks go when a job names none.
     pub default_webhook: Option<String>,
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +293,10 @@ pub trait Ledger: Send + Sync + 'static {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     /// Sets (or clears) a live key's default webhook, by id or prefix; returns how many keys.
     async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64>;
+    /// Sets a key's limits (all four: `None` returns one to the default); how many keys matched.
+    async fn set_key_limits(&self, id_or_prefix: &str, limits: &KeyLimits) -> Result<u64>;
+    /// What the key's jobs' attempts started since `since` cost, in millionths.
+    async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
     /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
     async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets>;
     /// Makes `new` the key's secret; the current one keeps signing until `previous_until`.
@@ -433,7 +457,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// (`deadline_exceeded`, `queue_timeout`). Returns them with their error code.
     async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>>;
     /// Queued jobs that are due and were last rung before `rung_before`.
-    async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>>;
+    async fn due_unrung(
+        &self,
+        rung_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
+    /// Admits held jobs to the queue where their tenants' windows have room, round-robin across
+    /// tenants (each tenant's highest priority, oldest first); the caller rings them.
+    async fn admit_held(&self, limit: u32) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
+    /// How many of a tenant's queued jobs may be in the shared queue at once (default 100).
+    fn set_dispatch_window(&self, window: u32);
     async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;
     async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
 }

@@ -80,16 +80,23 @@ impl Dialect {
 pub struct SqlLedger {
     pool: AnyPool,
     dialect: Dialect,
+    /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
+    window: std::sync::atomic::AtomicU32,
 }
+
+/// The default of `dispatch.tenant_window`.
+pub const DEFAULT_TENANT_WINDOW: u32 = 100;
 
 const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
-    deadline_at, start_by, webhook_url, webhook_events, pipeline_id";
+    deadline_at, start_by, webhook_url, webhook_events, pipeline_id, priority, rung_at";
 
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
     tx: Transaction<'static, Any>,
     d: Dialect,
+    /// The tenant dispatch window, for the jobs this transaction inserts.
+    window: u32,
 }
 
 impl SqlLedger {
@@ -125,7 +132,11 @@ impl SqlLedger {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(SqlLedger { pool, dialect })
+        Ok(SqlLedger {
+            pool,
+            dialect,
+            window: std::sync::atomic::AtomicU32::new(DEFAULT_TENANT_WINDOW),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -144,6 +155,7 @@ impl SqlLedger {
         Ok(Tx {
             tx: self.pool.begin_with(begin).await?,
             d: self.dialect,
+            window: self.window.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -251,9 +263,23 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
                     .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{p}'")))
             })
             .transpose()?,
+        priority: row
+            .try_get::<String, _>("priority")?
+            .parse()
+            .map_err(LedgerError::Corrupt)?,
+        held: row.try_get::<i64, _>("rung_at")? < 0,
         attempts: vec![],
         outputs: vec![],
     })
+}
+
+fn id_and_lane(row: &AnyRow) -> Result<(JobId, crate::dispatch::Lane)> {
+    let id: String = row.try_get("id")?;
+    let lane = row
+        .try_get::<String, _>("priority")?
+        .parse()
+        .map_err(LedgerError::Corrupt)?;
+    Ok((id.parse().map_err(|_| LedgerError::Corrupt(id))?, lane))
 }
 
 fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
@@ -289,8 +315,24 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
         created_at: from_millis(r.try_get("created_at")?),
         revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
         default_webhook: r.try_get("default_webhook")?,
+        limits: KeyLimits {
+            rate_per_second: r
+                .try_get::<Option<i64>, _>("rate_per_second")?
+                .map(|n| n.clamp(0, u32::MAX as i64) as u32),
+            max_active_jobs: r
+                .try_get::<Option<i64>, _>("max_active_jobs")?
+                .map(|n| n.clamp(0, u32::MAX as i64) as u32),
+            daily_spend_micros: r.try_get("daily_spend_micros")?,
+            max_priority: r
+                .try_get::<Option<String>, _>("max_priority")?
+                .map(|p| p.parse().map_err(LedgerError::Corrupt))
+                .transpose()?,
+        },
     })
 }
+
+const KEY_COLUMNS: &str = "id, tenant, prefix, created_at, revoked_at, default_webhook, \
+    rate_per_second, max_active_jobs, daily_spend_micros, max_priority";
 
 async fn record_transition(
     tx: &mut Tx,
@@ -463,13 +505,44 @@ fn bind_page<'q>(
     query.bind(filter.limit as i64)
 }
 
-/// Writes a new queued job (a step of `pipeline`, if given) with its first transition.
-async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i64) -> Result<()> {
+/// Writes a new queued job (a step of `pipeline`, if given) with its first transition. Returns
+/// whether its tenant's dispatch window admitted it to the queue (the caller rings it) or it is
+/// held until a place frees. A job whose key is at its active-job limit is refused.
+async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i64) -> Result<bool> {
     let id = job.id.to_string();
+    if let (Some(max), Some(key_id)) = (job.max_active, &job.key_id) {
+        // One submit per key at a time past this point (Postgres; SQLite writes one at a time),
+        // so concurrent submits cannot both take the last place.
+        sqlx::query(&tx.d.sql(&format!(
+            "SELECT id FROM api_keys WHERE id = ?{}",
+            tx.d.lock_rows()
+        )))
+        .bind(key_id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        let active: i64 = sqlx::query_scalar(&tx.d.sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') LIMIT ?) a",
+        ))
+        .bind(key_id)
+        .bind(i64::from(max))
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        if active >= i64::from(max) {
+            return Err(LedgerError::ActiveJobLimit(max));
+        }
+    }
+    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
+    ))
+    .bind(&job.tenant.0)
+    .bind(i64::from(tx.window))
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    let admitted = in_queue < i64::from(tx.window);
     sqlx::query(&tx.d.sql(
         "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
-             key_id, webhook_url, webhook_events, pipeline_id) \
-         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             key_id, webhook_url, webhook_events, pipeline_id, priority) \
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ))
     .bind(&id)
     .bind(&job.tenant.0)
@@ -477,19 +550,51 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     .bind(job.input.to_string())
     .bind(at)
     .bind(at)
-    .bind(at)
+    .bind(if admitted { at } else { -1 })
     .bind(job.deadline_at.map(to_millis))
     .bind(job.start_by.map(to_millis))
     .bind(job.key_id.as_deref())
     .bind(job.webhook_url.as_deref())
     .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
     .bind(pipeline)
+    .bind(job.priority.as_str())
     .execute(&mut *tx.tx)
     .await?;
     if let Some(key) = &job.idempotency {
         link_idempotent(tx, key, &id).await?;
     }
-    record_transition(tx, &id, None, Status::Queued, None, at).await
+    record_transition(tx, &id, None, Status::Queued, None, at).await?;
+    Ok(admitted)
+}
+
+/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one.
+async fn admit_next_in(
+    tx: &mut Tx,
+    tenant: &str,
+) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
+    for lane in crate::dispatch::Lane::ALL {
+        let next: Option<String> = sqlx::query_scalar(&tx.d.sql(&format!(
+            "SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
+             ORDER BY id LIMIT 1{}",
+            tx.d.lock_rows_skip_locked()
+        )))
+        .bind(tenant)
+        .bind(lane.as_str())
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        if let Some(id) = next {
+            sqlx::query(
+                &tx.d
+                    .sql("UPDATE jobs SET rung_at = 0 WHERE id = ? AND rung_at = -1"),
+            )
+            .bind(&id)
+            .execute(&mut *tx.tx)
+            .await?;
+            let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
+            return Ok(Some((job, lane)));
+        }
+    }
+    Ok(None)
 }
 
 /// Marks what the request holding `key` created, in the transaction that creates it.
@@ -701,8 +806,10 @@ async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
             key_id: key_id.clone(),
             webhook_url: None,
             webhook_events: None,
+            priority: crate::dispatch::Lane::Normal,
+            max_active: None,
         };
-        insert_job_in(tx, &job, Some(pid), at).await?;
+        let admitted = insert_job_in(tx, &job, Some(pid), at).await?;
         sqlx::query(&tx.d.sql(
             "UPDATE pipeline_steps SET job_id = ? WHERE pipeline_id = ? AND name = ? AND job_id IS NULL",
         ))
@@ -711,7 +818,9 @@ async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
         .bind(&step.name)
         .execute(&mut *tx.tx)
         .await?;
-        started.push(job.id);
+        if admitted {
+            started.push(job.id);
+        }
     }
     Ok(started)
 }
@@ -742,6 +851,7 @@ impl Ledger for SqlLedger {
             created_at: now(),
             revoked_at: None,
             default_webhook: None,
+            limits: KeyLimits::default(),
         };
         sqlx::query(&self.sql("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)"))
             .bind(&record.id)
@@ -755,9 +865,9 @@ impl Ledger for SqlLedger {
     }
 
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
-        sqlx::query(&self.sql(
-            "SELECT id, tenant, prefix, created_at, revoked_at, default_webhook FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-        ))
+        sqlx::query(&self.sql(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"
+        )))
         .bind(key_hash)
         .fetch_optional(&self.pool)
         .await?
@@ -776,6 +886,37 @@ impl Ledger for SqlLedger {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    async fn set_key_limits(&self, id_or_prefix: &str, limits: &KeyLimits) -> Result<u64> {
+        Ok(sqlx::query(&self.sql(
+            "UPDATE api_keys SET rate_per_second = ?, max_active_jobs = ?, daily_spend_micros = ?, max_priority = ? \
+             WHERE (id = ? OR prefix = ?) AND revoked_at IS NULL",
+        ))
+        .bind(limits.rate_per_second.map(i64::from))
+        .bind(limits.max_active_jobs.map(i64::from))
+        .bind(limits.daily_spend_micros)
+        .bind(limits.max_priority.map(|p| p.as_str()))
+        .bind(id_or_prefix)
+        .bind(id_or_prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
+        let spent: Option<i64> = sqlx::query_scalar(&self.sql(
+            "SELECT CAST(SUM(a.cost_micros) AS BIGINT) FROM jobs j JOIN attempts a ON a.job_id = j.id \
+             WHERE j.key_id = ? AND j.created_at >= ? AND a.started_at >= ?",
+        ))
+        .bind(key_id)
+        // A job created before the day began may still spend today; a day's jobs are bounded
+        // below by the day before, which keeps the scan to two days of the key's jobs.
+        .bind(to_millis(since) - 24 * 3600 * 1000)
+        .bind(to_millis(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0))
     }
 
     async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets> {
@@ -1031,12 +1172,14 @@ impl Ledger for SqlLedger {
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        sqlx::query(&self.sql("SELECT id, tenant, prefix, created_at, revoked_at, default_webhook FROM api_keys ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(key_from_row)
-            .collect()
+        sqlx::query(&self.sql(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect()
     }
 
     async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64> {
@@ -1296,11 +1439,11 @@ impl Ledger for SqlLedger {
         let sid = id.to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut tx = self.write_tx().await?;
-        let number: Option<i64> = sqlx::query_scalar(&self.sql(
+        let won = sqlx::query(&self.sql(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
                  lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
-             WHERE id = ? AND status = 'queued' AND run_after <= ? \
-             RETURNING attempt_count",
+             WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
+             RETURNING attempt_count, tenant",
         ))
         .bind(at)
         .bind(worker)
@@ -1310,9 +1453,11 @@ impl Ledger for SqlLedger {
         .bind(at)
         .fetch_optional(&mut *tx.tx)
         .await?;
-        let Some(number) = number else {
+        let Some(won) = won else {
             return Ok(None);
         };
+        let number: i64 = won.try_get("attempt_count")?;
+        let tenant: String = won.try_get("tenant")?;
         // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
         let attempt_id = format!("{sid}-{number}");
         sqlx::query(&self.sql(
@@ -1335,6 +1480,8 @@ impl Ledger for SqlLedger {
             at,
         )
         .await?;
+        // The claim took a place in the tenant's window: the next held job takes it.
+        let admitted = admit_next_in(&mut tx, &tenant).await?;
         tx.tx.commit().await?;
         let job = self
             .job_by_id(id)
@@ -1348,6 +1495,7 @@ impl Ledger for SqlLedger {
                 attempt_id,
             },
             attempt_number: number as u32,
+            admitted,
         }))
     }
 
@@ -1880,7 +2028,7 @@ impl Ledger for SqlLedger {
         let mut tx = self.write_tx().await?;
         let expired = sqlx::query(&self.sql(
             &format!(
-                "SELECT id, lease_token, rescue_count FROM jobs \
+                "SELECT id, lease_token, rescue_count, priority FROM jobs \
                  WHERE status = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?{}",
                 self.dialect.lock_rows_skip_locked()
             ),
@@ -1894,6 +2042,10 @@ impl Ledger for SqlLedger {
             let sid: String = row.try_get("id")?;
             let token: String = row.try_get("lease_token")?;
             let rescued: i64 = row.try_get("rescue_count")?;
+            let lane: crate::dispatch::Lane = row
+                .try_get::<String, _>("priority")?
+                .parse()
+                .map_err(LedgerError::Corrupt)?;
             let job_id: JobId = sid.parse().map_err(|_| LedgerError::Corrupt(sid.clone()))?;
             let lost = ErrorInfo::new(
                 "worker_lost",
@@ -1956,25 +2108,71 @@ impl Ledger for SqlLedger {
                     at,
                 )
                 .await?;
-                rescues.push(Rescue::Requeued(job_id));
+                rescues.push(Rescue::Requeued(job_id, lane));
             }
         }
         tx.tx.commit().await?;
         Ok(rescues)
     }
 
-    async fn due_unrung(&self, rung_before: Timestamp, limit: u32) -> Result<Vec<JobId>> {
-        let ids: Vec<String> = sqlx::query_scalar(&self.sql(
-            "SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ? AND rung_at < ? ORDER BY run_after LIMIT ?",
+    async fn due_unrung(
+        &self,
+        rung_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, priority FROM jobs WHERE status = 'queued' AND run_after <= ? AND rung_at >= 0 AND rung_at < ? \
+             ORDER BY run_after LIMIT ?",
         ))
         .bind(to_millis(now()))
         .bind(to_millis(rung_before))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        ids.into_iter()
-            .map(|s| s.parse().map_err(|_| LedgerError::Corrupt(s)))
-            .collect()
+        rows.iter().map(id_and_lane).collect()
+    }
+
+    async fn admit_held(&self, limit: u32) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
+        let window = self.window.load(std::sync::atomic::Ordering::Relaxed);
+        let mut tx = self.write_tx().await?;
+        // Each tenant's held jobs numbered in its own order (priority, then age); a tenant gets
+        // as many as its window has room for, and the numbering interleaves tenants, so the
+        // admitted batch is round-robin across them.
+        let rows = sqlx::query(&self.sql(
+            "SELECT h.id, h.priority FROM ( \
+                 SELECT id, tenant, priority, ROW_NUMBER() OVER ( \
+                     PARTITION BY tenant \
+                     ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END, id) AS k \
+                 FROM jobs WHERE status = 'queued' AND rung_at = -1) h \
+             LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'queued' AND rung_at >= 0 GROUP BY tenant) a \
+                 ON a.tenant = h.tenant \
+             WHERE h.k <= ? - COALESCE(a.n, 0) \
+             ORDER BY h.k, h.id LIMIT ?",
+        ))
+        .bind(i64::from(window))
+        .bind(limit as i64)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let mut admitted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (id, lane) = id_and_lane(row)?;
+            let done =
+                sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ? AND rung_at = -1"))
+                    .bind(id.to_string())
+                    .execute(&mut *tx.tx)
+                    .await?
+                    .rows_affected();
+            if done == 1 {
+                admitted.push((id, lane));
+            }
+        }
+        tx.tx.commit().await?;
+        Ok(admitted)
+    }
+
+    fn set_dispatch_window(&self, window: u32) {
+        self.window
+            .store(window.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>> {
