@@ -11,6 +11,7 @@ mod jobs;
 mod limits;
 mod pipelines;
 mod problem;
+mod usage;
 mod wait;
 mod webhooks;
 
@@ -83,6 +84,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/webhooks/default/secret", get(webhooks::secret))
         .route("/v1/webhooks/default/secret/rotate", post(webhooks::rotate))
         .route("/v1/models", get(models))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/files/{*key}", get(files::download))
         .route(
             "/v1/callbacks/{job_id}/{upstream_id}",

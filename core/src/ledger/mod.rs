@@ -58,6 +58,20 @@ pub struct NewJob {
     pub max_active: Option<u32>,
 }
 
+/// One attempt (or, for a job never attempted, none) of a job created in a usage window.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    pub job_id: JobId,
+    pub model: String,
+    pub status: Status,
+    pub created_at: Timestamp,
+    /// The attempt's route (`provider:model`), number, outcome and cost, if attempted.
+    pub route: Option<String>,
+    pub number: Option<u32>,
+    pub outcome: Option<AttemptOutcome>,
+    pub cost_micros: Option<i64>,
+}
+
 /// A key's own limits; `None` leaves the configured default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyLimits {
@@ -295,6 +309,14 @@ pub trait Ledger: Send + Sync + 'static {
     async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64>;
     /// Sets a key's limits (all four: `None` returns one to the default); how many keys matched.
     async fn set_key_limits(&self, id_or_prefix: &str, limits: &KeyLimits) -> Result<u64>;
+    /// The tenant's jobs created in `[from, to)` with their attempts, one row per attempt (one
+    /// per job never attempted), ordered by job and attempt number: what usage is summed from.
+    async fn usage_rows(
+        &self,
+        tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageRow>>;
     /// What the key's jobs' attempts started since `since` cost, in millionths.
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
     /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.

@@ -904,6 +904,46 @@ impl Ledger for SqlLedger {
         .rows_affected())
     }
 
+    async fn usage_rows(
+        &self,
+        tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT j.id, j.model, j.status, j.created_at, a.route, a.number, a.outcome, a.cost_micros \
+             FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id \
+             WHERE j.tenant = ? AND j.created_at >= ? AND j.created_at < ? \
+             ORDER BY j.id, a.number",
+        ))
+        .bind(&tenant.0)
+        .bind(to_millis(from))
+        .bind(to_millis(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Ok(UsageRow {
+                    job_id: id.parse().map_err(|_| LedgerError::Corrupt(id.clone()))?,
+                    model: r.try_get("model")?,
+                    status: r
+                        .try_get::<String, _>("status")?
+                        .parse()
+                        .map_err(LedgerError::Corrupt)?,
+                    created_at: from_millis(r.try_get("created_at")?),
+                    route: r.try_get("route")?,
+                    number: r.try_get::<Option<i64>, _>("number")?.map(|n| n as u32),
+                    outcome: r
+                        .try_get::<Option<String>, _>("outcome")?
+                        .map(|o| o.parse().map_err(LedgerError::Corrupt))
+                        .transpose()?,
+                    cost_micros: r.try_get("cost_micros")?,
+                })
+            })
+            .collect()
+    }
+
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
         let spent: Option<i64> = sqlx::query_scalar(&self.sql(
             "SELECT CAST(SUM(a.cost_micros) AS BIGINT) FROM jobs j JOIN attempts a ON a.job_id = j.id \

@@ -1,0 +1,238 @@
+//! `GET /v1/usage`: what the caller's tenant ran and what it cost, over a window of job creation
+//! times, grouped by model, provider or day. Cost counts every attempt, failed ones included, so
+//! `cost_per_success` is the true price of one successful task.
+//!
+//! Grouped by model or by day, a row counts jobs (and their statuses), their attempts, the
+//! fallbacks among them (an attempt on another route than the attempt before it) and their
+//! cost. Grouped by provider, a row counts what happened there: the jobs that tried it, its
+//! succeeded and failed attempts, the fallbacks that landed on it, its cost. The sums are made
+//! here from one ledger read of the window's jobs and attempts.
+
+use crate::auth::Tenant;
+use crate::problem::Problem;
+use crate::ApiState;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use kiln_core::ledger::UsageRow;
+use kiln_core::{AttemptOutcome, JobId, Status};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The widest window one request may sum.
+const MAX_WINDOW_DAYS: i64 = 93;
+
+#[derive(Default)]
+struct Sums {
+    jobs: HashSet<JobId>,
+    succeeded: u64,
+    failed: u64,
+    attempts: u64,
+    fallbacks: u64,
+    cost_micros: i64,
+}
+
+impl Sums {
+    fn view(&self, key: &str) -> Value {
+        let cost = self.cost_micros as f64 / 1e6;
+        json!({
+            "key": key,
+            "jobs": self.jobs.len(),
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "attempts": self.attempts,
+            "fallbacks": self.fallbacks,
+            "cost": cost,
+            "cost_per_success": (self.succeeded > 0).then(|| cost / self.succeeded as f64),
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum GroupBy {
+    Model,
+    Provider,
+    Day,
+}
+
+fn bad(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail).with_field(field)
+}
+
+pub async fn usage(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, Problem> {
+    let time = |field: &str| -> Result<Option<DateTime<Utc>>, Problem> {
+        params
+            .get(field)
+            .map(|raw| {
+                DateTime::parse_from_rfc3339(raw)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| bad(field, format!("{field} must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    if let Some(other) = params
+        .keys()
+        .find(|k| !matches!(k.as_str(), "from" | "to" | "group_by"))
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+            format!("'{other}' is not a parameter of usage (from, to, group_by)"),
+        )
+        .with_field(other.as_str()));
+    }
+    let to = time("to")?.unwrap_or_else(Utc::now);
+    let from = time("from")?.unwrap_or(to - Duration::days(30));
+    if from >= to {
+        return Err(bad("from", "from must be before to"));
+    }
+    if to - from > Duration::days(MAX_WINDOW_DAYS) {
+        return Err(bad(
+            "from",
+            format!("the window may span at most {MAX_WINDOW_DAYS} days"),
+        ));
+    }
+    let group_by = match params.get("group_by").map(String::as_str) {
+        None | Some("model") => GroupBy::Model,
+        Some("provider") => GroupBy::Provider,
+        Some("day") => GroupBy::Day,
+        Some(_) => return Err(bad("group_by", "group_by must be model, provider or day")),
+    };
+    let rows = state.ledger.usage_rows(&tenant, from, to).await?;
+    let (groups, total) = sum(&rows, group_by);
+    Ok(Json(json!({
+        "object": "usage",
+        "from": from,
+        "to": to,
+        "group_by": match group_by {
+            GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+            GroupBy::Day => "day",
+        },
+        "data": groups.iter().map(|(k, s)| s.view(k)).collect::<Vec<_>>(),
+        "total": total.view("total"),
+    })))
+}
+
+fn sum(rows: &[UsageRow], group_by: GroupBy) -> (BTreeMap<String, Sums>, Sums) {
+    let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut total = Sums::default();
+    let mut seen_status: HashSet<JobId> = HashSet::new();
+    let mut previous: Option<(&JobId, Option<&str>)> = None;
+    for row in rows {
+        let route = row.route.as_deref();
+        let fallback = matches!(
+            (previous, route),
+            (Some((job, Some(before))), Some(now)) if *job == row.job_id && before != now
+        );
+        previous = Some((&row.job_id, route));
+        let provider = route.map(|r| r.split_once(':').map_or(r, |(p, _)| p));
+        let key = match group_by {
+            GroupBy::Model => row.model.clone(),
+            GroupBy::Day => row.created_at.format("%Y-%m-%d").to_string(),
+            GroupBy::Provider => match provider {
+                Some(p) => p.to_owned(),
+                // Never attempted: counted in the total only.
+                None => {
+                    count_job(&mut total, row, &mut seen_status);
+                    continue;
+                }
+            },
+        };
+        let group = groups.entry(key).or_default();
+        let first_of_job = !seen_status.contains(&row.job_id);
+        count_job(&mut total, row, &mut seen_status);
+        group.jobs.insert(row.job_id);
+        if route.is_some() {
+            for sums in [&mut *group, &mut total] {
+                sums.attempts += 1;
+                sums.fallbacks += u64::from(fallback);
+                sums.cost_micros += row.cost_micros.unwrap_or(0);
+            }
+        }
+        if group_by == GroupBy::Provider {
+            match row.outcome {
+                Some(AttemptOutcome::Succeeded) => group.succeeded += 1,
+                Some(AttemptOutcome::Failed) => group.failed += 1,
+                _ => {}
+            }
+        } else if first_of_job {
+            match row.status {
+                Status::Succeeded => group.succeeded += 1,
+                Status::Failed => group.failed += 1,
+                _ => {}
+            }
+        }
+    }
+    (groups, total)
+}
+
+/// Counts a job's status in the total once, on its first row.
+fn count_job(total: &mut Sums, row: &UsageRow, seen: &mut HashSet<JobId>) {
+    if seen.insert(row.job_id) {
+        total.jobs.insert(row.job_id);
+        match row.status {
+            Status::Succeeded => total.succeeded += 1,
+            Status::Failed => total.failed += 1,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(
+        job: JobId,
+        number: u32,
+        route: &str,
+        outcome: AttemptOutcome,
+        cost: i64,
+    ) -> UsageRow {
+        UsageRow {
+            job_id: job,
+            model: "acme/img".into(),
+            status: Status::Succeeded,
+            created_at: Utc::now(),
+            route: Some(route.into()),
+            number: Some(number),
+            outcome: Some(outcome),
+            cost_micros: Some(cost),
+        }
+    }
+
+    #[test]
+    fn a_fallback_is_an_attempt_on_another_route_than_the_one_before() {
+        let job = JobId::new();
+        let rows = vec![
+            attempt(job, 1, "replicate:a", AttemptOutcome::Failed, 100),
+            attempt(job, 2, "replicate:a", AttemptOutcome::Failed, 100),
+            attempt(job, 3, "fal:b", AttemptOutcome::Succeeded, 300),
+        ];
+        let (by_model, total) = sum(&rows, GroupBy::Model);
+        let model = &by_model["acme/img"];
+        assert_eq!(
+            (model.jobs.len(), model.succeeded, model.attempts),
+            (1, 1, 3)
+        );
+        assert_eq!(model.fallbacks, 1);
+        assert_eq!(model.cost_micros, 500, "failed attempts cost too");
+        assert_eq!(total.fallbacks, 1);
+        let (by_provider, _) = sum(&rows, GroupBy::Provider);
+        assert_eq!(by_provider["replicate"].failed, 2);
+        assert_eq!(by_provider["replicate"].fallbacks, 0);
+        assert_eq!(by_provider["fal"].succeeded, 1);
+        assert_eq!(
+            by_provider["fal"].fallbacks, 1,
+            "the fallback landed on fal"
+        );
+        assert_eq!(by_provider["fal"].cost_micros, 300);
+    }
+}

@@ -1,0 +1,139 @@
+//! `GET /v1/usage`: jobs, outcomes, attempts and cost of the caller's tenant, grouped by model,
+//! provider or day; failed attempts count in the cost. Another tenant's work is not in it.
+
+mod common;
+
+use common::*;
+use kiln_core::routes::{CostModel, ModelConfig, RouteConfig};
+use serde_json::{json, Value};
+
+fn priced_model() -> ModelConfig {
+    ModelConfig {
+        name: "acme/priced".into(),
+        description: String::new(),
+        params: vec![],
+        fallback_on_refusal: false,
+        routes: vec![RouteConfig {
+            provider: "demo".into(),
+            model: "demo/image".into(),
+            cost: CostModel {
+                per_run: 0.5,
+                per_second: 0.0,
+                per_output: 0.0,
+            },
+            ..Default::default()
+        }],
+    }
+}
+
+async fn usage(kiln: &Kiln, key: &str, query: &str) -> (u16, Value) {
+    let res = kiln
+        .http
+        .get(kiln.url(&format!("/v1/usage{query}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+fn row<'a>(report: &'a Value, key: &str) -> &'a Value {
+    report["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key)
+        .unwrap_or_else(|| panic!("no row {key}: {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_sums_jobs_attempts_and_cost_by_model_provider_and_day() {
+    let kiln = Kiln::start_with(|c| c.models = vec![priced_model()]).await;
+    let key = kiln.key("acme").await;
+    let priced =
+        json!({"model": "acme/priced", "input": {"prompt": "a kiln", "width": 16, "height": 16}});
+    for _ in 0..2 {
+        let id = submit_ok(&kiln.http, &kiln.base, &key, priced.clone()).await;
+        assert_eq!(
+            wait_terminal(&kiln.http, &kiln.base, &key, &id).await["status"],
+            "succeeded"
+        );
+    }
+    let failing = json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}});
+    let id = submit_ok(&kiln.http, &kiln.base, &key, failing).await;
+    let failed = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(failed["status"], "failed");
+    let failed_attempts = failed["attempts"].as_array().unwrap().len() as u64;
+    // Another tenant's job is not in acme's usage.
+    let other = kiln.key("other").await;
+    let theirs = submit_ok(&kiln.http, &kiln.base, &other, priced.clone()).await;
+    wait_terminal(&kiln.http, &kiln.base, &other, &theirs).await;
+
+    let (status, by_model) = usage(&kiln, &key, "?group_by=model").await;
+    assert_eq!(status, 200, "{by_model:#}");
+    let p = row(&by_model, "acme/priced");
+    assert_eq!(
+        (
+            p["jobs"].as_u64(),
+            p["succeeded"].as_u64(),
+            p["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    assert_eq!(p["attempts"], 2);
+    assert_eq!(p["cost"], 1.0);
+    assert_eq!(p["cost_per_success"], 0.5);
+    let d = row(&by_model, "demo/image");
+    assert_eq!(
+        (d["jobs"].as_u64(), d["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(d["attempts"].as_u64(), Some(failed_attempts));
+    assert!(d["cost_per_success"].is_null());
+    assert_eq!(by_model["total"]["jobs"], 3);
+    assert_eq!(
+        by_model["total"]["attempts"].as_u64(),
+        Some(2 + failed_attempts)
+    );
+    assert_eq!(by_model["total"]["cost"], 1.0);
+
+    let (_, by_provider) = usage(&kiln, &key, "?group_by=provider").await;
+    let demo = row(&by_provider, "demo");
+    assert_eq!(demo["jobs"], 3);
+    assert_eq!(demo["succeeded"], 2, "succeeded attempts there");
+    assert_eq!(demo["failed"].as_u64(), Some(failed_attempts));
+    assert_eq!(demo["cost"], 1.0);
+
+    let (_, by_day) = usage(&kiln, &key, "?group_by=day").await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(row(&by_day, &today)["jobs"], 3);
+
+    // A window that holds none of it is empty.
+    let (_, past) = usage(
+        &kiln,
+        &key,
+        "?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z",
+    )
+    .await;
+    assert!(past["data"].as_array().unwrap().is_empty());
+    assert_eq!(past["total"]["jobs"], 0);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_usage_parameters_are_problems_naming_them() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    for (query, field) in [
+        ("?group_by=color", "group_by"),
+        ("?from=yesterday", "from"),
+        ("?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("?limit=3", "limit"),
+    ] {
+        let (status, problem) = usage(&kiln, &key, query).await;
+        assert_eq!(status, 400, "{query}: {problem}");
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+    kiln.shutdown().await;
+}
