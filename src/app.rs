@@ -244,6 +244,34 @@ fn identity_base(config: &Config) -> String {
     })
 }
 
+/// This process's metrics, rendered as Prometheus text. The recorder is installed once per
+/// process (the `metrics` facade has one global recorder); every Kiln started in the process
+/// shares it.
+pub fn metrics_render() -> kiln_api::MetricsRender {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let handle = HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                300.0, 600.0,
+            ];
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&seconds)
+                .expect("the bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (an embedding program's): keep a private one
+                // so `/metrics` still answers, with only what reaches it.
+                Err(_) => metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .build_recorder()
+                    .handle(),
+            }
+        })
+        .clone();
+    Arc::new(move || handle.render())
+}
+
 /// Starts the roles asked for and returns once the api is listening.
 pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     let ledger = open_ledger(config).await?;
@@ -429,6 +457,21 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // A worker process without the api serves its own counters, if asked where.
+    if let (true, false, Some(addr)) = (roles.worker, roles.api, config.worker.metrics_listen) {
+        let render = metrics_render();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (worker.metrics_listen)"))?;
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let render = render.clone();
+                async move { render() }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
 
     // Webhook deliveries go out from worker processes, through the SSRF-safe client.
     let stop_deliverer = CancellationToken::new();
@@ -484,6 +527,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             idempotency_keep: config.idempotency_keep,
             limits: config.limits.key_limits(),
             permits: permits.clone(),
+            metrics: Some(metrics_render()),
             callback_secret: secret,
         });
         let app = kiln_api::router(state);

@@ -97,6 +97,9 @@ pub struct Config {
 pub struct WorkerConfig {
     /// Jobs one worker process runs at once.
     pub concurrency: usize,
+    /// Where a worker process without the api serves its own `/metrics` (counters and
+    /// histograms are per process). Unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long a claim holds a job without renewal before the reconciler may rescue it.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -276,6 +279,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 4,
+            metrics_listen: None,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             max_attempts: 3,

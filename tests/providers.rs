@@ -382,6 +382,11 @@ async fn the_circuit_opens_skips_the_provider_and_probes_after_its_cooldown() {
         2,
         "an open circuit sends nothing upstream"
     );
+    assert_eq!(
+        circuit_gauge(&kiln, "fake").await,
+        Some(1.0),
+        "metrics show it open"
+    );
     // After the cooldown one probe goes through; the upstream has recovered, the circuit closes.
     script.lock().unwrap().replace(vec![Behaviour::Image]);
     tokio::time::sleep(Duration::from_millis(1600)).await; // the cooldown is the behaviour under test
@@ -391,6 +396,11 @@ async fn the_circuit_opens_skips_the_provider_and_probes_after_its_cooldown() {
         vec![("fake:img-1".into(), "succeeded".into(), String::new())]
     );
     assert_eq!(script.lock().unwrap().seen_keys.len(), 3);
+    assert_eq!(
+        circuit_gauge(&kiln, "fake").await,
+        Some(0.0),
+        "and closed again"
+    );
     kiln.shutdown().await;
 }
 
@@ -527,4 +537,21 @@ async fn a_concurrency_cap_holds_across_workers() {
     for k in kilns {
         k.shutdown().await;
     }
+}
+
+/// `kiln_circuit_open{provider}` as `/metrics` shows it.
+async fn circuit_gauge(kiln: &Kiln, provider: &str) -> Option<f64> {
+    let text = kiln
+        .http
+        .get(kiln.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("kiln_circuit_open{{provider=\"{provider}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().parse().unwrap())
 }

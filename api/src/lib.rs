@@ -34,6 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
+/// Renders the installed metrics recorder's state as Prometheus text.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
 pub struct ApiState {
     pub ledger: Arc<dyn Ledger>,
     pub doorbell: Arc<dyn Doorbell>,
@@ -53,6 +56,8 @@ pub struct ApiState {
     pub limits: kiln_core::ledger::KeyLimits,
     /// Counts each key's requests against its rate, across api processes when shared (Redis).
     pub permits: kiln_core::permits::SharedPermits,
+    /// Renders this process's metrics as Prometheus text; `None` serves no `/metrics`.
+    pub metrics: Option<MetricsRender>,
     /// Key of the tokens in upstream callback URLs (`kiln_core::callbacks`).
     pub callback_secret: Arc<[u8]>,
 }
@@ -90,10 +95,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/callbacks/{job_id}/{upstream_id}",
             post(callbacks::receive).layer(DefaultBodyLimit::max(callbacks::MAX_CALLBACK_BYTES)),
         )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("not_found", "there is no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(count_request))
         // Log method and path only: query strings carry download signatures.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
@@ -103,6 +110,45 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "object": "list", "data": state.catalog.models() }))
+}
+
+/// `GET /metrics`: Prometheus text. The ledger-wide gauges (jobs by status, queue depth and age
+/// per lane) are read fresh; counters and histograms are this process's.
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
+    let Some(render) = &state.metrics else {
+        return Err(Problem::not_found(
+            "not_found",
+            "metrics are not served here",
+        ));
+    };
+    let snapshot = state.ledger.queue_snapshot().await?;
+    kiln_core::metrics::ledger_snapshot(&snapshot);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(),
+    )
+        .into_response())
+}
+
+/// Counts each answered request by method, route pattern (never the raw path, which holds ids)
+/// and status.
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    kiln_core::metrics::request(method.as_str(), &route, response.status().as_u16());
+    response
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Result<&'static str, Problem> {

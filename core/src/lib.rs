@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod job;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod permits;
 pub mod pipeline;
 pub mod progress;

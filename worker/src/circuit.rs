@@ -66,6 +66,7 @@ impl CircuitBreaker {
         if probe {
             s.probing = false;
         }
+        let was_open = s.open_until.is_some();
         match result {
             Ok(_) => *s = State::default(),
             Err(e) if e.class == FailureClass::Fail => {}
@@ -76,6 +77,10 @@ impl CircuitBreaker {
                     s.open_until = Some(Instant::now() + self.cooldown);
                 }
             }
+        }
+        let open = s.open_until.is_some();
+        if open != was_open || probe {
+            kiln_core::metrics::circuit(&self.name, open);
         }
     }
 }

@@ -176,6 +176,12 @@ impl Deliverer {
         };
         let next =
             next.unwrap_or_else(|| self.next_after(number - delivery.schedule_base, retry_after));
+        kiln_core::metrics::delivery(match next {
+            DeliveryNext::Delivered => "delivered",
+            DeliveryNext::RetryAt(_) => "retry",
+            DeliveryNext::Failed => "failed",
+            DeliveryNext::Gone => "gone",
+        });
         tracing::info!(delivery = %delivery.id, job = %delivery.job_id, try_number = number, ?status_code, ?next, "webhook try");
         let tried = DeliveryTry {
             number,

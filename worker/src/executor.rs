@@ -92,6 +92,14 @@ impl Executor {
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
+            let waited = (kiln_core::time::now() - claim.job.run_after)
+                .to_std()
+                .unwrap_or_default();
+            kiln_core::metrics::queue_wait(
+                &claim.job.model,
+                claim.job.priority.as_str(),
+                waited.as_secs_f64(),
+            );
             // The claim admitted the tenant's next held job to the queue: ring it now (if this
             // fails, the reconciler rings it, since it is admitted and unrung).
             if let Some((next, lane)) = claim.admitted {
@@ -166,6 +174,18 @@ impl Executor {
             _ = self.hard_stop.cancelled() => Ending::ShuttingDown,
         };
         heartbeat.abort();
+        let outcome = match &ending {
+            Ending::Generated(Ok(_)) => "succeeded",
+            Ending::Generated(Err(f)) => f.class.as_str(),
+            Ending::LeaseLost => "lost",
+            Ending::ShuttingDown => "released",
+        };
+        kiln_core::metrics::attempt_ended(
+            &claim.job.model,
+            &route.provider,
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
         self.settle_upstream(&claim, &route, &link, &ending, started.elapsed())
             .await;
         self.finish(&claim, ending).await?;
@@ -242,6 +262,8 @@ impl Executor {
             Ending::Generated(Ok(outputs)) => {
                 if self.ledger.succeed(lease, &outputs).await? {
                     tracing::info!(job = %job_id, "succeeded");
+                    let bytes = outputs.iter().map(|o| o.bytes).sum();
+                    kiln_core::metrics::stored(outputs.len(), bytes);
                 } else {
                     // Canceled or taken over while we stored: our objects must not outlive it.
                     self.note_lost_lease(lease).await?;
@@ -310,6 +332,11 @@ impl Executor {
                 .await?;
             if won {
                 tracing::info!(job = %lease.job_id, code = %failure.error.code, class = failure.class.as_str(), ?delay, "next attempt scheduled");
+                let fallback = !(failure.class == FailureClass::Retry && failures < budget);
+                let provider = routes[if fallback { index + 1 } else { index }]
+                    .provider
+                    .as_str();
+                kiln_core::metrics::next_attempt(&claim.job.model, provider, fallback);
                 let doorbell = self.doorbell.clone();
                 let job_id = lease.job_id;
                 let lane = claim.job.priority;

@@ -72,6 +72,24 @@ pub struct UsageRow {
     pub cost_micros: Option<i64>,
 }
 
+/// The queue as the ledger sees it, for the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSnapshot {
+    /// Jobs queued and running.
+    pub jobs: Vec<(Status, u64)>,
+    /// Admitted queued jobs per lane, and the age of the oldest due one.
+    pub lanes: Vec<LaneSnapshot>,
+    /// Queued jobs held back by their tenants' windows.
+    pub held: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LaneSnapshot {
+    pub lane: crate::dispatch::Lane,
+    pub depth: u64,
+    pub oldest_age_seconds: f64,
+}
+
 /// A key's own limits; `None` leaves the configured default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyLimits {
@@ -317,6 +335,8 @@ pub trait Ledger: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<UsageRow>>;
+    /// Jobs queued and running, and the queue per lane (for the metrics gauges).
+    async fn queue_snapshot(&self) -> Result<QueueSnapshot>;
     /// What the key's jobs' attempts started since `since` cost, in millionths.
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
     /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.

@@ -342,6 +342,7 @@ async fn record_transition(
     reason: Option<&str>,
     at: i64,
 ) -> Result<()> {
+    crate::metrics::transition(to.as_str());
     sqlx::query(&tx.d.sql(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
     ))
@@ -942,6 +943,43 @@ impl Ledger for SqlLedger {
                 })
             })
             .collect()
+    }
+
+    async fn queue_snapshot(&self) -> Result<QueueSnapshot> {
+        let at = to_millis(now());
+        let mut snapshot = QueueSnapshot::default();
+        for status in [Status::Queued, Status::Running] {
+            let n: i64 =
+                sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM jobs WHERE status = ?"))
+                    .bind(status.as_str())
+                    .fetch_one(&self.pool)
+                    .await?;
+            snapshot.jobs.push((status, n.max(0) as u64));
+        }
+        for lane in crate::dispatch::Lane::ALL {
+            let row = sqlx::query(&self.sql(
+                "SELECT COUNT(*) AS depth, MIN(run_after) AS oldest FROM jobs \
+                 WHERE status = 'queued' AND rung_at >= 0 AND priority = ? AND run_after <= ?",
+            ))
+            .bind(lane.as_str())
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await?;
+            let depth: i64 = row.try_get("depth")?;
+            let oldest: Option<i64> = row.try_get("oldest")?;
+            snapshot.lanes.push(LaneSnapshot {
+                lane,
+                depth: depth.max(0) as u64,
+                oldest_age_seconds: oldest.map_or(0.0, |o| (at - o).max(0) as f64 / 1000.0),
+            });
+        }
+        let held: i64 = sqlx::query_scalar(
+            &self.sql("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND rung_at = -1"),
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        snapshot.held = held.max(0) as u64;
+        Ok(snapshot)
     }
 
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
