@@ -57,6 +57,20 @@ if [ -z "${TEST_KILN_PYTHON:-}" ]; then
   export TEST_KILN_PYTHON="$VENV/bin/python"
 fi
 
+# schemathesis, which fuzzes the api against its own OpenAPI document; in a venv of its own,
+# since its dependencies and Cog's need not agree.
+if [ -z "${TEST_KILN_SCHEMATHESIS:-}" ]; then
+  ensure python3 python3
+  ST_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-test/schemathesis-4.32.5"
+  if ! "$ST_VENV/bin/schemathesis" --version >/dev/null 2>&1; then
+    echo "test.sh: installing schemathesis into $ST_VENV (once)" >&2
+    rm -rf "$ST_VENV"
+    python3 -m venv "$ST_VENV" 2>/dev/null || { ensure_pkg python3-venv; python3 -m venv "$ST_VENV"; }
+    "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+  fi
+  export TEST_KILN_SCHEMATHESIS="$ST_VENV/bin/schemathesis"
+fi
+
 # Postgres: use TEST_KILN_POSTGRES_URL, else a local server that answers, else start our own.
 pg_answers() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 if [ -z "${TEST_KILN_POSTGRES_URL:-}" ]; then
@@ -81,6 +95,9 @@ if [ -z "${TEST_KILN_POSTGRES_URL:-}" ]; then
     echo "test.sh: started Postgres on 127.0.0.1:$PGPORT" >&2
   fi
 fi
+
+# The binary alone, with its own features (not the tests'): what `cargo run -- serve` builds.
+cargo check --quiet --bin kiln
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -22,6 +22,21 @@ pub struct TokenQuery {
     token: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks/{job}/{handle}",
+    operation_id = "receiveCallback",
+    tag = "callbacks",
+    security(()),
+    params(("job" = String, Path), ("handle" = String, Path), ("token" = Option<String>, Query)),
+    request_body(content = Object, description = "An upstream's prediction (Cog's webhook body)"),
+    responses(
+        (status = 200, description = "Accepted (a duplicate or stale one too)"),
+        (status = 400, description = "The body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is missing or wrong", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn receive(
     State(state): State<Arc<ApiState>>,
     Path((job_id, upstream_id)): Path<(String, String)>,

@@ -14,10 +14,28 @@ use std::sync::Arc;
 
 #[derive(Deserialize)]
 pub struct Signature {
-    expires: Option<i64>,
+    // Text, parsed below: a malformed value is an unsigned URL (403), not a rejected query.
+    expires: Option<String>,
     sig: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{key}",
+    operation_id = "downloadFile",
+    tag = "outputs",
+    security(()),
+    params(
+        ("key" = String, Path, description = "The object key (may contain `/`)"),
+        ("expires" = Option<String>, Query),
+        ("sig" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "The output's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "Not signed, tampered or expired", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such output, or outputs are not served by this api", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn download(
     State(state): State<Arc<ApiState>>,
     Path(key): Path<String>,
@@ -29,7 +47,8 @@ pub async fn download(
             "outputs are not served by this api",
         ));
     };
-    let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
+    let expires = q.expires.and_then(|e| e.parse::<i64>().ok());
+    let (Some(expires), Some(sig)) = (expires, q.sig) else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "signature_invalid",

@@ -199,6 +199,29 @@ fn body_problem(rejection: BytesRejection) -> Problem {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submitJob",
+    tag = "jobs",
+    request_body = crate::openapi::JobSubmission,
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body replay the first answer"),
+        ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after`; the sooner of the two holds"),
+    ),
+    responses(
+        (status = 202, description = "Committed; not finished yet", body = crate::openapi::Job),
+        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Job),
+        (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Above the key's highest priority", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input (the field at fault is named), or an Idempotency-Key reused with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate, active-job limit or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -543,6 +566,22 @@ async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Resul
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "getJob",
+    tag = "jobs",
+    params(
+        ("id" = String, Path),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
+    ),
+    responses(
+        (status = 200, description = "The job (with `Retry-After` while unfinished)", body = crate::openapi::Job),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -580,6 +619,20 @@ async fn respond_after_wait(
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancelJob",
+    tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Canceled (a running generator is stopped)", body = crate::openapi::Job),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job already ended", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -600,6 +653,20 @@ pub async fn cancel(
 }
 
 /// An output by index, for the owning tenant only: redirects to a fresh download URL.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/outputs/{index}",
+    operation_id = "getJobOutput",
+    tag = "jobs",
+    params(("id" = String, Path), ("index" = String, Path)),
+    responses(
+        (status = 307, description = "Redirect to a fresh signed download URL"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job or output (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The output expired and was deleted", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn output(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -631,6 +698,26 @@ pub async fn output(
     Ok(Redirect::temporary(url.as_str()).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "listJobs",
+    tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "Comma-separated statuses"),
+        ("model" = Option<String>, Query),
+        ("created_after" = Option<String>, Query, description = "RFC 3339"),
+        ("created_before" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's jobs, newest first", body = crate::openapi::JobList),
+        (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,

@@ -9,6 +9,7 @@ mod files;
 mod idempotency;
 mod jobs;
 mod limits;
+mod openapi;
 mod pipelines;
 mod problem;
 mod usage;
@@ -33,6 +34,7 @@ use kiln_webhooks::SsrfPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
+use utoipa_scalar::Servable;
 
 /// Renders the installed metrics recorder's state as Prometheus text.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -96,7 +98,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(callbacks::receive).layer(DefaultBodyLimit::max(callbacks::MAX_CALLBACK_BYTES)),
         )
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::spec))
+        .merge(utoipa_scalar::Scalar::with_url(
+            "/docs",
+            openapi::document(&state.catalog),
+        ))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("not_found", "there is no such route") })
         .layer(DefaultBodyLimit::max(limit))
@@ -108,10 +115,31 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "listModels",
+    tag = "models",
+    security(()),
+    responses(
+        (status = 200, description = "The models and their input schemas", body = crate::openapi::ModelList),
+    ),
+)]
 async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "object": "list", "data": state.catalog.models() }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+        (status = 404, description = "Not served by this process", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 /// `GET /metrics`: Prometheus text. The ledger-wide gauges (jobs by status, queue depth and age
 /// per lane) are read fresh; counters and histograms are this process's.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<axum::response::Response, Problem> {
@@ -151,6 +179,29 @@ async fn count_request(
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process is alive", content_type = "text/plain", body = String)),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: the ledger answers", content_type = "text/plain", body = String),
+        (status = 503, description = "The ledger is unreachable", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn ready(State(state): State<Arc<ApiState>>) -> Result<&'static str, Problem> {
     state.ledger.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready: ledger unreachable");

@@ -57,6 +57,27 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
         .collect()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/pipelines",
+    operation_id = "submitPipeline",
+    tag = "pipelines",
+    request_body = crate::openapi::PipelineSubmission,
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body replay the first answer"),
+    ),
+    responses(
+        (status = 202, description = "Committed; its first steps are queued", body = crate::openapi::Pipeline),
+        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Pipeline),
+        (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid graph or step (the field at fault is named)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn submit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -195,6 +216,22 @@ pub async fn submit(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines/{id}",
+    operation_id = "getPipeline",
+    tag = "pipelines",
+    params(
+        ("id" = String, Path),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
+    ),
+    responses(
+        (status = 200, description = "The pipeline", body = crate::openapi::Pipeline),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -249,6 +286,25 @@ async fn respond_after_wait(
 
 /// `GET /v1/pipelines`: the caller's pipelines, newest first, paged by cursor as jobs are;
 /// filters `status`, `created_after`, `created_before`.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines",
+    operation_id = "listPipelines",
+    tag = "pipelines",
+    params(
+        ("status" = Option<String>, Query, description = "Comma-separated statuses"),
+        ("created_after" = Option<String>, Query, description = "RFC 3339"),
+        ("created_before" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's pipelines, newest first", body = crate::openapi::PipelineList),
+        (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -276,6 +332,19 @@ pub async fn list(
     Ok(Json(crate::jobs::list_body(data, has_more, last)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/pipelines/{id}/cancel",
+    operation_id = "cancelPipeline",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Canceled, with its unfinished steps", body = crate::openapi::Pipeline),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,

@@ -61,6 +61,23 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail).with_field(field)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "getUsage",
+    tag = "usage",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 (default: 30 days before `to`)"),
+        ("to" = Option<String>, Query, description = "RFC 3339 (default: now)"),
+        ("group_by" = Option<String>, Query, description = "model (default), provider or day"),
+    ),
+    responses(
+        (status = 200, description = "Jobs, outcomes, attempts and cost per group", body = crate::openapi::Usage),
+        (status = 400, description = "A bad parameter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn usage(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,

@@ -163,6 +163,19 @@ pub async fn until_terminal<W: Watched>(
 
 /// `GET /v1/jobs/{id}/events`: the job now, then again at each change of status, attempts,
 /// outputs or progress, ending after it is terminal.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    operation_id = "jobEvents",
+    tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Server-sent events: `job` with the job at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn job_events(
     state: State<Arc<ApiState>>,
     tenant: Tenant,
@@ -174,6 +187,19 @@ pub async fn job_events(
 
 /// `GET /v1/pipelines/{id}/events`: the pipeline now, then again whenever it or one of its
 /// steps changes status, ending after it is terminal.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines/{id}/events",
+    operation_id = "pipelineEvents",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Server-sent events: `pipeline` with the pipeline at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn pipeline_events(
     state: State<Arc<ApiState>>,
     tenant: Tenant,

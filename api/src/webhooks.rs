@@ -17,6 +17,17 @@ use std::sync::Arc;
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/default/secret",
+    operation_id = "getWebhookSecret",
+    tag = "webhooks",
+    responses(
+        (status = 200, description = "The calling key's signing secret", body = crate::openapi::WebhookSecret),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn secret(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -28,6 +39,18 @@ pub async fn secret(
     Ok(Json(json!({"key": secrets.current})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/default/secret/rotate",
+    operation_id = "rotateWebhookSecret",
+    tag = "webhooks",
+    responses(
+        (status = 200, description = "A new secret; the previous one signs beside it for 24 h", body = crate::openapi::WebhookSecret),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A rotation's overlap is still running", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn rotate(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -58,6 +81,19 @@ fn not_found() -> Problem {
     Problem::not_found("job_not_found", "there is no job with this id")
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/deliveries",
+    operation_id = "listJobDeliveries",
+    tag = "webhooks",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The job's webhook deliveries and their tries", body = crate::openapi::DeliveryList),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn deliveries(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
@@ -93,6 +129,19 @@ pub async fn deliveries(
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/deliveries/{delivery}/redeliver",
+    operation_id = "redeliver",
+    tag = "webhooks",
+    params(("id" = String, Path), ("delivery" = String, Path)),
+    responses(
+        (status = 202, description = "Scheduled again, with the same webhook-id"),
+        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job or delivery (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn redeliver(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
