@@ -334,7 +334,7 @@ impl Config {
         }
         figment = figment.merge(
             Env::prefixed("KILN_")
-                .ignore(&["config", "log"])
+                .ignore(&["config", "log", "log_format"])
                 .split("__"),
         );
         if let Some(listen) = overrides.listen {

@@ -107,23 +107,44 @@ impl LimitArgs {
     }
 }
 
+/// Logs go to stderr, filtered by `KILN_LOG` (`info` by default), as text or, with
+/// `KILN_LOG_FORMAT=json`, one JSON object per line carrying the fields of the spans it happened
+/// in: `request_id` for api requests, `job_id` for work on a job. Read from the environment,
+/// because logging starts before the configuration is read.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("KILN_LOG_FORMAT").as_deref() {
+        Ok("json") => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        _ => builder.init(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
-        eprintln!("kiln: {e:#}");
+        // A fatal error: a JSON log line where logs are JSON (so they stay parseable), else a
+        // plain sentence for whoever ran it.
+        if std::env::var("KILN_LOG_FORMAT").as_deref() == Ok("json") {
+            tracing::error!(error = %format!("{e:#}"), "kiln stopped");
+        } else {
+            eprintln!("kiln: {e:#}");
+        }
         std::process::exit(1);
     }
 }
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let overrides = Overrides {
         listen: cli.common.listen,
         data_dir: cli.common.data_dir.clone(),
@@ -188,7 +209,7 @@ async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
         println!("kiln listening on http://{addr}");
     }
     shutdown_signal().await;
-    eprintln!("kiln: shutting down");
+    tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
 }

@@ -108,10 +108,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|| async { Problem::not_found("not_found", "there is no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_request))
-        // Log method and path only: query strings carry download signatures.
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-        }))
+        // Log method and path only: query strings carry download signatures. Each request's
+        // span carries its id: the client's `x-request-id`, or a fresh one, echoed back.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+                    tower_http::request_id::MakeRequestUuid,
+                ))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                }))
+                .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
 }
 

@@ -415,6 +415,16 @@ impl KilnProcess {
 
     /// Starts `kiln ROLE` (`serve`, `api` or `worker`) and waits until it reports ready.
     pub fn start(role: &str, dir: &Path, env: &[(String, String)]) -> KilnProcess {
+        Self::start_logging_to(role, dir, env, Stdio::inherit())
+    }
+
+    /// Like `start`, with the process's log (stderr) going to `log`.
+    pub fn start_logging_to(
+        role: &str,
+        dir: &Path,
+        env: &[(String, String)],
+        log: Stdio,
+    ) -> KilnProcess {
         let mut cmd = Command::new(kiln_bin());
         // Run from the data directory, so a test's `kiln.toml` there is the configuration.
         cmd.args([role, "--listen", "127.0.0.1:0", "--data-dir"])
@@ -427,7 +437,7 @@ impl KilnProcess {
             .env("KILN_WORKER__RING_STALE_AFTER", "2s")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();

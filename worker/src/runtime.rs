@@ -60,7 +60,10 @@ pub struct WorkerHandle {
 /// decided it (the claim won or lost): from then on the job's lease, not the queue, carries it.
 /// If the ledger cannot be reached, the ring stays pending and is delivered again.
 async fn on_ring(ring: Ring, executor: Data<Arc<Executor>>) -> ExecResult {
-    let result = async {
+    // Every line logged while handling the ring carries the job's id (a field of this span, in
+    // text and JSON logs alike).
+    let span = tracing::info_span!("job", job_id = %ring.job);
+    let result = tracing::Instrument::instrument(async {
         let claim = executor.claim(ring.job).await?;
         if let Some(receipt) = &ring.receipt {
             if let Err(e) = executor.doorbell.ack(receipt).await {
@@ -71,7 +74,7 @@ async fn on_ring(ring: Ring, executor: Data<Arc<Executor>>) -> ExecResult {
             Some(claim) => executor.run(claim).await,
             None => Ok(()),
         }
-    }
+    }, span)
     .await;
     if let Err(e) = &result {
         // The job stays as the ledger has it; lease expiry and re-ringing carry it on.
