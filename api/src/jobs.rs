@@ -211,15 +211,25 @@ fn body_problem(rejection: BytesRejection) -> Problem {
         ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after`; the sooner of the two holds"),
     ),
     responses(
-        (status = 202, description = "Committed; not finished yet", body = crate::openapi::Job),
-        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Job),
+        (status = 202, description = "Committed; not finished yet", body = crate::openapi::Job, headers(
+            ("Location" = String, description = "The created resource"),
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Job, headers(
+            ("Location" = String, description = "The created resource"),
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
         (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Above the key's highest priority", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input (the field at fault is named), or an Idempotency-Key reused with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate, active-job limit or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate, active-job limit or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn submit(
@@ -576,10 +586,13 @@ async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Resul
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
     ),
     responses(
-        (status = 200, description = "The job (with `Retry-After` while unfinished)", body = crate::openapi::Job),
+        (status = 200, description = "The job (with `Retry-After` while unfinished)", body = crate::openapi::Job, headers(
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+        )),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn get(
@@ -630,7 +643,7 @@ async fn respond_after_wait(
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job already ended", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn cancel(
@@ -660,11 +673,11 @@ pub async fn cancel(
     tag = "jobs",
     params(("id" = String, Path), ("index" = String, Path)),
     responses(
-        (status = 307, description = "Redirect to a fresh signed download URL"),
+        (status = 307, description = "Redirect to a fresh signed download URL", headers(("Location" = String, description = "The signed download URL"))),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or output (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 410, description = "The output expired and was deleted", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn output(
@@ -715,7 +728,7 @@ pub async fn output(
         (status = 200, description = "The tenant's jobs, newest first", body = crate::openapi::JobList),
         (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn list(

@@ -68,14 +68,24 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body replay the first answer"),
     ),
     responses(
-        (status = 202, description = "Committed; its first steps are queued", body = crate::openapi::Pipeline),
-        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Pipeline),
+        (status = 202, description = "Committed; its first steps are queued", body = crate::openapi::Pipeline, headers(
+            ("Location" = String, description = "The created resource"),
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Pipeline, headers(
+            ("Location" = String, description = "The created resource"),
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
         (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid graph or step (the field at fault is named)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn submit(
@@ -226,10 +236,13 @@ pub async fn submit(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
     ),
     responses(
-        (status = 200, description = "The pipeline", body = crate::openapi::Pipeline),
+        (status = 200, description = "The pipeline", body = crate::openapi::Pipeline, headers(
+            ("Retry-After" = u32, description = "A poll hint while unfinished"),
+            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
+        )),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn get(
@@ -302,7 +315,7 @@ async fn respond_after_wait(
         (status = 200, description = "The tenant's pipelines, newest first", body = crate::openapi::PipelineList),
         (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn list(
@@ -342,7 +355,7 @@ pub async fn list(
         (status = 200, description = "Canceled, with its unfinished steps", body = crate::openapi::Pipeline),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn cancel(

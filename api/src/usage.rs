@@ -75,7 +75,7 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
         (status = 200, description = "Jobs, outcomes, attempts and cost per group", body = crate::openapi::Usage),
         (status = 400, description = "A bad parameter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn usage(

@@ -173,7 +173,7 @@ pub async fn until_terminal<W: Watched>(
         (status = 200, description = "Server-sent events: `job` with the job at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn job_events(
@@ -197,7 +197,7 @@ pub async fn job_events(
         (status = 200, description = "Server-sent events: `pipeline` with the pipeline at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn pipeline_events(

@@ -25,7 +25,7 @@ pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
     responses(
         (status = 200, description = "The calling key's signing secret", body = crate::openapi::WebhookSecret),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn secret(
@@ -48,7 +48,7 @@ pub async fn secret(
         (status = 200, description = "A new secret; the previous one signs beside it for 24 h", body = crate::openapi::WebhookSecret),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A rotation's overlap is still running", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn rotate(
@@ -91,7 +91,7 @@ fn not_found() -> Problem {
         (status = 200, description = "The job's webhook deliveries and their tries", body = crate::openapi::DeliveryList),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn deliveries(
@@ -139,7 +139,7 @@ pub async fn deliveries(
         (status = 202, description = "Scheduled again, with the same webhook-id"),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or delivery (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
     ),
 )]
 pub async fn redeliver(
