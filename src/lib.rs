@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod telemetry;
 
 pub use app::{start, Roles, Running};
 pub use config::Config;

@@ -107,27 +107,6 @@ impl LimitArgs {
     }
 }
 
-/// Logs go to stderr, filtered by `KILN_LOG` (`info` by default), as text or, with
-/// `KILN_LOG_FORMAT=json`, one JSON object per line carrying the fields of the spans it happened
-/// in: `request_id` for api requests, `job_id` for work on a job. Read from the environment,
-/// because logging starts before the configuration is read.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match std::env::var("KILN_LOG_FORMAT").as_deref() {
-        Ok("json") => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        _ => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -144,13 +123,20 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    let telemetry = kiln::telemetry::init();
     let overrides = Overrides {
         listen: cli.common.listen,
         data_dir: cli.common.data_dir.clone(),
     };
     let config = Config::load(cli.common.config.as_deref(), &overrides)?;
-    match cli.command {
+    let outcome = run_command(cli.command, &config).await;
+    telemetry.shutdown();
+    outcome
+}
+
+async fn run_command(command: Command, config: &Config) -> anyhow::Result<()> {
+    let config = config.clone();
+    match command {
         Command::Serve => {
             serve(
                 &config,
