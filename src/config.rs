@@ -354,6 +354,17 @@ impl Config {
         let w = &self.worker;
         anyhow::ensure!(w.concurrency >= 1, "worker.concurrency must be at least 1");
         anyhow::ensure!(
+            self.limits.rate_per_second != Some(0) && self.limits.max_active_jobs != Some(0),
+            "limits.rate_per_second and limits.max_active_jobs must be at least 1 (leave them out for no limit)"
+        );
+        anyhow::ensure!(
+            self.limits
+                .daily_spend
+                .is_none_or(|d| d.is_finite() && d >= 0.0),
+            "limits.daily_spend must be a non-negative amount"
+        );
+        anyhow::ensure!(self.tenant_window >= 1, "tenant_window must be at least 1");
+        anyhow::ensure!(
             w.max_attempts >= 1,
             "worker.max_attempts must be at least 1"
         );

@@ -83,10 +83,10 @@ enum KeysCommand {
 #[derive(clap::Args)]
 struct LimitArgs {
     /// Requests per second, on every route.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     rps: Option<u32>,
     /// Jobs queued or running at once.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_active: Option<u32>,
     /// Spend per UTC day, in the currency unit of the routes' prices.
     #[arg(long)]

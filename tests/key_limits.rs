@@ -75,15 +75,37 @@ async fn a_key_at_its_active_job_limit_is_refused_until_one_ends() {
     let key = kiln.key_with("acme", limits).await;
     let first = submit_ok(&kiln.http, &kiln.base, &key, job(1_500)).await;
     submit_ok(&kiln.http, &kiln.base, &key, job(30_000)).await;
-    let res = submit(&kiln.http, &kiln.base, &key, job(0)).await;
+    let third = |idem: &'static str| {
+        kiln.http
+            .post(kiln.url("/v1/jobs"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idem)
+            .json(&job(0))
+            .send()
+    };
+    let res = third("third").await.unwrap();
     assert_eq!(res.status(), 429);
     assert!(res.headers().get("retry-after").is_some());
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "active_job_limit");
     assert_eq!(job_count(&kiln, &key).await, 2);
-    // Once one ends, there is room again.
+    // A pipeline's first steps count too.
+    let pipeline = json!({"steps": [{"name": "a", "model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}}]});
+    let res = kiln
+        .http
+        .post(kiln.url("/v1/pipelines"))
+        .bearer_auth(&key)
+        .json(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    // Once one ends, there is room again: the refused request, retried with its key, runs (a
+    // refusal was not kept for replay).
     wait_terminal(&kiln.http, &kiln.base, &key, &first).await;
-    submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
+    let res = third("third").await.unwrap();
+    assert_eq!(res.status(), 202);
+    assert!(res.headers().get("idempotent-replayed").is_none());
     assert_eq!(job_count(&kiln, &key).await, 3);
     kiln.shutdown().await;
 }
@@ -171,6 +193,16 @@ async fn a_key_may_not_submit_above_its_highest_priority() {
     assert_eq!(res.status(), 422);
     assert_eq!(res.json::<Value>().await.unwrap()["field"], "priority");
     assert_eq!(job_count(&kiln, &key).await, 0);
+    // A pipeline may not either.
+    let res = kiln
+        .http
+        .post(kiln.url("/v1/pipelines"))
+        .bearer_auth(&key)
+        .json(&json!({"priority": "high", "steps": [{"name": "a", "model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
     let mut low = job(0);
     low["priority"] = json!("low");
     let id = submit_ok(&kiln.http, &kiln.base, &key, low).await;

@@ -2,7 +2,8 @@
 //! key that sent it and kept 24 h (`idempotency_keep`). The first request with it runs and its answer is stored; the
 //! same key with the same request gets that answer again, marked `Idempotent-Replayed: true`;
 //! with a different body (or route) it is `422`; while the first is still being answered it is
-//! `409`. A server-side failure (5xx) stores nothing, so a retry runs again.
+//! `409`. An answer that is not a success (a refusal, a limit, a server failure) is not kept,
+//! so a retry runs again.
 //!
 //! It is a middleware around the two create routes, not code in each handler: it needs the raw
 //! body (to fingerprint the request) and the whole response (to store it), and the handlers
@@ -79,6 +80,14 @@ async fn run(state: Arc<ApiState>, request: Request, next: Next) -> Result<Respo
         hash.update([0]);
         hash.update(parts.uri.path());
         hash.update([0]);
+        // Headers that change what is created are part of the request.
+        for name in ["cancel-after"] {
+            if let Some(value) = parts.headers.get(name) {
+                hash.update(name);
+                hash.update(value.as_bytes());
+            }
+            hash.update([0]);
+        }
         hash.update(&body);
         hex::encode(hash.finalize())
     };
@@ -114,7 +123,11 @@ async fn run(state: Arc<ApiState>, request: Request, next: Next) -> Result<Respo
     }
     parts.extensions.insert(reference.clone());
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    if response.status().is_server_error() {
+    // Only an answer that did what was asked is kept (Stripe keeps none for a request that failed
+    // validation or was refused): a refusal (400, 403, 422, a 429 limit) or a server-side
+    // failure lets the key go, so a retry runs again and may succeed once the cause is gone.
+    // What was created before a failure stays linked to the key, and a retry gets it.
+    if !response.status().is_success() {
         if let Err(e) = state.ledger.abandon_idempotent(&reference).await {
             tracing::warn!(error = %e, "could not release an idempotency key; it is freed when its lock lapses");
         }

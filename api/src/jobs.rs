@@ -263,20 +263,7 @@ pub async fn submit(
         webhook_events,
         priority,
     } = parse_submit(&request, &headers)?;
-    if let Some(highest) = caller.limits.max_priority {
-        // Lanes order from high to low: a priority "less" than the key's highest is above it.
-        if priority < highest {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "priority_not_allowed",
-                format!(
-                    "this key may submit at priority {} or lower",
-                    highest.as_str()
-                ),
-            )
-            .with_field("priority"));
-        }
-    }
+    check_priority(&caller, priority)?;
     // A job that names no webhook uses its key's default, if the key has one.
     let webhook = match (webhook, &caller.default_webhook) {
         (None, Some(default)) => url::Url::parse(default).ok(),
@@ -344,6 +331,43 @@ pub async fn submit(
         HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).expect("ids are valid header text");
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
+}
+
+/// Refuses a priority above the key's highest.
+pub(crate) fn check_priority(
+    caller: &Caller,
+    priority: kiln_core::dispatch::Lane,
+) -> Result<(), Problem> {
+    match caller.limits.max_priority {
+        // Lanes order from high to low: a priority "less" than the key's highest is above it.
+        Some(highest) if priority < highest => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "priority_not_allowed",
+            format!(
+                "this key may submit at priority {} or lower",
+                highest.as_str()
+            ),
+        )
+        .with_field("priority")),
+        _ => Ok(()),
+    }
+}
+
+/// A `priority` field: high, normal (the default) or low.
+pub(crate) fn parse_priority(value: Option<&Value>) -> Result<kiln_core::dispatch::Lane, Problem> {
+    let invalid = |code: &str, detail: String| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field("priority")
+    };
+    match value {
+        None | Some(Value::Null) => Ok(kiln_core::dispatch::Lane::Normal),
+        Some(Value::String(p)) => p
+            .parse()
+            .map_err(|e: String| invalid("invalid_priority", e)),
+        Some(_) => Err(invalid(
+            "invalid_type",
+            "priority must be one of high, normal, low".into(),
+        )),
+    }
 }
 
 /// A job submission, parsed.
@@ -499,19 +523,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
             ))
         }
     };
-    let priority = match request.get("priority") {
-        None | Some(Value::Null) => kiln_core::dispatch::Lane::Normal,
-        Some(Value::String(p)) => p
-            .parse()
-            .map_err(|e: String| invalid("invalid_priority", "priority", &e))?,
-        Some(_) => {
-            return Err(invalid(
-                "invalid_type",
-                "priority",
-                "priority must be one of high, normal, low",
-            ))
-        }
-    };
+    let priority = parse_priority(request.get("priority"))?;
     Ok(Submission {
         model,
         input,

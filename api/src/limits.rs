@@ -4,10 +4,12 @@
 //! concurrent submits cannot overshoot it). A refusal is a `429` problem with `Retry-After`
 //! and creates nothing.
 //!
-//! The spend cap compares what the key's attempts have cost since midnight UTC, plus what the
-//! new work will cost at the least (each model's first route: its per-run and per-output
-//! price), with the cap. Per-second prices are only known once a run ends, so the cap can be
-//! passed by at most the compute of the jobs already running when it is reached.
+//! The spend cap compares what the key's attempts have cost since midnight UTC, plus the least
+//! that its unfinished jobs and the new work will cost (each model's first route: its per-run
+//! and per-output price), with the cap. So a burst cannot pass it by submitting faster than
+//! jobs finish. Per-second prices are only known once a run ends, so the cap can still be
+//! passed by the compute time of the jobs running when it is reached, and two submits checked
+//! at the same instant may both pass.
 
 use crate::auth::Caller;
 use crate::problem::Problem;
@@ -15,13 +17,14 @@ use crate::ApiState;
 use axum::http::StatusCode;
 use chrono::{Duration, Utc};
 
-/// The least the models' runs will cost, in millionths.
-fn estimate(state: &ApiState, models: &[&str]) -> i64 {
-    models
-        .iter()
-        .filter_map(|m| state.catalog.routes(m).into_iter().next())
-        .map(|route| route.cost.micros(0.0, 1))
-        .sum()
+/// The least one run of `model` will cost, in millionths.
+fn least(state: &ApiState, model: &str) -> i64 {
+    state
+        .catalog
+        .routes(model)
+        .into_iter()
+        .next()
+        .map_or(0, |route| route.cost.micros(0.0, 1))
 }
 
 pub async fn check_spend(
@@ -39,7 +42,15 @@ pub async fn check_spend(
         .expect("midnight exists")
         .and_utc();
     let spent = state.ledger.spend_since(&caller.key_id, midnight).await?;
-    let more = estimate(state, models);
+    let unfinished: i64 = state
+        .ledger
+        .active_jobs_by_model(&caller.key_id)
+        .await?
+        .iter()
+        .map(|(model, n)| least(state, model) * *n as i64)
+        .sum();
+    let spent = spent + unfinished;
+    let more: i64 = models.iter().map(|m| least(state, m)).sum();
     if spent + more > cap {
         let tomorrow = midnight + Duration::days(1);
         let wait = (tomorrow - now).num_seconds().max(1) as u64;
@@ -47,7 +58,7 @@ pub async fn check_spend(
             StatusCode::TOO_MANY_REQUESTS,
             "daily_spend_cap_reached",
             format!(
-                "this key's daily spend cap is {:.6}; {:.6} is spent today and this would cost at least {:.6} more",
+                "this key's daily spend cap is {:.6}; {:.6} is spent or committed today and this would cost at least {:.6} more",
                 cap as f64 / 1e6,
                 spent as f64 / 1e6,
                 more as f64 / 1e6

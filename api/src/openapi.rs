@@ -177,6 +177,8 @@ pub struct StepSubmission {
 ]}))]
 pub struct PipelineSubmission {
     steps: Vec<StepSubmission>,
+    /// The dispatch lane of every step.
+    priority: Option<Priority>,
     webhook: Option<String>,
     /// `pipeline.succeeded`, `pipeline.failed`, `pipeline.canceled`.
     webhook_events: Option<Vec<String>>,

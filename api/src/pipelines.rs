@@ -103,8 +103,12 @@ pub async fn submit(
         )
     })?;
     if let Some(extra) = body.as_object().and_then(|o| {
-        o.keys()
-            .find(|k| !matches!(k.as_str(), "steps" | "webhook" | "webhook_events"))
+        o.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "steps" | "webhook" | "webhook_events" | "priority"
+            )
+        })
     }) {
         return Err(unprocessable(
             "unknown_field",
@@ -112,6 +116,8 @@ pub async fn submit(
             format!("'{extra}' is not a field of a pipeline"),
         ));
     }
+    let priority = crate::jobs::parse_priority(body.get("priority"))?;
+    crate::jobs::check_priority(&caller, priority)?;
     let steps = parse_steps(&body)?;
     plan(&steps).map_err(|e| unprocessable(e.code, e.field, e.message))?;
     for (i, step) in steps.iter().enumerate() {
@@ -199,6 +205,8 @@ pub async fn submit(
         .ledger
         .insert_pipeline(NewPipeline {
             idempotency: idempotency.map(|e| e.0),
+            priority,
+            max_active: caller.limits.max_active_jobs,
             id: JobId::new(),
             tenant: caller.tenant,
             key_id: Some(caller.key_id),
@@ -206,14 +214,10 @@ pub async fn submit(
             webhook_events: events,
             steps,
         })
-        .await?;
-    for job in started {
-        if state
-            .doorbell
-            .ring(job, kiln_core::dispatch::Lane::Normal)
-            .await
-            .is_err()
-        {
+        .await
+        .map_err(crate::limits::active_job_limit)?;
+    for (job, lane) in started {
+        if state.doorbell.ring(job, lane).await.is_err() {
             // Committed is committed: the reconciler rings it.
             let _ = state.ledger.mark_unrung(job).await;
         }

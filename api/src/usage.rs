@@ -143,7 +143,8 @@ fn sum(rows: &[UsageRow], group_by: GroupBy) -> (BTreeMap<String, Sums>, Sums) {
     let mut seen_status: HashSet<JobId> = HashSet::new();
     let mut previous: Option<(&JobId, Option<&str>)> = None;
     for row in rows {
-        let route = row.route.as_deref();
+        // An attempt lost before its route was chosen ran nowhere: no provider, no fallback.
+        let route = row.route.as_deref().filter(|r| *r != "unrouted");
         let fallback = matches!(
             (previous, route),
             (Some((job, Some(before))), Some(now)) if *job == row.job_id && before != now

@@ -99,6 +99,10 @@ impl Permits for LocalPermits {
         limit: u32,
         per: Duration,
     ) -> Result<Option<Duration>, PermitError> {
+        if limit == 0 {
+            // Nothing may start: say so, rather than look for the oldest of no starts.
+            return Ok(Some(per));
+        }
         let now = std::time::Instant::now();
         let mut starts = self.starts.lock().expect("the rate lock is never poisoned");
         let window = starts.entry(provider.to_owned()).or_default();
@@ -223,6 +227,9 @@ impl Permits for RedisPermits {
         limit: u32,
         per: Duration,
     ) -> Result<Option<Duration>, PermitError> {
+        if limit == 0 {
+            return Ok(Some(per));
+        }
         let mut conn = self.conn.clone();
         let now = now_ms();
         let per_ms = per.as_millis().max(1) as i64;

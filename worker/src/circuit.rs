@@ -3,7 +3,8 @@
 //! `circuit_open` (a fall-back failure, so jobs move to their next route) without calling the
 //! upstream. After `cooldown` one attempt is let through as a probe; its success closes the
 //! circuit, its failure opens it for another cooldown. Input and policy refusals (`fail`) say
-//! nothing about the provider's health and do not count. The state is per worker process: each
+//! nothing about the provider's health and do not count, nor do 429s (a busy upstream is a
+//! healthy one). The state is per worker process: each
 //! worker learns a provider's health from its own calls.
 
 use crate::provider::{AttemptContext, FailureClass, GeneratedOutput, Provider, ProviderError};
@@ -69,7 +70,10 @@ impl CircuitBreaker {
         let was_open = s.open_until.is_some();
         match result {
             Ok(_) => *s = State::default(),
-            Err(e) if e.class == FailureClass::Fail => {}
+            // A refusal says nothing of the provider's health, and a 429 says it is healthy
+            // and busy: pacing is the rate limit's job, and a storm of 429s must not open the
+            // circuit and fail jobs that only had to wait.
+            Err(e) if e.class == FailureClass::Fail || e.error.code == "upstream_rate_limited" => {}
             Err(_) => {
                 s.consecutive_failures += 1;
                 if probe || s.consecutive_failures >= self.threshold {

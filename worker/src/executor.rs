@@ -8,7 +8,7 @@
 use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, UpstreamLink};
 use futures::{FutureExt, StreamExt};
 use kiln_core::catalog::Catalog;
-use kiln_core::dispatch::{Doorbell, Lane};
+use kiln_core::dispatch::Doorbell;
 use kiln_core::ledger::{AttemptNote, Claim, Lease};
 use kiln_core::routes::RouteConfig;
 use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
@@ -103,8 +103,12 @@ impl Executor {
             // The claim admitted the tenant's next held job to the queue: ring it now (if this
             // fails, the reconciler rings it, since it is admitted and unrung).
             if let Some((next, lane)) = claim.admitted {
+                // The claim is ours whatever happens here: a failed ring or mark leaves the
+                // admitted job unrung, and the reconciler rings it.
                 if self.doorbell.ring(next, lane).await.is_ok() {
-                    self.ledger.mark_rung(next).await?;
+                    if let Err(e) = self.ledger.mark_rung(next).await {
+                        tracing::warn!(job = %next, error = %e, "could not mark an admitted job rung");
+                    }
                 }
             }
         }
@@ -552,8 +556,8 @@ pub async fn advance_pipeline(
     doorbell: &dyn Doorbell,
     pipeline: JobId,
 ) -> ExecResult {
-    for job in ledger.advance_pipeline(pipeline).await? {
-        if doorbell.ring(job, Lane::Normal).await.is_err() {
+    for (job, lane) in ledger.advance_pipeline(pipeline).await? {
+        if doorbell.ring(job, lane).await.is_err() {
             ledger.mark_unrung(job).await?;
         }
     }

@@ -2,7 +2,9 @@
 //! (`{prefix}:dispatch:{lane}`) read by one consumer group shared by all workers. A ring is
 //! `XADD … job <id>`; a worker reads with `XREADGROUP` (new entries) and `XAUTOCLAIM` (entries a
 //! dead consumer held past `reclaim_idle`), and acknowledges with `XACK` + `XDEL` once the ledger
-//! has decided the ring, which keeps the streams as short as the backlog.
+//! has decided the ring, which keeps the streams as short as the backlog. Lanes are read in a
+//! weighted round (high, then half as many normal, then a quarter as many low), so high goes
+//! first under load and low is never starved.
 //!
 //! Retries, leases and attempt counting live in the ledger and the executor, never here: the
 //! doorbell only delivers at least once. A Redis restart is survived on both sides: the
@@ -335,26 +337,36 @@ impl Consumer {
                 return;
             }
         }
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.settings.consumer)
-            .arg("COUNT")
-            .arg(self.settings.batch)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS");
-        for (_, key) in &self.keys {
-            read.arg(key);
+        // Weighted by lane: each round takes up to `batch` high rings, half as many normal and
+        // a quarter as many low (at least one each), highest first, without waiting; only when
+        // every lane is empty does one blocking read wait for the next ring in any lane.
+        let mut taken = 0;
+        for (i, divisor) in [1usize, 2, 4].into_iter().enumerate() {
+            let Some((lane, key)) = self.keys.get(i).cloned() else {
+                break;
+            };
+            let count = (self.settings.batch / divisor).max(1);
+            match read_group(&mut conn, &self.settings.consumer, &[key], count, None).await {
+                Ok(reply) => {
+                    for stream in reply {
+                        for entry in &stream.ids {
+                            self.push(lane, entry);
+                            taken += 1;
+                        }
+                    }
+                }
+                Err(e) => return self.fault(e).await,
+            }
         }
-        for _ in &self.keys {
-            read.arg(">");
+        if taken > 0 {
+            self.backoff = Duration::from_millis(100);
+            return;
         }
-        match read.query_async::<Option<StreamReadReply>>(&mut conn).await {
+        let keys: Vec<String> = self.keys.iter().map(|(_, k)| k.clone()).collect();
+        match read_group(&mut conn, &self.settings.consumer, &keys, 1, Some(block)).await {
             Ok(reply) => {
                 self.backoff = Duration::from_millis(100);
-                // Keys come back in the order asked, highest lane first.
-                for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                for stream in reply {
                     let lane = self.lane_of(&stream.key);
                     for entry in &stream.ids {
                         self.push(lane, entry);
@@ -364,6 +376,34 @@ impl Consumer {
             Err(e) => self.fault(e).await,
         }
     }
+}
+
+/// `XREADGROUP` of new rings from `keys`, up to `count` per stream, waiting up to `block`.
+async fn read_group(
+    conn: &mut MultiplexedConnection,
+    consumer: &str,
+    keys: &[String],
+    count: usize,
+    block: Option<Duration>,
+) -> Result<Vec<redis::streams::StreamKey>, RedisError> {
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block) = block {
+        read.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    read.arg("STREAMS");
+    for key in keys {
+        read.arg(key);
+    }
+    for _ in keys {
+        read.arg(">");
+    }
+    let reply = read.query_async::<Option<StreamReadReply>>(conn).await?;
+    Ok(reply.map(|r| r.keys).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -437,6 +477,27 @@ mod tests {
             assert_eq!(ring.job, *j);
             assert_eq!(ring.receipt.as_ref().unwrap().lane, Lane::Low);
         }
+    }
+
+    #[tokio::test]
+    async fn under_a_backlog_each_round_takes_high_four_to_one_over_low() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        for _ in 0..40 {
+            bell.ring(JobId::new(), Lane::High).await.unwrap();
+        }
+        for _ in 0..10 {
+            bell.ring(JobId::new(), Lane::Low).await.unwrap();
+        }
+        let mut rings = bell.consume(settings("a", Duration::from_secs(60)));
+        let mut lanes = vec![];
+        for _ in 0..20 {
+            lanes.push(next(&mut rings).await.receipt.unwrap().lane);
+        }
+        let low = lanes.iter().filter(|l| **l == Lane::Low).count();
+        // Batch 8: each round is 8 high and 2 low.
+        assert_eq!(low, 4, "{lanes:?}");
+        assert_eq!(lanes[0], Lane::High);
     }
 
     #[tokio::test]

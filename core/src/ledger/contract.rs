@@ -721,6 +721,8 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
 ) {
     use crate::pipeline::StepSpec;
     let chain = |id: JobId| NewPipeline {
+        priority: Default::default(),
+        max_active: None,
         idempotency: None,
         id,
         tenant: tenant("a"),
@@ -746,6 +748,7 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
         ],
     };
     let (pipeline, started) = ledger.insert_pipeline(chain(JobId::new())).await.unwrap();
+    let started: Vec<JobId> = started.into_iter().map(|(id, _)| id).collect();
     assert_eq!(pipeline.status, Status::Running);
     assert_eq!(started.len(), 1, "only the step with no inputs starts");
     assert_eq!(pipeline.steps[0].job_id, Some(started[0]));
@@ -765,7 +768,13 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
         expires_at: now() + chrono::Duration::days(7),
     };
     assert!(ledger.succeed(&first.lease, &[output]).await.unwrap());
-    let next = ledger.advance_pipeline(pipeline.id).await.unwrap();
+    let next: Vec<JobId> = ledger
+        .advance_pipeline(pipeline.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(next.len(), 1);
     assert!(
         ledger
@@ -807,6 +816,7 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
 
     // Cancel cascades to the running step; another tenant sees nothing.
     let (other, started) = ledger.insert_pipeline(chain(JobId::new())).await.unwrap();
+    let started: Vec<JobId> = started.into_iter().map(|(id, _)| id).collect();
     ledger
         .claim(started[0], "w", "demo", LEASE)
         .await
@@ -879,6 +889,8 @@ pub async fn queued_jobs_know_their_place_and_running_ones_their_progress(ledger
 pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<dyn Ledger>) {
     use crate::pipeline::StepSpec;
     let one_step = |owner: &str| NewPipeline {
+        priority: Default::default(),
+        max_active: None,
         idempotency: None,
         id: JobId::new(),
         tenant: tenant(owner),

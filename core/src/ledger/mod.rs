@@ -141,6 +141,10 @@ pub struct NewPipeline {
     pub webhook_events: Option<Vec<String>>,
     pub steps: Vec<crate::pipeline::StepSpec>,
     pub idempotency: Option<IdempotencyRef>,
+    /// The dispatch lane of its steps.
+    pub priority: crate::dispatch::Lane,
+    /// The key's active-job limit, checked when its first steps start.
+    pub max_active: Option<u32>,
 }
 
 /// A step as the pipeline shows it: its job once it has started.
@@ -337,6 +341,9 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Vec<UsageRow>>;
     /// Jobs queued and running, and the queue per lane (for the metrics gauges).
     async fn queue_snapshot(&self) -> Result<QueueSnapshot>;
+    /// The key's jobs still queued or running, counted per model (what they will cost is not
+    /// known yet, but at least each model's least price).
+    async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>>;
     /// What the key's jobs' attempts started since `since` cost, in millionths.
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
     /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
@@ -376,7 +383,8 @@ pub trait Ledger: Send + Sync + 'static {
         key: &IdempotencyRef,
         response: &StoredResponse,
     ) -> Result<()>;
-    /// Lets `key` go unanswered (the request failed on the server's side): a retry runs again.
+    /// Lets `key` go unanswered (the request was refused or failed): a retry runs again, or,
+    /// if the request created something first, is answered with it.
     async fn abandon_idempotent(&self, key: &IdempotencyRef) -> Result<()>;
     /// Deletes idempotency keys past their keeping time; how many.
     async fn purge_idempotency(&self, now: Timestamp, limit: u32) -> Result<u64>;
@@ -439,11 +447,14 @@ pub trait Ledger: Send + Sync + 'static {
     // --- pipelines ----------------------------------------------------------------------------
     /// Writes a pipeline and its steps, and starts the steps that depend on nothing, in one
     /// transaction. Returns the pipeline and the jobs started (to be rung).
-    async fn insert_pipeline(&self, pipeline: NewPipeline) -> Result<(Pipeline, Vec<JobId>)>;
+    async fn insert_pipeline(
+        &self,
+        pipeline: NewPipeline,
+    ) -> Result<(Pipeline, Vec<(JobId, crate::dispatch::Lane)>)>;
     /// Moves a running pipeline on: starts the steps whose inputs now exist, fails it (and
     /// cancels its other steps) when a step failed or was canceled, succeeds it when every step
     /// did. Idempotent; returns the jobs it started.
-    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<JobId>>;
+    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
     async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
     /// The tenant's pipelines, newest first. Of the filter, statuses, the creation window,
     /// the cursor and the limit apply (a pipeline has no single model).

@@ -700,9 +700,16 @@ async fn end_pipeline(
 }
 
 /// The pipeline's next move, inside the caller's transaction (see `Ledger::advance_pipeline`).
-async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
+/// `max_active`: the key's active-job limit, checked for the steps started now (a new
+/// pipeline's first steps); steps that start later belong to a pipeline already admitted.
+async fn advance_in(
+    tx: &mut Tx,
+    pid: &str,
+    at: i64,
+    max_active: Option<u32>,
+) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
     let Some(row) = sqlx::query(&tx.d.sql(&format!(
-        "SELECT tenant, key_id, status FROM pipelines WHERE id = ?{}",
+        "SELECT tenant, key_id, status, priority FROM pipelines WHERE id = ?{}",
         tx.d.lock_rows()
     )))
     .bind(pid)
@@ -717,6 +724,10 @@ async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
     }
     let tenant = TenantId(row.try_get("tenant")?);
     let key_id: Option<String> = row.try_get("key_id")?;
+    let priority: crate::dispatch::Lane = row
+        .try_get::<String, _>("priority")?
+        .parse()
+        .map_err(LedgerError::Corrupt)?;
     struct StepRow {
         name: String,
         model: String,
@@ -807,8 +818,8 @@ async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
             key_id: key_id.clone(),
             webhook_url: None,
             webhook_events: None,
-            priority: crate::dispatch::Lane::Normal,
-            max_active: None,
+            priority,
+            max_active,
         };
         let admitted = insert_job_in(tx, &job, Some(pid), at).await?;
         sqlx::query(&tx.d.sql(
@@ -820,7 +831,7 @@ async fn advance_in(tx: &mut Tx, pid: &str, at: i64) -> Result<Vec<JobId>> {
         .execute(&mut *tx.tx)
         .await?;
         if admitted {
-            started.push(job.id);
+            started.push((job.id, priority));
         }
     }
     Ok(started)
@@ -980,6 +991,18 @@ impl Ledger for SqlLedger {
         .await?;
         snapshot.held = held.max(0) as u64;
         Ok(snapshot)
+    }
+
+    async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT model, COUNT(*) AS n FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') GROUP BY model",
+        ))
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("model")?, r.try_get::<i64, _>("n")?.max(0) as u64)))
+            .collect()
     }
 
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
@@ -1439,6 +1462,15 @@ impl Ledger for SqlLedger {
         .bind(&key.key)
         .execute(&self.pool)
         .await?;
+        // Something was created before the failure: unlock, so a retry is answered with it.
+        sqlx::query(&self.sql(
+            "UPDATE idempotency_keys SET locked_until = NULL \
+             WHERE key_id = ? AND idem_key = ? AND status_code IS NULL AND resource_id IS NOT NULL",
+        ))
+        .bind(&key.key_id)
+        .bind(&key.key)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1558,8 +1590,20 @@ impl Ledger for SqlLedger {
             at,
         )
         .await?;
-        // The claim took a place in the tenant's window: the next held job takes it.
-        let admitted = admit_next_in(&mut tx, &tenant).await?;
+        // The claim freed a place in the tenant's window: the next held job takes it, if the
+        // place is still free (a retried or rescued job may have come back into the window).
+        let in_queue: i64 = sqlx::query_scalar(&self.sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
+        ))
+        .bind(&tenant)
+        .bind(i64::from(tx.window))
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        let admitted = if in_queue < i64::from(tx.window) {
+            admit_next_in(&mut tx, &tenant).await?
+        } else {
+            None
+        };
         tx.tx.commit().await?;
         let job = self
             .job_by_id(id)
@@ -1608,7 +1652,10 @@ impl Ledger for SqlLedger {
         Ok(())
     }
 
-    async fn insert_pipeline(&self, pipeline: NewPipeline) -> Result<(Pipeline, Vec<JobId>)> {
+    async fn insert_pipeline(
+        &self,
+        pipeline: NewPipeline,
+    ) -> Result<(Pipeline, Vec<(JobId, crate::dispatch::Lane)>)> {
         let deps = crate::pipeline::plan(&pipeline.steps).map_err(|e| {
             LedgerError::Corrupt(format!(
                 "an unchecked pipeline reached the ledger: {}",
@@ -1619,8 +1666,8 @@ impl Ledger for SqlLedger {
         let pid = pipeline.id.to_string();
         let mut tx = self.write_tx().await?;
         sqlx::query(&self.sql(
-            "INSERT INTO pipelines (id, tenant, key_id, status, webhook_url, webhook_events, created_at) \
-             VALUES (?, ?, ?, 'running', ?, ?, ?)",
+            "INSERT INTO pipelines (id, tenant, key_id, status, webhook_url, webhook_events, created_at, priority) \
+             VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
         ))
         .bind(&pid)
         .bind(&pipeline.tenant.0)
@@ -1628,6 +1675,7 @@ impl Ledger for SqlLedger {
         .bind(pipeline.webhook_url.as_deref())
         .bind(pipeline.webhook_events.as_ref().map(|e| e.join(",")))
         .bind(at)
+        .bind(pipeline.priority.as_str())
         .execute(&mut *tx.tx)
         .await?;
         if let Some(key) = &pipeline.idempotency {
@@ -1646,7 +1694,7 @@ impl Ledger for SqlLedger {
             .execute(&mut *tx.tx)
             .await?;
         }
-        let started = advance_in(&mut tx, &pid, at).await?;
+        let started = advance_in(&mut tx, &pid, at, pipeline.max_active).await?;
         tx.tx.commit().await?;
         let created = self
             .get_pipeline(&pipeline.tenant, pipeline.id)
@@ -1655,9 +1703,9 @@ impl Ledger for SqlLedger {
         Ok((created, started))
     }
 
-    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<JobId>> {
+    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
         let mut tx = self.write_tx().await?;
-        let started = advance_in(&mut tx, &id.to_string(), to_millis(now())).await?;
+        let started = advance_in(&mut tx, &id.to_string(), to_millis(now()), None).await?;
         tx.tx.commit().await?;
         Ok(started)
     }
