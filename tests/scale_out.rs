@@ -5,95 +5,9 @@
 
 mod common;
 
+use common::cluster::Cluster;
 use common::*;
-use serde_json::json;
-use sqlx::postgres::PgPool;
-use std::time::{Duration, Instant};
-
-/// Fields drop in order: the processes stop before the backends they use go away.
-struct Cluster {
-    api: KilnProcess,
-    workers: Vec<KilnProcess>,
-    pg: PgPool,
-    backends: Backends,
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    key: String,
-}
-
-impl Cluster {
-    async fn start(workers: usize) -> Cluster {
-        let backends = Backends::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut env = backends.env();
-        env.push(("KILN_WORKER__CONCURRENCY".into(), "4".into()));
-        let key = create_key_with(dir.path(), "acme", &env);
-        let api = KilnProcess::start("api", dir.path(), &env);
-        let workers = (0..workers)
-            .map(|_| KilnProcess::start("worker", dir.path(), &env))
-            .collect();
-        let pg = PgPool::connect(&backends.db.url).await.unwrap();
-        Cluster {
-            api,
-            workers,
-            pg,
-            backends,
-            dir,
-            env,
-            key,
-        }
-    }
-
-    async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pg).await.unwrap()
-    }
-
-    /// Waits until `sql` counts at least `n`.
-    async fn wait_count(&self, sql: &str, n: i64, deadline: Duration) {
-        let start = Instant::now();
-        loop {
-            let got = self.scalar(sql).await;
-            if got >= n {
-                return;
-            }
-            assert!(start.elapsed() < deadline, "only {got} of {n}: {sql}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Invariants that hold at every moment: at most one terminal transition per job, and
-    /// outputs only on succeeded jobs, one set each.
-    async fn assert_exactly_once(&self) {
-        let doubled = self
-            .scalar("SELECT COUNT(*) FROM (SELECT job_id FROM job_transitions WHERE to_status IN ('succeeded','failed','canceled') GROUP BY job_id HAVING COUNT(*) > 1) d")
-            .await;
-        assert_eq!(doubled, 0, "a job has two terminal transitions");
-        let stray = self.scalar("SELECT COUNT(*) FROM outputs o JOIN jobs j ON j.id = o.job_id WHERE j.status <> 'succeeded'").await;
-        assert_eq!(stray, 0, "outputs on a job that did not succeed");
-        let per_job = self.scalar("SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM outputs GROUP BY job_id) c").await;
-        assert!(per_job <= 1, "a job has two sets of outputs");
-    }
-
-    async fn submit_many(&self, n: usize, latency_ms: u64) -> Vec<String> {
-        let http = http();
-        let mut ids = Vec::with_capacity(n);
-        let mut pending = futures::stream::iter((0..n).map(|i| {
-            let http = http.clone();
-            let base = self.api.base.clone();
-            let key = self.key.clone();
-            async move {
-                let body = json!({"model": "demo/image", "input": {"prompt": format!("job {i}"), "width": 16, "height": 16, "latency_ms": latency_ms}});
-                submit_ok(&http, &base, &key, body).await
-            }
-        }))
-        .buffer_unordered(32);
-        use futures::StreamExt;
-        while let Some(id) = pending.next().await {
-            ids.push(id);
-        }
-        ids
-    }
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_concurrent_jobs_each_run_exactly_once_across_two_workers() {

@@ -4,6 +4,8 @@
 //! the api (its documented contract) against a deadline, never by sleeping a fixed time.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use kiln::config::Config;
 use kiln::{Roles, Running};
 use kiln_core::{keys, TenantId};
