@@ -390,7 +390,8 @@ pub trait Ledger: Send + Sync + 'static {
     async fn purge_idempotency(&self, now: Timestamp, limit: u32) -> Result<u64>;
     /// How many queued jobs, of every tenant, were submitted before this queued one and wait
     /// with it; `None` once it is not queued. Dispatch drains in submit order within a lane, so
-    /// this is the count a client waits behind.
+    /// this is the count a client waits behind. Counted up to 1,000 (a deeper queue reads as
+    /// 1,000: "at least").
     async fn queue_position(&self, id: JobId) -> Result<Option<u64>>;
     /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
     async fn mark_rung(&self, id: JobId) -> Result<()>;

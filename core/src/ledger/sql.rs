@@ -84,6 +84,9 @@ pub struct SqlLedger {
     window: std::sync::atomic::AtomicU32,
 }
 
+/// The deepest queue position counted (`Ledger::queue_position`).
+pub const QUEUE_POSITION_CAP: u32 = 1000;
+
 /// The default of `dispatch.tenant_window`.
 pub const DEFAULT_TENANT_WINDOW: u32 = 100;
 
@@ -1488,10 +1491,13 @@ impl Ledger for SqlLedger {
     async fn queue_position(&self, id: JobId) -> Result<Option<u64>> {
         let sid = id.to_string();
         // One statement, so the job's status and the count are read at the same moment.
-        let ahead: Option<i64> = sqlx::query_scalar(&self.sql(
-            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND q.id < j.id) \
-             FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
-        ))
+        // Counted up to QUEUE_POSITION_CAP: past that a client learns only "at least", and a
+        // deep queue does not make every read of a queued job scan it.
+        let ahead: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs q WHERE q.status = 'queued' AND q.id < j.id \
+                     LIMIT {QUEUE_POSITION_CAP}) a) \
+             FROM jobs j WHERE j.id = ? AND j.status = 'queued'"
+        )))
         .bind(&sid)
         .fetch_optional(&self.pool)
         .await?;
