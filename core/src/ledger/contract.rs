@@ -1132,6 +1132,9 @@ pub async fn tenant_windows_hold_a_burst_and_admit_it_as_places_free(ledger: Arc
         ledger.cancel_job(&tenant("a"), a2.id).await.unwrap(),
         CancelOutcome::Canceled(_)
     ));
+    // While jobs are held, a new one queues behind them even if a place is free.
+    let a5 = insert("a", Lane::Normal).await;
+    assert!(a5.held, "no jumping the held line");
     assert_eq!(
         ledger.admit_held(10).await.unwrap(),
         vec![(a3.id, Lane::Normal)]

@@ -542,7 +542,19 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     .bind(i64::from(tx.window))
     .fetch_one(&mut *tx.tx)
     .await?;
-    let admitted = in_queue < i64::from(tx.window);
+    // A tenant with jobs already held waits behind them: held jobs are admitted in their own
+    // order (priority, then age), and a new one must not jump that line.
+    let holding: Option<String> = if in_queue < i64::from(tx.window) {
+        sqlx::query_scalar(&tx.d.sql(
+            "SELECT id FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1 LIMIT 1",
+        ))
+        .bind(&job.tenant.0)
+        .fetch_optional(&mut *tx.tx)
+        .await?
+    } else {
+        None
+    };
+    let admitted = in_queue < i64::from(tx.window) && holding.is_none();
     sqlx::query(&tx.d.sql(
         "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
