@@ -523,19 +523,31 @@ impl Executor {
             // Deterministic keys: a retried or rescued attempt overwrites, never duplicates.
             let key = format!("jobs/{}/{index}.{}", job.id, output.extension);
             let size = output.bytes.len();
-            let body = futures::stream::iter([Ok(bytes::Bytes::from(output.bytes))]).boxed();
-            let written = self
-                .store
-                .put(&key, output.content_type, body)
-                .await
-                .map_err(|e| {
-                    // The cause (endpoints, request ids) is for the operator, not the tenant.
-                    tracing::warn!(job = %job.id, error = %e, "storing an output failed");
-                    ProviderError::retry(
-                        "storage_unavailable",
-                        format!("output {index} could not be stored"),
-                    )
-                })?;
+            let bytes = bytes::Bytes::from(output.bytes);
+            // The output is paid for: a storage outage is waited out here, with the bytes in
+            // hand, rather than failing the attempt and generating (and paying) again. The
+            // attempt's deadline bounds the wait; past STORE_TRIES the attempt fails as a retry.
+            let mut pause = Duration::from_millis(200);
+            let mut tries = 0;
+            let written = loop {
+                let body = futures::stream::iter([Ok(bytes.clone())]).boxed();
+                match self.store.put(&key, output.content_type, body).await {
+                    Ok(written) => break written,
+                    Err(e) => {
+                        tries += 1;
+                        // The cause (endpoints, request ids) is for the operator, not the tenant.
+                        tracing::warn!(job = %job.id, error = %e, tries, "storing an output failed");
+                        if tries >= STORE_TRIES {
+                            return Err(ProviderError::retry(
+                                "storage_unavailable",
+                                format!("output {index} could not be stored"),
+                            ));
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
             debug_assert_eq!(written as usize, size);
             stored.push(NewOutput {
                 index: index as u32,
@@ -548,6 +560,9 @@ impl Executor {
         Ok(stored)
     }
 }
+
+/// Uploads of one output tried before the attempt fails (about 20 s of waiting in all).
+const STORE_TRIES: u32 = 7;
 
 /// Moves a pipeline on and rings the steps it started. A failed ring is left to the reconciler
 /// (the step is marked unrung), as for any submitted job.
