@@ -23,20 +23,6 @@ async fn post(kiln: &Kiln, key: &str, path: &str, idem: &str, body: &Value) -> r
         .unwrap()
 }
 
-async fn job_count(kiln: &Kiln, key: &str) -> usize {
-    let list: Value = kiln
-        .http
-        .get(kiln.url("/v1/jobs?limit=100"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["data"].as_array().unwrap().len()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_with_the_same_key_replays_the_answer_and_creates_nothing() {
     let kiln = Kiln::start().await;

@@ -14,20 +14,6 @@ fn job(latency_ms: u64) -> Value {
     json!({"model": "demo/image", "input": {"prompt": "a kiln", "width": 16, "height": 16, "latency_ms": latency_ms}})
 }
 
-async fn job_count(kiln: &Kiln, key: &str) -> usize {
-    let list: Value = kiln
-        .http
-        .get(kiln.url("/v1/jobs?limit=100"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["data"].as_array().unwrap().len()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn past_its_request_rate_a_key_gets_429_with_retry_after_and_creates_nothing() {
     let kiln = Kiln::start().await;

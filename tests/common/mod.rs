@@ -261,6 +261,21 @@ pub fn is_terminal(job: &Value) -> bool {
     )
 }
 
+/// How many jobs the key's tenant has (up to 100).
+pub async fn job_count(kiln: &Kiln, key: &str) -> usize {
+    let list: Value = kiln
+        .http
+        .get(kiln.url("/v1/jobs?limit=100"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"].as_array().unwrap().len()
+}
+
 /// Waits for the job to end by asking the server to hold the answer (`Prefer: wait`), not by
 /// polling, failing the test at the deadline.
 pub async fn wait_terminal(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Value {
