@@ -1320,12 +1320,36 @@ impl Ledger for SqlLedger {
     async fn insert_job(&self, job: NewJob) -> Result<Job> {
         let at = to_millis(now());
         let mut tx = self.write_tx().await?;
-        insert_job_in(&mut tx, &job, None, at).await?;
+        let admitted = insert_job_in(&mut tx, &job, None, at).await?;
         tx.tx.commit().await?;
-        let id = job.id;
-        self.job_by_id(id)
-            .await?
-            .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after insert")))
+        // The row is exactly what was written: built here rather than read back (three
+        // queries saved on the submit path).
+        let at = from_millis(at);
+        Ok(Job {
+            id: job.id,
+            tenant: job.tenant,
+            model: job.model,
+            input: job.input,
+            status: Status::Queued,
+            error: None,
+            created_at: at,
+            started_at: None,
+            completed_at: None,
+            run_after: at,
+            lease_owner: None,
+            lease_expires_at: None,
+            attempt_count: 0,
+            rescue_count: 0,
+            deadline_at: job.deadline_at.map(|t| from_millis(to_millis(t))),
+            start_by: job.start_by.map(|t| from_millis(to_millis(t))),
+            webhook_url: job.webhook_url,
+            webhook_events: job.webhook_events,
+            pipeline_id: None,
+            priority: job.priority,
+            held: !admitted,
+            attempts: vec![],
+            outputs: vec![],
+        })
     }
 
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
