@@ -97,21 +97,30 @@ async fn the_s3_server_down_during_uploads_and_back_loses_nothing_and_generates_
 /// What a receiver saw: per webhook-id, the event type and job.
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
-/// A receiver that answers 500 to every other request (a flapping one), recording the rest.
+/// A flapping receiver: it answers 500 to the first two tries of every event (and to every
+/// other request besides), recording the events it accepts.
 async fn flapping_receiver() -> (String, Seen, Arc<AtomicUsize>) {
     let seen: Seen = Arc::default();
     let calls = Arc::new(AtomicUsize::new(0));
+    let tries: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
     let (record, count) = (seen.clone(), calls.clone());
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(
             move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-                let (record, count) = (record.clone(), count.clone());
+                let (record, count, tries) = (record.clone(), count.clone(), tries.clone());
                 async move {
-                    if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    let id = headers["webhook-id"].to_str().unwrap().to_owned();
+                    let nth = {
+                        let mut tries = tries.lock().unwrap();
+                        let n = tries.entry(id.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let flap = count.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+                    if nth <= 2 || (flap && nth <= 4) {
                         return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                     }
-                    let id = headers["webhook-id"].to_str().unwrap().to_owned();
                     let kind = body["type"].as_str().unwrap().to_owned();
                     let job = body["data"]["id"].as_str().unwrap().to_owned();
                     record.lock().unwrap().push((id, kind, job));
