@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use kiln_core::dispatch::Lane;
 use kiln_core::ledger::KeyLimits;
-use kiln_core::routes::{CostModel, ModelConfig, RouteConfig};
 use serde_json::{json, Value};
 
 fn job(latency_ms: u64) -> Value {
@@ -94,26 +93,6 @@ async fn a_key_at_its_active_job_limit_is_refused_until_one_ends() {
     assert!(res.headers().get("idempotent-replayed").is_none());
     assert_eq!(job_count(&kiln, &key).await, 3);
     kiln.shutdown().await;
-}
-
-/// A model whose one route costs 0.5 a run.
-fn priced_model() -> ModelConfig {
-    ModelConfig {
-        name: "acme/priced".into(),
-        description: String::new(),
-        params: vec![],
-        fallback_on_refusal: false,
-        routes: vec![RouteConfig {
-            provider: "demo".into(),
-            model: "demo/image".into(),
-            cost: CostModel {
-                per_run: 0.5,
-                per_second: 0.0,
-                per_output: 0.0,
-            },
-            ..Default::default()
-        }],
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,27 +4,7 @@
 mod common;
 
 use common::*;
-use kiln_core::routes::{CostModel, ModelConfig, RouteConfig};
 use serde_json::{json, Value};
-
-fn priced_model() -> ModelConfig {
-    ModelConfig {
-        name: "acme/priced".into(),
-        description: String::new(),
-        params: vec![],
-        fallback_on_refusal: false,
-        routes: vec![RouteConfig {
-            provider: "demo".into(),
-            model: "demo/image".into(),
-            cost: CostModel {
-                per_run: 0.5,
-                per_second: 0.0,
-                per_output: 0.0,
-            },
-            ..Default::default()
-        }],
-    }
-}
 
 async fn usage(kiln: &Kiln, key: &str, query: &str) -> (u16, Value) {
     let res = kiln

@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Readers step through the ids by this much, so they do not all read the same job.
+const READ_STRIDE: usize = 97;
+
 #[derive(Parser)]
 struct Args {
     /// `postgres-local` (Postgres + Redis + a local directory), `postgres-s3` (… + s3s-fs) or
@@ -371,7 +374,7 @@ async fn main() -> Result<()> {
                             reads.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    i += args_clients_stride();
+                    i += READ_STRIDE;
                 }
             })
         })
@@ -490,9 +493,4 @@ async fn main() -> Result<()> {
         std::fs::write(path, text)?;
     }
     Ok(())
-}
-
-/// Readers step through the ids by this much, so they do not all read the same job.
-fn args_clients_stride() -> usize {
-    97
 }

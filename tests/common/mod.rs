@@ -261,6 +261,26 @@ pub fn is_terminal(job: &Value) -> bool {
     )
 }
 
+/// A configured model, `acme/priced`, whose one route (the demo generator) costs 0.5 a run.
+pub fn priced_model() -> kiln_core::routes::ModelConfig {
+    kiln_core::routes::ModelConfig {
+        name: "acme/priced".into(),
+        description: String::new(),
+        params: vec![],
+        fallback_on_refusal: false,
+        routes: vec![kiln_core::routes::RouteConfig {
+            provider: "demo".into(),
+            model: "demo/image".into(),
+            cost: kiln_core::routes::CostModel {
+                per_run: 0.5,
+                per_second: 0.0,
+                per_output: 0.0,
+            },
+            ..Default::default()
+        }],
+    }
+}
+
 /// How many jobs the key's tenant has (up to 100).
 pub async fn job_count(kiln: &Kiln, key: &str) -> usize {
     let list: Value = kiln
