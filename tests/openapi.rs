@@ -86,7 +86,10 @@ async fn fuzz(kiln: &Kiln) {
         "TEST_KILN_SCHEMATHESIS names the schemathesis executable; scripts/test.sh installs it",
     );
     let key = kiln.key("acme").await;
+    // Schemathesis keeps a cache in its working directory: a scratch one, not the checkout.
+    let scratch = tempfile::tempdir().unwrap();
     let run = tokio::process::Command::new(schemathesis)
+        .current_dir(scratch.path())
         .arg("run")
         .arg(kiln.url("/openapi.json"))
         .args(["--header", &format!("Authorization: Bearer {key}")])

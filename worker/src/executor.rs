@@ -100,14 +100,14 @@ impl Executor {
                 claim.job.priority.as_str(),
                 waited.as_secs_f64(),
             );
-            // The claim admitted the tenant's next held job to the queue: ring it now (if this
-            // fails, the reconciler rings it, since it is admitted and unrung).
+            // The claim admitted the tenant's next held job to the queue, marked rung: ring it
+            // now. The claim is ours whatever happens here: a failed ring marks the job
+            // unrung for the reconciler's next pass, and if even that fails (or this process
+            // dies first) the reconciler rings it once its mark is stale.
             if let Some((next, lane)) = claim.admitted {
-                // The claim is ours whatever happens here: a failed ring or mark leaves the
-                // admitted job unrung, and the reconciler rings it.
-                if self.doorbell.ring(next, lane).await.is_ok() {
-                    if let Err(e) = self.ledger.mark_rung(next).await {
-                        tracing::warn!(job = %next, error = %e, "could not mark an admitted job rung");
+                if self.doorbell.ring(next, lane).await.is_err() {
+                    if let Err(e) = self.ledger.mark_unrung(next).await {
+                        tracing::warn!(job = %next, error = %e, "could not mark an admitted job unrung");
                     }
                 }
             }

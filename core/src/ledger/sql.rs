@@ -94,6 +94,80 @@ const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_m
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
     deadline_at, start_by, webhook_url, webhook_events, pipeline_id, priority, rung_at";
 
+/// An attempt as its JSON array in `job_select`: the columns of `ATTEMPT_FIELDS`, in order.
+type AttemptTuple = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+const ATTEMPT_FIELDS: &str =
+    "number, id, route, worker, started_at, finished_at, outcome, error_code, \
+    error_message, error_class, upstream_id, cost_micros, progress";
+
+/// An output as its JSON array in `job_select`: the columns of `OUTPUT_FIELDS`, in order.
+type OutputTuple = (i64, String, String, i64, i64, Option<i64>);
+const OUTPUT_FIELDS: &str = "idx, object_key, content_type, bytes, expires_at, deleted_at";
+
+/// The whole-job `SELECT` per dialect (`SqlLedger::job_select`). The subqueries' unqualified
+/// columns are the inner table's; `jobs.id` is the outer row.
+static JOB_SELECT_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS}, \
+           (SELECT COALESCE(json_agg(json_build_array({ATTEMPT_FIELDS})), '[]')::text \
+              FROM attempts WHERE attempts.job_id = jobs.id) AS attempts_json, \
+           (SELECT COALESCE(json_agg(json_build_array({OUTPUT_FIELDS})), '[]')::text \
+              FROM outputs WHERE outputs.job_id = jobs.id) AS outputs_json"
+    )
+});
+static JOB_SELECT_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS}, \
+           (SELECT json_group_array(json_array({ATTEMPT_FIELDS})) \
+              FROM attempts WHERE attempts.job_id = jobs.id) AS attempts_json, \
+           (SELECT json_group_array(json_array({OUTPUT_FIELDS})) \
+              FROM outputs WHERE outputs.job_id = jobs.id) AS outputs_json"
+    )
+});
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt(format!("{column}: {e}")))
+}
+
+fn attempt_from_tuple(t: AttemptTuple) -> Result<Attempt> {
+    let (number, id, route, worker, started_at, finished_at, outcome) =
+        (t.0, t.1, t.2, t.3, t.4, t.5, t.6);
+    let (code, message, error_class, upstream_id, cost_micros, progress) =
+        (t.7, t.8, t.9, t.10, t.11, t.12);
+    Ok(Attempt {
+        number: number as u32,
+        id,
+        route,
+        worker,
+        started_at: from_millis(started_at),
+        finished_at: finished_at.map(from_millis),
+        outcome: outcome
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(LedgerError::Corrupt)?,
+        error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+        error_class,
+        upstream_id,
+        cost_micros,
+        progress_percent: progress.map(|p| p.clamp(0, 100) as u8),
+    })
+}
+
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
     tx: Transaction<'static, Any>,
@@ -162,41 +236,40 @@ impl SqlLedger {
         })
     }
 
-    async fn load_job(&self, row: AnyRow) -> Result<Job> {
-        let mut job = job_from_row(&row)?;
-        let id = job.id.to_string();
-        // Attempts and outputs are read at once, on two connections: one round trip's wait
-        // instead of two on every read of a job.
-        let attempts_sql = self.sql(
-            "SELECT number, id, route, worker, started_at, finished_at, outcome, error_code, error_message, error_class, \
-                    upstream_id, cost_micros, progress \
-             FROM attempts WHERE job_id = ? ORDER BY number",
-        );
-        let outputs_sql = self.sql(
-            "SELECT idx, object_key, content_type, bytes, expires_at, deleted_at \
-             FROM outputs WHERE job_id = ? ORDER BY idx",
-        );
-        let (attempts, outputs) = futures::try_join!(
-            sqlx::query(&attempts_sql).bind(&id).fetch_all(&self.pool),
-            sqlx::query(&outputs_sql).bind(&id).fetch_all(&self.pool),
-        )?;
+    /// `SELECT` of whole jobs: the job's columns and, from correlated subqueries, its attempts
+    /// and outputs as JSON arrays, so a job is read in one statement (one round trip and one
+    /// server wakeup instead of three, on every read of a job). `FROM jobs` follows.
+    fn job_select(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => &JOB_SELECT_SQLITE,
+            Dialect::Postgres => &JOB_SELECT_POSTGRES,
+        }
+    }
+
+    fn load_job(&self, row: &AnyRow) -> Result<Job> {
+        let mut job = job_from_row(row)?;
+        // Rows come unordered from the aggregates; their order is restored here.
+        let attempts: Vec<AttemptTuple> = json_column(row, "attempts_json")?;
         job.attempts = attempts
-            .iter()
-            .map(attempt_from_row)
+            .into_iter()
+            .map(attempt_from_tuple)
             .collect::<Result<_>>()?;
+        job.attempts.sort_by_key(|a| a.number);
+        let outputs: Vec<OutputTuple> = json_column(row, "outputs_json")?;
         job.outputs = outputs
-            .iter()
-            .map(|r| {
-                Ok(Output {
-                    index: r.try_get::<i64, _>("idx")? as u32,
-                    object_key: r.try_get("object_key")?,
-                    content_type: r.try_get("content_type")?,
-                    bytes: r.try_get::<i64, _>("bytes")? as u64,
-                    expires_at: from_millis(r.try_get("expires_at")?),
-                    deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_millis),
-                })
-            })
-            .collect::<Result<_>>()?;
+            .into_iter()
+            .map(
+                |(index, object_key, content_type, bytes, expires_at, deleted_at)| Output {
+                    index: index as u32,
+                    object_key,
+                    content_type,
+                    bytes: bytes as u64,
+                    expires_at: from_millis(expires_at),
+                    deleted_at: deleted_at.map(from_millis),
+                },
+            )
+            .collect();
+        job.outputs.sort_by_key(|o| o.index);
         Ok(job)
     }
 }
@@ -285,31 +358,6 @@ fn id_and_lane(row: &AnyRow) -> Result<(JobId, crate::dispatch::Lane)> {
         .parse()
         .map_err(LedgerError::Corrupt)?;
     Ok((id.parse().map_err(|_| LedgerError::Corrupt(id))?, lane))
-}
-
-fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
-    let code: Option<String> = r.try_get("error_code")?;
-    let message: Option<String> = r.try_get("error_message")?;
-    Ok(Attempt {
-        number: r.try_get::<i64, _>("number")? as u32,
-        id: r.try_get("id")?,
-        route: r.try_get("route")?,
-        worker: r.try_get("worker")?,
-        started_at: from_millis(r.try_get("started_at")?),
-        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(from_millis),
-        outcome: r
-            .try_get::<Option<String>, _>("outcome")?
-            .map(|o| o.parse())
-            .transpose()
-            .map_err(LedgerError::Corrupt)?,
-        error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
-        error_class: r.try_get("error_class")?,
-        upstream_id: r.try_get("upstream_id")?,
-        cost_micros: r.try_get("cost_micros")?,
-        progress_percent: r
-            .try_get::<Option<i64>, _>("progress")?
-            .map(|p| p.clamp(0, 100) as u8),
-    })
 }
 
 fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
@@ -586,9 +634,15 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
 }
 
 /// Admits `tenant`'s next held job (highest priority, oldest first), if it has one.
+///
+/// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
+/// rings it just after the commit and marks it unrung if that fails; if the caller dies in
+/// between, the reconciler rings it once the mark is stale. One write fewer per admission
+/// than marking it after the ring.
 async fn admit_next_in(
     tx: &mut Tx,
     tenant: &str,
+    at: i64,
 ) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
     for lane in crate::dispatch::Lane::ALL {
         let next: Option<String> = sqlx::query_scalar(&tx.d.sql(&format!(
@@ -603,8 +657,9 @@ async fn admit_next_in(
         if let Some(id) = next {
             sqlx::query(
                 &tx.d
-                    .sql("UPDATE jobs SET rung_at = 0 WHERE id = ? AND rung_at = -1"),
+                    .sql("UPDATE jobs SET rung_at = ? WHERE id = ? AND rung_at = -1"),
             )
+            .bind(at)
             .bind(&id)
             .execute(&mut *tx.tx)
             .await?;
@@ -1038,22 +1093,32 @@ impl Ledger for SqlLedger {
     }
 
     async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets> {
-        sqlx::query(
-            &self.sql(
-                "UPDATE api_keys SET webhook_secret = ? WHERE id = ? AND webhook_secret IS NULL",
-            ),
-        )
-        .bind(candidate)
-        .bind(key_id)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query(&self.sql(
+        let read = self.sql(
             "SELECT webhook_secret, previous_webhook_secret, previous_secret_until FROM api_keys WHERE id = ?",
-        ))
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| LedgerError::Corrupt(format!("api key {key_id} vanished")))?;
+        );
+        let read = || async {
+            sqlx::query(&read)
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| LedgerError::Corrupt(format!("api key {key_id} vanished")))
+        };
+        // Read first: a key has its secret after its first delivery, so the write (which a
+        // concurrent first delivery may win; the read after it sees the winner) is rare.
+        let mut row = read().await?;
+        if row
+            .try_get::<Option<String>, _>("webhook_secret")?
+            .is_none()
+        {
+            sqlx::query(&self.sql(
+                "UPDATE api_keys SET webhook_secret = ? WHERE id = ? AND webhook_secret IS NULL",
+            ))
+            .bind(candidate)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+            row = read().await?;
+        }
         let until: Option<i64> = row.try_get("previous_secret_until")?;
         let live = until.is_some_and(|u| u > to_millis(now()));
         Ok(WebhookSecrets {
@@ -1109,18 +1174,28 @@ impl Ledger for SqlLedger {
         .bind(first_due)
         .fetch_all(&mut *tx.tx)
         .await?;
+        // One token for the whole claim, written in one statement: each delivery's row is
+        // fenced by it alone, and a redelivery or a later claim writes a new one.
+        let claim_token = uuid::Uuid::new_v4().simple().to_string();
+        if !rows.is_empty() {
+            let marks = vec!["?"; rows.len()].join(", ");
+            let update = self
+                .sql(&format!(
+                    "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id IN ({marks})"
+                ))
+                .into_owned();
+            let mut query = sqlx::query(&update)
+                .bind(at + hold.as_millis() as i64)
+                .bind(&claim_token);
+            for r in &rows {
+                query = query.bind(r.try_get::<String, _>("id")?);
+            }
+            query.execute(&mut *tx.tx).await?;
+        }
         let mut due = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: String = r.try_get("id")?;
-            let claim_token = uuid::Uuid::new_v4().simple().to_string();
-            sqlx::query(&self.sql(
-                "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id = ?",
-            ))
-            .bind(at + hold.as_millis() as i64)
-            .bind(&claim_token)
-            .bind(&id)
-            .execute(&mut *tx.tx)
-            .await?;
+            let claim_token = claim_token.clone();
             let job_id: String = r.try_get("job_id")?;
             due.push(DueDelivery {
                 id,
@@ -1356,33 +1431,27 @@ impl Ledger for SqlLedger {
 
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
         let row = sqlx::query(&self.sql(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND tenant = ?"
+            "{} FROM jobs WHERE id = ? AND tenant = ?",
+            self.job_select()
         )))
         .bind(id.to_string())
         .bind(&tenant.0)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(Some(self.load_job(row).await?)),
-            None => Ok(None),
-        }
+        row.as_ref().map(|row| self.load_job(row)).transpose()
     }
 
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
         let sql = self
             .sql(&page_sql(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs"),
+                &format!("{} FROM jobs", self.job_select()),
                 filter,
             ))
             .into_owned();
         let rows = bind_page(sqlx::query(&sql), tenant, filter)
             .fetch_all(&self.pool)
             .await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            jobs.push(self.load_job(row).await?);
-        }
-        Ok(jobs)
+        rows.iter().map(|row| self.load_job(row)).collect()
     }
 
     async fn begin_idempotent(
@@ -1593,12 +1662,12 @@ impl Ledger for SqlLedger {
         let sid = id.to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut tx = self.write_tx().await?;
-        let won = sqlx::query(&self.sql(
+        let won = sqlx::query(&self.sql(&format!(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
                  lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
              WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
-             RETURNING attempt_count, tenant",
-        ))
+             RETURNING {JOB_COLUMNS}",
+        )))
         .bind(at)
         .bind(worker)
         .bind(&token)
@@ -1610,8 +1679,9 @@ impl Ledger for SqlLedger {
         let Some(won) = won else {
             return Ok(None);
         };
-        let number: i64 = won.try_get("attempt_count")?;
-        let tenant: String = won.try_get("tenant")?;
+        let mut job = job_from_row(&won)?;
+        let number = i64::from(job.attempt_count);
+        let tenant = job.tenant.0.clone();
         // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
         let attempt_id = format!("{sid}-{number}");
         sqlx::query(&self.sql(
@@ -1644,15 +1714,36 @@ impl Ledger for SqlLedger {
         .fetch_one(&mut *tx.tx)
         .await?;
         let admitted = if in_queue < i64::from(tx.window) {
-            admit_next_in(&mut tx, &tenant).await?
+            admit_next_in(&mut tx, &tenant, at).await?
         } else {
             None
         };
         tx.tx.commit().await?;
-        let job = self
-            .job_by_id(id)
-            .await?
-            .ok_or_else(|| LedgerError::Corrupt(format!("job {sid} vanished after claim")))?;
+        // The job as the claim left it came back from its UPDATE. A queued job has no outputs
+        // (they are written with success), and on a first attempt its one attempt is the row
+        // just inserted: only a later attempt needs the history read (its route decisions
+        // depend on the attempts before).
+        if number == 1 {
+            job.attempts = vec![Attempt {
+                number: 1,
+                id: attempt_id.clone(),
+                route: route.to_owned(),
+                worker: worker.to_owned(),
+                started_at: from_millis(at),
+                finished_at: None,
+                outcome: None,
+                error: None,
+                error_class: None,
+                upstream_id: None,
+                cost_micros: None,
+                progress_percent: None,
+            }];
+        } else {
+            job = self
+                .job_by_id(id)
+                .await?
+                .ok_or_else(|| LedgerError::Corrupt(format!("job {sid} vanished after claim")))?;
+        }
         Ok(Some(Claim {
             job,
             lease: Lease {
@@ -2107,14 +2198,11 @@ impl Ledger for SqlLedger {
     }
 
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
+        let row = sqlx::query(&self.sql(&format!("{} FROM jobs WHERE id = ?", self.job_select())))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Some(self.load_job(row).await?)),
-            None => Ok(None),
-        }
+        row.as_ref().map(|row| self.load_job(row)).transpose()
     }
 
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
