@@ -31,6 +31,8 @@ pub enum LedgerError {
     UnsupportedUrl(String),
     #[error("the key already has {0} active jobs, its limit")]
     ActiveJobLimit(u32),
+    #[error("the ledger's group writer has stopped (its runtime is shutting down)")]
+    WriterStopped,
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

@@ -17,6 +17,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -81,7 +83,9 @@ pub struct SqlLedger {
     pool: AnyPool,
     dialect: Dialect,
     /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
-    window: std::sync::atomic::AtomicU32,
+    window: Arc<AtomicU32>,
+    /// Where every job's insert, claim and success are written (see `GroupCommit`).
+    group: GroupCommit,
 }
 
 /// The deepest queue position counted (`Ledger::queue_position`).
@@ -176,6 +180,18 @@ struct Tx {
     window: u32,
 }
 
+async fn begin_write(pool: &AnyPool, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
+    let begin = match dialect {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    Ok(Tx {
+        tx: pool.begin_with(begin).await?,
+        d: dialect,
+        window: window.load(Ordering::Relaxed),
+    })
+}
+
 impl SqlLedger {
     /// Opens the database at `url` (a SQLite file is created if missing) and runs the migrations.
     pub async fn open(url: &str) -> Result<Self> {
@@ -209,10 +225,16 @@ impl SqlLedger {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let window = Arc::new(AtomicU32::new(DEFAULT_TENANT_WINDOW));
+        let slots = match dialect {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres => 4,
+        };
         Ok(SqlLedger {
+            group: GroupCommit::start(pool.clone(), dialect, window.clone(), slots),
             pool,
             dialect,
-            window: std::sync::atomic::AtomicU32::new(DEFAULT_TENANT_WINDOW),
+            window,
         })
     }
 
@@ -225,15 +247,7 @@ impl SqlLedger {
     }
 
     async fn write_tx(&self) -> Result<Tx> {
-        let begin = match self.dialect {
-            Dialect::Sqlite => "BEGIN IMMEDIATE",
-            Dialect::Postgres => "BEGIN",
-        };
-        Ok(Tx {
-            tx: self.pool.begin_with(begin).await?,
-            d: self.dialect,
-            window: self.window.load(std::sync::atomic::Ordering::Relaxed),
-        })
+        begin_write(&self.pool, self.dialect, &self.window).await
     }
 
     /// `SELECT` of whole jobs: the job's columns and, from correlated subqueries, its attempts
@@ -631,6 +645,126 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     }
     record_transition(tx, &id, None, Status::Queued, None, at).await?;
     Ok(admitted)
+}
+
+/// What a claim wrote: the job as it left it, and the lease.
+struct Claimed {
+    job: Job,
+    token: String,
+    attempt_id: String,
+    admitted: Option<(JobId, crate::dispatch::Lane)>,
+}
+
+/// `queued → running` for `id` if it is queued and due (`Ledger::claim`), within `tx`.
+async fn claim_in(
+    tx: &mut Tx,
+    id: JobId,
+    worker: &str,
+    route: &str,
+    lease_for: Duration,
+    at: i64,
+) -> Result<Option<Box<Claimed>>> {
+    let sid = id.to_string();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let won = sqlx::query(&tx.d.sql(&format!(
+        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
+             lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
+         WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
+         RETURNING {JOB_COLUMNS}",
+    )))
+    .bind(at)
+    .bind(worker)
+    .bind(&token)
+    .bind(at + lease_for.as_millis() as i64)
+    .bind(&sid)
+    .bind(at)
+    .fetch_optional(&mut *tx.tx)
+    .await?;
+    let Some(won) = won else {
+        return Ok(None);
+    };
+    let mut job = job_from_row(&won)?;
+    let number = job.attempt_count;
+    // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
+    let attempt_id = format!("{sid}-{number}");
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(&sid)
+    .bind(i64::from(number))
+    .bind(&attempt_id)
+    .bind(route)
+    .bind(worker)
+    .bind(at)
+    .execute(&mut *tx.tx)
+    .await?;
+    record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
+    // The claim freed a place in the tenant's window: the next held job takes it, if the
+    // place is still free (a retried or rescued job may have come back into the window).
+    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
+    ))
+    .bind(&job.tenant.0)
+    .bind(i64::from(tx.window))
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    let admitted = if in_queue < i64::from(tx.window) {
+        let tenant = job.tenant.0.clone();
+        admit_next_in(tx, &tenant, at).await?
+    } else {
+        None
+    };
+    job.attempts = vec![Attempt {
+        number,
+        id: attempt_id.clone(),
+        route: route.to_owned(),
+        worker: worker.to_owned(),
+        started_at: from_millis(at),
+        finished_at: None,
+        outcome: None,
+        error: None,
+        error_class: None,
+        upstream_id: None,
+        cost_micros: None,
+        progress_percent: None,
+    }];
+    Ok(Some(Box::new(Claimed {
+        job,
+        token,
+        attempt_id,
+        admitted,
+    })))
+}
+
+/// `running → succeeded` with the outputs, if `lease` still holds the job (`Ledger::succeed`).
+async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) -> Result<bool> {
+    if !leave_running(
+        tx,
+        lease,
+        Status::Succeeded,
+        None,
+        None,
+        AttemptOutcome::Succeeded,
+        at,
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    for o in outputs {
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(o.index as i64)
+        .bind(&o.object_key)
+        .bind(&o.content_type)
+        .bind(o.bytes as i64)
+        .bind(to_millis(o.expires_at))
+        .execute(&mut *tx.tx)
+        .await?;
+    }
+    Ok(true)
 }
 
 /// Admits `tenant`'s next held job (highest priority, oldest first), if it has one.
@@ -1396,9 +1530,16 @@ impl Ledger for SqlLedger {
 
     async fn insert_job(&self, job: NewJob) -> Result<Job> {
         let at = to_millis(now());
-        let mut tx = self.write_tx().await?;
-        let admitted = insert_job_in(&mut tx, &job, None, at).await?;
-        tx.tx.commit().await?;
+        let GroupWritten::Inserted(admitted) = self
+            .group
+            .write(GroupWrite::Insert {
+                job: job.clone(),
+                at,
+            })
+            .await?
+        else {
+            unreachable!("an insert is answered with an insert")
+        };
         // The row is exactly what was written: built here rather than read back (three
         // queries saved on the submit path).
         let at = from_millis(at);
@@ -1658,91 +1799,38 @@ impl Ledger for SqlLedger {
         route: &str,
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
-        let at = to_millis(now());
-        let sid = id.to_string();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut tx = self.write_tx().await?;
-        let won = sqlx::query(&self.sql(&format!(
-            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
-                 lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
-             WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
-             RETURNING {JOB_COLUMNS}",
-        )))
-        .bind(at)
-        .bind(worker)
-        .bind(&token)
-        .bind(at + lease_for.as_millis() as i64)
-        .bind(&sid)
-        .bind(at)
-        .fetch_optional(&mut *tx.tx)
-        .await?;
-        let Some(won) = won else {
+        let written = self
+            .group
+            .write(GroupWrite::Claim {
+                id,
+                worker: worker.to_owned(),
+                route: route.to_owned(),
+                lease_for,
+                at: to_millis(now()),
+            })
+            .await?;
+        let GroupWritten::Claimed(claimed) = written else {
+            unreachable!("a claim is answered with a claim")
+        };
+        let Some(claimed) = claimed else {
             return Ok(None);
         };
-        let mut job = job_from_row(&won)?;
-        let number = i64::from(job.attempt_count);
-        let tenant = job.tenant.0.clone();
-        // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
-        let attempt_id = format!("{sid}-{number}");
-        sqlx::query(&self.sql(
-            "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(&sid)
-        .bind(number)
-        .bind(&attempt_id)
-        .bind(route)
-        .bind(worker)
-        .bind(at)
-        .execute(&mut *tx.tx)
-        .await?;
-        record_transition(
-            &mut tx,
-            &sid,
-            Some(Status::Queued),
-            Status::Running,
-            None,
-            at,
-        )
-        .await?;
-        // The claim freed a place in the tenant's window: the next held job takes it, if the
-        // place is still free (a retried or rescued job may have come back into the window).
-        let in_queue: i64 = sqlx::query_scalar(&self.sql(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
-        ))
-        .bind(&tenant)
-        .bind(i64::from(tx.window))
-        .fetch_one(&mut *tx.tx)
-        .await?;
-        let admitted = if in_queue < i64::from(tx.window) {
-            admit_next_in(&mut tx, &tenant, at).await?
-        } else {
-            None
-        };
-        tx.tx.commit().await?;
+        let Claimed {
+            mut job,
+            token,
+            attempt_id,
+            admitted,
+        } = *claimed;
+        let number = job.attempt_count;
         // The job as the claim left it came back from its UPDATE. A queued job has no outputs
         // (they are written with success), and on a first attempt its one attempt is the row
         // just inserted: only a later attempt needs the history read (its route decisions
         // depend on the attempts before).
-        if number == 1 {
-            job.attempts = vec![Attempt {
-                number: 1,
-                id: attempt_id.clone(),
-                route: route.to_owned(),
-                worker: worker.to_owned(),
-                started_at: from_millis(at),
-                finished_at: None,
-                outcome: None,
-                error: None,
-                error_class: None,
-                upstream_id: None,
-                cost_micros: None,
-                progress_percent: None,
-            }];
-        } else {
+        if number > 1 {
             job = self
                 .job_by_id(id)
                 .await?
-                .ok_or_else(|| LedgerError::Corrupt(format!("job {sid} vanished after claim")))?;
+                .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after claim")))?;
         }
         Ok(Some(Claim {
             job,
@@ -1751,7 +1839,7 @@ impl Ledger for SqlLedger {
                 token,
                 attempt_id,
             },
-            attempt_number: number as u32,
+            attempt_number: number,
             admitted,
         }))
     }
@@ -2090,36 +2178,18 @@ impl Ledger for SqlLedger {
     }
 
     async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool> {
-        let at = to_millis(now());
-        let mut tx = self.write_tx().await?;
-        if !leave_running(
-            &mut tx,
-            lease,
-            Status::Succeeded,
-            None,
-            None,
-            AttemptOutcome::Succeeded,
-            at,
-        )
-        .await?
-        {
-            return Ok(false);
-        }
-        for o in outputs {
-            sqlx::query(&self.sql(
-                "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(lease.job_id.to_string())
-            .bind(o.index as i64)
-            .bind(&o.object_key)
-            .bind(&o.content_type)
-            .bind(o.bytes as i64)
-            .bind(to_millis(o.expires_at))
-            .execute(&mut *tx.tx)
+        let written = self
+            .group
+            .write(GroupWrite::Succeed {
+                lease: lease.clone(),
+                outputs: outputs.to_vec(),
+                at: to_millis(now()),
+            })
             .await?;
-        }
-        tx.tx.commit().await?;
-        Ok(true)
+        let GroupWritten::Succeeded(won) = written else {
+            unreachable!("a success is answered with a success")
+        };
+        Ok(won)
     }
 
     async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool> {
@@ -2465,6 +2535,164 @@ impl Ledger for SqlLedger {
         .await?;
         Ok(())
     }
+}
+
+// --- Group commit ------------------------------------------------------------------------------
+
+/// Most writes one grouped transaction carries.
+const GROUP_MAX: usize = 64;
+
+/// A per-job write that may share its transaction with other jobs' writes (`GroupCommit`).
+/// Each carries its own time, so writing it again alone (after its group failed) writes the
+/// same row.
+enum GroupWrite {
+    Insert {
+        job: NewJob,
+        at: i64,
+    },
+    Claim {
+        id: JobId,
+        worker: String,
+        route: String,
+        lease_for: Duration,
+        at: i64,
+    },
+    Succeed {
+        lease: Lease,
+        outputs: Vec<NewOutput>,
+        at: i64,
+    },
+}
+
+impl GroupWrite {
+    /// The row each write locks first: a group's writes are applied in this order, so two
+    /// groups in flight lock shared rows (an API key's, for the active-job limit) in the same
+    /// order and cannot deadlock on them.
+    fn lock_order(&self) -> (u8, String) {
+        match self {
+            GroupWrite::Insert { job, .. } => (0, job.key_id.clone().unwrap_or_default()),
+            GroupWrite::Claim { id, .. } => (1, id.to_string()),
+            GroupWrite::Succeed { lease, .. } => (1, lease.job_id.to_string()),
+        }
+    }
+
+    async fn apply(&self, tx: &mut Tx) -> Result<GroupWritten> {
+        Ok(match self {
+            GroupWrite::Insert { job, at } => {
+                GroupWritten::Inserted(insert_job_in(tx, job, None, *at).await?)
+            }
+            GroupWrite::Claim {
+                id,
+                worker,
+                route,
+                lease_for,
+                at,
+            } => GroupWritten::Claimed(claim_in(tx, *id, worker, route, *lease_for, *at).await?),
+            GroupWrite::Succeed { lease, outputs, at } => {
+                GroupWritten::Succeeded(succeed_in(tx, lease, outputs, *at).await?)
+            }
+        })
+    }
+}
+
+enum GroupWritten {
+    Inserted(bool),
+    Claimed(Option<Box<Claimed>>),
+    Succeeded(bool),
+}
+
+type Pending = (
+    GroupWrite,
+    tokio::sync::oneshot::Sender<Result<GroupWritten>>,
+);
+
+/// Group commit for the writes every job makes (insert, claim, success): concurrent callers'
+/// writes go into one transaction, so a busy ledger pays one `BEGIN`/`COMMIT` (and one WAL
+/// flush) per group instead of per write. A group is whatever is waiting when a transaction
+/// slot frees, so a lone write waits for nothing, and under load groups grow by themselves.
+/// If a group fails (one write's statement errs, or the database picks it as a deadlock's
+/// victim), nothing of it was written, and each of its writes is written again alone, so one
+/// write's error is its own.
+struct GroupCommit {
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+impl GroupCommit {
+    /// `slots`: groups in flight at once (SQLite writes one at a time anyway).
+    fn start(pool: AnyPool, dialect: Dialect, window: Arc<AtomicU32>, slots: usize) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+            while let Some(first) = waiting.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut group = vec![first];
+                while group.len() < GROUP_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (pool, window) = (pool.clone(), window.clone());
+                tokio::spawn(async move {
+                    write_group(&pool, dialect, &window, group).await;
+                    drop(slot);
+                });
+            }
+        });
+        GroupCommit { queue }
+    }
+
+    async fn write(&self, write: GroupWrite) -> Result<GroupWritten> {
+        let (reply, written) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((write, reply))
+            .map_err(|_| LedgerError::WriterStopped)?;
+        written.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+}
+
+async fn write_group(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    mut group: Vec<Pending>,
+) {
+    if group.len() > 1 {
+        group.sort_by_cached_key(|(write, _)| write.lock_order());
+        let writes: Vec<&GroupWrite> = group.iter().map(|(w, _)| w).collect();
+        match write_in_one(pool, dialect, window, &writes).await {
+            Ok(written) => {
+                for ((_, reply), written) in group.into_iter().zip(written) {
+                    let _ = reply.send(Ok(written));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; writing each alone");
+            }
+        }
+    }
+    for (write, reply) in group {
+        let written = write_in_one(pool, dialect, window, &[&write]).await;
+        let _ = reply.send(written.map(|mut w| w.remove(0)));
+    }
+}
+
+async fn write_in_one(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    writes: &[&GroupWrite],
+) -> Result<Vec<GroupWritten>> {
+    let mut tx = begin_write(pool, dialect, window).await?;
+    let mut written = Vec::with_capacity(writes.len());
+    for write in writes {
+        written.push(write.apply(&mut tx).await?);
+    }
+    tx.tx.commit().await?;
+    Ok(written)
 }
 
 #[cfg(test)]
