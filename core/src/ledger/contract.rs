@@ -1142,6 +1142,101 @@ pub async fn tenant_windows_hold_a_burst_and_admit_it_as_places_free(ledger: Arc
     assert!(!ledger.job_by_id(a3.id).await.unwrap().unwrap().held);
 }
 
+/// Many jobs' inserts, claims and successes at once (the ledger may write them in shared
+/// transactions): each gets its own answer, a refusal among them refuses only its own write,
+/// and the active-job limit still holds across them.
+pub async fn concurrent_writes_each_get_their_own_answer(ledger: Arc<dyn Ledger>) {
+    let key = crate::keys::mint();
+    let record = ledger.insert_api_key(&tenant("a"), &key).await.unwrap();
+    let submit = |owner: &'static str, key_id: Option<String>, max_active: Option<u32>| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .insert_job(NewJob {
+                    idempotency: None,
+                    priority: Default::default(),
+                    max_active,
+                    id: JobId::new(),
+                    tenant: tenant(owner),
+                    model: "demo/image".into(),
+                    input: serde_json::json!({"prompt": "x"}),
+                    deadline_at: None,
+                    start_by: None,
+                    key_id,
+                    webhook_url: None,
+                    webhook_events: None,
+                })
+                .await
+        }
+    };
+    // 40 submits on a key allowed 10 active jobs, alongside 10 of another tenant's.
+    let limited = (0..40).map(|_| submit("a", Some(record.id.clone()), Some(10)));
+    let free = (0..10).map(|_| submit("b", None, None));
+    let (limited, free) = futures::join!(
+        futures::future::join_all(limited),
+        futures::future::join_all(free)
+    );
+    let admitted: Vec<_> = limited.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(
+        admitted.len(),
+        10,
+        "the limit holds across concurrent submits"
+    );
+    assert!(limited
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, LedgerError::ActiveJobLimit(10))));
+    let free: Vec<_> = free.into_iter().map(|r| r.unwrap()).collect();
+    let ids: Vec<JobId> = admitted
+        .iter()
+        .map(|j| j.id)
+        .chain(free.iter().map(|j| j.id))
+        .collect();
+
+    let claims = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .claim(*id, &format!("w{i}"), "demo", LEASE)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let claims: Vec<_> = claims
+        .into_iter()
+        .map(|c| c.expect("each job claimed"))
+        .collect();
+    for (claim, id) in claims.iter().zip(&ids) {
+        assert_eq!((claim.job.id, claim.attempt_number), (*id, 1));
+        assert_eq!(claim.job.status, Status::Running);
+        assert_eq!(claim.job.attempts.len(), 1);
+    }
+
+    let won = futures::future::join_all(claims.iter().map(|claim| {
+        let ledger = ledger.clone();
+        async move {
+            let output = NewOutput {
+                index: 0,
+                object_key: format!("jobs/{}/0.png", claim.job.id),
+                content_type: "image/png".into(),
+                bytes: 10,
+                expires_at: now() + chrono::Duration::days(7),
+            };
+            ledger.succeed(&claim.lease, &[output]).await.unwrap()
+        }
+    }))
+    .await;
+    assert!(won.iter().all(|w| *w));
+    for id in &ids {
+        let job = ledger.job_by_id(*id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Succeeded);
+        assert_eq!(job.outputs.len(), 1);
+        assert_eq!(job.outputs[0].object_key, format!("jobs/{id}/0.png"));
+        assert_eq!(terminal_transitions(ledger.as_ref(), *id).await, 1);
+    }
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1165,7 +1260,8 @@ macro_rules! ledger_contract_tests {
             queued_jobs_know_their_place_and_running_ones_their_progress,
             pipelines_are_listed_newest_first_within_their_tenant,
             idempotency_keys_replay_refuse_take_over_and_expire,
-            tenant_windows_hold_a_burst_and_admit_it_as_places_free
+            tenant_windows_hold_a_burst_and_admit_it_as_places_free,
+            concurrent_writes_each_get_their_own_answer
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -254,13 +254,27 @@ impl SqlLedger {
     /// and outputs as JSON arrays, so a job is read in one statement (one round trip and one
     /// server wakeup instead of three, on every read of a job). `FROM jobs` follows.
     fn job_select(&self) -> &'static str {
-        match self.dialect {
+        self.dialect.job_select()
+    }
+
+    fn load_job(&self, row: &AnyRow) -> Result<Job> {
+        load_job(row)
+    }
+}
+
+impl Dialect {
+    /// See `SqlLedger::job_select`.
+    fn job_select(self) -> &'static str {
+        match self {
             Dialect::Sqlite => &JOB_SELECT_SQLITE,
             Dialect::Postgres => &JOB_SELECT_POSTGRES,
         }
     }
+}
 
-    fn load_job(&self, row: &AnyRow) -> Result<Job> {
+/// A whole job from a row of `job_select`.
+fn load_job(row: &AnyRow) -> Result<Job> {
+    {
         let mut job = job_from_row(row)?;
         // Rows come unordered from the aggregates; their order is restored here.
         let attempts: Vec<AttemptTuple> = json_column(row, "attempts_json")?;
@@ -714,20 +728,34 @@ async fn claim_in(
     } else {
         None
     };
-    job.attempts = vec![Attempt {
-        number,
-        id: attempt_id.clone(),
-        route: route.to_owned(),
-        worker: worker.to_owned(),
-        started_at: from_millis(at),
-        finished_at: None,
-        outcome: None,
-        error: None,
-        error_class: None,
-        upstream_id: None,
-        cost_micros: None,
-        progress_percent: None,
-    }];
+    // A queued job has no outputs (they come with success), and on a first attempt its one
+    // attempt is the row just inserted; a later attempt's route depends on the ones before, so
+    // then the whole job is read back, in this transaction.
+    if number > 1 {
+        let row = sqlx::query(
+            &tx.d
+                .sql(&format!("{} FROM jobs WHERE id = ?", tx.d.job_select())),
+        )
+        .bind(&sid)
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        job = load_job(&row)?;
+    } else {
+        job.attempts = vec![Attempt {
+            number,
+            id: attempt_id.clone(),
+            route: route.to_owned(),
+            worker: worker.to_owned(),
+            started_at: from_millis(at),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            error_class: None,
+            upstream_id: None,
+            cost_micros: None,
+            progress_percent: None,
+        }];
+    }
     Ok(Some(Box::new(Claimed {
         job,
         token,
@@ -890,7 +918,7 @@ async fn end_pipeline(
     .await?;
     let open: Vec<(String, String)> = sqlx::query(&tx.d.sql(&format!(
         "SELECT j.id, j.status FROM pipeline_steps s JOIN jobs j ON j.id = s.job_id \
-         WHERE s.pipeline_id = ? AND j.status IN ('queued', 'running'){}",
+         WHERE s.pipeline_id = ? AND j.status IN ('queued', 'running') ORDER BY j.id{}",
         tx.d.lock_rows()
     )))
     .bind(pid)
@@ -1530,7 +1558,7 @@ impl Ledger for SqlLedger {
 
     async fn insert_job(&self, job: NewJob) -> Result<Job> {
         let at = to_millis(now());
-        let GroupWritten::Inserted(admitted) = self
+        let GroupWritten::Inserted(inserted) = self
             .group
             .write(GroupWrite::Insert {
                 job: job.clone(),
@@ -1540,6 +1568,7 @@ impl Ledger for SqlLedger {
         else {
             unreachable!("an insert is answered with an insert")
         };
+        let admitted = inserted.map_err(LedgerError::ActiveJobLimit)?;
         // The row is exactly what was written: built here rather than read back (three
         // queries saved on the submit path).
         let at = from_millis(at);
@@ -1806,7 +1835,6 @@ impl Ledger for SqlLedger {
                 worker: worker.to_owned(),
                 route: route.to_owned(),
                 lease_for,
-                at: to_millis(now()),
             })
             .await?;
         let GroupWritten::Claimed(claimed) = written else {
@@ -1816,22 +1844,12 @@ impl Ledger for SqlLedger {
             return Ok(None);
         };
         let Claimed {
-            mut job,
+            job,
             token,
             attempt_id,
             admitted,
         } = *claimed;
         let number = job.attempt_count;
-        // The job as the claim left it came back from its UPDATE. A queued job has no outputs
-        // (they are written with success), and on a first attempt its one attempt is the row
-        // just inserted: only a later attempt needs the history read (its route decisions
-        // depend on the attempts before).
-        if number > 1 {
-            job = self
-                .job_by_id(id)
-                .await?
-                .ok_or_else(|| LedgerError::Corrupt(format!("job {id} vanished after claim")))?;
-        }
         Ok(Some(Claim {
             job,
             lease: Lease {
@@ -2543,19 +2561,19 @@ impl Ledger for SqlLedger {
 const GROUP_MAX: usize = 64;
 
 /// A per-job write that may share its transaction with other jobs' writes (`GroupCommit`).
-/// Each carries its own time, so writing it again alone (after its group failed) writes the
-/// same row.
+/// An insert and a success carry the time they were asked at (an insert's answer shows it);
+/// a claim is timed as it is written.
 enum GroupWrite {
     Insert {
         job: NewJob,
         at: i64,
     },
+    /// Timed when it is written (its lease runs from then, not from when it was queued).
     Claim {
         id: JobId,
         worker: String,
         route: String,
         lease_for: Duration,
-        at: i64,
     },
     Succeed {
         lease: Lease,
@@ -2578,16 +2596,20 @@ impl GroupWrite {
 
     async fn apply(&self, tx: &mut Tx) -> Result<GroupWritten> {
         Ok(match self {
-            GroupWrite::Insert { job, at } => {
-                GroupWritten::Inserted(insert_job_in(tx, job, None, *at).await?)
-            }
+            // The active-job limit is an answer, not a failure: nothing was written when it
+            // is reached, so the rest of the group goes on.
+            GroupWrite::Insert { job, at } => match insert_job_in(tx, job, None, *at).await {
+                Err(LedgerError::ActiveJobLimit(max)) => GroupWritten::Inserted(Err(max)),
+                inserted => GroupWritten::Inserted(Ok(inserted?)),
+            },
             GroupWrite::Claim {
                 id,
                 worker,
                 route,
                 lease_for,
-                at,
-            } => GroupWritten::Claimed(claim_in(tx, *id, worker, route, *lease_for, *at).await?),
+            } => GroupWritten::Claimed(
+                claim_in(tx, *id, worker, route, *lease_for, to_millis(now())).await?,
+            ),
             GroupWrite::Succeed { lease, outputs, at } => {
                 GroupWritten::Succeeded(succeed_in(tx, lease, outputs, *at).await?)
             }
@@ -2596,7 +2618,8 @@ impl GroupWrite {
 }
 
 enum GroupWritten {
-    Inserted(bool),
+    /// Admitted to the queue (or held); `Err(limit)` when the key's active-job limit refused it.
+    Inserted(std::result::Result<bool, u32>),
     Claimed(Option<Box<Claimed>>),
     Succeeded(bool),
 }
@@ -2659,6 +2682,10 @@ async fn write_group(
     window: &AtomicU32,
     mut group: Vec<Pending>,
 ) {
+    // A write whose caller has gone (a worker stopped, a client hung up) is not made: before
+    // grouping, dropping the caller dropped its transaction, and a claim nobody holds would
+    // leave its job running until the lease ran out.
+    group.retain(|(_, reply)| !reply.is_closed());
     if group.len() > 1 {
         group.sort_by_cached_key(|(write, _)| write.lock_order());
         let writes: Vec<&GroupWrite> = group.iter().map(|(w, _)| w).collect();
