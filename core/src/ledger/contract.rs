@@ -15,24 +15,26 @@ fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
 }
 
+/// A plain `demo/image` job of `owner`'s, to insert as it is or with fields changed.
+fn job_of(owner: &str) -> NewJob {
+    NewJob {
+        idempotency: None,
+        priority: Default::default(),
+        max_active: None,
+        id: JobId::new(),
+        tenant: tenant(owner),
+        model: "demo/image".into(),
+        input: serde_json::json!({"prompt": "x"}),
+        deadline_at: None,
+        start_by: None,
+        key_id: None,
+        webhook_url: None,
+        webhook_events: None,
+    }
+}
+
 async fn new_job(ledger: &dyn Ledger, owner: &str) -> JobId {
-    let job = ledger
-        .insert_job(NewJob {
-            idempotency: None,
-            priority: Default::default(),
-            max_active: None,
-            id: JobId::new(),
-            tenant: tenant(owner),
-            model: "demo/image".into(),
-            input: serde_json::json!({"prompt": "x"}),
-            deadline_at: None,
-            start_by: None,
-            key_id: None,
-            webhook_url: None,
-            webhook_events: None,
-        })
-        .await
-        .unwrap();
+    let job = ledger.insert_job(job_of(owner)).await.unwrap();
     assert_eq!(job.status, Status::Queued);
     job.id
 }
@@ -1153,18 +1155,9 @@ pub async fn concurrent_writes_each_get_their_own_answer(ledger: Arc<dyn Ledger>
         async move {
             ledger
                 .insert_job(NewJob {
-                    idempotency: None,
-                    priority: Default::default(),
                     max_active,
-                    id: JobId::new(),
-                    tenant: tenant(owner),
-                    model: "demo/image".into(),
-                    input: serde_json::json!({"prompt": "x"}),
-                    deadline_at: None,
-                    start_by: None,
                     key_id,
-                    webhook_url: None,
-                    webhook_events: None,
+                    ..job_of(owner)
                 })
                 .await
         }

@@ -613,16 +613,10 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
             return Err(LedgerError::ActiveJobLimit(max));
         }
     }
-    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
-    ))
-    .bind(&job.tenant.0)
-    .bind(i64::from(tx.window))
-    .fetch_one(&mut *tx.tx)
-    .await?;
+    let room = window_has_room(tx, &job.tenant.0).await?;
     // A tenant with jobs already held waits behind them: held jobs are admitted in their own
     // order (priority, then age), and a new one must not jump that line.
-    let holding: Option<String> = if in_queue < i64::from(tx.window) {
+    let holding: Option<String> = if room {
         sqlx::query_scalar(&tx.d.sql(
             "SELECT id FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1 LIMIT 1",
         ))
@@ -632,7 +626,7 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     } else {
         None
     };
-    let admitted = in_queue < i64::from(tx.window) && holding.is_none();
+    let admitted = room && holding.is_none();
     sqlx::query(&tx.d.sql(
         "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
@@ -715,14 +709,7 @@ async fn claim_in(
     record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
     // The claim freed a place in the tenant's window: the next held job takes it, if the
     // place is still free (a retried or rescued job may have come back into the window).
-    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
-    ))
-    .bind(&job.tenant.0)
-    .bind(i64::from(tx.window))
-    .fetch_one(&mut *tx.tx)
-    .await?;
-    let admitted = if in_queue < i64::from(tx.window) {
+    let admitted = if window_has_room(tx, &job.tenant.0).await? {
         let tenant = job.tenant.0.clone();
         admit_next_in(tx, &tenant, at).await?
     } else {
@@ -793,6 +780,18 @@ async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) 
         .await?;
     }
     Ok(true)
+}
+
+/// Whether `tenant` has fewer admitted queued jobs than its dispatch window.
+async fn window_has_room(tx: &mut Tx, tenant: &str) -> Result<bool> {
+    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
+    ))
+    .bind(tenant)
+    .bind(i64::from(tx.window))
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    Ok(in_queue < i64::from(tx.window))
 }
 
 /// Admits `tenant`'s next held job (highest priority, oldest first), if it has one.
