@@ -442,6 +442,8 @@ async fn record_transition(
 /// this instant), `job.{status}` for a terminal one; only for a job with a webhook URL whose
 /// event filter (a comma list, or none for all) takes the type.
 async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Result<()> {
+    // (`started_delivery_cte` and `succeed_merged` write the same rows within merged Postgres
+    // statements; a change here belongs there too.)
     let (event, first_start_only) = match to {
         Status::Running => ("job.started", true),
         Status::Succeeded => ("job.succeeded", false),
@@ -470,6 +472,15 @@ async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Resu
     }
     query.execute(&mut *tx.tx).await?;
     Ok(())
+}
+
+/// `enqueue_webhook`'s `job.started` delivery as a CTE of a merged Postgres claim, fed by the
+/// `claimed` row. Binds: the delivery id, then the time three times.
+fn started_delivery_cte() -> &'static str {
+    "delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+         SELECT ?, id, 'job.started', webhook_url, ?, 'pending', ? FROM claimed \
+         WHERE webhook_url IS NOT NULL AND started_at = ? \
+           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.started,%'))"
 }
 
 async fn finish_attempt(
@@ -613,20 +624,19 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
             return Err(LedgerError::ActiveJobLimit(max));
         }
     }
-    let room = window_has_room(tx, &job.tenant.0).await?;
-    // A tenant with jobs already held waits behind them: held jobs are admitted in their own
-    // order (priority, then age), and a new one must not jump that line.
-    let holding: Option<String> = if room {
-        sqlx::query_scalar(&tx.d.sql(
-            "SELECT id FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1 LIMIT 1",
-        ))
-        .bind(&job.tenant.0)
-        .fetch_optional(&mut *tx.tx)
-        .await?
-    } else {
-        None
-    };
-    let admitted = room && holding.is_none();
+    // Admitted if the tenant's window has room and none of its jobs are held: held jobs are
+    // admitted in their own order (priority, then age), and a new one must not jump that
+    // line. Both asked in one statement.
+    let (in_queue, held): (i64, i64) = sqlx::query_as(&tx.d.sql(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w), \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1 LIMIT 1) h)",
+    ))
+    .bind(&job.tenant.0)
+    .bind(i64::from(tx.window))
+    .bind(&job.tenant.0)
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    let admitted = in_queue < i64::from(tx.window) && held == 0;
     sqlx::query(&tx.d.sql(
         "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
@@ -674,47 +684,83 @@ async fn claim_in(
 ) -> Result<Option<Box<Claimed>>> {
     let sid = id.to_string();
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let won = sqlx::query(&tx.d.sql(&format!(
+    let lease_expires_at = at + lease_for.as_millis() as i64;
+    let claim_sql = format!(
         "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
              lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
          WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
-         RETURNING {JOB_COLUMNS}",
-    )))
-    .bind(at)
-    .bind(worker)
-    .bind(&token)
-    .bind(at + lease_for.as_millis() as i64)
-    .bind(&sid)
-    .bind(at)
-    .fetch_optional(&mut *tx.tx)
-    .await?;
-    let Some(won) = won else {
-        return Ok(None);
+         RETURNING {JOB_COLUMNS}"
+    );
+    let mut job = if tx.d == Dialect::Postgres {
+        // One round trip: the claim, its attempt, its transition and its `job.started`
+        // delivery as one statement (data-modifying CTEs), each insert fed by the claimed row
+        // (none when the claim lost). SQLite has no such CTEs, and its statements are calls
+        // within the process, not round trips: it takes them one by one below.
+        let merged = format!(
+            "WITH claimed AS ({claim_sql}), \
+             attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
+                 SELECT id, attempt_count, id || '-' || attempt_count, ?, lease_owner, ? FROM claimed), \
+             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                 SELECT id, 'queued', 'running', NULL, ? FROM claimed), \
+             {} \
+             SELECT * FROM claimed",
+            started_delivery_cte()
+        );
+        let row = sqlx::query(&tx.d.sql(&merged))
+            .bind(at)
+            .bind(worker)
+            .bind(&token)
+            .bind(lease_expires_at)
+            .bind(&sid)
+            .bind(at)
+            .bind(route)
+            .bind(at)
+            .bind(at)
+            .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+            .bind(at)
+            .bind(at)
+            .bind(at)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        crate::metrics::transition(Status::Running.as_str());
+        job_from_row(&row)?
+    } else {
+        let row = sqlx::query(&tx.d.sql(&claim_sql))
+            .bind(at)
+            .bind(worker)
+            .bind(&token)
+            .bind(lease_expires_at)
+            .bind(&sid)
+            .bind(at)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&sid)
+        .bind(i64::from(job.attempt_count))
+        .bind(format!("{sid}-{}", job.attempt_count))
+        .bind(route)
+        .bind(worker)
+        .bind(at)
+        .execute(&mut *tx.tx)
+        .await?;
+        record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
+        job
     };
-    let mut job = job_from_row(&won)?;
     let number = job.attempt_count;
     // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
     let attempt_id = format!("{sid}-{number}");
-    sqlx::query(&tx.d.sql(
-        "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-    ))
-    .bind(&sid)
-    .bind(i64::from(number))
-    .bind(&attempt_id)
-    .bind(route)
-    .bind(worker)
-    .bind(at)
-    .execute(&mut *tx.tx)
-    .await?;
-    record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
     // The claim freed a place in the tenant's window: the next held job takes it, if the
     // place is still free (a retried or rescued job may have come back into the window).
-    let admitted = if window_has_room(tx, &job.tenant.0).await? {
-        let tenant = job.tenant.0.clone();
-        admit_next_in(tx, &tenant, at).await?
-    } else {
-        None
-    };
+    let admitted = admit_next_in(tx, &job.tenant.0, at).await?;
     // A queued job has no outputs (they come with success), and on a first attempt its one
     // attempt is the row just inserted; a later attempt's route depends on the ones before, so
     // then the whole job is read back, in this transaction.
@@ -751,8 +797,75 @@ async fn claim_in(
     })))
 }
 
+/// `succeed_in` on Postgres in one round trip: `leave_running` for a success (the fenced job
+/// update, the attempt's end, the callbacks forgotten, the transition, the `job.succeeded`
+/// delivery) and the outputs, as one statement of data-modifying CTEs, each fed by the row
+/// the fenced update returned (none when the lease was lost: then nothing is written).
+async fn succeed_merged(
+    tx: &mut Tx,
+    lease: &Lease,
+    outputs: &[NewOutput],
+    at: i64,
+) -> Result<bool> {
+    let values =
+        vec!["(?::bigint, ?::text, ?::text, ?::bigint, ?::bigint)"; outputs.len()].join(", ");
+    let outputs_cte = if outputs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) \
+                 SELECT ended.id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
+                 FROM ended CROSS JOIN (VALUES {values}) AS o (idx, object_key, content_type, bytes, expires_at))"
+        )
+    };
+    let statement = tx.d.sql(&format!(
+        "WITH ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
+                 completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND status = 'running' AND lease_token = ? \
+             RETURNING id, webhook_url, webhook_events), \
+         attempt AS (UPDATE attempts SET finished_at = ?, outcome = ?, error_code = NULL, error_message = NULL \
+             WHERE id = ? AND finished_at IS NULL AND EXISTS (SELECT 1 FROM ended)), \
+         callbacks AS (DELETE FROM upstream_callbacks WHERE job_id IN (SELECT id FROM ended)), \
+         transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+             SELECT id, 'running', 'succeeded', NULL, ? FROM ended), \
+         delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+             SELECT ?, id, 'job.succeeded', webhook_url, ?, 'pending', ? FROM ended \
+             WHERE webhook_url IS NOT NULL \
+               AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.succeeded,%')){outputs_cte} \
+         SELECT COUNT(*) AS won FROM ended"
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&statement)
+        .bind(at)
+        .bind(lease.job_id.to_string())
+        .bind(&lease.token)
+        .bind(at)
+        .bind(AttemptOutcome::Succeeded.as_str())
+        .bind(&lease.attempt_id)
+        .bind(at)
+        .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+        .bind(at)
+        .bind(at);
+    for o in outputs {
+        query = query
+            .bind(o.index as i64)
+            .bind(&o.object_key)
+            .bind(&o.content_type)
+            .bind(o.bytes as i64)
+            .bind(to_millis(o.expires_at));
+    }
+    let won: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("won")?;
+    if won > 0 {
+        crate::metrics::transition(Status::Succeeded.as_str());
+    }
+    Ok(won > 0)
+}
+
 /// `running → succeeded` with the outputs, if `lease` still holds the job (`Ledger::succeed`).
 async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) -> Result<bool> {
+    if tx.d == Dialect::Postgres {
+        return succeed_merged(tx, lease, outputs, at).await;
+    }
     if !leave_running(
         tx,
         lease,
@@ -782,53 +895,52 @@ async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) 
     Ok(true)
 }
 
-/// Whether `tenant` has fewer admitted queued jobs than its dispatch window.
-async fn window_has_room(tx: &mut Tx, tenant: &str) -> Result<bool> {
-    let in_queue: i64 = sqlx::query_scalar(&tx.d.sql(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w",
-    ))
-    .bind(tenant)
-    .bind(i64::from(tx.window))
-    .fetch_one(&mut *tx.tx)
-    .await?;
-    Ok(in_queue < i64::from(tx.window))
-}
-
-/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one.
+/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one and its
+/// window has room (a claim freed a place, but a retried or rescued job may have taken it).
 ///
 /// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
 /// rings it just after the commit and marks it unrung if that fails; if the caller dies in
 /// between, the reconciler rings it once the mark is stale. One write fewer per admission
 /// than marking it after the ring.
+///
+/// One statement: the window's count and the next held job per lane (each an index probe,
+/// `COALESCE` stopping at the first lane that has one) are subqueries of the `UPDATE`.
 async fn admit_next_in(
     tx: &mut Tx,
     tenant: &str,
     at: i64,
 ) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
-    for lane in crate::dispatch::Lane::ALL {
-        let next: Option<String> = sqlx::query_scalar(&tx.d.sql(&format!(
-            "SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
-             ORDER BY id LIMIT 1{}",
-            tx.d.lock_rows_skip_locked()
-        )))
+    let next_in_lane = format!(
+        "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
+          ORDER BY id LIMIT 1{})",
+        tx.d.lock_rows_skip_locked()
+    );
+    let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
+    let sql = tx.d.sql(&format!(
+        "UPDATE jobs SET rung_at = ? \
+         WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
+           AND status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
+         RETURNING id, priority"
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&sql)
+        .bind(at)
         .bind(tenant)
-        .bind(lane.as_str())
-        .fetch_optional(&mut *tx.tx)
-        .await?;
-        if let Some(id) = next {
-            sqlx::query(
-                &tx.d
-                    .sql("UPDATE jobs SET rung_at = ? WHERE id = ? AND rung_at = -1"),
-            )
-            .bind(at)
-            .bind(&id)
-            .execute(&mut *tx.tx)
-            .await?;
-            let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
-            return Ok(Some((job, lane)));
-        }
+        .bind(i64::from(tx.window))
+        .bind(i64::from(tx.window));
+    for lane in crate::dispatch::Lane::ALL {
+        query = query.bind(tenant).bind(lane.as_str());
     }
-    Ok(None)
+    let Some(row) = query.fetch_optional(&mut *tx.tx).await? else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let lane: String = row.try_get("priority")?;
+    let lane = lane
+        .parse()
+        .map_err(|_| LedgerError::Corrupt(format!("priority '{lane}'")))?;
+    let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
+    Ok(Some((job, lane)))
 }
 
 /// Marks what the request holding `key` created, in the transaction that creates it.
