@@ -51,6 +51,10 @@ struct Args {
     /// Record the figures in this BENCHMARKS.md.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// (Internal: the harness runs itself so to measure the floor of the in-flight run.) Hold
+    /// `--inflight` calls to this URL with a bare HTTP client, and nothing else.
+    #[arg(long, hide = true)]
+    held_calls: Option<String>,
 }
 
 /// A tiny PNG, as the fake upstream's answer.
@@ -61,6 +65,28 @@ fn png_b64() -> String {
         .write_to(&mut png, image::ImageFormat::Png)
         .unwrap();
     base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+}
+
+/// Holds `calls` requests to `url` at once with a client built as the workers' is
+/// (`kiln_worker::upstream::client`: bounded connect, no redirects, no proxy), until they end.
+async fn hold_bare_calls(url: &str, calls: usize) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
+    let held = (0..calls).map(|_| {
+        let request = client
+            .post(url)
+            .json(&json!({"model": "bench-model", "prompt": "hold", "n": 1}));
+        tokio::spawn(async move {
+            if let Ok(response) = request.send().await {
+                let _ = response.bytes().await;
+            }
+        })
+    });
+    futures::future::join_all(held.collect::<Vec<_>>()).await;
+    Ok(())
 }
 
 /// The OpenAI-compatible upstream: answers at once, or after `hold` for prompts that ask for it.
@@ -310,6 +336,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(url) = &args.held_calls {
+        return hold_bare_calls(url, args.inflight).await;
+    }
     let upstream = upstream().await?;
     let (hook, delivered) = receiver().await?;
     let http = reqwest::Client::builder()
@@ -465,6 +494,26 @@ async fn main() -> Result<()> {
                 rss / 1024,
                 idle_rss / 1024
             ),
+        ));
+        drop(s);
+        // The floor under that figure: the same calls from a bare client with the workers'
+        // HTTP settings, holding nothing but the calls.
+        let floor = Process {
+            child: Command::new(std::env::current_exe()?)
+                .args(["--inflight", &args.inflight.to_string(), "--held-calls"])
+                .arg(format!("{upstream}v1/images/generations"))
+                .stdout(Stdio::null())
+                .spawn()?,
+            base: None,
+        };
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let (floor_rss, _) = floor.usage()?;
+        rows.push((
+            format!(
+                "floor: a bare HTTP client holding the same {} calls",
+                args.inflight
+            ),
+            format!("RSS {} MiB", floor_rss / 1024),
         ));
     }
 
