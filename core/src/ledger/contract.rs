@@ -1230,6 +1230,49 @@ pub async fn concurrent_writes_each_get_their_own_answer(ledger: Arc<dyn Ledger>
     }
 }
 
+/// Many jobs renew their leases at once (the ledger may renew them in one statement): each
+/// learns whether it alone still holds its job, and only held leases are extended.
+pub async fn concurrent_renewals_each_learn_their_own_lease(ledger: Arc<dyn Ledger>) {
+    let mut leases = vec![];
+    for i in 0..20 {
+        let id = new_job(ledger.as_ref(), "a").await;
+        let claim = ledger
+            .claim(id, &format!("w{i}"), "demo", LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        leases.push(claim.lease);
+    }
+    // One job canceled, one lease with a token that is not its job's.
+    assert!(matches!(
+        ledger
+            .cancel_job(&tenant("a"), leases[3].job_id)
+            .await
+            .unwrap(),
+        CancelOutcome::Canceled(_)
+    ));
+    leases[7].token = "not-the-token".into();
+    let before = ledger.job_by_id(leases[7].job_id).await.unwrap().unwrap();
+    let renewed = futures::future::join_all(leases.iter().map(|lease| {
+        let ledger = ledger.clone();
+        async move { ledger.renew_lease(lease, LEASE * 2).await.unwrap() }
+    }))
+    .await;
+    for (i, renewed) in renewed.iter().enumerate() {
+        assert_eq!(*renewed, i != 3 && i != 7, "lease {i}");
+    }
+    let after = ledger.job_by_id(leases[7].job_id).await.unwrap().unwrap();
+    assert_eq!(
+        after.lease_expires_at, before.lease_expires_at,
+        "a wrong token extends nothing"
+    );
+    let held = ledger.job_by_id(leases[0].job_id).await.unwrap().unwrap();
+    assert!(
+        held.lease_expires_at.unwrap() > now() + LEASE,
+        "a held lease is extended"
+    );
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1254,7 +1297,8 @@ macro_rules! ledger_contract_tests {
             pipelines_are_listed_newest_first_within_their_tenant,
             idempotency_keys_replay_refuse_take_over_and_expire,
             tenant_windows_hold_a_burst_and_admit_it_as_places_free,
-            concurrent_writes_each_get_their_own_answer
+            concurrent_writes_each_get_their_own_answer,
+            concurrent_renewals_each_learn_their_own_lease
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

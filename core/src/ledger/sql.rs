@@ -86,6 +86,8 @@ pub struct SqlLedger {
     window: Arc<AtomicU32>,
     /// Where every job's insert, claim and success are written (see `GroupCommit`).
     group: GroupCommit,
+    /// Where running jobs' leases are renewed (see `LeaseRenewals`).
+    renewals: LeaseRenewals,
 }
 
 /// The deepest queue position counted (`Ledger::queue_position`).
@@ -232,6 +234,7 @@ impl SqlLedger {
         };
         Ok(SqlLedger {
             group: GroupCommit::start(pool.clone(), dialect, window.clone(), slots),
+            renewals: LeaseRenewals::start(pool.clone(), dialect),
             pool,
             dialect,
             window,
@@ -1451,7 +1454,9 @@ impl Ledger for SqlLedger {
         // fenced by it alone, and a redelivery or a later claim writes a new one.
         let claim_token = uuid::Uuid::new_v4().simple().to_string();
         if !rows.is_empty() {
-            let marks = vec!["?"; rows.len()].join(", ");
+            // Padded to a power of two with repeats (see `renew_leases`).
+            let shape = rows.len().next_power_of_two();
+            let marks = vec!["?"; shape].join(", ");
             let update = self
                 .sql(&format!(
                     "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id IN ({marks})"
@@ -1460,8 +1465,8 @@ impl Ledger for SqlLedger {
             let mut query = sqlx::query(&update)
                 .bind(at + hold.as_millis() as i64)
                 .bind(&claim_token);
-            for r in &rows {
-                query = query.bind(r.try_get::<String, _>("id")?);
+            for i in 0..shape {
+                query = query.bind(rows[i.min(rows.len() - 1)].try_get::<String, _>("id")?);
             }
             query.execute(&mut *tx.tx).await?;
         }
@@ -2293,17 +2298,7 @@ impl Ledger for SqlLedger {
     }
 
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
-        let until = to_millis(now()) + lease_for.as_millis() as i64;
-        let changed = sqlx::query(&self.sql(
-            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
-        ))
-        .bind(until)
-        .bind(lease.job_id.to_string())
-        .bind(&lease.token)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        self.renewals.renew(lease, lease_for).await
     }
 
     async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool> {
@@ -2831,6 +2826,114 @@ async fn write_in_one(
     }
     tx.tx.commit().await?;
     Ok(written)
+}
+
+// --- Lease renewals --------------------------------------------------------------------------
+
+/// Most leases one renewal statement carries.
+const RENEWALS_MAX: usize = 256;
+
+type PendingRenewal = (Lease, Duration, tokio::sync::oneshot::Sender<Result<bool>>);
+
+/// Lease renewals of many running jobs in one statement. Every running job renews its lease
+/// every few seconds (a worker holding 10,000 long upstream calls renews 2,000 a second); each
+/// renewal is fenced by its token and changes one column, so whatever renewals are waiting
+/// when the previous statement ends go together as one `UPDATE … RETURNING id`, and each
+/// learns from the returned ids whether it still holds its job. If the statement fails, each
+/// renewal is tried alone, so each gets its own answer.
+struct LeaseRenewals {
+    queue: tokio::sync::mpsc::UnboundedSender<PendingRenewal>,
+}
+
+impl LeaseRenewals {
+    fn start(pool: AnyPool, dialect: Dialect) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingRenewal>();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < RENEWALS_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                // Callers gone (their job ended meanwhile) need no renewal.
+                batch.retain(|(_, _, reply)| !reply.is_closed());
+                renew_batch(&pool, dialect, batch).await;
+            }
+        });
+        LeaseRenewals { queue }
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
+        let (reply, renewed) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((lease.clone(), lease_for, reply))
+            .map_err(|_| LedgerError::WriterStopped)?;
+        renewed.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+}
+
+async fn renew_batch(pool: &AnyPool, dialect: Dialect, batch: Vec<PendingRenewal>) {
+    // One statement per lease length (a process renews with one length; this keeps the rule
+    // exact if two differ).
+    let mut by_length: BTreeMap<Duration, Vec<PendingRenewal>> = BTreeMap::new();
+    for renewal in batch {
+        by_length.entry(renewal.1).or_default().push(renewal);
+    }
+    for (lease_for, renewals) in by_length {
+        let leases: Vec<&Lease> = renewals.iter().map(|(lease, _, _)| lease).collect();
+        match renew_leases(pool, dialect, &leases, lease_for).await {
+            Ok(held) => {
+                for (lease, _, reply) in renewals {
+                    let _ = reply.send(Ok(held.contains(&lease.job_id.to_string())));
+                }
+            }
+            Err(e) if renewals.len() > 1 => {
+                tracing::debug!(error = %e, leases = renewals.len(), "a grouped renewal failed; renewing each alone");
+                for (lease, _, reply) in renewals {
+                    let held = renew_leases(pool, dialect, &[&lease], lease_for).await;
+                    let _ = reply.send(held.map(|held| !held.is_empty()));
+                }
+            }
+            Err(e) => {
+                if let Some((_, _, reply)) = renewals.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Renews the leases still held (the job running under that token) for `lease_for` from now;
+/// returns the ids of their jobs.
+async fn renew_leases(
+    pool: &AnyPool,
+    dialect: Dialect,
+    leases: &[&Lease],
+    lease_for: Duration,
+) -> Result<std::collections::HashSet<String>> {
+    let until = to_millis(now()) + lease_for.as_millis() as i64;
+    // Padded with repeats of the last lease to a power of two: a few statement shapes for the
+    // per-connection statement caches instead of one per batch size.
+    let shape = leases.len().next_power_of_two();
+    let held = vec!["(id = ? AND lease_token = ?)"; shape].join(" OR ");
+    let statement = dialect
+        .sql(&format!(
+            "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND ({held}) RETURNING id"
+        ))
+        .into_owned();
+    let mut query = sqlx::query(&statement).bind(until);
+    for i in 0..shape {
+        let lease = leases[i.min(leases.len() - 1)];
+        query = query.bind(lease.job_id.to_string()).bind(&lease.token);
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get::<String, _>("id")?))
+        .collect()
 }
 
 #[cfg(test)]
