@@ -627,44 +627,62 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
             return Err(LedgerError::ActiveJobLimit(max));
         }
     }
-    // Admitted if the tenant's window has room and none of its jobs are held: held jobs are
-    // admitted in their own order (priority, then age), and a new one must not jump that
-    // line. Both asked in one statement.
-    let (in_queue, held): (i64, i64) = sqlx::query_as(&tx.d.sql(
-        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w), \
-                (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1 LIMIT 1) h)",
-    ))
-    .bind(&job.tenant.0)
-    .bind(i64::from(tx.window))
-    .bind(&job.tenant.0)
-    .fetch_one(&mut *tx.tx)
-    .await?;
-    let admitted = in_queue < i64::from(tx.window) && held == 0;
-    sqlx::query(&tx.d.sql(
-        "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+    // Admitted (marked rung) if the tenant's window has room and none of its jobs are held:
+    // held jobs are admitted in their own order (priority, then age), and a new one must not
+    // jump that line. Decided within the INSERT, which returns what it decided.
+    let insert = "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
-         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    ))
-    .bind(&id)
-    .bind(&job.tenant.0)
-    .bind(&job.model)
-    .bind(job.input.to_string())
-    .bind(at)
-    .bind(at)
-    .bind(if admitted { at } else { -1 })
-    .bind(job.deadline_at.map(to_millis))
-    .bind(job.start_by.map(to_millis))
-    .bind(job.key_id.as_deref())
-    .bind(job.webhook_url.as_deref())
-    .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
-    .bind(pipeline)
-    .bind(job.priority.as_str())
-    .execute(&mut *tx.tx)
-    .await?;
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, \
+             CASE WHEN (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
+                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
+                  THEN ? ELSE -1 END, \
+             ?, ?, ?, ?, ?, ?, ?) \
+         RETURNING id, rung_at";
+    let statement = match tx.d {
+        // Postgres writes the transition in the same statement (one round trip); SQLite's
+        // statements are calls within the process, taken one by one.
+        Dialect::Postgres => tx.d.sql(&format!(
+            "WITH inserted AS ({insert}), \
+             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                 SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
+             SELECT rung_at FROM inserted"
+        ))
+        .into_owned(),
+        Dialect::Sqlite => tx.d.sql(insert).into_owned(),
+    };
+    let window = i64::from(tx.window);
+    let mut query = sqlx::query(&statement)
+        .bind(&id)
+        .bind(&job.tenant.0)
+        .bind(&job.model)
+        .bind(job.input.to_string())
+        .bind(at)
+        .bind(at)
+        .bind(&job.tenant.0)
+        .bind(window)
+        .bind(window)
+        .bind(&job.tenant.0)
+        .bind(at)
+        .bind(job.deadline_at.map(to_millis))
+        .bind(job.start_by.map(to_millis))
+        .bind(job.key_id.as_deref())
+        .bind(job.webhook_url.as_deref())
+        .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
+        .bind(pipeline)
+        .bind(job.priority.as_str());
+    if tx.d == Dialect::Postgres {
+        query = query.bind(at);
+    }
+    let rung_at: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("rung_at")?;
+    let admitted = rung_at >= 0;
     if let Some(key) = &job.idempotency {
         link_idempotent(tx, key, &id).await?;
     }
-    record_transition(tx, &id, None, Status::Queued, None, at).await?;
+    if tx.d == Dialect::Postgres {
+        crate::metrics::transition(Status::Queued.as_str());
+    } else {
+        record_transition(tx, &id, None, Status::Queued, None, at).await?;
+    }
     Ok(admitted)
 }
 
