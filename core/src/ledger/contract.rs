@@ -1252,6 +1252,27 @@ pub async fn concurrent_renewals_each_learn_their_own_lease(ledger: Arc<dyn Ledg
         CancelOutcome::Canceled(_)
     ));
     leases[7].token = "not-the-token".into();
+    // A job rescued and claimed again: its old attempt's lease and its new one, renewed at
+    // once, must be told apart.
+    let short = Duration::from_millis(50);
+    let again = new_job(ledger.as_ref(), "a").await;
+    let old = ledger
+        .claim(again, "w-old", "demo", short)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease;
+    outlive(short).await;
+    ledger.rescue_expired_leases(3, 10).await.unwrap();
+    let new = ledger
+        .claim(again, "w-new", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease;
+    assert_ne!(old.token, new.token);
+    leases.push(old);
+    leases.push(new);
     let before = ledger.job_by_id(leases[7].job_id).await.unwrap().unwrap();
     let renewed = futures::future::join_all(leases.iter().map(|lease| {
         let ledger = ledger.clone();
@@ -1259,7 +1280,8 @@ pub async fn concurrent_renewals_each_learn_their_own_lease(ledger: Arc<dyn Ledg
     }))
     .await;
     for (i, renewed) in renewed.iter().enumerate() {
-        assert_eq!(*renewed, i != 3 && i != 7, "lease {i}");
+        // 3: canceled; 7: a wrong token; 20: the rescued attempt's; 21: its successor's.
+        assert_eq!(*renewed, i != 3 && i != 7 && i != 20, "lease {i}");
     }
     let after = ledger.job_by_id(leases[7].job_id).await.unwrap().unwrap();
     assert_eq!(

@@ -2933,7 +2933,9 @@ async fn renew_batch(pool: &AnyPool, dialect: Dialect, batch: Vec<PendingRenewal
         match renew_leases(pool, dialect, &leases, lease_for).await {
             Ok(held) => {
                 for (lease, _, reply) in renewals {
-                    let _ = reply.send(Ok(held.contains(&lease.job_id.to_string())));
+                    let _ = reply.send(Ok(
+                        held.contains(&(lease.job_id.to_string(), lease.token.clone()))
+                    ));
                 }
             }
             Err(e) if renewals.len() > 1 => {
@@ -2953,21 +2955,27 @@ async fn renew_batch(pool: &AnyPool, dialect: Dialect, batch: Vec<PendingRenewal
 }
 
 /// Renews the leases still held (the job running under that token) for `lease_for` from now;
-/// returns the ids of their jobs.
+/// returns them as (job id, token).
 async fn renew_leases(
     pool: &AnyPool,
     dialect: Dialect,
     leases: &[&Lease],
     lease_for: Duration,
-) -> Result<std::collections::HashSet<String>> {
+) -> Result<std::collections::HashSet<(String, String)>> {
     let until = to_millis(now()) + lease_for.as_millis() as i64;
     // Padded with repeats of the last lease to a power of two: a few statement shapes for the
     // per-connection statement caches instead of one per batch size.
     let shape = leases.len().next_power_of_two();
     let held = vec!["(id = ? AND lease_token = ?)"; shape].join(" OR ");
+    // The rows are locked in id order first, as a group commit locks them, so the two cannot
+    // deadlock; each returns with its token, so two renewals of one job (an old attempt's and
+    // a new one's in the same batch) are told apart.
     let statement = dialect
         .sql(&format!(
-            "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND ({held}) RETURNING id"
+            "UPDATE jobs SET lease_expires_at = ? WHERE id IN ( \
+                 SELECT id FROM jobs WHERE status = 'running' AND ({held}) ORDER BY id{}) \
+             RETURNING id, lease_token",
+            dialect.lock_rows()
         ))
         .into_owned();
     let mut query = sqlx::query(&statement).bind(until);
@@ -2979,7 +2987,7 @@ async fn renew_leases(
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|row| Ok(row.try_get::<String, _>("id")?))
+        .map(|row| Ok((row.try_get("id")?, row.try_get("lease_token")?)))
         .collect()
 }
 
