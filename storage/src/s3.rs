@@ -18,6 +18,7 @@ use aws_sdk_s3::types::{
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::time::Duration;
 use url::Url;
 
@@ -52,7 +53,12 @@ pub struct S3Store {
     presigner: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// Download URLs already signed, by key and end of validity (see `presign_get`).
+    signed: std::sync::Mutex<HashMap<(String, i64), Url>>,
 }
+
+/// Signed URLs kept for reuse; past this many the cache starts again empty.
+const SIGNED_URLS_KEPT: usize = 10_000;
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
@@ -119,6 +125,7 @@ impl S3Store {
             presigner: aws_sdk_s3::Client::from_conf(presign_config.build()),
             bucket: settings.bucket.clone(),
             prefix,
+            signed: Default::default(),
         })
     }
 
@@ -355,13 +362,33 @@ impl ObjectStore for S3Store {
     }
 
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<Url, StorageError> {
-        let until = until.min(Utc::now() + MAX_URL_LIFETIME);
-        let lifetime = (until - Utc::now())
+        // An output is read many times and its URL is asked to last until the output expires:
+        // a URL signed once for that instant is exactly as good later, so it is reused rather
+        // than signed again on every read (signing through the SDK is most of a read's work).
+        // Only a URL that ends at `until` itself is kept: one capped at the longest lifetime
+        // S3 allows would end sooner than a fresh one.
+        let now = Utc::now();
+        let cache_key = (key.to_owned(), until.timestamp_millis());
+        if until > now {
+            if let Some(url) = self.signed.lock().unwrap().get(&cache_key) {
+                return Ok(url.clone());
+            }
+        }
+        let capped = until > now + MAX_URL_LIFETIME;
+        let until = until.min(now + MAX_URL_LIFETIME);
+        let lifetime = (until - now)
             .to_std()
             .unwrap_or_default()
             .max(Duration::from_secs(1));
-        self.presign_at(key, std::time::SystemTime::now(), lifetime)
-            .await
+        let url = self.presign_at(key, now.into(), lifetime).await?;
+        if !capped && lifetime > Duration::from_secs(1) {
+            let mut signed = self.signed.lock().unwrap();
+            if signed.len() >= SIGNED_URLS_KEPT {
+                signed.clear();
+            }
+            signed.insert(cache_key, url.clone());
+        }
+        Ok(url)
     }
 
     async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
@@ -536,6 +563,31 @@ mod tests {
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
         (data, futures::stream::iter(chunks).boxed())
+    }
+
+    #[tokio::test]
+    async fn a_url_asked_for_the_same_end_is_signed_once_and_still_works() {
+        let server = S3Server::start();
+        let s3 = store(&server, "outputs").await;
+        let (_, stream) = body(100);
+        s3.put("jobs/c/0.png", "image/png", stream).await.unwrap();
+        let until = Utc::now() + chrono::Duration::hours(1);
+        let first = s3.presign_get("jobs/c/0.png", until).await.unwrap();
+        let again = s3.presign_get("jobs/c/0.png", until).await.unwrap();
+        assert_eq!(first, again, "the same end, the same URL");
+        let later = s3
+            .presign_get("jobs/c/0.png", until + chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_ne!(first, later, "another end is signed anew");
+        let other = s3.presign_get("jobs/d/0.png", until).await.unwrap();
+        assert_ne!(first, other, "another key is signed anew");
+        let downloaded = reqwest::get(again.as_str()).await.unwrap();
+        assert_eq!(downloaded.status(), 200);
+        assert_eq!(
+            s3.resolve_own_url(&again).await,
+            Some(Ok("jobs/c/0.png".to_owned()))
+        );
     }
 
     #[tokio::test]
