@@ -80,11 +80,23 @@ impl Deliverer {
                 None => by_job.push(vec![d]),
             }
         }
-        let groups = by_job.into_iter().map(|group| async move {
-            for d in group {
-                self.try_once(d).await?;
+        // The pass's jobs are read at once, for their payloads.
+        let ids: Vec<_> = by_job.iter().map(|group| group[0].job_id).collect();
+        let mut jobs: std::collections::HashMap<_, _> = self
+            .ledger
+            .jobs_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|job| (job.id, job))
+            .collect();
+        let groups = by_job.into_iter().map(|group| {
+            let job = jobs.remove(&group[0].job_id);
+            async move {
+                for d in group {
+                    self.try_once(d, job.clone()).await?;
+                }
+                Ok::<(), kiln_core::LedgerError>(())
             }
-            Ok::<(), kiln_core::LedgerError>(())
         });
         for result in futures::future::join_all(groups).await {
             result?;
@@ -92,10 +104,15 @@ impl Deliverer {
         Ok(n)
     }
 
-    async fn try_once(&self, delivery: DueDelivery) -> Result<(), kiln_core::LedgerError> {
+    /// Tries `delivery` once; `job` is its job as the pass read it (`None`: it is gone).
+    async fn try_once(
+        &self,
+        delivery: DueDelivery,
+        job: Option<Job>,
+    ) -> Result<(), kiln_core::LedgerError> {
         let number = delivery.tries + 1;
         let at = kiln_core::time::now();
-        let Some(job) = self.ledger.job_by_id(delivery.job_id).await? else {
+        let Some(job) = job else {
             let tried = DeliveryTry {
                 number,
                 at,
@@ -114,19 +131,22 @@ impl Deliverer {
             return Ok(());
         };
         let body = self.payload(&delivery, job).await;
-        let secrets = match &delivery.key_id {
-            Some(key_id) => {
-                let stored = self
-                    .ledger
+        let secrets = match (&delivery.key_id, delivery.secrets.clone()) {
+            (Some(_), Some(stored)) => Some(stored),
+            // The key's first delivery: its secret is made now (a concurrent first delivery
+            // may make it first; both then sign with the one kept).
+            (Some(key_id), None) => Some(
+                self.ledger
                     .webhook_secrets(key_id, &WebhookSecret::generate().expose())
-                    .await?;
-                std::iter::once(stored.current)
-                    .chain(stored.previous)
-                    .filter_map(|s| WebhookSecret::parse(&s))
-                    .collect()
-            }
-            None => vec![],
+                    .await?,
+            ),
+            (None, _) => None,
         };
+        let secrets: Vec<_> = secrets
+            .into_iter()
+            .flat_map(|stored| std::iter::once(stored.current).chain(stored.previous))
+            .filter_map(|s| WebhookSecret::parse(&s))
+            .collect();
         // The signed timestamp is this try's, not the event's: verifiers refuse messages older
         // than a few minutes, and a retry hours later is still genuine. The event's own time is
         // the payload's `timestamp`.

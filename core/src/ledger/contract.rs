@@ -1295,6 +1295,25 @@ pub async fn concurrent_renewals_each_learn_their_own_lease(ledger: Arc<dyn Ledg
     );
 }
 
+/// Several jobs read at once: each that exists comes once, whatever the list repeats.
+pub async fn several_jobs_are_read_at_once(ledger: Arc<dyn Ledger>) {
+    let a = new_job(ledger.as_ref(), "a").await;
+    let b = new_job(ledger.as_ref(), "b").await;
+    let _c = new_job(ledger.as_ref(), "a").await;
+    let mut read: Vec<JobId> = ledger
+        .jobs_by_ids(&[a, b, a, JobId::new()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    read.sort_by_key(|id| id.to_string());
+    let mut expected = vec![a, b];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(read, expected);
+    assert!(ledger.jobs_by_ids(&[]).await.unwrap().is_empty());
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1320,7 +1339,8 @@ macro_rules! ledger_contract_tests {
             idempotency_keys_replay_refuse_take_over_and_expire,
             tenant_windows_hold_a_burst_and_admit_it_as_places_free,
             concurrent_writes_each_get_their_own_answer,
-            concurrent_renewals_each_learn_their_own_lease
+            concurrent_renewals_each_learn_their_own_lease,
+            several_jobs_are_read_at_once
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

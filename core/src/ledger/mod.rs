@@ -187,6 +187,9 @@ pub struct DueDelivery {
     /// Tries made before the last redelivery: the schedule counts from there.
     pub schedule_base: u32,
     pub key_id: Option<String>,
+    /// The key's webhook secrets as the claim read them; `None` when it has none yet (the
+    /// deliverer then has one made, `Ledger::webhook_secrets`) or the job has no key.
+    pub secrets: Option<WebhookSecrets>,
     /// This claim's token: only its holder's result is recorded.
     pub claim_token: String,
 }
@@ -445,6 +448,8 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<()>;
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
+    /// Unscoped read of several jobs at once (those that exist, in no particular order).
+    async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>>;
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
 
     // --- pipelines ----------------------------------------------------------------------------

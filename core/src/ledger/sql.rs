@@ -1454,8 +1454,10 @@ impl Ledger for SqlLedger {
         let first_due = at - first_delay.as_millis() as i64;
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(&self.sql(&format!(
-            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id \
+            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
+                    k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
              FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             LEFT JOIN api_keys k ON k.id = j.key_id \
              WHERE d.status = 'pending' AND d.next_try_at <= ? \
                AND (d.tries > 0 OR d.next_try_at <= ?) \
              ORDER BY d.next_try_at, d.id LIMIT {limit}{}",
@@ -1493,6 +1495,16 @@ impl Ledger for SqlLedger {
             let id: String = r.try_get("id")?;
             let claim_token = claim_token.clone();
             let job_id: String = r.try_get("job_id")?;
+            // The key's secrets as `webhook_secrets` shows them (the previous one only while
+            // its rotation lasts); none yet, and the deliverer asks for one to be made.
+            let previous_until: Option<i64> = r.try_get("previous_secret_until")?;
+            let previous: Option<String> = r.try_get("previous_webhook_secret")?;
+            let secrets = r
+                .try_get::<Option<String>, _>("webhook_secret")?
+                .map(|current| WebhookSecrets {
+                    current,
+                    previous: previous.filter(|_| previous_until.is_some_and(|u| u > at)),
+                });
             due.push(DueDelivery {
                 id,
                 job_id: job_id
@@ -1504,6 +1516,7 @@ impl Ledger for SqlLedger {
                 tries: r.try_get::<i64, _>("tries")? as u32,
                 schedule_base: r.try_get::<i64, _>("schedule_base")? as u32,
                 key_id: r.try_get("key_id")?,
+                secrets,
                 claim_token,
             });
         }
@@ -2444,6 +2457,31 @@ impl Ledger for SqlLedger {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(|row| self.load_job(row)).transpose()
+    }
+
+    async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // Padded to a power of two with repeats (see `renew_leases`); each row comes once.
+        let shape = ids.len().next_power_of_two();
+        let marks = vec!["?"; shape].join(", ");
+        let sql = self
+            .sql(&format!(
+                "{} FROM jobs WHERE id IN ({marks})",
+                self.job_select()
+            ))
+            .into_owned();
+        let mut query = sqlx::query(&sql);
+        for i in 0..shape {
+            query = query.bind(ids[i.min(ids.len() - 1)].to_string());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| self.load_job(row))
+            .collect()
     }
 
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
