@@ -1007,18 +1007,8 @@ pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn
     );
     let job = ledger
         .insert_job(NewJob {
-            id: JobId::new(),
-            tenant: tenant("a"),
-            model: "demo/image".into(),
-            input: serde_json::json!({"prompt": "x"}),
-            deadline_at: None,
-            start_by: None,
-            key_id: None,
-            webhook_url: None,
-            webhook_events: None,
             idempotency: Some(key("c")),
-            priority: Default::default(),
-            max_active: None,
+            ..job_of("a")
         })
         .await
         .unwrap();

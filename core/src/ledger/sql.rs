@@ -712,6 +712,26 @@ async fn claim_in(
          WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
          RETURNING {JOB_COLUMNS}"
     );
+    // The claim's own parameters, first in both statements below.
+    let claim_params = (
+        at,
+        worker.to_owned(),
+        token.clone(),
+        lease_expires_at,
+        sid.clone(),
+    );
+    fn bind_claim<'q>(
+        statement: &'q str,
+        (at, worker, token, until, id): (i64, String, String, i64, String),
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        sqlx::query(statement)
+            .bind(at)
+            .bind(worker)
+            .bind(token)
+            .bind(until)
+            .bind(id)
+            .bind(at)
+    }
     let mut job = if tx.d == Dialect::Postgres {
         // One round trip: the claim, its attempt, its transition and its `job.started`
         // delivery as one statement (data-modifying CTEs), each insert fed by the claimed row
@@ -727,13 +747,8 @@ async fn claim_in(
              SELECT * FROM claimed",
             started_delivery_cte()
         );
-        let row = sqlx::query(&tx.d.sql(&merged))
-            .bind(at)
-            .bind(worker)
-            .bind(&token)
-            .bind(lease_expires_at)
-            .bind(&sid)
-            .bind(at)
+        let merged = tx.d.sql(&merged);
+        let row = bind_claim(&merged, claim_params)
             .bind(route)
             .bind(at)
             .bind(at)
@@ -749,13 +764,8 @@ async fn claim_in(
         crate::metrics::transition(Status::Running.as_str());
         job_from_row(&row)?
     } else {
-        let row = sqlx::query(&tx.d.sql(&claim_sql))
-            .bind(at)
-            .bind(worker)
-            .bind(&token)
-            .bind(lease_expires_at)
-            .bind(&sid)
-            .bind(at)
+        let claim_sql = tx.d.sql(&claim_sql);
+        let row = bind_claim(&claim_sql, claim_params)
             .fetch_optional(&mut *tx.tx)
             .await?;
         let Some(row) = row else {
