@@ -7,6 +7,13 @@
 //! upgrade); Postgres reads the rows it is about to change with `FOR UPDATE`, and the reconciler
 //! skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never collide.
 //!
+//! The writes every job makes are shaped for throughput (see BENCHMARKS.md): concurrent
+//! inserts, claims and successes share transactions (`GroupCommit`), running jobs' lease
+//! renewals go many to a statement (`LeaseRenewals`), and on Postgres each of a submit, a
+//! claim, a success and a delivery try is one statement of data-modifying CTEs, where SQLite
+//! (whose statements are calls within the process, not round trips) takes the same steps one
+//! by one. The contract tests run every path on both engines.
+//!
 //! Times come from the application clock. Leases are tens of seconds and hosts run NTP, so the
 //! clock skew between workers is far below what a lease tolerates.
 
