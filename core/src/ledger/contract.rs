@@ -1065,18 +1065,8 @@ pub async fn tenant_windows_hold_a_burst_and_admit_it_as_places_free(ledger: Arc
         async move {
             ledger
                 .insert_job(NewJob {
-                    id: JobId::new(),
-                    tenant: tenant(&owner),
-                    model: "demo/image".into(),
-                    input: serde_json::json!({"prompt": "x"}),
-                    deadline_at: None,
-                    start_by: None,
-                    key_id: None,
-                    webhook_url: None,
-                    webhook_events: None,
-                    idempotency: None,
                     priority,
-                    max_active: None,
+                    ..job_of(&owner)
                 })
                 .await
                 .unwrap()

@@ -1554,51 +1554,63 @@ impl Ledger for SqlLedger {
             DeliveryNext::Failed => ("failed", None, None),
             DeliveryNext::Gone => ("gone", None, None),
         };
+        // The fenced update's parameters, first in both statements below.
+        let finished = (
+            status,
+            tried.number as i64,
+            next_try_at,
+            delivered_at,
+            id.to_owned(),
+            claim_token.to_owned(),
+        );
+        type Finished = (&'static str, i64, Option<i64>, Option<i64>, String, String);
+        fn bind_finished<'q>(
+            statement: &'q str,
+            (status, tries, next_try_at, delivered_at, id, token): Finished,
+        ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+            sqlx::query(statement)
+                .bind(status)
+                .bind(tries)
+                .bind(next_try_at)
+                .bind(delivered_at)
+                .bind(id)
+                .bind(token)
+        }
         if self.dialect == Dialect::Postgres && next != DeliveryNext::Gone {
             // One statement, so one round trip and no explicit transaction: the fenced
             // update and the try's log row, the row fed by the update (none when the claim
             // was lost). A 410 takes the transaction below: it stops the tenant's other
             // deliveries too.
-            let won: i64 = sqlx::query(&self.sql(
+            let statement = self.sql(
                 "WITH finished AS (UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, \
                          delivered_at = ?, claim_token = NULL \
                      WHERE id = ? AND claim_token = ? RETURNING id), \
                  tried AS (INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
                      SELECT id, ?, ?, ?, ?, ? FROM finished) \
                  SELECT COUNT(*) AS won FROM finished",
-            ))
-            .bind(status)
-            .bind(tried.number as i64)
-            .bind(next_try_at)
-            .bind(delivered_at)
-            .bind(id)
-            .bind(claim_token)
-            .bind(tried.number as i64)
-            .bind(to_millis(tried.at))
-            .bind(tried.status_code.map(i64::from))
-            .bind(tried.latency_ms as i64)
-            .bind(tried.error.as_deref())
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("won")?;
+            );
+            let won: i64 = bind_finished(&statement, finished)
+                .bind(tried.number as i64)
+                .bind(to_millis(tried.at))
+                .bind(tried.status_code.map(i64::from))
+                .bind(tried.latency_ms as i64)
+                .bind(tried.error.as_deref())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("won")?;
             return Ok(won > 0);
         }
         let mut tx = self.write_tx().await?;
         // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
         // nothing.
-        let changed = sqlx::query(&self.sql(
+        let statement = self.sql(
             "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
              WHERE id = ? AND claim_token = ?",
-        ))
-        .bind(status)
-        .bind(tried.number as i64)
-        .bind(next_try_at)
-        .bind(delivered_at)
-        .bind(id)
-        .bind(claim_token)
-        .execute(&mut *tx.tx)
-        .await?
-        .rows_affected();
+        );
+        let changed = bind_finished(&statement, finished)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
         if changed == 0 {
             return Ok(false);
         }
