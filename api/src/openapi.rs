@@ -126,7 +126,7 @@ pub struct Job {
     model: String,
     status: JobStatus,
     priority: Priority,
-    /// Queued jobs ahead of it, while it is queued.
+    /// Queued jobs ahead of it, while it is queued, counted up to 100 (100 means 100 or more).
     queue_position: Option<u64>,
     /// 0 to 1, where the generator reports it.
     progress: Option<f64>,

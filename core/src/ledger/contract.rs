@@ -844,6 +844,23 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
     assert_eq!(terminal_transitions(ledger.as_ref(), started[0]).await, 1);
 }
 
+/// A job further back than the cap reads as the cap ("that many or more"), so reading a queued
+/// job's place costs the same however deep the queue is.
+pub async fn a_place_deeper_than_the_cap_reads_as_the_cap(ledger: Arc<dyn Ledger>) {
+    let cap = u64::from(crate::ledger::sql::QUEUE_POSITION_CAP);
+    let mut jobs = Vec::new();
+    for _ in 0..cap + 2 {
+        jobs.push(new_job(ledger.as_ref(), "a").await);
+    }
+    let place = |id: JobId| {
+        let ledger = ledger.clone();
+        async move { ledger.queue_position(id).await.unwrap() }
+    };
+    assert_eq!(place(jobs[cap as usize - 1]).await, Some(cap - 1));
+    assert_eq!(place(jobs[cap as usize]).await, Some(cap), "exactly the cap");
+    assert_eq!(place(jobs[cap as usize + 1]).await, Some(cap), "past it");
+}
+
 pub async fn queued_jobs_know_their_place_and_running_ones_their_progress(ledger: Arc<dyn Ledger>) {
     let first = new_job(ledger.as_ref(), "a").await;
     let second = new_job(ledger.as_ref(), "b").await;
@@ -1315,6 +1332,7 @@ macro_rules! ledger_contract_tests {
             webhook_events_are_written_with_their_transitions,
             pipelines_start_steps_as_their_inputs_exist_and_end_with_them,
             queued_jobs_know_their_place_and_running_ones_their_progress,
+            a_place_deeper_than_the_cap_reads_as_the_cap,
             pipelines_are_listed_newest_first_within_their_tenant,
             idempotency_keys_replay_refuse_take_over_and_expire,
             tenant_windows_hold_a_burst_and_admit_it_as_places_free,

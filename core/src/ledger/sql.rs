@@ -97,8 +97,11 @@ pub struct SqlLedger {
     renewals: LeaseRenewals,
 }
 
-/// The deepest queue position counted (`Ledger::queue_position`).
-pub const QUEUE_POSITION_CAP: u32 = 1000;
+/// The deepest queue position counted (`Ledger::queue_position`): a job further back reads
+/// as this many ahead. Every read of a queued job (its submit's answer and each poll) counts
+/// the jobs ahead, one index entry and one row visit each, so the cap bounds that read's cost;
+/// at 1,000 the count was half of all the Postgres buffer reads of a job's whole life.
+pub const QUEUE_POSITION_CAP: u32 = 100;
 
 /// The default of `dispatch.tenant_window`.
 pub const DEFAULT_TENANT_WINDOW: u32 = 100;
@@ -636,12 +639,14 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     }
     // Admitted (marked rung) if the tenant's window has room and none of its jobs are held:
     // held jobs are admitted in their own order (priority, then age), and a new one must not
-    // jump that line. Decided within the INSERT, which returns what it decided.
+    // jump that line. Decided within the INSERT, which returns what it decided. The held line
+    // is looked at first (one index probe): while a backlog is held, that alone decides, and
+    // the window's count (up to `window` rows) is taken only when it could admit.
     let insert = "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
          VALUES (?, ?, ?, ?, 'queued', ?, ?, \
-             CASE WHEN (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
-                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
+             CASE WHEN NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
+                   AND (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
                   THEN ? ELSE -1 END, \
              ?, ?, ?, ?, ?, ?, ?) \
          RETURNING id, rung_at";
@@ -666,9 +671,9 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
         .bind(at)
         .bind(at)
         .bind(&job.tenant.0)
-        .bind(window)
-        .bind(window)
         .bind(&job.tenant.0)
+        .bind(window)
+        .bind(window)
         .bind(at)
         .bind(job.deadline_at.map(to_millis))
         .bind(job.start_by.map(to_millis))
@@ -933,16 +938,21 @@ async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) 
     Ok(true)
 }
 
-/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one and its
-/// window has room (a claim freed a place, but a retried or rescued job may have taken it).
+/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one, into the
+/// place the claim just freed. A claim only takes an admitted job, so it frees exactly one place
+/// in its tenant's window, and filling that place keeps the window as full as it was: no count
+/// of the window is needed (it would read up to `window` rows on every claim). A retried or
+/// rescued job returns to the queue admitted, so while it waits the window may hold that many
+/// jobs more than its size; they are few, and the window is a fairness bound, not a quota.
 ///
 /// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
 /// rings it just after the commit and marks it unrung if that fails; if the caller dies in
 /// between, the reconciler rings it once the mark is stale. One write fewer per admission
 /// than marking it after the ring.
 ///
-/// One statement: the window's count and the next held job per lane (each an index probe,
-/// `COALESCE` stopping at the first lane that has one) are subqueries of the `UPDATE`.
+/// One statement: the next held job per lane (each an index probe of `jobs_held`, whose key
+/// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
+/// subquery of the `UPDATE`.
 async fn admit_next_in(
     tx: &mut Tx,
     tenant: &str,
@@ -954,18 +964,14 @@ async fn admit_next_in(
         tx.d.lock_rows_skip_locked()
     );
     let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
-    let sql = tx.d.sql(&format!(
-        "UPDATE jobs SET rung_at = ? \
-         WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
-           AND status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
+    let sql =
+        tx.d.sql(&format!(
+            "UPDATE jobs SET rung_at = ? \
+         WHERE status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
          RETURNING id, priority"
-    ))
-    .into_owned();
-    let mut query = sqlx::query(&sql)
-        .bind(at)
-        .bind(tenant)
-        .bind(i64::from(tx.window))
-        .bind(i64::from(tx.window));
+        ))
+        .into_owned();
+    let mut query = sqlx::query(&sql).bind(at);
     for lane in crate::dispatch::Lane::ALL {
         query = query.bind(tenant).bind(lane.as_str());
     }
