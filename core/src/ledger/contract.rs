@@ -857,7 +857,11 @@ pub async fn a_place_deeper_than_the_cap_reads_as_the_cap(ledger: Arc<dyn Ledger
         async move { ledger.queue_position(id).await.unwrap() }
     };
     assert_eq!(place(jobs[cap as usize - 1]).await, Some(cap - 1));
-    assert_eq!(place(jobs[cap as usize]).await, Some(cap), "exactly the cap");
+    assert_eq!(
+        place(jobs[cap as usize]).await,
+        Some(cap),
+        "exactly the cap"
+    );
     assert_eq!(place(jobs[cap as usize + 1]).await, Some(cap), "past it");
 }
 

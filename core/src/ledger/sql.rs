@@ -1980,10 +1980,12 @@ impl Ledger for SqlLedger {
         let sid = id.to_string();
         // One statement, so the job's status and the count are read at the same moment.
         // Counted up to QUEUE_POSITION_CAP: past that a client learns only "at least", and a
-        // deep queue does not make every read of a queued job scan it.
+        // deep queue does not make every read of a queued job scan it. Counted backwards from
+        // the job: the index's oldest end holds the entries of jobs claimed since the last
+        // vacuum, each a row visit to learn it is gone, while the jobs just ahead are live.
         let ahead: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
             "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs q WHERE q.status = 'queued' AND q.id < j.id \
-                     LIMIT {QUEUE_POSITION_CAP}) a) \
+                     ORDER BY q.id DESC LIMIT {QUEUE_POSITION_CAP}) a) \
              FROM jobs j WHERE j.id = ? AND j.status = 'queued'"
         )))
         .bind(&sid)
