@@ -1145,6 +1145,38 @@ pub async fn tenant_windows_hold_a_burst_and_admit_it_as_places_free(ledger: Arc
     assert!(!ledger.job_by_id(a3.id).await.unwrap().unwrap().held);
 }
 
+/// A job that comes back to the queue comes back admitted, past the window's size; its next
+/// claim frees no place of its own, so it admits nobody, and the window returns to its size.
+/// A first claim still admits into the place it frees.
+pub async fn a_job_back_in_the_window_does_not_widen_it(ledger: Arc<dyn Ledger>) {
+    ledger.set_dispatch_window(2);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(ledger.insert_job(job_of("a")).await.unwrap());
+    }
+    let [a, b, c, d, e] = [0, 1, 2, 3, 4].map(|i| ids[i].id);
+    assert!(ids[2].held && ids[3].held && ids[4].held, "a window of two");
+    let first = ledger.claim(a, "w1", "demo", LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        first.admitted.map(|(id, _)| id),
+        Some(c),
+        "a's place goes to c"
+    );
+    // a is retried: b, c and a are admitted now, one past the window.
+    let error = ErrorInfo::new("x", "x");
+    assert!(ledger
+        .retry_later(&first.lease, &error, now())
+        .await
+        .unwrap());
+    let again = ledger.claim(a, "w1", "demo", LEASE).await.unwrap().unwrap();
+    assert_eq!(again.admitted, None, "b and c fill the window of two");
+    assert!(ledger.job_by_id(d).await.unwrap().unwrap().held);
+    // b's first claim frees b's place, and d takes it.
+    let of_b = ledger.claim(b, "w1", "demo", LEASE).await.unwrap().unwrap();
+    assert_eq!(of_b.admitted.map(|(id, _)| id), Some(d));
+    assert!(ledger.job_by_id(e).await.unwrap().unwrap().held);
+}
+
 /// Many jobs' inserts, claims and successes at once (the ledger may write them in shared
 /// transactions): each gets its own answer, a refusal among them refuses only its own write,
 /// and the active-job limit still holds across them.
@@ -1340,6 +1372,7 @@ macro_rules! ledger_contract_tests {
             pipelines_are_listed_newest_first_within_their_tenant,
             idempotency_keys_replay_refuse_take_over_and_expire,
             tenant_windows_hold_a_burst_and_admit_it_as_places_free,
+            a_job_back_in_the_window_does_not_widen_it,
             concurrent_writes_each_get_their_own_answer,
             concurrent_renewals_each_learn_their_own_lease,
             several_jobs_are_read_at_once

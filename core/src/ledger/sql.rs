@@ -801,9 +801,11 @@ async fn claim_in(
     let number = job.attempt_count;
     // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
     let attempt_id = format!("{sid}-{number}");
-    // The claim freed a place in the tenant's window: the next held job takes it, if the
-    // place is still free (a retried or rescued job may have come back into the window).
-    let admitted = admit_next_in(tx, &job.tenant.0, at).await?;
+    // The claim freed a place in the tenant's window: the next held job takes it. A first
+    // claim's job was admitted once and counted once, so its place is surely free; a later
+    // attempt's job came back into the window admitted (retried, released or rescued), perhaps
+    // past its size, so then the window is counted.
+    let admitted = admit_next_in(tx, &job.tenant.0, at, number > 1).await?;
     // A queued job has no outputs (they come with success), and on a first attempt its one
     // attempt is the row just inserted; a later attempt's route depends on the ones before, so
     // then the whole job is read back, in this transaction.
@@ -939,11 +941,14 @@ async fn succeed_in(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) 
 }
 
 /// Admits `tenant`'s next held job (highest priority, oldest first), if it has one, into the
-/// place the claim just freed. A claim only takes an admitted job, so it frees exactly one place
-/// in its tenant's window, and filling that place keeps the window as full as it was: no count
-/// of the window is needed (it would read up to `window` rows on every claim). A retried or
-/// rescued job returns to the queue admitted, so while it waits the window may hold that many
-/// jobs more than its size; they are few, and the window is a fairness bound, not a quota.
+/// place the claim just freed.
+///
+/// A claim only takes an admitted job, so it frees exactly one place in its tenant's window.
+/// On a job's first claim, filling that place keeps the window as full as it was, so the window
+/// is not counted (the count reads up to `window` rows, and it was on every claim). A job that
+/// comes back to the queue (retried, released, rescued) comes back admitted without a place of
+/// its own, so the window may then hold more than its size; its next claim (`count_window`)
+/// admits only if the count has room, which brings the window back to its size.
 ///
 /// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
 /// rings it just after the commit and marks it unrung if that fails; if the caller dies in
@@ -957,6 +962,7 @@ async fn admit_next_in(
     tx: &mut Tx,
     tenant: &str,
     at: i64,
+    count_window: bool,
 ) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
     let next_in_lane = format!(
         "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
@@ -964,14 +970,23 @@ async fn admit_next_in(
         tx.d.lock_rows_skip_locked()
     );
     let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
+    let room = if count_window {
+        "(SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? AND "
+    } else {
+        ""
+    };
     let sql =
         tx.d.sql(&format!(
             "UPDATE jobs SET rung_at = ? \
-         WHERE status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
+         WHERE {room}status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
          RETURNING id, priority"
         ))
         .into_owned();
     let mut query = sqlx::query(&sql).bind(at);
+    if count_window {
+        let window = i64::from(tx.window);
+        query = query.bind(tenant).bind(window).bind(window);
+    }
     for lane in crate::dispatch::Lane::ALL {
         query = query.bind(tenant).bind(lane.as_str());
     }
@@ -1350,8 +1365,12 @@ impl Ledger for SqlLedger {
         let mut snapshot = QueueSnapshot::default();
         for status in [Status::Queued, Status::Running] {
             let n: i64 =
-                sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM jobs WHERE status = ?"))
-                    .bind(status.as_str())
+                // The status is written into the statement, not bound: a literal lets the
+                // planner use the partial indexes kept for the queued and the running jobs.
+                sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM jobs WHERE status = '{}'",
+                    status.as_str()
+                ))
                     .fetch_one(&self.pool)
                     .await?;
             snapshot.jobs.push((status, n.max(0) as u64));
