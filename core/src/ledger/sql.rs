@@ -1364,15 +1364,13 @@ impl Ledger for SqlLedger {
         let at = to_millis(now());
         let mut snapshot = QueueSnapshot::default();
         for status in [Status::Queued, Status::Running] {
-            let n: i64 =
-                // The status is written into the statement, not bound: a literal lets the
-                // planner use the partial indexes kept for the queued and the running jobs.
-                sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM jobs WHERE status = '{}'",
-                    status.as_str()
-                ))
-                    .fetch_one(&self.pool)
-                    .await?;
+            // The status is written into the statement, not bound: a literal lets the planner
+            // use the partial indexes kept for the queued and the running jobs.
+            let count = format!(
+                "SELECT COUNT(*) FROM jobs WHERE status = '{}'",
+                status.as_str()
+            );
+            let n: i64 = sqlx::query_scalar(&count).fetch_one(&self.pool).await?;
             snapshot.jobs.push((status, n.max(0) as u64));
         }
         for lane in crate::dispatch::Lane::ALL {
