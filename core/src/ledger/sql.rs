@@ -487,6 +487,15 @@ async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Resu
     Ok(())
 }
 
+/// Whether a tenant's dispatch window has room: its admitted queued jobs, counted up to the
+/// window, are fewer than the window. Binds the tenant, then the window twice. A macro so that
+/// the submit's literal statement and the claim's formatted one share the one text.
+macro_rules! window_has_room {
+    () => {
+        "(SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ?"
+    };
+}
+
 /// `enqueue_webhook`'s `job.started` delivery as a CTE of a merged Postgres claim, fed by the
 /// `claimed` row. Binds: the delivery id, then the time three times.
 fn started_delivery_cte() -> &'static str {
@@ -642,14 +651,17 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     // jump that line. Decided within the INSERT, which returns what it decided. The held line
     // is looked at first (one index probe): while a backlog is held, that alone decides, and
     // the window's count (up to `window` rows) is taken only when it could admit.
-    let insert = "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+    let insert = concat!(
+        "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
              key_id, webhook_url, webhook_events, pipeline_id, priority) \
          VALUES (?, ?, ?, ?, 'queued', ?, ?, \
              CASE WHEN NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
-                   AND (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? \
-                  THEN ? ELSE -1 END, \
+                   AND ",
+        window_has_room!(),
+        " THEN ? ELSE -1 END, \
              ?, ?, ?, ?, ?, ?, ?) \
-         RETURNING id, rung_at";
+         RETURNING id, rung_at"
+    );
     let statement = match tx.d {
         // Postgres writes the transition in the same statement (one round trip); SQLite's
         // statements are calls within the process, taken one by one.
@@ -971,7 +983,7 @@ async fn admit_next_in(
     );
     let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
     let room = if count_window {
-        "(SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) < ? AND "
+        concat!(window_has_room!(), " AND ")
     } else {
         ""
     };
