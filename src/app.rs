@@ -24,6 +24,7 @@ use kiln_worker::limit::{ConcurrencyLimit, RateLimited};
 use kiln_worker::openai::OpenAiProvider;
 use kiln_worker::provider::Provider;
 use kiln_worker::replicate::ReplicateProvider;
+use kiln_worker::upstream::OutputDownloads;
 use kiln_worker::{WorkerHandle, WorkerRuntime, WorkerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Roles {
 pub struct Running {
     /// Where the api listens (when it runs).
     pub addr: Option<SocketAddr>,
+    /// Where `/metrics` is served (when `metrics_listen` is set).
+    pub metrics_addr: Option<SocketAddr>,
     pub public_url: Url,
     pub ledger: Arc<dyn Ledger>,
     /// This process's worker identity (when it runs a worker).
@@ -78,15 +81,107 @@ impl Running {
 
 /// Opens the ledger named by the configuration (creating the data directory if needed).
 pub async fn open_ledger(config: &Config) -> anyhow::Result<Arc<dyn Ledger>> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
-    kiln_core::ledger::connect(&config.database_url())
+    private_dir(&config.data_dir)?;
+    let url = config.database_url();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        private_file(Path::new(path.split('?').next().unwrap_or(path)))?;
+    }
+    kiln_core::ledger::connect(&url)
         .await
         .context("cannot open the ledger")
+}
+
+/// The data directory holds the ledger, the keys and the outputs: only its owner may enter it
+/// (0700), whatever the umask, and an existing one is narrowed to that too.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let context = || format!("cannot create the data directory {}", dir.display());
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).with_context(context)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).with_context(context)?;
+    Ok(())
+}
+
+/// The SQLite ledger file, created (or narrowed) to 0600 before SQLite opens it: SQLite gives
+/// its `-wal` and `-shm` files the database file's permissions, so they are private too.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create the ledger {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// The seal of webhook secrets at rest: `secrets_key`, else derived from `signing_secret`
+/// (which split deployments already share), else a key generated once into the data directory.
+fn secret_seal(config: &Config) -> anyhow::Result<kiln_webhooks::SecretSeal> {
+    if let Some(key) = &config.secrets_key {
+        let bytes: [u8; 32] = hex::decode(key.expose())
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .context("secrets_key must be 64 hex digits")?;
+        return Ok(kiln_webhooks::SecretSeal::new(&bytes));
+    }
+    if let Some(secret) = &config.signing_secret {
+        return Ok(kiln_webhooks::SecretSeal::derive(
+            secret.expose().as_bytes(),
+        ));
+    }
+    let path = config.data_dir.join("secrets.key");
+    let text = generated_key(&path)?;
+    let key: [u8; 32] = hex::decode(&text)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .with_context(|| format!("{} is not 64 hex digits", path.display()))?;
+    Ok(kiln_webhooks::SecretSeal::new(&key))
+}
+
+/// A key kept in the data directory: read if it is there, else 32 random bytes (hex) written
+/// there first. Processes starting together on one directory agree on one key: the fresh key
+/// is written whole to a file of its own and then linked into place, which fails if another
+/// process linked first, and then that one's key is read. So no process ever reads a file
+/// half written, and none keeps a key the others do not have.
+fn generated_key(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        return Ok(existing.trim().to_owned());
+    }
+    let fresh = hex::encode(rand::random::<[u8; 32]>());
+    let staged = path.with_extension(format!("new-{}", uuid_like()));
+    write_private(&staged, &fresh)?;
+    let linked = std::fs::hard_link(&staged, path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => Ok(fresh),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim()
+                .to_owned())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
 }
 
 /// The signing key for download URLs: configured, or generated once into the data directory.
@@ -94,13 +189,7 @@ fn signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = &config.signing_secret {
         return Ok(secret.expose().as_bytes().to_vec());
     }
-    let path = config.data_dir.join("signing.key");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().as_bytes().to_vec());
-    }
-    let fresh = hex::encode(rand::random::<[u8; 32]>());
-    write_private(&path, &fresh)?;
-    Ok(fresh.into_bytes())
+    Ok(generated_key(&config.data_dir.join("signing.key"))?.into_bytes())
 }
 
 fn uuid_like() -> String {
@@ -142,21 +231,32 @@ fn providers(
     providers.insert(DEMO_PROVIDER.into(), Arc::new(DemoProvider::new(inputs)));
     for p in &config.providers {
         let api_key = api_key(p)?;
+        // Output URLs off the upstream's own origin pass the same checks as users' URLs.
+        let outputs = OutputDownloads::new(&p.base_url, SsrfPolicy::new(config.ssrf.allow.clone()));
         let upstream: Arc<dyn Provider> = match p.kind {
-            ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key)),
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key, outputs)),
             ProviderKind::Cog => Arc::new(CogProvider::new(
                 &p.base_url,
                 callbacks.clone(),
                 p.poll_interval,
+                outputs,
             )),
-            ProviderKind::Comfyui => Arc::new(ComfyUiProvider::new(&p.base_url, p.poll_interval)),
+            ProviderKind::Comfyui => {
+                Arc::new(ComfyUiProvider::new(&p.base_url, p.poll_interval, outputs))
+            }
             ProviderKind::Replicate => Arc::new(ReplicateProvider::new(
                 &p.base_url,
                 api_key,
                 p.poll_interval,
                 p.prefer_wait,
+                outputs,
             )),
-            ProviderKind::Fal => Arc::new(FalProvider::new(&p.base_url, api_key, p.poll_interval)),
+            ProviderKind::Fal => Arc::new(FalProvider::new(
+                &p.base_url,
+                api_key,
+                p.poll_interval,
+                outputs,
+            )),
         };
         let mut guarded: Arc<dyn Provider> = Arc::new(CircuitBreaker::new(
             &p.name,
@@ -296,6 +396,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     };
 
     let secret: Arc<[u8]> = signing_secret(config)?.into();
+    let seal = secret_seal(config)?;
     let pushes_results = config.providers.iter().any(|p| p.kind == ProviderKind::Cog);
     anyhow::ensure!(
         !(roles.worker && !roles.api && pushes_results)
@@ -457,21 +558,33 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     } else {
         None
     };
-    // A worker process without the api serves its own counters, if asked where.
-    if let (true, false, Some(addr)) = (roles.worker, roles.api, config.worker.metrics_listen) {
-        let render = metrics_render();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (worker.metrics_listen)"))?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let render = render.clone();
-                async move { render() }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-    }
+    // Metrics go out on a listener of their own (never the public one): every tenant's counts,
+    // with no key asked. A worker without the api keeps to its own counters.
+    let stop_api = CancellationToken::new();
+    let stop_metrics = stop_api.clone();
+    let metrics_listen = config.metrics_listen.or(config.worker.metrics_listen);
+    let metrics_addr = match metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+            let bound = listener.local_addr()?;
+            let app = kiln_api::metrics_router(roles.api.then(|| ledger.clone()), metrics_render());
+            let limits = config.http.limits();
+            let stop = stop_metrics.clone();
+            tokio::spawn(async move {
+                kiln_api::server::serve(
+                    listener,
+                    app,
+                    limits,
+                    async move { stop.cancelled().await },
+                )
+                .await
+            });
+            Some(bound)
+        }
+        None => None,
+    };
 
     // Webhook deliveries go out from worker processes, through the SSRF-safe client.
     let stop_deliverer = CancellationToken::new();
@@ -502,6 +615,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         let deliverer = kiln_worker::deliverer::Deliverer {
             ledger: ledger.clone(),
             client: SafeClient::new(webhook_ssrf.clone(), Duration::from_secs(15)),
+            seal: seal.clone(),
             view,
             settings: kiln_worker::deliverer::DeliverySettings {
                 schedule: config.webhooks.schedule.clone(),
@@ -512,7 +626,6 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         tokio::spawn(deliverer.run(stop_deliverer.clone()));
     }
 
-    let stop_api = CancellationToken::new();
     let api = listener.map(|listener| {
         let state = Arc::new(kiln_api::ApiState {
             ledger: ledger.clone(),
@@ -527,20 +640,21 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             idempotency_keep: config.idempotency_keep,
             limits: config.limits.key_limits(),
             permits: permits.clone(),
-            metrics: Some(metrics_render()),
             callback_secret: secret,
+            secret_seal: seal,
         });
         let app = kiln_api::router(state);
         let stop = stop_api.clone();
+        let limits = config.http.limits();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            kiln_api::server::serve(listener, app, limits, async move { stop.cancelled().await })
                 .await
         })
     });
 
     Ok(Running {
         addr,
+        metrics_addr,
         public_url,
         ledger,
         worker_identity: roles.worker.then_some(worker_identity_for_report),

@@ -67,6 +67,10 @@ pub struct Config {
     /// Key for signed download and callback URLs. Default: generated once into
     /// `{data_dir}/signing.key`; set it when api and workers run as separate processes.
     pub signing_secret: Option<Secret>,
+    /// Key that seals webhook signing secrets in the ledger: 64 hex digits (32 bytes). Default:
+    /// derived from `signing_secret` where that is set, else generated once into
+    /// `{data_dir}/secrets.key`. Every process of a deployment needs the same one.
+    pub secrets_key: Option<Secret>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// `Retry-After` hint on unfinished jobs.
@@ -90,6 +94,46 @@ pub struct Config {
     pub demo: DemoConfig,
     pub ssrf: SsrfConfig,
     pub webhooks: WebhooksConfig,
+    /// Bounds on the api's connections (`[http]`).
+    pub http: HttpConfig,
+    /// Where this process serves `/metrics` (Prometheus text of every tenant's counts), apart
+    /// from the public listener so that it can stay on a private network. Unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Bounds on each connection to the api, so a slow or silent client holds nothing for long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// For a request's header to arrive; also how long a keep-alive connection may sit idle.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// For each piece of a request body to arrive while it is read.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let d = kiln_api::server::ConnectionLimits::default();
+        HttpConfig {
+            header_timeout: d.header_timeout,
+            body_timeout: d.body_timeout,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> kiln_api::server::ConnectionLimits {
+        kiln_api::server::ConnectionLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,8 +141,7 @@ pub struct Config {
 pub struct WorkerConfig {
     /// Jobs one worker process runs at once.
     pub concurrency: usize,
-    /// Where a worker process without the api serves its own `/metrics` (counters and
-    /// histograms are per process). Unset: not served.
+    /// The older name of the top-level `metrics_listen`, still read when that is unset.
     pub metrics_listen: Option<SocketAddr>,
     /// How long a claim holds a job without renewal before the reconciler may rescue it.
     #[serde(with = "humantime_serde")]
@@ -259,6 +302,7 @@ impl Default for Config {
             s3_secret_access_key: None,
             callback_url: None,
             signing_secret: None,
+            secrets_key: None,
             max_body_bytes: 8 * 1024 * 1024,
             poll_hint: Duration::from_secs(1),
             idempotency_keep: Duration::from_secs(24 * 3600),
@@ -271,6 +315,8 @@ impl Default for Config {
             demo: DemoConfig::default(),
             ssrf: SsrfConfig::default(),
             webhooks: WebhooksConfig::default(),
+            http: HttpConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -388,9 +434,23 @@ impl Config {
             "outputs.ttl must be longer than zero"
         );
         anyhow::ensure!(
+            !self.http.header_timeout.is_zero() && !self.http.body_timeout.is_zero(),
+            "http.header_timeout and http.body_timeout must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.http.max_connections >= 1,
+            "http.max_connections must be at least 1"
+        );
+        anyhow::ensure!(
             self.max_body_bytes >= 1024,
             "max_body_bytes must be at least 1024"
         );
+        if let Some(key) = &self.secrets_key {
+            anyhow::ensure!(
+                hex::decode(key.expose()).is_ok_and(|k| k.len() == 32),
+                "secrets_key must be 64 hex digits (32 bytes)"
+            );
+        }
         if let Some(url) = &self.public_url {
             anyhow::ensure!(
                 matches!(url.scheme(), "http" | "https"),

@@ -191,6 +191,9 @@ async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
     if let Some(identity) = &running.worker_identity {
         println!("kiln worker {identity} running");
     }
+    if let Some(addr) = running.metrics_addr {
+        println!("kiln metrics on http://{addr}/metrics");
+    }
     if let Some(addr) = running.addr {
         println!("kiln listening on http://{addr}");
     }

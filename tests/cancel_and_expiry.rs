@@ -90,7 +90,8 @@ async fn cancel_running_and_queued_jobs() {
         "canceled"
     );
 
-    // Terminal jobs cannot be canceled again: canceled is idempotent, succeeded is a conflict.
+    // Terminal jobs cannot be canceled again, a canceled one included: a second cancel is a
+    // conflict that names how the job ended, as the README promises once a job has ended.
     let again = kiln
         .http
         .post(kiln.url(&format!("/v1/jobs/{queued}/cancel")))
@@ -98,7 +99,9 @@ async fn cancel_running_and_queued_jobs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 200);
+    assert_eq!(again.status(), 409);
+    let problem: Value = again.json().await.unwrap();
+    assert_eq!(problem["code"], "job_already_finished");
     let done = kiln
         .http
         .post(kiln.url(&format!("/v1/jobs/{next}/cancel")))

@@ -221,6 +221,40 @@ async fn listing_paginates_newest_first_and_filters() {
         .collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[2].as_str()]);
 
+    // A cursor carries its list's filters: the next page of a filtered list, asked for with
+    // the cursor alone, stays filtered; the same filters beside it are fine, others refused.
+    let succeeded = list("status=succeeded&limit=2".into()).await;
+    let cursor = succeeded["next_cursor"].as_str().unwrap().to_owned();
+    for query in [
+        format!("cursor={cursor}"),
+        format!("status=succeeded&cursor={cursor}"),
+    ] {
+        let next = list(query).await;
+        let got: Vec<&str> = next["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()], "{next:#}");
+        assert!(next["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "succeeded"));
+    }
+    let mixed = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs?status=failed&cursor={cursor}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 400);
+    let problem: Value = mixed.json().await.unwrap();
+    assert_eq!(problem["code"], "cursor_mismatch");
+    assert_eq!(problem["field"], "status");
+
     let failed = list("status=failed".into()).await;
     assert_eq!(failed["data"].as_array().unwrap().len(), 1);
     assert_eq!(failed["data"][0]["id"], failing.as_str());

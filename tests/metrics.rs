@@ -9,7 +9,7 @@ use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::json;
 
 async fn scrape(kiln: &Kiln) -> Scrape {
-    let res = kiln.http.get(kiln.url("/metrics")).send().await.unwrap();
+    let res = kiln.http.get(kiln.metrics_url()).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers()["content-type"]
         .to_str()
@@ -100,5 +100,24 @@ async fn metrics_parse_as_prometheus_text_and_move_when_jobs_run() {
         assert!(std::time::Instant::now() < deadline, "no delivery counted");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    kiln.shutdown().await;
+}
+
+/// Every tenant's counts go out on the private metrics listener only: the public one, where
+/// clients come with or without a key, has no `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_public_listener_serves_no_metrics() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    for auth in [None, Some(&key)] {
+        let mut req = kiln.http.get(kiln.url("/metrics"));
+        if let Some(key) = auth {
+            req = req.bearer_auth(key);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 404, "a key changes nothing");
+    }
+    let private = kiln.http.get(kiln.metrics_url()).send().await.unwrap();
+    assert_eq!(private.status(), 200);
     kiln.shutdown().await;
 }

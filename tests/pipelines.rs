@@ -102,7 +102,8 @@ async fn a_step_that_fails_for_good_fails_the_pipeline_and_its_dependents_never_
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "step_failed");
     assert_eq!(done["steps"][1]["status"], "failed");
-    assert_eq!(done["steps"][2]["status"], "pending");
+    // A step that will never start reads as canceled once its pipeline has ended.
+    assert_eq!(done["steps"][2]["status"], "canceled");
     assert!(done["steps"][2]["job_id"].is_null(), "step 3 never ran");
     // pipeline.failed fires once, carrying the pipeline; it is logged on the step it hangs off.
     let step2 = done["steps"][1]["job_id"].as_str().unwrap();
@@ -163,7 +164,12 @@ async fn cancel_during_a_step_cancels_it_and_nothing_after_runs() {
     })
     .await;
     assert_eq!(job["status"], "canceled");
-    assert!(get_pipeline(&kiln, &key, &id).await["steps"][2]["job_id"].is_null());
+    let after = get_pipeline(&kiln, &key, &id).await;
+    assert!(after["steps"][2]["job_id"].is_null());
+    assert_eq!(
+        after["steps"][2]["status"], "canceled",
+        "a step that will never start does not stay pending"
+    );
     kiln.shutdown().await;
 }
 
@@ -237,6 +243,64 @@ async fn invalid_graphs_are_refused_and_create_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    kiln.shutdown().await;
+}
+
+/// A pipeline's step goes through the same submit checks as a job: an input URL a job may not
+/// name is refused for a step with the same problem, and nothing is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_input_url_is_refused_in_a_pipeline_as_in_a_job() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:1/x.png",
+        "http://[::ffff:10.0.0.1]/x.png",
+    ] {
+        let input = json!({"image": url, "scale": 2});
+        let job = submit(
+            &kiln.http,
+            &kiln.base,
+            &key,
+            json!({"model": "demo/upscale", "input": input}),
+        )
+        .await;
+        assert_eq!(job.status(), 422, "{url}");
+        let job: Value = job.json().await.unwrap();
+        let res = submit_pipeline(
+            &kiln,
+            &key,
+            json!({"steps": [
+                {"name": "image", "model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}},
+                {"name": "up", "model": "demo/upscale", "input": input},
+            ]}),
+        )
+        .await;
+        assert_eq!(res.status(), 422, "{url}");
+        let step: Value = res.json().await.unwrap();
+        assert_eq!(step["code"], job["code"], "{step}");
+        assert_eq!(step["code"], "url_forbidden");
+        assert_eq!(
+            step["field"].as_str().unwrap(),
+            format!("steps[1].{}", job["field"].as_str().unwrap())
+        );
+    }
+    for list in ["/v1/jobs", "/v1/pipelines"] {
+        let listed: Value = kiln
+            .http
+            .get(kiln.url(list))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            listed["data"].as_array().unwrap().is_empty(),
+            "{list}: {listed}"
+        );
+    }
     kiln.shutdown().await;
 }
 

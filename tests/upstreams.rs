@@ -93,6 +93,12 @@ fn replicate_prediction(s: &Upstream, id: &str, input: &Value) -> Value {
             Value::Null,
             json!("NSFW content detected. Try running it again, or try a different prompt."),
         ),
+        // A misbehaving upstream names an output wherever the prompt says.
+        (p, _) if p.starts_with("output-at ") => (
+            "succeeded",
+            json!([p.trim_start_matches("output-at ")]),
+            Value::Null,
+        ),
         _ => {
             let (w, h) = (
                 input["width"].as_u64().unwrap(),
@@ -1029,6 +1035,60 @@ async fn a_model_may_let_a_refusal_fall_back_to_a_provider_that_judges_different
     assert_eq!(
         job["attempts"][1]["fallback_reason"],
         "content_policy_violation"
+    );
+    kiln.shutdown().await;
+}
+
+/// An output URL is the upstream's say-so: one that leads to a private or loopback address
+/// (literally, or by a name that resolves there) fails the attempt with a clear error, and no
+/// request reaches that address.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_output_url_on_an_internal_address_is_refused_unfetched() {
+    let secrets = Secrets::new();
+    let replicate_key = secrets.file("replicate", "r8_test");
+    let (base, _upstream) = fake_replicate().await;
+    // The "internal service" the upstream points at: it counts every connection it is offered.
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = internal.local_addr().unwrap().port();
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = internal.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let kiln = kiln(
+        vec![provider(
+            "replicate",
+            ProviderKind::Replicate,
+            &base,
+            Some(replicate_key),
+        )],
+        vec![route("replicate", "acme/painter")],
+    )
+    .await;
+    let key = kiln.key("acme").await;
+    for target in [
+        format!("http://127.0.0.1:{port}/secret.png"),
+        format!("http://localhost:{port}/secret.png"),
+        "http://169.254.169.254/latest/meta-data/iam".to_owned(),
+    ] {
+        let job = run(&kiln, &key, &format!("output-at {target}")).await;
+        assert_eq!(job["status"], "failed", "{target}: {job:#}");
+        assert_eq!(
+            job["error"]["code"], "upstream_output_url_forbidden",
+            "{target}: {job:#}"
+        );
+        assert_eq!(
+            job["attempts"].as_array().unwrap().len(),
+            1,
+            "a forbidden URL is not retried"
+        );
+    }
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request reached the internal address"
     );
     kiln.shutdown().await;
 }

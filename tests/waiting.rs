@@ -153,3 +153,84 @@ async fn a_queued_job_shows_its_place_and_a_running_one_its_progress() {
     assert_eq!(view["status"], "succeeded");
     kiln.shutdown().await;
 }
+
+/// Reads a job's event stream, resuming after `last_event_id` if given, until it ends or `max`
+/// events have come: each event's id and job.
+async fn read_events(
+    kiln: &Kiln,
+    key: &str,
+    id: &str,
+    last_event_id: Option<&str>,
+    max: usize,
+) -> Vec<(String, Value)> {
+    let mut req = kiln
+        .http
+        .get(kiln.url(&format!("/v1/jobs/{id}/events")))
+        .bearer_auth(key);
+    if let Some(last) = last_event_id {
+        req = req.header("last-event-id", last);
+    }
+    let read = async {
+        let mut res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let (mut buffer, mut events) = (String::new(), vec![]);
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    event
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::to_owned)
+                };
+                if let (Some(id), Some(data)) = (field("id: "), field("data: ")) {
+                    events.push((id, serde_json::from_str(&data).unwrap()));
+                    if events.len() == max {
+                        return events;
+                    }
+                }
+            }
+        }
+        events
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the stream neither ended nor sent the events in time")
+}
+
+/// A client that reconnects with `Last-Event-ID` (as a browser's `EventSource` does) is sent
+/// the job only once it differs from what it last saw, and a stream that already delivered the
+/// terminal state ends at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_stream_resumes_after_the_last_event_id() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let slow = json!({"model": "demo/image", "input": {"prompt": "a kiln", "width": 16, "height": 16, "latency_ms": 3000}});
+    let id = submit_ok(&kiln.http, &kiln.base, &key, slow).await;
+    let first = read_events(&kiln, &key, &id, None, 1).await;
+    let (seen, job) = &first[0];
+    // Resumed after that event: the next one is a different state of the job.
+    let resumed = read_events(&kiln, &key, &id, Some(seen), 1).await;
+    assert_ne!(
+        &resumed[0].0, seen,
+        "the state already seen is not sent again"
+    );
+    assert_ne!(
+        (&resumed[0].1["status"], &resumed[0].1["progress"]),
+        (&job["status"], &job["progress"])
+    );
+    let done = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    assert_eq!(done["status"], "succeeded");
+    // The whole stream of a finished job is its terminal state, once.
+    let all = read_events(&kiln, &key, &id, None, 10).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1["status"], "succeeded");
+    // Resumed after the terminal event: nothing more to say, and the stream ends.
+    let after_end = read_events(&kiln, &key, &id, Some(&all[0].0), 10).await;
+    assert!(after_end.is_empty(), "{after_end:?}");
+    // An id the server never issued is not a state the client saw: it gets the job.
+    let unknown = read_events(&kiln, &key, &id, Some("not-an-id"), 10).await;
+    assert_eq!(unknown.len(), 1);
+    kiln.shutdown().await;
+}

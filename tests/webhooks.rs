@@ -617,3 +617,26 @@ async fn an_exhausted_schedule_fails_the_delivery_and_logs_every_try() {
     assert_eq!(log[0]["tries"].as_array().unwrap().len(), 6);
     kiln.shutdown().await;
 }
+
+/// On the embedded default a local workflow tool's callback URL names `localhost`, as such
+/// tools build them: it is accepted and delivered, signed with the (sealed-at-rest) secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_localhost_webhook_is_delivered_on_the_embedded_default() {
+    let receiver = Receiver::start(vec![]).await;
+    let kiln = Kiln::start_with(fast_schedule).await;
+    let key = kiln.key("acme").await;
+    let port = receiver.url.rsplit(':').next().unwrap();
+    let url = format!("http://localhost:{port}");
+    let id = submit_ok(
+        &kiln.http,
+        &kiln.base,
+        &key,
+        job_with_webhook(&url, json!({"webhook_events": ["job.succeeded"]})),
+    )
+    .await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].payload()["data"]["id"], id.as_str());
+    let secret = secret(&kiln, &key).await;
+    assert_eq!(verify(&secret, &got[0]).unwrap(), "job.succeeded");
+    kiln.shutdown().await;
+}

@@ -1,15 +1,18 @@
 //! Where upstreams that push their results (Cog's webhook) post them. The URL carries a token
 //! bound to the job and the upstream handle (`kiln_core::callbacks`), because such upstreams sign
-//! nothing; a bad token is refused before the body is looked at. A terminal result is stored in
+//! nothing. The token is checked before a byte of the body is read, and a declared length over
+//! the cap is refused before reading too: this route needs no API key, so nothing an anonymous
+//! client sends may cost memory until it has proved it was invited. A refused request's body is
+//! never read, so the server closes its connection instead of draining it. A terminal result is stored in
 //! the ledger for the worker waiting on it (or the one that re-attaches after a rescue); a
 //! progress event (Cog's `logs`) leaves only the progress its logs show on the open attempt. Every accepted callback answers 200, a
 //! duplicate or a stale one included, so the upstream stops retrying.
 
 use crate::problem::Problem;
 use crate::ApiState;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use kiln_core::JobId;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -41,7 +44,8 @@ pub async fn receive(
     State(state): State<Arc<ApiState>>,
     Path((job_id, upstream_id)): Path<(String, String)>,
     Query(query): Query<TokenQuery>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<StatusCode, Problem> {
     let refused = || {
         Problem::new(
@@ -55,6 +59,24 @@ pub async fn receive(
     if !kiln_core::callbacks::verify(&state.callback_secret, job_id, &upstream_id, &token) {
         return Err(refused());
     }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a callback body may be at most {MAX_CALLBACK_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CALLBACK_BYTES as u64) {
+        return Err(too_large());
+    }
+    // A body without a declared length (chunked) is still cut off at the cap while it streams.
+    let body = axum::body::to_bytes(body, MAX_CALLBACK_BYTES)
+        .await
+        .map_err(|_| too_large())?;
     let parsed: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,

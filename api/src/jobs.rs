@@ -31,8 +31,7 @@ fn parse_id(raw: &str) -> Result<JobId, Problem> {
     raw.parse().map_err(|_| job_not_found())
 }
 
-/// One job as clients see it, with its place in the queue while it waits. Lists leave the
-/// place out: it is a count over the queue, worth paying for one job but not for a page.
+/// One job as clients see it, with its place in the queue while it waits.
 pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
     let mut view = view_job(state.store.as_ref(), job).await?;
     if job.status == Status::Queued {
@@ -97,7 +96,6 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
             "provider": provider,
             "upstream_model": upstream_model,
             "upstream_id": a.upstream_id,
-            "worker": a.worker,
             "started_at": a.started_at,
             "finished_at": a.finished_at,
             "outcome": a.outcome.map(|o| o.as_str()),
@@ -119,7 +117,8 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
         "priority": job.priority,
         "queue_position": Value::Null,
         "progress": progress(job),
-        "input": elide_inline_data(&job.input),
+        // The row holds the input already elided; a row written before that is elided here.
+        "input": kiln_core::job::elide_inline_data(&job.input),
         "outputs": outputs,
         "error": job.error,
         "attempts": attempts,
@@ -144,25 +143,6 @@ pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Resul
 /// Costs are kept in millionths of the operator's currency unit and shown in the unit.
 fn cost_value(micros: i64) -> Value {
     json!(micros as f64 / 1e6)
-}
-
-/// Inline `data:` inputs can be megabytes; a job resource shows their media type and size
-/// instead, so reading and listing jobs stays cheap.
-fn elide_inline_data(value: &Value) -> Value {
-    const KEEP: usize = 128;
-    match value {
-        Value::String(s) if s.starts_with("data:") && s.len() > KEEP => {
-            let meta = s.split_once(',').map(|(m, _)| m).unwrap_or("data:");
-            Value::String(format!("{meta},<{} bytes elided>", s.len()))
-        }
-        Value::Array(items) => Value::Array(items.iter().map(elide_inline_data).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), elide_inline_data(v)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 /// The response for one job: a poll hint while it is not finished.
@@ -283,15 +263,7 @@ pub async fn submit(
                 .with_field("webhook")
             })?;
     }
-    let parsed = state.catalog.validate(&model, &input).map_err(|e| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
-    })?;
-    for (field, url) in parsed.fetched_urls() {
-        check_input_url(&state, field, url).await?;
-    }
-    for (field, job, index) in parsed.output_references() {
-        check_output_reference(&state, &caller.tenant, field, job, index).await?;
-    }
+    check_input(&state, &caller.tenant, &model, &input, "", false).await?;
     crate::limits::check_spend(&state, &caller, &[model.as_str()]).await?;
     let job = state
         .ledger
@@ -535,9 +507,39 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     })
 }
 
+/// The one submit-time check of a model's input, for a job and for each step of a pipeline
+/// alike: the model's schema, every URL the worker will fetch (the SSRF policy, or Kiln's own
+/// signed URLs), and every `kiln://` reference (the caller's own, still-kept outputs). `field`s
+/// at fault are named under `prefix` (`steps[2].` for a pipeline's third step). A pipeline's
+/// references to its own steps are checked as stand-ins that point at the nil job
+/// (`stand_ins`), since those outputs do not exist yet.
+pub(crate) async fn check_input(
+    state: &ApiState,
+    tenant: &kiln_core::TenantId,
+    model: &str,
+    input: &Value,
+    prefix: &str,
+    stand_ins: bool,
+) -> Result<kiln_core::catalog::ModelInput, Problem> {
+    let parsed = state.catalog.validate(model, input).map_err(|e| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message)
+            .with_field(format!("{prefix}{}", e.field))
+    })?;
+    for (field, url) in parsed.fetched_urls() {
+        check_input_url(state, &format!("{prefix}{field}"), url).await?;
+    }
+    for (field, job, index) in parsed.output_references() {
+        if stand_ins && job.0.is_nil() {
+            continue;
+        }
+        check_output_reference(state, tenant, &format!("{prefix}{field}"), job, index).await?;
+    }
+    Ok(parsed)
+}
+
 /// A `kiln://` reference must name an output of the caller's own that is still kept; another
 /// tenant's job is "no such output", exactly like a job that does not exist.
-pub(crate) async fn check_output_reference(
+async fn check_output_reference(
     state: &ApiState,
     tenant: &kiln_core::TenantId,
     field: &str,
@@ -753,10 +755,12 @@ pub async fn list(
     let (jobs, has_more) = page(fetched, &filter);
     let mut data = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        data.push(view_job(state.store.as_ref(), job).await?);
+        // A list shows what `GET` of each shows, the place of a queued job included (each
+        // count stops at 100, so a page costs at most a page of short counts).
+        data.push(render(&state, job).await?);
     }
     let last = jobs.last().map(|j| j.id);
-    Ok(Json(list_body(data, has_more, last)).into_response())
+    Ok(Json(list_body(data, has_more, last, &filter)).into_response())
 }
 
 /// The filter with room for one item more, to learn whether more follow the page.
@@ -774,15 +778,68 @@ pub(crate) fn page<T>(mut items: Vec<T>, filter: &JobFilter) -> (Vec<T>, bool) {
     (items, has_more)
 }
 
-/// A list response: the page, and the cursor (the last id) when more follow.
-pub(crate) fn list_body(data: Vec<Value>, has_more: bool, last: Option<JobId>) -> Value {
-    let next_cursor = last.filter(|_| has_more).map(|id| id.to_string());
+/// A list response: the page, and the cursor when more follow.
+pub(crate) fn list_body(
+    data: Vec<Value>,
+    has_more: bool,
+    last: Option<JobId>,
+    filter: &JobFilter,
+) -> Value {
+    let next_cursor = last
+        .filter(|_| has_more)
+        .map(|id| ListCursor::continuing(filter, id).encode());
     json!({
         "object": "list",
         "data": data,
         "has_more": has_more,
         "next_cursor": next_cursor,
     })
+}
+
+/// Where the next page of a list starts, and the filters of the list it continues: a page asked
+/// for with only `cursor` is the same list, and a cursor sent with other filters than its own is
+/// refused rather than silently mixing two lists. Opaque to clients (base64url JSON).
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct ListCursor {
+    before: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    statuses: Vec<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_after: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_before: Option<DateTime<Utc>>,
+    /// The page size, kept unless the next request names its own.
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+impl ListCursor {
+    fn continuing(filter: &JobFilter, last: JobId) -> Self {
+        ListCursor {
+            before: last.to_string(),
+            statuses: filter.statuses.clone(),
+            model: filter.model.clone(),
+            created_after: filter.created_after,
+            created_before: filter.created_before,
+            limit: Some(filter.limit),
+        }
+    }
+
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).expect("a cursor serializes");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        use base64::Engine;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
 }
 
 pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
@@ -823,12 +880,7 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
                         bad("limit", format!("limit must be between 1 and {MAX_PAGE}"))
                     })?;
             }
-            "cursor" => {
-                filter.before =
-                    Some(value.parse().map_err(|_| {
-                        bad("cursor", "cursor is not one this server issued".into())
-                    })?);
-            }
+            "cursor" => {}
             other => {
                 return Err(Problem::new(
                     StatusCode::BAD_REQUEST,
@@ -837,6 +889,50 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
                 )
                 .with_field(other))
             }
+        }
+    }
+    let Some(raw) = params.get("cursor") else {
+        return Ok(filter);
+    };
+    let not_issued = || bad("cursor", "cursor is not one this server issued".into());
+    // A cursor from before cursors carried their filters is a bare job id: the request's
+    // filters are the list's, as they were then.
+    if let Ok(before) = raw.parse::<JobId>() {
+        filter.before = Some(before);
+        return Ok(filter);
+    }
+    let cursor = ListCursor::decode(raw).ok_or_else(not_issued)?;
+    // The cursor's filters are the list's; a filter sent beside it must say the same.
+    let mismatch = |field: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "cursor_mismatch",
+            format!(
+                "{field} differs from the list this cursor continues; send the cursor alone, or start a new list without it"
+            ),
+        )
+        .with_field(field)
+    };
+    if params.contains_key("status") && filter.statuses != cursor.statuses {
+        return Err(mismatch("status"));
+    }
+    if params.contains_key("model") && filter.model != cursor.model {
+        return Err(mismatch("model"));
+    }
+    if params.contains_key("created_after") && filter.created_after != cursor.created_after {
+        return Err(mismatch("created_after"));
+    }
+    if params.contains_key("created_before") && filter.created_before != cursor.created_before {
+        return Err(mismatch("created_before"));
+    }
+    filter.before = Some(cursor.before.parse().map_err(|_| not_issued())?);
+    filter.statuses = cursor.statuses;
+    filter.model = cursor.model;
+    filter.created_after = cursor.created_after;
+    filter.created_before = cursor.created_before;
+    if !params.contains_key("limit") {
+        if let Some(limit) = cursor.limit.filter(|n| (1..=MAX_PAGE).contains(n)) {
+            filter.limit = limit;
         }
     }
     Ok(filter)

@@ -12,6 +12,7 @@ mod limits;
 mod openapi;
 mod pipelines;
 mod problem;
+pub mod server;
 mod usage;
 mod wait;
 mod webhooks;
@@ -58,10 +59,10 @@ pub struct ApiState {
     pub limits: kiln_core::ledger::KeyLimits,
     /// Counts each key's requests against its rate, across api processes when shared (Redis).
     pub permits: kiln_core::permits::SharedPermits,
-    /// Renders this process's metrics as Prometheus text; `None` serves no `/metrics`.
-    pub metrics: Option<MetricsRender>,
     /// Key of the tokens in upstream callback URLs (`kiln_core::callbacks`).
     pub callback_secret: Arc<[u8]>,
+    /// Seals webhook signing secrets before the ledger stores them.
+    pub secret_seal: kiln_webhooks::SecretSeal,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -95,9 +96,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/files/{*key}", get(files::download))
         .route(
             "/v1/callbacks/{job_id}/{upstream_id}",
-            post(callbacks::receive).layer(DefaultBodyLimit::max(callbacks::MAX_CALLBACK_BYTES)),
+            post(callbacks::receive),
         )
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::spec))
         .merge(utoipa_scalar::Scalar::with_url(
@@ -142,37 +142,35 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "object": "list", "data": state.catalog.models() }))
 }
 
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "operations",
-    security(()),
-    responses(
-        (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-        (status = 404, description = "Not served by this process", body = crate::openapi::Problem, content_type = "application/problem+json"),
-    ),
-)]
-/// `GET /metrics`: Prometheus text. The ledger-wide gauges (jobs by status, queue depth and age
-/// per lane) are read fresh; counters and histograms are this process's.
-async fn metrics(State(state): State<Arc<ApiState>>) -> Result<axum::response::Response, Problem> {
-    use axum::response::IntoResponse;
-    let Some(render) = &state.metrics else {
-        return Err(Problem::not_found(
-            "not_found",
-            "metrics are not served here",
-        ));
-    };
-    let snapshot = state.ledger.queue_snapshot().await?;
-    kiln_core::metrics::ledger_snapshot(&snapshot);
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(),
+/// The private metrics listener's app: `GET /metrics`, Prometheus text. It is never part of
+/// the public router: its gauges count every tenant's jobs, and it takes no API key, so it is
+/// served on an address of its own (`metrics_listen`) that can stay on a private network.
+/// With a ledger, the ledger-wide gauges (jobs by status, queue depth and age per lane) are
+/// read fresh at each scrape; counters and histograms are this process's.
+pub fn metrics_router(ledger: Option<Arc<dyn Ledger>>, render: MetricsRender) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let (ledger, render) = (ledger.clone(), render.clone());
+            async move {
+                use axum::response::IntoResponse;
+                if let Some(ledger) = ledger {
+                    let snapshot = ledger.queue_snapshot().await?;
+                    kiln_core::metrics::ledger_snapshot(&snapshot);
+                }
+                Ok::<_, Problem>(
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        render(),
+                    )
+                        .into_response(),
+                )
+            }
+        }),
     )
-        .into_response())
 }
 
 /// Counts each answered request by method, route pattern (never the raw path, which holds ids)

@@ -97,7 +97,6 @@ pub struct Attempt {
     provider: String,
     upstream_model: String,
     upstream_id: Option<String>,
-    worker: String,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     /// succeeded, failed, canceled, lost, released; null while running.
@@ -190,7 +189,7 @@ pub struct Step {
     model: String,
     depends_on: Vec<String>,
     job_id: Option<String>,
-    /// The step's job status, or `pending` before it starts.
+    /// The step's job status; `pending` before it starts, `canceled` if its pipeline ended first.
     status: String,
 }
 
@@ -356,7 +355,6 @@ impl Modify for BearerKey {
         crate::callbacks::receive,
         crate::healthz,
         crate::ready,
-        crate::metrics,
     ),
 )]
 pub struct ApiDoc;

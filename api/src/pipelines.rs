@@ -123,28 +123,15 @@ pub async fn submit(
     plan(&steps).map_err(|e| unprocessable(e.code, e.field, e.message))?;
     for (i, step) in steps.iter().enumerate() {
         let input = with_stand_ins(&step.input);
-        let parsed = state.catalog.validate(&step.model, &input).map_err(|e| {
-            let field = if e.field == "model" {
-                format!("steps[{i}].model")
-            } else {
-                format!("steps[{i}].{}", e.field)
-            };
-            unprocessable(e.code, field, e.message)
-        })?;
-        for (field, job, index) in parsed.output_references() {
-            // Stand-ins point at the nil job; only the caller's own references are checked.
-            if job.0.is_nil() {
-                continue;
-            }
-            crate::jobs::check_output_reference(
-                &state,
-                &caller.tenant,
-                &format!("steps[{i}].{field}"),
-                job,
-                index,
-            )
-            .await?;
-        }
+        crate::jobs::check_input(
+            &state,
+            &caller.tenant,
+            &step.model,
+            &input,
+            &format!("steps[{i}]."),
+            true,
+        )
+        .await?;
     }
     let webhook = match body.get("webhook") {
         None | Some(Value::Null) => None,
@@ -347,7 +334,7 @@ pub async fn list(
         data.push(render(&state, pipeline).await?);
     }
     let last = pipelines.last().map(|p| p.id);
-    Ok(Json(crate::jobs::list_body(data, has_more, last)))
+    Ok(Json(crate::jobs::list_body(data, has_more, last, &filter)))
 }
 
 #[utoipa::path(
@@ -435,7 +422,7 @@ async fn render_with(
             "model": step.model,
             "depends_on": step.depends_on,
             "job_id": step.job_id,
-            "status": step.job_status.map(|s| s.as_str()).unwrap_or("pending"),
+            "status": step_status(step.job_status, pipeline.status),
         }));
     }
     let self_url = format!("/v1/pipelines/{}", pipeline.id);
@@ -456,4 +443,29 @@ async fn render_with(
             "events": format!("{self_url}/events"),
         },
     }))
+}
+
+/// A step's status: its job's, once it has one. A step that never started is `pending` while
+/// its pipeline runs; once the pipeline has ended (failed or canceled) it never will start, and
+/// reads `canceled`, so no step of an ended pipeline waits for ever.
+fn step_status(job: Option<kiln_core::Status>, pipeline: kiln_core::Status) -> &'static str {
+    match job {
+        Some(status) => status.as_str(),
+        None if pipeline.is_terminal() => kiln_core::Status::Canceled.as_str(),
+        None => "pending",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_status;
+    use kiln_core::Status;
+
+    #[test]
+    fn an_unstarted_step_of_an_ended_pipeline_is_canceled() {
+        assert_eq!(step_status(None, Status::Running), "pending");
+        assert_eq!(step_status(None, Status::Canceled), "canceled");
+        assert_eq!(step_status(None, Status::Failed), "canceled");
+        assert_eq!(step_status(Some(Status::Failed), Status::Failed), "failed");
+    }
 }

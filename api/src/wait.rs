@@ -4,6 +4,12 @@
 //! streams the resource as server-sent events, one event per change (`job` or `pipeline`),
 //! and ends after the terminal one.
 //!
+//! Each event's id names the state it carries (a digest of what a watcher compares), so a client
+//! that reconnects with `Last-Event-ID` (as `EventSource` does by itself) resumes: it is sent the
+//! resource only once it differs from the state it last saw, and a stream whose last event was
+//! the terminal one ends at once. Every event carries the whole resource, so the states skipped
+//! while it was away are summed up by the one it gets.
+//!
 //! Both watch the ledger, the only place that knows a resource's state whichever process
 //! changed it: a read every 100 ms at first, easing to one a second, so a short job answers
 //! quickly and a long wait costs little. What a watcher needs of a resource is the `Watched`
@@ -58,7 +64,7 @@ pub trait Watched: Sized + Send + Sync + 'static {
     /// The server-sent event's name.
     const EVENT: &'static str;
     /// What a watcher compares to decide that the resource changed.
-    type Print: PartialEq + Send + Sync + 'static;
+    type Print: PartialEq + std::fmt::Debug + Send + Sync + 'static;
 
     fn id(&self) -> JobId;
     fn print(&self) -> Self::Print;
@@ -136,6 +142,22 @@ impl Watched for Pipeline {
     }
 }
 
+/// The event id of a state: a short digest of its print, the same in every process.
+fn event_id<W: Watched>(resource: &W) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{:?}", resource.print()).as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// The `Last-Event-ID` a reconnecting client sends.
+fn last_event_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Backoff between ledger reads while watching.
 fn next_pause(pause: Duration) -> Duration {
     (pause.mul_f64(1.5)).min(Duration::from_secs(1))
@@ -168,7 +190,10 @@ pub async fn until_terminal<W: Watched>(
     path = "/v1/jobs/{id}/events",
     operation_id = "jobEvents",
     tag = "jobs",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the id of the last event received; the job is sent once it differs from that state"),
+    ),
     responses(
         (status = 200, description = "Server-sent events: `job` with the job at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -180,9 +205,10 @@ pub async fn job_events(
     state: State<Arc<ApiState>>,
     tenant: Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let not_found = || Problem::not_found("job_not_found", "there is no job with this id");
-    events::<Job>(state, tenant, &id, not_found).await
+    events::<Job>(state, tenant, &id, last_event_id(&headers), not_found).await
 }
 
 /// `GET /v1/pipelines/{id}/events`: the pipeline now, then again whenever it or one of its
@@ -192,7 +218,10 @@ pub async fn job_events(
     path = "/v1/pipelines/{id}/events",
     operation_id = "pipelineEvents",
     tag = "pipelines",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the id of the last event received; the pipeline is sent once it differs from that state"),
+    ),
     responses(
         (status = 200, description = "Server-sent events: `pipeline` with the pipeline at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
         (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -204,28 +233,30 @@ pub async fn pipeline_events(
     state: State<Arc<ApiState>>,
     tenant: Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let not_found =
         || Problem::not_found("pipeline_not_found", "there is no pipeline with this id");
-    events::<Pipeline>(state, tenant, &id, not_found).await
+    events::<Pipeline>(state, tenant, &id, last_event_id(&headers), not_found).await
 }
 
 async fn events<W: Watched>(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     id: &str,
+    resume_after: Option<String>,
     not_found: impl Fn() -> Problem,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let id: JobId = id.parse().map_err(|_| not_found())?;
     let first = W::fetch(&state, &tenant, id).await?.ok_or_else(not_found)?;
-    Ok(Sse::new(changes(state, tenant, first)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(changes(state, tenant, first, resume_after)).keep_alive(KeepAlive::default()))
 }
 
 /// Where a stream of changes stands between two events.
 struct Watch<W: Watched> {
     current: Option<W>,
-    last: Option<W::Print>,
-    sent: u64,
+    /// The id of the state the client last got (from this stream, or `Last-Event-ID`).
+    last: Option<String>,
     done: bool,
 }
 
@@ -233,11 +264,11 @@ fn changes<W: Watched>(
     state: Arc<ApiState>,
     tenant: TenantId,
     first: W,
+    resume_after: Option<String>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = Watch {
         current: Some(first),
-        last: None,
-        sent: 0,
+        last: resume_after,
         done: false,
     };
     futures::stream::unfold(start, move |watch| {
@@ -248,8 +279,12 @@ fn changes<W: Watched>(
             }
             let mut current = watch.current?;
             let mut pause = Duration::from_millis(100);
-            // Wait for a change; a read that fails or finds nothing ends the stream.
-            while Some(current.print()) == watch.last {
+            // Wait for a change; a read that fails or finds nothing ends the stream, and so
+            // does a resume whose last event was the terminal state.
+            while Some(event_id(&current)) == watch.last {
+                if current.is_terminal() {
+                    return None;
+                }
                 tokio::time::sleep(pause).await;
                 pause = next_pause(pause);
                 current = W::fetch(&state, &tenant, current.id())
@@ -261,17 +296,16 @@ fn changes<W: Watched>(
                 .render(&state)
                 .await
                 .unwrap_or_else(|_| serde_json::json!({"id": current.id()}));
-            let sent = watch.sent + 1;
+            let id = event_id(&current);
             let event = Event::default()
                 .event(W::EVENT)
-                .id(sent.to_string())
+                .id(id.clone())
                 .json_data(&body)
                 .unwrap_or_else(|_| Event::default().event(W::EVENT));
             let next = Watch {
-                last: Some(current.print()),
+                last: Some(id),
                 done: current.is_terminal(),
                 current: Some(current),
-                sent,
             };
             Some((Ok(event), next))
         }

@@ -34,9 +34,13 @@ pub async fn secret(
 ) -> Result<Json<Value>, Problem> {
     let secrets = state
         .ledger
-        .webhook_secrets(&caller.key_id, &WebhookSecret::generate().expose())
+        .webhook_secrets(
+            &caller.key_id,
+            &state.secret_seal.seal(&WebhookSecret::generate()),
+        )
         .await?;
-    Ok(Json(json!({"key": secrets.current})))
+    let current = opened(&state, &secrets.current)?;
+    Ok(Json(json!({"key": current.expose()})))
 }
 
 #[utoipa::path(
@@ -58,7 +62,10 @@ pub async fn rotate(
     // A key that never had a secret gets one first, so there is something to rotate out.
     let secrets = state
         .ledger
-        .webhook_secrets(&caller.key_id, &WebhookSecret::generate().expose())
+        .webhook_secrets(
+            &caller.key_id,
+            &state.secret_seal.seal(&WebhookSecret::generate()),
+        )
         .await?;
     // A second rotation during the overlap would cut the first one's promise short.
     if secrets.previous.is_some() {
@@ -68,13 +75,24 @@ pub async fn rotate(
             "the previous secret is still valid; rotate again once its overlap has ended",
         ));
     }
-    let fresh = WebhookSecret::generate().expose();
+    let fresh = WebhookSecret::generate();
     let until = kiln_core::time::now() + ROTATION_OVERLAP;
     state
         .ledger
-        .rotate_webhook_secret(&caller.key_id, &fresh, until)
+        .rotate_webhook_secret(&caller.key_id, &state.secret_seal.seal(&fresh), until)
         .await?;
-    Ok(Json(json!({"key": fresh, "previous_valid_until": until})))
+    Ok(Json(
+        json!({"key": fresh.expose(), "previous_valid_until": until}),
+    ))
+}
+
+/// A stored secret opened with this deployment's key. One that does not open was sealed under
+/// another key (`secrets_key` differs between processes): the operator's fault, logged, and a
+/// 500 that says nothing of it to the client.
+fn opened(state: &ApiState, stored: &str) -> Result<WebhookSecret, Problem> {
+    state.secret_seal.open(stored).ok_or_else(|| {
+        Problem::internal(&"a webhook secret does not open with this process's secrets_key")
+    })
 }
 
 fn not_found() -> Problem {

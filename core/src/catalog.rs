@@ -22,6 +22,8 @@ pub const MIN_SIDE: u32 = 16;
 pub const MAX_LATENCY_MS: u64 = 600_000;
 /// Largest decoded image accepted inline as a data URI.
 pub const MAX_DATA_URI_BYTES: usize = 6 * 1024 * 1024;
+/// Longest media type a `data:` input may name.
+pub const MAX_MEDIA_TYPE_BYTES: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputError {
@@ -669,6 +671,12 @@ fn parse_data_uri(rest: &str) -> Result<ImageSource, String> {
     if !content_type.starts_with("image/") {
         return Err("the data: URI must hold an image/* media type".into());
     }
+    // A media type is a short word; a long one would be kept whole where the data is elided.
+    if content_type.len() > MAX_MEDIA_TYPE_BYTES {
+        return Err(format!(
+            "the data: URI's media type is longer than {MAX_MEDIA_TYPE_BYTES} bytes"
+        ));
+    }
     if data.len() > MAX_DATA_URI_BYTES / 3 * 4 + 4 {
         return Err(format!(
             "the data: URI is larger than {} bytes",
@@ -788,6 +796,14 @@ mod tests {
             ("data:text/plain;base64,aGk=", "invalid_data_uri"),
             ("data:image/png;base64,!!!", "invalid_data_uri"),
         ] {
+            let err = cat
+                .validate(DEMO_UPSCALE, &json!({"image": image, "scale": 2}))
+                .unwrap_err();
+            assert_eq!(err.code, code, "{image}");
+        }
+        // A media type long enough to smuggle data past the elision is refused.
+        let long_type = format!("data:image/{};base64,iVBORw0KGgo=", "a".repeat(200));
+        for (image, code) in [(long_type.as_str(), "invalid_data_uri")] {
             let err = cat
                 .validate(DEMO_UPSCALE, &json!({"image": image, "scale": 2}))
                 .unwrap_err();

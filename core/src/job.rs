@@ -324,3 +324,66 @@ mod tests {
         assert!(TenantId::parse(&"x".repeat(65)).is_err());
     }
 }
+
+/// Inline data (`data:` URIs) longer than this is kept out of the job's row and its views.
+pub const INLINE_DATA_SHOWN: usize = 128;
+
+/// A job's input as it is shown and as its row holds it: each `data:` string longer than
+/// `INLINE_DATA_SHOWN` bytes becomes its media type and size (`data:image/png;base64,<N bytes
+/// elided>`). An input can carry megabytes inline; the full one is stored once, apart
+/// (`Ledger::job_input`), and read only by the worker that runs the job, so reading, listing
+/// and waiting on jobs never parse it.
+pub fn elide_inline_data(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.starts_with("data:") && s.len() > INLINE_DATA_SHOWN => {
+            // What precedes the data is its media type, short for any input that passed the
+            // submit's checks; it is cut short anyway, so no row or view ever holds much of it.
+            let meta = s.split_once(',').map(|(m, _)| m).unwrap_or("data:");
+            let meta: String = meta.chars().take(INLINE_DATA_SHOWN).collect();
+            Value::String(format!("{meta},<{} bytes elided>", s.len()))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(elide_inline_data).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), elide_inline_data(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Whether a shown input had inline data elided (so running it needs the full one).
+pub fn has_elided_data(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.starts_with("data:") && s.ends_with(" bytes elided>"),
+        Value::Array(items) => items.iter().any(has_elided_data),
+        Value::Object(map) => map.values().any(has_elided_data),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod elision_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn long_inline_data_is_shown_as_its_type_and_size() {
+        let big = format!("data:image/png;base64,{}", "A".repeat(500));
+        let input = json!({"image": big, "prompt": "p".repeat(500), "list": ["data:x,short"]});
+        let shown = elide_inline_data(&input);
+        assert_eq!(
+            shown["image"],
+            format!("data:image/png;base64,<{} bytes elided>", big.len())
+        );
+        assert_eq!(
+            shown["prompt"], input["prompt"],
+            "only data: strings are elided"
+        );
+        assert_eq!(shown["list"], input["list"], "short data is kept");
+        assert!(has_elided_data(&shown));
+        assert!(!has_elided_data(&input));
+    }
+}

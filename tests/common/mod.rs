@@ -31,6 +31,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.worker.retry_base = Duration::from_millis(50);
     c.worker.retry_max = Duration::from_millis(200);
     c.worker.shutdown_timeout = Duration::from_secs(5);
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     c
 }
 
@@ -97,6 +98,12 @@ impl Kiln {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `/metrics` on the private metrics listener.
+    pub fn metrics_url(&self) -> String {
+        let addr = self.running.as_ref().unwrap().metrics_addr.unwrap();
+        format!("http://{addr}/metrics")
     }
 
     /// Mints a key for `tenant` straight into the ledger.

@@ -3,8 +3,10 @@
 //! there is exactly one place that decides which addresses Kiln may reach on a user's behalf.
 //! Standard Webhooks signing and durable delivery build on this client.
 
+pub mod seal;
 pub mod sign;
 pub mod ssrf;
 
+pub use seal::SecretSeal;
 pub use sign::{signature_header, WebhookSecret};
 pub use ssrf::{FetchError, PostAnswer, SafeClient, SsrfPolicy};

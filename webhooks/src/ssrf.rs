@@ -70,7 +70,16 @@ impl SsrfPolicy {
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
             Some(Host::Domain(d)) => {
                 let d = d.trim_end_matches('.').to_ascii_lowercase();
-                if d == "localhost" || d.ends_with(".localhost") {
+                // `localhost` names loopback (RFC 6761) whatever DNS says: it is as reachable as
+                // loopback is, which is nowhere unless the policy allows loopback (the embedded
+                // default does for webhooks, so local workflow tools can receive them).
+                let loopback = [
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ];
+                if (d == "localhost" || d.ends_with(".localhost"))
+                    && !loopback.iter().any(|ip| self.permits(*ip))
+                {
                     return Err(FetchError::Forbidden(
                         "the URL points at this machine (localhost)".into(),
                     ));
@@ -159,14 +168,20 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         )
     };
     // Translation prefixes that carry an IPv4 address in their last 32 bits: IPv4-compatible
-    // (::/96), SIIT (::ffff:0:0:0/96), NAT64 well-known (64:ff9b::/96) and local-use
-    // (64:ff9b:1::/48). They are as safe as the IPv4 address they lead to.
+    // (::/96), SIIT (::ffff:0:0:0/96) and NAT64 well-known (64:ff9b::/96). They are as safe as
+    // the IPv4 address they lead to.
     let translated = seg[..6] == [0, 0, 0, 0, 0, 0]
         || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
-        || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1);
+        || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
     if translated {
         return ip.is_unspecified() || ip.is_loopback() || is_forbidden_v4(embedded_v4());
+    }
+    // The local-use NAT64 prefix (64:ff9b:1::/48, RFC 8215) is a network's own translator: the
+    // IPv4 address sits wherever that network's prefix length puts it (RFC 6052 spreads it
+    // around the reserved octet for prefixes shorter than /96), so no fixed 32 bits tell where
+    // it leads. It is refused whole; it is not globally reachable anyway.
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        return true;
     }
     // Only global unicast (2000::/3) is reachable, less its special-purpose parts: Teredo and
     // other IETF assignments (2001::/23), documentation (2001:db8::/32) and 6to4 (2002::/16),
@@ -382,6 +397,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::10.0.0.1",
+            // Local-use NAT64 with a /48 prefix puts 10.0.0.1 in bits 48..88, not the last 32.
+            "64:ff9b:1:a00:1::",
+            "64:ff9b:1::808:808",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip} must be forbidden");
         }
@@ -418,6 +436,13 @@ mod tests {
         assert!(dev
             .check_url(&Url::parse("http://127.0.0.1:9/x").unwrap())
             .is_ok());
+        // Where loopback is allowed, `localhost` is too: it names loopback.
+        for local in ["http://localhost:5678/webhook", "http://n8n.localhost/x"] {
+            assert!(
+                dev.check_url(&Url::parse(local).unwrap()).is_ok(),
+                "{local}"
+            );
+        }
     }
 
     /// A one-shot HTTP server on loopback answering every connection with `response`.

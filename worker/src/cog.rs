@@ -39,15 +39,22 @@ pub struct CallbackSettings {
 
 pub struct CogProvider {
     client: reqwest::Client,
+    outputs: upstream::OutputDownloads,
     base: Url,
     callbacks: CallbackSettings,
     poll: Duration,
 }
 
 impl CogProvider {
-    pub fn new(base: &Url, callbacks: CallbackSettings, poll: Duration) -> Self {
+    pub fn new(
+        base: &Url,
+        callbacks: CallbackSettings,
+        poll: Duration,
+        outputs: upstream::OutputDownloads,
+    ) -> Self {
         CogProvider {
             client: upstream::client(),
+            outputs,
             base: base.clone(),
             callbacks,
             poll,
@@ -145,7 +152,7 @@ impl CogProvider {
                     .ok_or_else(|| malformed(WHAT, "a succeeded prediction has no file output"))?;
                 let mut outputs = Vec::with_capacity(references.len());
                 for r in &references {
-                    outputs.push(upstream::fetch_output(&self.client, r, WHAT).await?);
+                    outputs.push(upstream::fetch_output(&self.outputs, r, WHAT).await?);
                 }
                 Ok(outputs)
             }

@@ -26,6 +26,8 @@ const WHAT: &str = "comfyui";
 
 pub struct ComfyUiProvider {
     client: reqwest::Client,
+    /// Downloads the outputs the upstream names (other hosts through the SSRF checks).
+    outputs: upstream::OutputDownloads,
     base: Url,
     poll: Duration,
 }
@@ -50,9 +52,10 @@ fn misconfigured(why: String) -> ProviderError {
 }
 
 impl ComfyUiProvider {
-    pub fn new(base: &Url, poll: Duration) -> Self {
+    pub fn new(base: &Url, poll: Duration, outputs: upstream::OutputDownloads) -> Self {
         ComfyUiProvider {
             client: upstream::client(),
+            outputs,
             base: base.clone(),
             poll,
         }
@@ -165,7 +168,7 @@ impl ComfyUiProvider {
                 .append_pair("filename", filename)
                 .append_pair("subfolder", file["subfolder"].as_str().unwrap_or(""))
                 .append_pair("type", "output");
-            outputs.push(upstream::fetch_output(&self.client, url.as_str(), WHAT).await?);
+            outputs.push(upstream::fetch_output(&self.outputs, url.as_str(), WHAT).await?);
         }
         Ok(outputs)
     }

@@ -35,6 +35,8 @@ pub struct DeliverySettings {
 pub struct Deliverer {
     pub ledger: Arc<dyn Ledger>,
     pub client: SafeClient,
+    /// Opens the webhook secrets the ledger keeps sealed, and seals a key's first one.
+    pub seal: kiln_webhooks::SecretSeal,
     pub view: JobView,
     pub settings: DeliverySettings,
 }
@@ -137,7 +139,7 @@ impl Deliverer {
             // may make it first; both then sign with the one kept).
             (Some(key_id), None) => Some(
                 self.ledger
-                    .webhook_secrets(key_id, &WebhookSecret::generate().expose())
+                    .webhook_secrets(key_id, &self.seal.seal(&WebhookSecret::generate()))
                     .await?,
             ),
             (None, _) => None,
@@ -145,7 +147,13 @@ impl Deliverer {
         let secrets: Vec<_> = secrets
             .into_iter()
             .flat_map(|stored| std::iter::once(stored.current).chain(stored.previous))
-            .filter_map(|s| WebhookSecret::parse(&s))
+            .filter_map(|s| {
+                let opened = self.seal.open(&s);
+                if opened.is_none() {
+                    tracing::error!(delivery = %delivery.id, "a webhook secret does not open with this process's secrets_key; the delivery goes unsigned by it");
+                }
+                opened
+            })
             .collect();
         // The signed timestamp is this try's, not the event's: verifiers refuse messages older
         // than a few minutes, and a retry hours later is still genuine. The event's own time is
@@ -162,7 +170,14 @@ impl Deliverer {
             ));
         }
         let started = Instant::now();
+        // A key whose secret this process cannot open (its `secrets_key` differs from the one
+        // that sealed it) must not send the event unsigned: the try fails and is retried on the
+        // schedule, where a correctly configured worker may take it.
+        let unsignable = delivery.key_id.is_some() && secrets.is_empty();
         let result = match url::Url::parse(&delivery.url) {
+            _ if unsignable => Err(kiln_webhooks::FetchError::Transport(
+                "the key's signing secret does not open with this worker's secrets_key; not sent unsigned".into(),
+            )),
             Ok(url) => self.client.post_json(&url, &headers, body.into()).await,
             Err(e) => Err(kiln_webhooks::FetchError::Forbidden(format!(
                 "bad URL: {e}"

@@ -4,8 +4,14 @@
 //! and `ffprobe` reads GIF as a video stream). Same input and seed give the same bytes, so tests
 //! can compare outputs and a retried attempt reproduces its result exactly.
 //!
-//! These functions are CPU-bound and synchronous; the executor runs them on the blocking pool.
+//! These functions are CPU-bound and synchronous; the executor runs them on the blocking pool
+//! with a `Stop` they check between rows, bands and frames, so a canceled job stops within one
+//! of those. Their memory is budgeted from what an input's header declares, before a pixel is
+//! decoded: at most `MAX_INPUT_SIDE` a side and `MAX_INPUT_PIXELS` in all, and an upscaled
+//! output at most `MAX_OUTPUT_SIDE` a side, written into the PNG a band of rows at a time. The
+//! worst allowed input of each model stays within the budget the README states.
 
+use crate::blocking::Stop;
 use crate::provider::{GeneratedOutput, ProviderError};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::png::PngEncoder;
@@ -15,9 +21,17 @@ use kiln_core::catalog::DemoImageInput;
 use std::io::Cursor;
 
 /// Largest side of an upscaled output.
-pub const MAX_OUTPUT_SIDE: u32 = 8192;
+pub const MAX_OUTPUT_SIDE: u32 = 4096;
+/// Largest side of an input image, read from its header before decoding.
+pub const MAX_INPUT_SIDE: u32 = 2048;
+/// Most pixels of an input image.
+pub const MAX_INPUT_PIXELS: u64 = 2048 * 2048;
+/// Most bytes the decoder may allocate for one input (a 16-bit RGBA image at the pixel limit).
+pub const MAX_DECODE_BYTES: u64 = MAX_INPUT_PIXELS * 8;
 /// Clips are drawn at most this wide or tall; larger sources are scaled down first.
 pub const MAX_CLIP_SIDE: u32 = 512;
+/// Input rows upscaled at once: the unit of memory and of stopping.
+const UPSCALE_BAND: u32 = 64;
 
 /// A tiny deterministic generator (SplitMix64): stable across platforms and crate versions,
 /// which a library RNG does not promise.
@@ -68,7 +82,7 @@ fn png(bytes: Vec<u8>) -> GeneratedOutput {
 }
 
 /// `demo/image`: a gradient in prompt-derived colours with seeded translucent discs.
-pub fn render_image(input: &DemoImageInput) -> Result<GeneratedOutput, ProviderError> {
+pub fn render_image(input: &DemoImageInput, stop: &Stop) -> Result<GeneratedOutput, ProviderError> {
     let seed = input.seed.unwrap_or(0) ^ fnv1a(&input.prompt);
     let mut rng = SplitMix(seed);
     let mut colour = || {
@@ -92,6 +106,7 @@ pub fn render_image(input: &DemoImageInput) -> Result<GeneratedOutput, ProviderE
     });
     let discs = 3 + rng.next() % 6;
     for _ in 0..discs {
+        stop.check()?;
         let cx = rng.unit() * w as f32;
         let cy = rng.unit() * h as f32;
         let r = (0.05 + rng.unit() * 0.25) * w.min(h) as f32;
@@ -114,21 +129,46 @@ pub fn render_image(input: &DemoImageInput) -> Result<GeneratedOutput, ProviderE
     encode_png(&img).map(png)
 }
 
-/// Decodes an input image with limits, so a hostile file cannot make the worker allocate
-/// without bound (a "decompression bomb").
+fn input_invalid(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::fail(
+        "input_invalid_image",
+        format!("could not read the input image: {e}"),
+    )
+}
+
+/// An input image's size as its header declares it, refused if over the input budget, before
+/// anything is decoded: a small file can declare a huge image (a "decompression bomb").
+pub fn input_dimensions(bytes: &[u8]) -> Result<(u32, u32), ProviderError> {
+    let (w, h) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(input_invalid)?
+        .into_dimensions()
+        .map_err(input_invalid)?;
+    if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE || u64::from(w) * u64::from(h) > MAX_INPUT_PIXELS {
+        return Err(ProviderError::fail(
+            "input_too_large",
+            format!(
+                "the input image is {w}x{h}; the largest allowed is {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}"
+            ),
+        ));
+    }
+    if w == 0 || h == 0 {
+        return Err(input_invalid("the image is empty"));
+    }
+    Ok((w, h))
+}
+
+/// Decodes an input image within the input budget (its declared size is checked first, and
+/// the decoder may allocate no more than that size needs).
 pub fn decode_input(bytes: &[u8]) -> Result<DynamicImage, ProviderError> {
+    input_dimensions(bytes)?;
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_OUTPUT_SIDE);
-    limits.max_image_height = Some(MAX_OUTPUT_SIDE);
-    limits.max_alloc = Some(512 * 1024 * 1024);
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| {
-            ProviderError::fail(
-                "input_invalid_image",
-                format!("could not read the input image: {e}"),
-            )
-        })?;
+        .map_err(input_invalid)?;
     reader.limits(limits);
     reader.decode().map_err(|e| {
         ProviderError::fail(
@@ -138,27 +178,76 @@ pub fn decode_input(bytes: &[u8]) -> Result<DynamicImage, ProviderError> {
     })
 }
 
-/// `demo/upscale`: a Lanczos resize by `scale`.
-pub fn upscale(source: &[u8], scale: u32) -> Result<GeneratedOutput, ProviderError> {
-    let img = decode_input(source)?;
-    let (w, h) = (img.width() * scale, img.height() * scale);
+/// `demo/upscale`: a Lanczos resize by `scale`, a band of rows at a time. Each band is resized
+/// with a margin of source rows above and below (the filter's reach), so the bands join
+/// without seams, and its rows go straight into the PNG stream: memory holds the source and one
+/// band, never the whole output's pixels.
+pub fn upscale(source: &[u8], scale: u32, stop: &Stop) -> Result<GeneratedOutput, ProviderError> {
+    let (w0, h0) = input_dimensions(source)?;
+    let (w, h) = (w0 * scale, h0 * scale);
     if w > MAX_OUTPUT_SIDE || h > MAX_OUTPUT_SIDE {
         return Err(ProviderError::fail(
             "output_too_large",
             format!("the upscaled image would be {w}x{h}; the largest side allowed is {MAX_OUTPUT_SIDE}"),
         ));
     }
-    let resized = image::imageops::resize(&img.to_rgba8(), w, h, FilterType::Lanczos3);
-    encode_png(&resized).map(png)
+    let img = decode_input(source)?.to_rgba8();
+    let encode_failed = |e: &dyn std::fmt::Display| {
+        ProviderError::fail("encode_failed", format!("could not encode the PNG: {e}"))
+    };
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(|e| encode_failed(&e))?;
+        let mut rows = writer.stream_writer().map_err(|e| encode_failed(&e))?;
+        // Lanczos3 reaches three source rows either side; one more absorbs rounding.
+        const MARGIN: u32 = 4;
+        let mut top = 0;
+        while top < h0 {
+            stop.check()?;
+            let bottom = (top + UPSCALE_BAND).min(h0);
+            let from = top.saturating_sub(MARGIN);
+            let to = (bottom + MARGIN).min(h0);
+            let band = image::imageops::crop_imm(&img, 0, from, w0, to - from).to_image();
+            let resized =
+                image::imageops::resize(&band, w, (to - from) * scale, FilterType::Lanczos3);
+            let row_bytes = w as usize * 4;
+            let first = ((top - from) * scale) as usize * row_bytes;
+            let last = first + ((bottom - top) * scale) as usize * row_bytes;
+            std::io::Write::write_all(&mut rows, &resized.as_raw()[first..last])
+                .map_err(|e| encode_failed(&e))?;
+            top = bottom;
+        }
+        rows.finish().map_err(|e| encode_failed(&e))?;
+    }
+    Ok(png(out))
 }
 
-/// `demo/video`: a slow zoom towards the centre, `seconds * fps` frames, looping GIF.
-pub fn zoom_clip(source: &[u8], seconds: u32, fps: u32) -> Result<GeneratedOutput, ProviderError> {
+/// `demo/video`: a slow zoom towards the centre, `seconds * fps` frames, looping GIF. The
+/// source is scaled once to what the frames can show (zooming in by 1.5 at most), so each
+/// frame's work is bounded by the clip's size, not the input's.
+pub fn zoom_clip(
+    source: &[u8],
+    seconds: u32,
+    fps: u32,
+    stop: &Stop,
+) -> Result<GeneratedOutput, ProviderError> {
     let img = decode_input(source)?.to_rgba8();
     let fit = (MAX_CLIP_SIDE as f32 / img.width().max(img.height()) as f32).min(1.0);
     // GIF frames must have even-ish, non-zero sizes; keep at least 2 px.
     let fw = ((img.width() as f32 * fit) as u32).max(2);
     let fh = ((img.height() as f32 * fit) as u32).max(2);
+    let detail = (fit * 1.5).min(1.0);
+    let img = if detail < 1.0 {
+        stop.check()?;
+        let dw = ((img.width() as f32 * detail) as u32).max(2);
+        let dh = ((img.height() as f32 * detail) as u32).max(2);
+        image::imageops::resize(&img, dw, dh, FilterType::Triangle)
+    } else {
+        img
+    };
     let frames = (seconds * fps).max(1);
     let delay = Delay::from_numer_denom_ms(1000, fps);
     let mut out = Vec::new();
@@ -168,6 +257,7 @@ pub fn zoom_clip(source: &[u8], seconds: u32, fps: u32) -> Result<GeneratedOutpu
             .set_repeat(Repeat::Infinite)
             .map_err(|e| ProviderError::fail("encode_failed", e.to_string()))?;
         for i in 0..frames {
+            stop.check()?;
             let t = if frames == 1 {
                 0.0
             } else {
@@ -211,9 +301,10 @@ mod tests {
 
     #[test]
     fn images_are_deterministic_and_sized() {
-        let a = render_image(&input("a kiln at dusk", Some(1))).unwrap();
-        let b = render_image(&input("a kiln at dusk", Some(1))).unwrap();
-        let c = render_image(&input("a kiln at dusk", Some(2))).unwrap();
+        let go = Stop::default();
+        let a = render_image(&input("a kiln at dusk", Some(1)), &go).unwrap();
+        let b = render_image(&input("a kiln at dusk", Some(1)), &go).unwrap();
+        let c = render_image(&input("a kiln at dusk", Some(2)), &go).unwrap();
         assert_eq!(a.bytes, b.bytes);
         assert_ne!(a.bytes, c.bytes);
         let img = image::load_from_memory(&a.bytes).unwrap();
@@ -222,21 +313,99 @@ mod tests {
 
     #[test]
     fn upscale_multiplies_the_size() {
-        let src = render_image(&input("x", None)).unwrap();
-        let out = upscale(&src.bytes, 4).unwrap();
+        let go = Stop::default();
+        let src = render_image(&input("x", None), &go).unwrap();
+        let out = upscale(&src.bytes, 4, &go).unwrap();
         let img = image::load_from_memory(&out.bytes).unwrap();
         assert_eq!((img.width(), img.height()), (384, 256));
-        assert!(upscale(b"not an image", 2).is_err());
+        assert!(upscale(b"not an image", 2, &go).is_err());
     }
 
     #[test]
     fn clips_have_the_requested_frame_count() {
-        let src = render_image(&input("x", None)).unwrap();
-        let out = zoom_clip(&src.bytes, 1, 5).unwrap();
+        let go = Stop::default();
+        let src = render_image(&input("x", None), &go).unwrap();
+        let out = zoom_clip(&src.bytes, 1, 5, &go).unwrap();
         let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(&out.bytes)).unwrap();
         use image::AnimationDecoder;
         let frames = decoder.into_frames().collect_frames().unwrap();
         assert_eq!(frames.len(), 5);
         assert_eq!(frames[0].buffer().dimensions(), (96, 64));
+    }
+
+    #[test]
+    fn banded_upscaling_matches_resizing_the_whole_image() {
+        let mut tall = input("bands", Some(3));
+        tall.height = UPSCALE_BAND * 2 + 17;
+        let src = render_image(&tall, &Stop::default()).unwrap();
+        let out = upscale(&src.bytes, 2, &Stop::default()).unwrap();
+        let banded = image::load_from_memory(&out.bytes).unwrap().to_rgba8();
+        let source = image::load_from_memory(&src.bytes).unwrap().to_rgba8();
+        let whole = image::imageops::resize(
+            &source,
+            source.width() * 2,
+            source.height() * 2,
+            FilterType::Lanczos3,
+        );
+        assert_eq!(banded.dimensions(), whole.dimensions());
+        // The same filter over the same rows: equal but for float rounding in the weights.
+        let worst = banded
+            .as_raw()
+            .iter()
+            .zip(whole.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 2,
+            "the bands differ from the whole by up to {worst}"
+        );
+    }
+
+    /// A PNG that declares `width`x`height` at 16 bits per channel and holds no pixels at all:
+    /// the header alone must be enough to refuse it.
+    fn declared_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let mut writer = encoder.write_header().unwrap();
+        // One empty zlib stream as the image data: a decoder finds the header and the start of
+        // the data, as it would in a real file, and nothing to decode.
+        writer
+            .write_chunk(
+                png::chunk::IDAT,
+                &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+            )
+            .unwrap();
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn an_input_over_budget_is_refused_from_its_header() {
+        let huge = declared_png(8192, 8192);
+        for result in [
+            decode_input(&huge).map(|_| ()),
+            upscale(&huge, 2, &Stop::default()).map(|_| ()),
+            zoom_clip(&huge, 1, 1, &Stop::default()).map(|_| ()),
+        ] {
+            let e = result.unwrap_err();
+            assert_eq!(e.error.code, "input_too_large", "{}", e.error.message);
+        }
+        // Within the input budget but over the output's: refused before decoding too.
+        let wide = declared_png(2048, 16);
+        let e = upscale(&wide, 4, &Stop::default()).unwrap_err();
+        assert_eq!(e.error.code, "output_too_large");
+    }
+
+    #[test]
+    fn stopped_work_returns_at_once() {
+        let src = render_image(&input("x", None), &Stop::default()).unwrap();
+        let raised = Stop::default();
+        raised.raise();
+        assert!(upscale(&src.bytes, 2, &raised).is_err());
+        assert!(zoom_clip(&src.bytes, 1, 5, &raised).is_err());
+        assert!(render_image(&input("x", None), &raised).is_err());
     }
 }

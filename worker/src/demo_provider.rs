@@ -55,6 +55,7 @@ impl Provider for DemoProvider {
                 "the demo generator failed on purpose (fail_rate)",
             ));
         }
+        let work = attempt.work;
         let output = match input {
             ModelInput::TextToImage(t) => {
                 let i = DemoImageInput {
@@ -64,35 +65,26 @@ impl Provider for DemoProvider {
                     seed: t.seed,
                     knobs: DemoKnobs::default(),
                 };
-                blocking(move || demo::render_image(&i)).await?
+                work.run(move |stop| demo::render_image(&i, stop)).await?
             }
             ModelInput::DemoImage(i) => {
                 let i = i.clone();
-                blocking(move || demo::render_image(&i)).await?
+                work.run(move |stop| demo::render_image(&i, stop)).await?
             }
             ModelInput::DemoUpscale(i) => {
                 let source = self.inputs.image_bytes(&i.image, attempt.tenant).await?;
                 let scale = i.scale;
-                blocking(move || demo::upscale(&source, scale)).await?
+                work.run(move |stop| demo::upscale(&source, scale, stop))
+                    .await?
             }
             ModelInput::DemoVideo(i) => {
                 let source = self.inputs.image_bytes(&i.image, attempt.tenant).await?;
                 let (seconds, fps) = (i.seconds, i.fps);
-                blocking(move || demo::zoom_clip(&source, seconds, fps)).await?
+                work.run(move |stop| demo::zoom_clip(&source, seconds, fps, stop))
+                    .await?
             }
         };
         attempt.report_progress(1.0).await;
         Ok(vec![output])
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
-) -> Result<T, ProviderError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
-        Err(ProviderError::retry(
-            "internal_error",
-            "the generator panicked",
-        ))
-    })
 }

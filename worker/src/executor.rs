@@ -36,6 +36,10 @@ pub struct ExecutorConfig {
 
 /// The route an attempt shows between its claim and the choice of its route.
 const UNROUTED: &str = "unrouted";
+/// How long an ended attempt waits for its blocking work to notice the stop. Demo work checks
+/// between frames and bands (milliseconds apart); this bound only guards against work that
+/// never checks, and stays well inside the shutdown margin so a release is never cut short.
+const BLOCKING_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Providers by name (`demo` included).
 pub type Providers = HashMap<String, Arc<dyn Provider>>;
@@ -120,6 +124,7 @@ impl Executor {
         let started = std::time::Instant::now();
         let (_, route) = self.current_route(&claim);
         let link = UpstreamLink::new(self.ledger.clone(), claim.lease.clone());
+        let blocking = crate::blocking::BlockingWork::default();
         let lost = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             self.ledger.clone(),
@@ -141,26 +146,29 @@ impl Executor {
             Some(left) if left < self.config.job_timeout => (left, true),
             _ => (self.config.job_timeout, false),
         };
-        let (claimed, routed, linked) = (&claim, &route, &link);
+        let (claimed, routed, linked, working) = (&claim, &route, &link, &blocking);
         let bounded = async move {
-            tokio::time::timeout(deadline, self.generate_and_store(claimed, routed, linked))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(if is_jobs {
-                        ProviderError::fail(
-                            "deadline_exceeded",
-                            "the job did not finish before its deadline (cancel_after)",
-                        )
-                    } else {
-                        ProviderError::retry(
-                            "timeout",
-                            format!(
-                                "the attempt took longer than {:.1}s",
-                                deadline.as_secs_f64()
-                            ),
-                        )
-                    })
+            tokio::time::timeout(
+                deadline,
+                self.generate_and_store(claimed, routed, linked, working),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(if is_jobs {
+                    ProviderError::fail(
+                        "deadline_exceeded",
+                        "the job did not finish before its deadline (cancel_after)",
+                    )
+                } else {
+                    ProviderError::retry(
+                        "timeout",
+                        format!(
+                            "the attempt took longer than {:.1}s",
+                            deadline.as_secs_f64()
+                        ),
+                    )
                 })
+            })
         };
         let work = std::panic::AssertUnwindSafe(bounded)
             .catch_unwind()
@@ -177,6 +185,9 @@ impl Executor {
             _ = lost.cancelled() => Ending::LeaseLost,
             _ = self.hard_stop.cancelled() => Ending::ShuttingDown,
         };
+        // However the attempt ended, its CPU-bound work stops now, and the attempt keeps its
+        // slot until it has: a canceled or timed-out job holds no hidden core.
+        blocking.stop_and_wait(BLOCKING_PATIENCE).await;
         heartbeat.abort();
         let outcome = match &ending {
             Ending::Generated(Ok(_)) => "succeeded",
@@ -470,11 +481,28 @@ impl Executor {
         claim: &Claim,
         route: &RouteConfig,
         link: &UpstreamLink,
+        work: &crate::blocking::BlockingWork,
     ) -> Result<Vec<NewOutput>, ProviderError> {
         let job = &claim.job;
+        // The claimed row shows the input with inline data elided; the full one is read apart,
+        // only when there is something elided, and only here.
+        let full_input = if kiln_core::job::has_elided_data(&job.input) {
+            self.ledger
+                .job_input(job.id)
+                .await
+                .map_err(|e| {
+                    ProviderError::retry(
+                        "internal_error",
+                        format!("the ledger is unavailable: {e}"),
+                    )
+                })?
+                .unwrap_or_else(|| job.input.clone())
+        } else {
+            job.input.clone()
+        };
         let input = self
             .catalog
-            .validate(&job.model, &job.input)
+            .validate(&job.model, &full_input)
             .map_err(|e| ProviderError::fail(e.code, format!("{}: {}", e.field, e.message)))?;
         let label = route.label();
         let note = AttemptNote {
@@ -500,6 +528,7 @@ impl Executor {
             route,
             resume: Self::resumable(claim, route),
             link,
+            work,
         };
         let call = provider.generate(&attempt, &input);
         let outputs = match route.timeout {

@@ -28,15 +28,23 @@ const WHAT: &str = "fal";
 
 pub struct FalProvider {
     client: reqwest::Client,
+    /// Downloads the outputs the upstream names (other hosts through the SSRF checks).
+    outputs: upstream::OutputDownloads,
     base: Url,
     key: Option<String>,
     poll: Duration,
 }
 
 impl FalProvider {
-    pub fn new(base: &Url, key: Option<String>, poll: Duration) -> Self {
+    pub fn new(
+        base: &Url,
+        key: Option<String>,
+        poll: Duration,
+        outputs: upstream::OutputDownloads,
+    ) -> Self {
         FalProvider {
             client: upstream::client(),
+            outputs,
             base: base.clone(),
             key,
             poll,
@@ -168,7 +176,7 @@ impl Provider for FalProvider {
         }
         let mut outputs = Vec::with_capacity(files.len());
         for f in &files {
-            outputs.push(upstream::fetch_output(&self.client, f, WHAT).await?);
+            outputs.push(upstream::fetch_output(&self.outputs, f, WHAT).await?);
         }
         Ok(outputs)
     }

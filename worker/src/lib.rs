@@ -7,6 +7,7 @@
 //! Providers reach the ledger only through their attempt's `UpstreamLink` (record the upstream
 //! handle, read a pushed callback); every state change is the executor's.
 
+pub mod blocking;
 pub mod circuit;
 pub mod cog;
 pub mod comfyui;

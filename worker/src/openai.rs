@@ -25,16 +25,23 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct OpenAiProvider {
     client: reqwest::Client,
+    /// Downloads the outputs the upstream names (other hosts through the SSRF checks).
+    outputs: upstream::OutputDownloads,
     endpoint: Url,
     api_key: Option<String>,
 }
 
 impl OpenAiProvider {
-    pub fn new(base_url: &Url, api_key: Option<String>) -> Self {
+    pub fn new(
+        base_url: &Url,
+        api_key: Option<String>,
+        outputs: upstream::OutputDownloads,
+    ) -> Self {
         let endpoint = base_url
             .join("v1/images/generations")
             .expect("a base URL takes a relative path");
         OpenAiProvider {
+            outputs,
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .build()
@@ -180,7 +187,7 @@ impl Provider for OpenAiProvider {
                     bytes,
                 });
             } else if let Some(url) = item["url"].as_str() {
-                outputs.push(upstream::fetch_output(&self.client, url, "openai").await?);
+                outputs.push(upstream::fetch_output(&self.outputs, url, "openai").await?);
             } else {
                 return Err(malformed("an item has neither b64_json nor url"));
             }

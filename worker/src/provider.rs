@@ -90,6 +90,8 @@ pub struct AttemptContext<'a> {
     /// or was stopped): re-attach to it rather than start again.
     pub resume: Option<&'a str>,
     pub link: &'a UpstreamLink,
+    /// Runs the attempt's CPU-bound work so that it stops when the attempt ends.
+    pub work: &'a crate::blocking::BlockingWork,
 }
 
 impl AttemptContext<'_> {

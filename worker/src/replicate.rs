@@ -28,6 +28,8 @@ const WHAT: &str = "replicate";
 
 pub struct ReplicateProvider {
     client: reqwest::Client,
+    /// Downloads the outputs the upstream names (other hosts through the SSRF checks).
+    outputs: upstream::OutputDownloads,
     base: Url,
     token: Option<String>,
     poll: Duration,
@@ -40,9 +42,11 @@ impl ReplicateProvider {
         token: Option<String>,
         poll: Duration,
         prefer_wait: Option<Duration>,
+        outputs: upstream::OutputDownloads,
     ) -> Self {
         ReplicateProvider {
             client: upstream::client(),
+            outputs,
             base: base.clone(),
             token,
             poll,
@@ -157,7 +161,7 @@ impl ReplicateProvider {
             .ok_or_else(|| malformed(WHAT, "a succeeded prediction has no file output"))?;
         let mut outputs = Vec::with_capacity(references.len());
         for r in &references {
-            outputs.push(upstream::fetch_output(&self.client, r, WHAT).await?);
+            outputs.push(upstream::fetch_output(&self.outputs, r, WHAT).await?);
         }
         Ok(outputs)
     }

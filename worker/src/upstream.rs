@@ -195,9 +195,71 @@ pub fn sniff(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// How a provider downloads the outputs its upstream names. A URL on the upstream's own origin
+/// (ComfyUI's `/view`, a fake or self-hosted server) is fetched like any call to that configured
+/// upstream; any other URL (a CDN such as Replicate's or fal's) is the upstream's say-so, not the
+/// operator's, so it goes through the SSRF-safe client with the users' own address checks: a
+/// misbehaving or compromised provider cannot make a worker fetch an internal address.
+#[derive(Clone)]
+pub struct OutputDownloads {
+    upstream: reqwest::Client,
+    origin: url::Origin,
+    elsewhere: kiln_webhooks::SafeClient,
+}
+
+impl OutputDownloads {
+    /// Downloads for the upstream at `base`; other hosts as `policy` allows.
+    pub fn new(base: &url::Url, policy: kiln_webhooks::SsrfPolicy) -> Self {
+        OutputDownloads {
+            upstream: client(),
+            origin: base.origin(),
+            // Outputs can be large videos: the whole download may take minutes.
+            elsewhere: kiln_webhooks::SafeClient::new(policy, Duration::from_secs(600)),
+        }
+    }
+
+    async fn get(&self, url: url::Url, what: &str) -> Result<Bytes, ProviderError> {
+        if url.origin() == self.origin {
+            let answer = send(self.upstream.get(url), what).await?;
+            if !answer.status.is_success() {
+                return Err(ProviderError::retry(
+                    "upstream_output_unavailable",
+                    format!("{what}: downloading an output answered {}", answer.status),
+                ));
+            }
+            return Ok(answer.body);
+        }
+        use kiln_webhooks::FetchError;
+        self.elsewhere
+            .fetch(&url, MAX_ANSWER_BYTES as u64, &[])
+            .await
+            .map_err(|e| match e {
+                FetchError::Forbidden(why) => ProviderError::fail(
+                    "upstream_output_url_forbidden",
+                    format!("{what}: the upstream named an output URL Kiln may not fetch: {why}"),
+                ),
+                FetchError::TooLarge(_) => too_large(what),
+                // A redirect is not followed (it could lead anywhere); asking again would be
+                // answered the same, so the attempt fails with the reason.
+                FetchError::Status(code) => ProviderError::retry(
+                    "upstream_output_unavailable",
+                    format!("{what}: downloading an output answered {code}"),
+                ),
+                other if other.is_transient() => ProviderError::retry(
+                    "upstream_output_unavailable",
+                    format!("{what}: downloading an output failed: {other}"),
+                ),
+                other => ProviderError::fail(
+                    "upstream_output_unavailable",
+                    format!("{what}: downloading an output failed: {other}"),
+                ),
+            })
+    }
+}
+
 /// One output as an upstream gives it: a `data:` URI inline, or an http(s) URL to download.
 pub async fn fetch_output(
-    client: &reqwest::Client,
+    downloads: &OutputDownloads,
     reference: &str,
     what: &str,
 ) -> Result<GeneratedOutput, ProviderError> {
@@ -216,14 +278,7 @@ pub async fn fetch_output(
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| malformed(what, "an output is neither a data URI nor an http(s) URL"))?;
-        let answer = send(client.get(url), what).await?;
-        if !answer.status.is_success() {
-            return Err(ProviderError::retry(
-                "upstream_output_unavailable",
-                format!("{what}: downloading an output answered {}", answer.status),
-            ));
-        }
-        answer.body.to_vec()
+        downloads.get(url, what).await?.to_vec()
     };
     let (content_type, extension) = sniff(&bytes)
         .ok_or_else(|| malformed(what, "an output is not a known image or video format"))?;

@@ -128,6 +128,11 @@ pub async fn cancel_fences_the_running_worker(ledger: Arc<dyn Ledger>) {
         ledger.cancel_job(&tenant("a"), id).await.unwrap(),
         CancelOutcome::Canceled(_)
     ));
+    // A second cancel finds the job ended: only the first made the transition.
+    assert!(matches!(
+        ledger.cancel_job(&tenant("a"), id).await.unwrap(),
+        CancelOutcome::AlreadyTerminal(j) if j.status == Status::Canceled
+    ));
     assert!(!ledger.renew_lease(&claim.lease, LEASE).await.unwrap());
     assert!(!ledger.succeed(&claim.lease, &[]).await.unwrap());
     // The cancel itself closed the attempt, so a dead worker leaves no attempt open.
@@ -907,6 +912,17 @@ pub async fn queued_jobs_know_their_place_and_running_ones_their_progress(ledger
         .unwrap();
     let job = ledger.job_by_id(first).await.unwrap().unwrap();
     assert_eq!(job.attempts[0].progress_percent, Some(70));
+    // Nor from its own worker, which may report once more before it learns the attempt ended
+    // (a cancel); a cost recorded after the end still lands.
+    let late = AttemptNote {
+        progress_percent: Some(95),
+        cost_micros: Some(1234),
+        ..Default::default()
+    };
+    ledger.annotate_attempt(&claim.lease, late).await.unwrap();
+    let job = ledger.job_by_id(first).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].progress_percent, Some(70));
+    assert_eq!(job.attempts[0].cost_micros, Some(1234));
 }
 
 pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<dyn Ledger>) {
@@ -1347,6 +1363,58 @@ pub async fn several_jobs_are_read_at_once(ledger: Arc<dyn Ledger>) {
     assert!(ledger.jobs_by_ids(&[]).await.unwrap().is_empty());
 }
 
+/// A job's row holds its input as shown (inline data elided); the full input is kept once,
+/// apart, for the worker: every read of the job sees the short form, `job_input` the whole.
+pub async fn inline_data_is_kept_apart_from_the_job_row(ledger: Arc<dyn Ledger>) {
+    let image = format!("data:image/png;base64,{}", "iVBORw0K".repeat(100_000));
+    let mut wide = job_of("a");
+    wide.input = serde_json::json!({"image": image, "scale": 2});
+    let wide_id = wide.id;
+    let inserted = ledger.insert_job(wide).await.unwrap();
+    let shown = serde_json::json!({
+        "image": format!("data:image/png;base64,<{} bytes elided>", image.len()),
+        "scale": 2,
+    });
+    assert_eq!(
+        inserted.input, shown,
+        "the submit's answer is the short form too"
+    );
+    let read = ledger
+        .get_job(&tenant("a"), wide_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.input, shown);
+    let listed = ledger
+        .list_jobs(
+            &tenant("a"),
+            &JobFilter {
+                limit: 10,
+                ..JobFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed[0].input, shown);
+    assert_eq!(
+        ledger.job_input(wide_id).await.unwrap().unwrap()["image"],
+        image.as_str(),
+        "the worker gets every byte"
+    );
+    // A claim shows the short form as well; the worker asks for the rest.
+    let claim = ledger
+        .claim(wide_id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.job.input, shown);
+    // A small input is kept whole in the row, and read back the same way.
+    let narrow = new_job(ledger.as_ref(), "a").await;
+    let job = ledger.job_by_id(narrow).await.unwrap().unwrap();
+    assert_eq!(ledger.job_input(narrow).await.unwrap().unwrap(), job.input);
+    assert!(ledger.job_input(JobId::new()).await.unwrap().is_none());
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1375,7 +1443,8 @@ macro_rules! ledger_contract_tests {
             a_job_back_in_the_window_does_not_widen_it,
             concurrent_writes_each_get_their_own_answer,
             concurrent_renewals_each_learn_their_own_lease,
-            several_jobs_are_read_at_once
+            several_jobs_are_read_at_once,
+            inline_data_is_kept_apart_from_the_job_row
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

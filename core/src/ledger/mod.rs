@@ -448,6 +448,9 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<()>;
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
+    /// A job's full input, inline data included (a `Job` holds it elided): for the worker that
+    /// runs the job, and nothing else.
+    async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>>;
     /// Unscoped read of several jobs at once (those that exist, in no particular order).
     async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>>;
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;

@@ -675,11 +675,15 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
         Dialect::Sqlite => tx.d.sql(insert).into_owned(),
     };
     let window = i64::from(tx.window);
+    // The row holds the input as it is shown; megabytes of inline data go once into
+    // `job_inputs`, for the worker alone, so the hot row stays narrow and reads stay cheap.
+    let shown = crate::job::elide_inline_data(&job.input);
+    let wide = shown != job.input;
     let mut query = sqlx::query(&statement)
         .bind(&id)
         .bind(&job.tenant.0)
         .bind(&job.model)
-        .bind(job.input.to_string())
+        .bind(shown.to_string())
         .bind(at)
         .bind(at)
         .bind(&job.tenant.0)
@@ -699,6 +703,16 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
     }
     let rung_at: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("rung_at")?;
     let admitted = rung_at >= 0;
+    if wide {
+        sqlx::query(
+            &tx.d
+                .sql("INSERT INTO job_inputs (job_id, input) VALUES (?, ?)"),
+        )
+        .bind(&id)
+        .bind(job.input.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+    }
     if let Some(key) = &job.idempotency {
         link_idempotent(tx, key, &id).await?;
     }
@@ -1816,7 +1830,7 @@ impl Ledger for SqlLedger {
             id: job.id,
             tenant: job.tenant,
             model: job.model,
-            input: job.input,
+            input: crate::job::elide_inline_data(&job.input),
             status: Status::Queued,
             error: None,
             created_at: at,
@@ -2035,13 +2049,16 @@ impl Ledger for SqlLedger {
         .bind(&tenant.0)
         .fetch_optional(&mut *tx.tx)
         .await?;
-        if let Some(from) = current.filter(|s| s == "queued" || s == "running") {
-            cancel_in(&mut tx, &sid, &from, at).await?;
+        let open = current.filter(|s| s == "queued" || s == "running");
+        if let Some(from) = &open {
+            cancel_in(&mut tx, &sid, from, at).await?;
         }
         tx.tx.commit().await?;
+        // Only the call that made the transition canceled the job; a job that had already
+        // ended (canceled before included) is reported as ended.
         Ok(match self.get_job(tenant, id).await? {
             None => CancelOutcome::NotFound,
-            Some(job) if job.status == Status::Canceled => CancelOutcome::Canceled(job),
+            Some(job) if open.is_some() => CancelOutcome::Canceled(job),
             Some(job) => CancelOutcome::AlreadyTerminal(job),
         })
     }
@@ -2121,7 +2138,7 @@ impl Ledger for SqlLedger {
         sqlx::query(&self.sql(
             "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class), \
                  upstream_id = COALESCE(?, upstream_id), cost_micros = COALESCE(?, cost_micros), \
-                 progress = COALESCE(?, progress) \
+                 progress = CASE WHEN finished_at IS NULL THEN COALESCE(?, progress) ELSE progress END \
              WHERE id = ?",
         ))
         .bind(note.route)
@@ -2523,6 +2540,21 @@ impl Ledger for SqlLedger {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(|row| self.load_job(row)).transpose()
+    }
+
+    async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar(&self.sql(
+            "SELECT COALESCE((SELECT input FROM job_inputs WHERE job_id = j.id), j.input) \
+             FROM jobs j WHERE j.id = ?",
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| LedgerError::Corrupt(format!("the input of job {id}: {e}")))
+        })
+        .transpose()
     }
 
     async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>> {
