@@ -180,3 +180,78 @@ async fn sigterm_releases_unfinished_jobs_for_the_next_process() {
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["rescues"], 0, "a release is not a rescue");
 }
+
+/// A ledger pool held full (every connection waiting on a slow statement: here a lock on the
+/// keys table) answers the requests that cannot get a connection with `503 ledger_unavailable`
+/// and `Retry-After`, saying nothing of the cause; once the lock goes, the waiting requests are
+/// answered and new work runs, with nothing half-written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_ledger_pool_answers_503_and_recovers() {
+    use sqlx::Connection;
+    let db = kiln_core::testing::PostgresDatabase::create().await;
+    let url = db.url.clone();
+    let kiln = Kiln::start_with(|c| c.database_url = Some(kiln::config::Secret::new(url))).await;
+    let key = kiln.key("acme").await;
+    let first = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    assert_eq!(
+        wait_terminal(&kiln.http, &kiln.base, &key, &first).await["status"],
+        "succeeded"
+    );
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    // More requests than the pool has connections (16): each holds one while it waits.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..24 {
+        let (http, url, key, tx) = (
+            kiln.http.clone(),
+            kiln.url("/v1/jobs"),
+            key.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            let res = http.get(url).bearer_auth(key).send().await.unwrap();
+            let status = res.status().as_u16();
+            let retry_after = res.headers().get("retry-after").cloned();
+            let _ = tx.send((status, retry_after, res.text().await.unwrap()));
+        });
+    }
+    // The first answers are the requests that found no connection in time.
+    let (status, retry_after, body) = tokio::time::timeout(DEADLINE, answers.recv())
+        .await
+        .expect("no request was answered while the pool was full")
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["code"], "ledger_unavailable");
+    for hidden in ["pool", "sqlx", "api_keys", "timed out"] {
+        assert!(!body.to_lowercase().contains(hidden), "{body}");
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(holder);
+    // Every request is answered: the ones that waited on the lock with their list.
+    let mut statuses = vec![status];
+    while statuses.len() < 24 {
+        let (status, _, _) = tokio::time::timeout(DEADLINE, answers.recv())
+            .await
+            .expect("a request was never answered")
+            .unwrap();
+        statuses.push(status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    // And the ledger works as before.
+    let next = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    assert_eq!(
+        wait_terminal(&kiln.http, &kiln.base, &key, &next).await["status"],
+        "succeeded"
+    );
+    kiln.shutdown().await;
+}

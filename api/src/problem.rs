@@ -103,6 +103,17 @@ impl IntoResponse for Problem {
 
 impl From<kiln_core::LedgerError> for Problem {
     fn from(e: kiln_core::LedgerError) -> Self {
+        // A ledger that cannot be reached in time (a pool held full by slow statements, a
+        // restarting server) is a 503 the client may retry, not a 500; the cause is logged.
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the ledger is unavailable");
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                "the service is busy or restarting; try again shortly",
+            )
+            .with_retry_after(2);
+        }
         Problem::internal(&e)
     }
 }

@@ -803,12 +803,10 @@ mod tests {
         }
         // A media type long enough to smuggle data past the elision is refused.
         let long_type = format!("data:image/{};base64,iVBORw0KGgo=", "a".repeat(200));
-        for (image, code) in [(long_type.as_str(), "invalid_data_uri")] {
-            let err = cat
-                .validate(DEMO_UPSCALE, &json!({"image": image, "scale": 2}))
-                .unwrap_err();
-            assert_eq!(err.code, code, "{image}");
-        }
+        let err = cat
+            .validate(DEMO_UPSCALE, &json!({"image": long_type, "scale": 2}))
+            .unwrap_err();
+        assert_eq!(err.code, "invalid_data_uri");
         let err = cat
             .validate(
                 DEMO_UPSCALE,

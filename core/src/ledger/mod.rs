@@ -35,6 +35,28 @@ pub enum LedgerError {
     WriterStopped,
 }
 
+impl LedgerError {
+    /// Whether the ledger could not be reached in time (its pool exhausted or closed, the
+    /// server gone, restarting or out of connections) rather than refusing the work itself:
+    /// asking again shortly can succeed, and nothing was written.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            LedgerError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // too_many_connections, admin_shutdown, crash_shutdown,
+                    // cannot_connect_now, and the connection_exception class.
+                    matches!(code.as_ref(), "53300" | "57P01" | "57P02" | "57P03")
+                        || code.starts_with("08")
+                }),
+                _ => false,
+            },
+            LedgerError::WriterStopped => true,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
