@@ -377,6 +377,7 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
             idempotency: None,
             priority: Default::default(),
             max_active: None,
+            spend: None,
             id: kiln_core::JobId::new(),
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),

@@ -1092,3 +1092,86 @@ async fn an_upstream_output_url_on_an_internal_address_is_refused_unfetched() {
     );
     kiln.shutdown().await;
 }
+
+/// A job whose worker stopped mid-prediction goes back to the queue with the prediction still
+/// running upstream; canceled there, before any worker re-attached, the prediction is stopped
+/// all the same (by the next worker that runs), and nothing is started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn canceling_a_queued_job_stops_the_prediction_a_lost_attempt_left_running() {
+    let secrets = Secrets::new();
+    let replicate_key = secrets.file("replicate", "r8_test");
+    let (base, upstream) = fake_replicate().await;
+    let mut first = kiln(
+        vec![provider(
+            "replicate",
+            ProviderKind::Replicate,
+            &base,
+            Some(replicate_key),
+        )],
+        vec![route("replicate", "acme/painter")],
+    )
+    .await;
+    let key = first.key("acme").await;
+    let body = json!({"model": "acme/img", "input": {"prompt": "slow", "width": 48, "height": 40}});
+    let id = submit_ok(&first.http, &first.base, &key, body).await;
+    wait_for(
+        &first.http,
+        &first.base,
+        &key,
+        &id,
+        "attached upstream",
+        |j| j["attempts"][0]["upstream_id"].is_string(),
+    )
+    .await;
+    // The worker stops with the prediction running: the job is released, its handle kept.
+    first.running.take().unwrap().shutdown().await;
+    let config = first.config.clone();
+    let api = kiln::start(
+        &config,
+        kiln::Roles {
+            api: true,
+            worker: false,
+        },
+    )
+    .await
+    .unwrap();
+    let api_base = format!("http://{}", api.addr.unwrap());
+    let res = first
+        .http
+        .post(format!("{api_base}/v1/jobs/{id}/cancel"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let canceled: Value = res.json().await.unwrap();
+    assert_eq!(canceled["status"], "canceled");
+    assert_eq!(canceled["attempts"][0]["outcome"], "released");
+    assert!(upstream.lock().unwrap().canceled.is_empty());
+    // The next worker that runs tells the upstream to stop.
+    let worker = kiln::start(
+        &config,
+        kiln::Roles {
+            api: false,
+            worker: true,
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while upstream.lock().unwrap().canceled.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned prediction was never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        let s = upstream.lock().unwrap();
+        assert_eq!(s.canceled, vec!["rp1".to_owned()]);
+        assert_eq!(s.created.len(), 1, "nothing was started again");
+    }
+    worker.shutdown().await;
+    api.shutdown().await;
+    first.shutdown().await;
+}

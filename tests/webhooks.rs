@@ -457,6 +457,7 @@ async fn webhooks_to_private_addresses_are_refused_at_submit_and_at_send() {
             idempotency: None,
             priority: Default::default(),
             max_active: None,
+            spend: None,
             id: kiln_core::JobId::new(),
             tenant: kiln_core::TenantId::parse("acme").unwrap(),
             model: "demo/image".into(),

@@ -265,12 +265,14 @@ pub async fn submit(
     }
     check_input(&state, &caller.tenant, &model, &input, "", false).await?;
     crate::limits::check_spend(&state, &caller, &[model.as_str()]).await?;
+    let spend = crate::limits::spend_check(&state, &caller, &model);
     let job = state
         .ledger
         .insert_job(NewJob {
             idempotency: idempotency.map(|e| e.0),
             priority,
             max_active: caller.limits.max_active_jobs,
+            spend,
             id: JobId::new(),
             tenant: caller.tenant,
             model,

@@ -40,6 +40,10 @@ const UNROUTED: &str = "unrouted";
 /// between frames and bands (milliseconds apart); this bound only guards against work that
 /// never checks, and stays well inside the shutdown margin so a release is never cut short.
 const BLOCKING_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a worker holds an upstream stop it is sending before another may try it.
+const UPSTREAM_STOP_HOLD: Duration = Duration::from_secs(30);
+/// Tries to stop one abandoned upstream call before giving up on it.
+const UPSTREAM_STOP_TRIES: u32 = 5;
 
 /// Providers by name (`demo` included).
 pub type Providers = HashMap<String, Arc<dyn Provider>>;
@@ -117,6 +121,46 @@ impl Executor {
             }
         }
         Ok(claim)
+    }
+
+    /// Tells upstreams to stop the calls that jobs left running when they ended while queued
+    /// (`Ledger::claim_upstream_stops`). A stop that fails is tried again once its claim has
+    /// passed, up to `UPSTREAM_STOP_TRIES`. Returns how many were stopped.
+    pub async fn stop_abandoned_upstreams(&self) -> Result<usize, kiln_core::LedgerError> {
+        let stops = self
+            .ledger
+            .claim_upstream_stops(32, UPSTREAM_STOP_HOLD)
+            .await?;
+        let mut stopped = 0;
+        for stop in stops {
+            let route = self
+                .catalog
+                .routes(&stop.model)
+                .into_iter()
+                .find(|r| r.label() == stop.route);
+            let provider = route.as_ref().and_then(|r| self.providers.get(&r.provider));
+            let (Some(route), Some(provider)) = (route, provider) else {
+                // The route is no longer configured: nothing here can reach that upstream.
+                tracing::warn!(job = %stop.job_id, route = stop.route, "an abandoned upstream call's route is not configured; it is not stopped");
+                self.ledger.finish_upstream_stop(stop.job_id).await?;
+                continue;
+            };
+            match provider.cancel(&route, &stop.upstream_id).await {
+                Ok(()) => {
+                    tracing::info!(job = %stop.job_id, upstream = stop.upstream_id, "stopped an upstream call its job left running");
+                    self.ledger.finish_upstream_stop(stop.job_id).await?;
+                    stopped += 1;
+                }
+                Err(e) if stop.tries >= UPSTREAM_STOP_TRIES => {
+                    tracing::warn!(job = %stop.job_id, upstream = stop.upstream_id, error = %e.error.message, "giving up stopping an upstream call");
+                    self.ledger.finish_upstream_stop(stop.job_id).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %stop.job_id, upstream = stop.upstream_id, error = %e.error.message, "could not stop an upstream call; trying again later");
+                }
+            }
+        }
+        Ok(stopped)
     }
 
     /// Runs a claimed job to its next state.

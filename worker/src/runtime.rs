@@ -98,6 +98,7 @@ impl WorkerRuntime {
             self.executor,
             hard_stop.clone(),
         ));
+        let stopper = executor.clone();
         let worker = WorkerBuilder::new(identity.as_str())
             .backend(rings)
             .data(executor)
@@ -161,6 +162,15 @@ impl WorkerRuntime {
                         let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
                         async move { reconciler.pass(first || poll_ledger).await.map(|_| ()) }
                     }
+                },
+            ),
+            spawn_loop(
+                "upstream stops",
+                self.settings.reconcile_interval,
+                soft_stop.clone(),
+                move || {
+                    let stopper = stopper.clone();
+                    async move { stopper.stop_abandoned_upstreams().await.map(|_| ()) }
                 },
             ),
             spawn_loop(

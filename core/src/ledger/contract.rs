@@ -21,6 +21,7 @@ fn job_of(owner: &str) -> NewJob {
         idempotency: None,
         priority: Default::default(),
         max_active: None,
+        spend: None,
         id: JobId::new(),
         tenant: tenant(owner),
         model: "demo/image".into(),
@@ -495,6 +496,7 @@ pub async fn overdue_jobs_fail_with_the_limit_they_broke(ledger: Arc<dyn Ledger>
                     idempotency: None,
                     priority: Default::default(),
                     max_active: None,
+                    spend: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -558,6 +560,7 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
                     idempotency: None,
                     priority: Default::default(),
                     max_active: None,
+                    spend: None,
                     id: JobId::new(),
                     tenant: tenant("a"),
                     model: "demo/image".into(),
@@ -1415,6 +1418,134 @@ pub async fn inline_data_is_kept_apart_from_the_job_row(ledger: Arc<dyn Ledger>)
     assert!(ledger.job_input(JobId::new()).await.unwrap().is_none());
 }
 
+/// A job canceled while queued, whose last attempt was lost after the upstream took the work,
+/// leaves that call to be stopped: written with the cancel, claimed by one worker at a time,
+/// forgotten once finished. A job whose lost attempt never reached an upstream leaves nothing.
+pub async fn a_queued_job_that_ends_leaves_its_lost_upstream_call_to_be_stopped(
+    ledger: Arc<dyn Ledger>,
+) {
+    let short = Duration::from_millis(30);
+    let mut ids = vec![];
+    for handle in [Some("prediction-1"), None] {
+        let id = new_job(ledger.as_ref(), "a").await;
+        let claim = ledger
+            .claim(id, "w1", "demo", short)
+            .await
+            .unwrap()
+            .unwrap();
+        let note = AttemptNote {
+            route: Some("replicate:acme/painter"),
+            upstream_id: handle,
+            ..Default::default()
+        };
+        ledger.annotate_attempt(&claim.lease, note).await.unwrap();
+        ids.push(id);
+    }
+    outlive(short).await;
+    assert_eq!(ledger.rescue_expired_leases(3, 10).await.unwrap().len(), 2);
+    assert!(
+        ledger
+            .claim_upstream_stops(10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a rescued job will re-attach: nothing to stop yet"
+    );
+    for id in &ids {
+        assert!(matches!(
+            ledger.cancel_job(&tenant("a"), *id).await.unwrap(),
+            CancelOutcome::Canceled(_)
+        ));
+    }
+    let stops = ledger.claim_upstream_stops(10, short).await.unwrap();
+    assert_eq!(
+        stops,
+        vec![UpstreamStop {
+            job_id: ids[0],
+            model: "demo/image".into(),
+            route: "replicate:acme/painter".into(),
+            upstream_id: "prediction-1".into(),
+            tries: 1,
+        }]
+    );
+    assert!(
+        ledger
+            .claim_upstream_stops(10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claimed stop is held"
+    );
+    // A claim that was not finished comes back once its hold has passed, counted again.
+    outlive(short).await;
+    let again = ledger.claim_upstream_stops(10, short).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].tries, 2);
+    ledger.finish_upstream_stop(ids[0]).await.unwrap();
+    outlive(short).await;
+    assert!(ledger
+        .claim_upstream_stops(10, short)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The spend cap is decided in the inserting transaction with the key's row locked: of many
+/// concurrent submits, exactly as many pass as the budget holds, and the rest are refused
+/// having written nothing.
+pub async fn concurrent_submits_cannot_both_pass_the_spend_cap(ledger: Arc<dyn Ledger>) {
+    let record = ledger
+        .insert_api_key(&tenant("a"), &crate::keys::mint())
+        .await
+        .unwrap();
+    // Each job costs at least 100; a cap of 250 holds two.
+    let check = SpendCheck {
+        cap_micros: 250,
+        day_began: now() - chrono::Duration::hours(1),
+        new_cost_micros: 100,
+        least_by_model: vec![("demo/image".into(), 100)],
+    };
+    let submits = (0..12).map(|_| {
+        let (ledger, key_id, spend) = (ledger.clone(), record.id.clone(), check.clone());
+        async move {
+            ledger
+                .insert_job(NewJob {
+                    key_id: Some(key_id),
+                    spend: Some(spend),
+                    ..job_of("a")
+                })
+                .await
+        }
+    });
+    let results = futures::future::join_all(submits).await;
+    let passed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(passed, 2, "the cap holds across concurrent submits");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(
+                refused,
+                LedgerError::SpendCap {
+                    cap: 250,
+                    committed: 200,
+                    more: 100
+                }
+            ),
+            "{refused:?}"
+        );
+    }
+    let listed = ledger
+        .list_jobs(
+            &tenant("a"),
+            &JobFilter {
+                limit: 100,
+                ..JobFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "a refused submit writes nothing");
+}
+
 /// Runs every contract function, each on a fresh ledger from `fresh`.
 #[macro_export]
 macro_rules! ledger_contract_tests {
@@ -1444,7 +1575,9 @@ macro_rules! ledger_contract_tests {
             concurrent_writes_each_get_their_own_answer,
             concurrent_renewals_each_learn_their_own_lease,
             several_jobs_are_read_at_once,
-            inline_data_is_kept_apart_from_the_job_row
+            inline_data_is_kept_apart_from_the_job_row,
+            a_queued_job_that_ends_leaves_its_lost_upstream_call_to_be_stopped,
+            concurrent_submits_cannot_both_pass_the_spend_cap
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

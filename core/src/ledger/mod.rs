@@ -31,6 +31,8 @@ pub enum LedgerError {
     UnsupportedUrl(String),
     #[error("the key already has {0} active jobs, its limit")]
     ActiveJobLimit(u32),
+    #[error("the key's daily spend cap of {cap} would be passed: {committed} spent or committed, {more} more")]
+    SpendCap { cap: i64, committed: i64, more: i64 },
     #[error("the ledger's group writer has stopped (its runtime is shutting down)")]
     WriterStopped,
 }
@@ -59,6 +61,19 @@ impl LedgerError {
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
+/// An upstream call a job left running when it ended while queued (canceled, or past its
+/// deadline) after its last attempt was lost or released: the upstream is to be told to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamStop {
+    pub job_id: JobId,
+    pub model: String,
+    /// The attempt's route label (`provider:model`).
+    pub route: String,
+    pub upstream_id: String,
+    /// Claims so far, this one included.
+    pub tries: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
@@ -80,6 +95,30 @@ pub struct NewJob {
     /// Refuse it (`LedgerError::ActiveJobLimit`) if its key already has this many jobs queued
     /// or running; checked in the inserting transaction, so concurrent submits cannot overshoot.
     pub max_active: Option<u32>,
+    /// Refuse it (`LedgerError::SpendCap`) if its key's spend today, plus the least its
+    /// unfinished jobs and this one will cost, would pass the key's cap; checked in the
+    /// inserting transaction with the key's row locked, so concurrent submits cannot both pass.
+    pub spend: Option<SpendCheck>,
+}
+
+/// What the daily spend cap needs to judge a new job: the cap, when the day began, what the
+/// new work will cost at least, and the least one run of each model costs (in millionths).
+#[derive(Debug, Clone)]
+pub struct SpendCheck {
+    pub cap_micros: i64,
+    pub day_began: Timestamp,
+    pub new_cost_micros: i64,
+    pub least_by_model: Vec<(String, i64)>,
+}
+
+impl SpendCheck {
+    /// The least one run of `model` costs (nothing for a model not priced).
+    pub fn least(&self, model: &str) -> i64 {
+        self.least_by_model
+            .iter()
+            .find(|(m, _)| m == model)
+            .map_or(0, |(_, micros)| *micros)
+    }
 }
 
 /// One attempt (or, for a job never attempted, none) of a job created in a usage window.
@@ -470,6 +509,11 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<()>;
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
+    /// Up to `limit` upstream calls to stop, each claimed for `hold` (a claim that is not
+    /// finished comes back once it has passed).
+    async fn claim_upstream_stops(&self, limit: u32, hold: Duration) -> Result<Vec<UpstreamStop>>;
+    /// Forgets an upstream call to stop: it was stopped, or will not be.
+    async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()>;
     /// A job's full input, inline data included (a `Job` holds it elided): for the worker that
     /// runs the job, and nothing else.
     async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>>;

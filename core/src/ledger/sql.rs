@@ -620,14 +620,24 @@ fn bind_page<'q>(
     query.bind(filter.limit as i64)
 }
 
+/// A key's jobs queued or running, counted by model (`model`, `n`).
+const ACTIVE_BY_MODEL: &str = "SELECT model, COUNT(*) AS n FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') GROUP BY model";
+
+/// What a key's attempts have cost since a time (key, the time less a day, the time): a job
+/// created before the day began may still spend in it, and a day's jobs are bounded below by
+/// the day before, which keeps the scan to two days of the key's jobs.
+const SPEND_SINCE: &str =
+    "SELECT CAST(SUM(a.cost_micros) AS BIGINT) FROM jobs j JOIN attempts a ON a.job_id = j.id \
+     WHERE j.key_id = ? AND j.created_at >= ? AND a.started_at >= ?";
+
 /// Writes a new queued job (a step of `pipeline`, if given) with its first transition. Returns
 /// whether its tenant's dispatch window admitted it to the queue (the caller rings it) or it is
 /// held until a place frees. A job whose key is at its active-job limit is refused.
 async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i64) -> Result<bool> {
     let id = job.id.to_string();
-    if let (Some(max), Some(key_id)) = (job.max_active, &job.key_id) {
+    if let (true, Some(key_id)) = (job.max_active.is_some() || job.spend.is_some(), &job.key_id) {
         // One submit per key at a time past this point (Postgres; SQLite writes one at a time),
-        // so concurrent submits cannot both take the last place.
+        // so concurrent submits cannot both take the last place or the last of the budget.
         sqlx::query(&tx.d.sql(&format!(
             "SELECT id FROM api_keys WHERE id = ?{}",
             tx.d.lock_rows()
@@ -635,6 +645,32 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
         .bind(key_id)
         .fetch_optional(&mut *tx.tx)
         .await?;
+    }
+    if let (Some(spend), Some(key_id)) = (&job.spend, &job.key_id) {
+        let spent: Option<i64> = sqlx::query_scalar(&tx.d.sql(SPEND_SINCE))
+            .bind(key_id)
+            .bind(to_millis(spend.day_began) - 24 * 3600 * 1000)
+            .bind(to_millis(spend.day_began))
+            .fetch_one(&mut *tx.tx)
+            .await?;
+        let active = sqlx::query(&tx.d.sql(ACTIVE_BY_MODEL))
+            .bind(key_id)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+        let mut committed = spent.unwrap_or(0);
+        for row in &active {
+            let model: String = row.try_get("model")?;
+            committed += spend.least(&model) * row.try_get::<i64, _>("n")?.max(0);
+        }
+        if committed + spend.new_cost_micros > spend.cap_micros {
+            return Err(LedgerError::SpendCap {
+                cap: spend.cap_micros,
+                committed,
+                more: spend.new_cost_micros,
+            });
+        }
+    }
+    if let (Some(max), Some(key_id)) = (job.max_active, &job.key_id) {
         let active: i64 = sqlx::query_scalar(&tx.d.sql(
             "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') LIMIT ?) a",
         ))
@@ -1043,6 +1079,26 @@ async fn link_idempotent(tx: &mut Tx, key: &IdempotencyRef, resource: &str) -> R
 }
 
 /// `queued|running → canceled` for a job the caller has locked and found in state `from`.
+/// A queued job that ends (canceled, past its deadline) may have left an upstream call running:
+/// its last attempt was lost or released after the upstream had accepted the work, and no
+/// attempt re-attached to it. That call is written down to be stopped, in the same transaction.
+async fn abandon_upstream_in(tx: &mut Tx, sid: &str, at: i64) -> Result<()> {
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO upstream_stops (job_id, model, route, upstream_id, created_at) \
+         SELECT a.job_id, j.model, a.route, a.upstream_id, ? \
+         FROM attempts a JOIN jobs j ON j.id = a.job_id \
+         WHERE a.job_id = ? AND a.upstream_id IS NOT NULL AND a.outcome IN ('lost', 'released') \
+           AND a.number = (SELECT MAX(number) FROM attempts WHERE job_id = ?) \
+         ON CONFLICT (job_id) DO NOTHING",
+    ))
+    .bind(at)
+    .bind(sid)
+    .bind(sid)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
 async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
     sqlx::query(&tx.d.sql(
         "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
@@ -1066,6 +1122,11 @@ async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
     .await?;
     forget_callbacks(tx, sid).await?;
     let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
+    // A running job's own worker stops its upstream call when it sees the cancel; a queued
+    // one has no worker, only perhaps a call an earlier, lost attempt left behind.
+    if from == Status::Queued {
+        abandon_upstream_in(tx, sid, at).await?;
+    }
     record_transition(tx, sid, Some(from), Status::Canceled, Some("canceled"), at).await
 }
 
@@ -1250,6 +1311,7 @@ async fn advance_in(
             webhook_events: None,
             priority,
             max_active,
+            spend: None,
         };
         let admitted = insert_job_in(tx, &job, Some(pid), at).await?;
         sqlx::query(&tx.d.sql(
@@ -1426,29 +1488,24 @@ impl Ledger for SqlLedger {
     }
 
     async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>> {
-        let rows = sqlx::query(&self.sql(
-            "SELECT model, COUNT(*) AS n FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') GROUP BY model",
-        ))
-        .bind(key_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&self.sql(ACTIVE_BY_MODEL))
+            .bind(key_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("model")?, r.try_get::<i64, _>("n")?.max(0) as u64)))
             .collect()
     }
 
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
-        let spent: Option<i64> = sqlx::query_scalar(&self.sql(
-            "SELECT CAST(SUM(a.cost_micros) AS BIGINT) FROM jobs j JOIN attempts a ON a.job_id = j.id \
-             WHERE j.key_id = ? AND j.created_at >= ? AND a.started_at >= ?",
-        ))
-        .bind(key_id)
-        // A job created before the day began may still spend today; a day's jobs are bounded
-        // below by the day before, which keeps the scan to two days of the key's jobs.
-        .bind(to_millis(since) - 24 * 3600 * 1000)
-        .bind(to_millis(since))
-        .fetch_one(&self.pool)
-        .await?;
+        let spent: Option<i64> = sqlx::query_scalar(&self.sql(SPEND_SINCE))
+            .bind(key_id)
+            // A job created before the day began may still spend today; a day's jobs are bounded
+            // below by the day before, which keeps the scan to two days of the key's jobs.
+            .bind(to_millis(since) - 24 * 3600 * 1000)
+            .bind(to_millis(since))
+            .fetch_one(&self.pool)
+            .await?;
         Ok(spent.unwrap_or(0))
     }
 
@@ -1815,14 +1872,14 @@ impl Ledger for SqlLedger {
         let GroupWritten::Inserted(inserted) = self
             .group
             .write(GroupWrite::Insert {
-                job: job.clone(),
+                job: Box::new(job.clone()),
                 at,
             })
             .await?
         else {
             unreachable!("an insert is answered with an insert")
         };
-        let admitted = inserted.map_err(LedgerError::ActiveJobLimit)?;
+        let admitted = inserted?;
         // The row is exactly what was written: built here rather than read back (three
         // queries saved on the submit path).
         let at = from_millis(at);
@@ -2394,6 +2451,7 @@ impl Ledger for SqlLedger {
             .rows_affected();
             if changed == 1 {
                 forget_callbacks(&mut tx, &id).await?;
+                abandon_upstream_in(&mut tx, &id, at).await?;
                 record_transition(
                     &mut tx,
                     &id,
@@ -2540,6 +2598,50 @@ impl Ledger for SqlLedger {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(|row| self.load_job(row)).transpose()
+    }
+
+    async fn claim_upstream_stops(
+        &self,
+        limit: u32,
+        hold: Duration,
+    ) -> Result<Vec<crate::ledger::UpstreamStop>> {
+        let at = to_millis(now());
+        let until = at + hold.as_millis() as i64;
+        // The outer condition is checked again on the row a concurrent claim may have just
+        // taken (Postgres re-reads it), so two workers do not both take one stop.
+        let rows = sqlx::query(&self.sql(&format!(
+            "UPDATE upstream_stops SET claimed_until = ?, tries = tries + 1 \
+             WHERE claimed_until <= ? AND job_id IN \
+                 (SELECT job_id FROM upstream_stops WHERE claimed_until <= ? ORDER BY created_at LIMIT {limit}) \
+             RETURNING job_id, model, route, upstream_id, tries"
+        )))
+        .bind(until)
+        .bind(at)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("job_id")?;
+                Ok(crate::ledger::UpstreamStop {
+                    job_id: id
+                        .parse()
+                        .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?,
+                    model: r.try_get("model")?,
+                    route: r.try_get("route")?,
+                    upstream_id: r.try_get("upstream_id")?,
+                    tries: r.try_get::<i64, _>("tries")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM upstream_stops WHERE job_id = ?"))
+            .bind(job_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>> {
@@ -2854,7 +2956,7 @@ const GROUP_MAX: usize = 64;
 /// a claim is timed as it is written.
 enum GroupWrite {
     Insert {
-        job: NewJob,
+        job: Box<NewJob>,
         at: i64,
     },
     /// Timed when it is written (its lease runs from then, not from when it was queued).
@@ -2885,10 +2987,12 @@ impl GroupWrite {
 
     async fn apply(&self, tx: &mut Tx) -> Result<GroupWritten> {
         Ok(match self {
-            // The active-job limit is an answer, not a failure: nothing was written when it
-            // is reached, so the rest of the group goes on.
+            // A key's limits (active jobs, spend) are answers, not failures: nothing was
+            // written when one refuses, so the rest of the group goes on.
             GroupWrite::Insert { job, at } => match insert_job_in(tx, job, None, *at).await {
-                Err(LedgerError::ActiveJobLimit(max)) => GroupWritten::Inserted(Err(max)),
+                Err(e @ (LedgerError::ActiveJobLimit(_) | LedgerError::SpendCap { .. })) => {
+                    GroupWritten::Inserted(Err(e))
+                }
                 inserted => GroupWritten::Inserted(Ok(inserted?)),
             },
             GroupWrite::Claim {
@@ -2907,8 +3011,8 @@ impl GroupWrite {
 }
 
 enum GroupWritten {
-    /// Admitted to the queue (or held); `Err(limit)` when the key's active-job limit refused it.
-    Inserted(std::result::Result<bool, u32>),
+    /// Admitted to the queue (or held); `Err` with the key's limit that refused it.
+    Inserted(std::result::Result<bool, LedgerError>),
     Claimed(Option<Box<Claimed>>),
     Succeeded(bool),
 }
