@@ -96,11 +96,13 @@ async fn a_job_that_kills_its_worker_every_time_fails_after_the_rescue_limit() {
     ];
     let http = http();
     let mut kiln = KilnProcess::serve(dir.path(), &env);
+    // The job runs a moment before it aborts the process, so the submit's answer is out first
+    // (an abort at once can cut the answer off, and the test would not learn the job's id).
     let poison = submit_ok(
         &http,
         &kiln.base,
         &key,
-        json!({"model": "demo/image", "input": {"prompt": "poison", "width": 16, "height": 16, "crash": true}}),
+        json!({"model": "demo/image", "input": {"prompt": "poison", "width": 16, "height": 16, "crash": true, "latency_ms": 300}}),
     )
     .await;
     let mut crashes = 0;

@@ -286,17 +286,14 @@ pub async fn submit(
         .await
         .map_err(crate::limits::active_job_limit)?;
     // A job its tenant's dispatch window holds back is rung when a place frees.
-    let ring = if job.held {
-        Ok(())
-    } else {
-        state.doorbell.ring(job.id, job.priority).await
-    };
-    if let Err(e) = ring {
-        // Committed is committed: the reconciler's next pass rings it.
-        tracing::warn!(job = %job.id, error = %e, "could not ring the doorbell; the reconciler will");
-        if let Err(e) = state.ledger.mark_unrung(job.id).await {
-            tracing::warn!(job = %job.id, error = %e, "could not mark the job unrung; it is rung once ring_stale_after passes");
-        }
+    if !job.held {
+        kiln_core::dispatch::ring_or_mark_unrung(
+            state.doorbell.as_ref(),
+            state.ledger.as_ref(),
+            job.id,
+            job.priority,
+        )
+        .await;
     }
     let tenant = job.tenant.clone();
     let mut response =

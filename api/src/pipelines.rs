@@ -205,10 +205,13 @@ pub async fn submit(
         .await
         .map_err(crate::limits::active_job_limit)?;
     for (job, lane) in started {
-        if state.doorbell.ring(job, lane).await.is_err() {
-            // Committed is committed: the reconciler rings it.
-            let _ = state.ledger.mark_unrung(job).await;
-        }
+        kiln_core::dispatch::ring_or_mark_unrung(
+            state.doorbell.as_ref(),
+            state.ledger.as_ref(),
+            job,
+            lane,
+        )
+        .await;
     }
     let mut response =
         respond_after_wait(&state, pipeline.clone(), &headers, StatusCode::ACCEPTED).await?;

@@ -113,11 +113,13 @@ impl Executor {
             // unrung for the reconciler's next pass, and if even that fails (or this process
             // dies first) the reconciler rings it once its mark is stale.
             if let Some((next, lane)) = claim.admitted {
-                if self.doorbell.ring(next, lane).await.is_err() {
-                    if let Err(e) = self.ledger.mark_unrung(next).await {
-                        tracing::warn!(job = %next, error = %e, "could not mark an admitted job unrung");
-                    }
-                }
+                kiln_core::dispatch::ring_or_mark_unrung(
+                    self.doorbell.as_ref(),
+                    self.ledger.as_ref(),
+                    next,
+                    lane,
+                )
+                .await;
             }
         }
         Ok(claim)
@@ -404,7 +406,14 @@ impl Executor {
                 // retry left it marked unrung).
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    if doorbell.ring(job_id, lane).await.is_ok() {
+                    let rung = kiln_core::dispatch::ring_or_mark_unrung(
+                        doorbell.as_ref(),
+                        ledger.as_ref(),
+                        job_id,
+                        lane,
+                    )
+                    .await;
+                    if rung {
                         let _ = ledger.mark_rung(job_id).await;
                     }
                 });
@@ -645,9 +654,7 @@ pub async fn advance_pipeline(
     pipeline: JobId,
 ) -> ExecResult {
     for (job, lane) in ledger.advance_pipeline(pipeline).await? {
-        if doorbell.ring(job, lane).await.is_err() {
-            ledger.mark_unrung(job).await?;
-        }
+        kiln_core::dispatch::ring_or_mark_unrung(doorbell, ledger, job, lane).await;
     }
     Ok(())
 }

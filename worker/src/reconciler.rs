@@ -128,13 +128,17 @@ impl Reconciler {
         id: kiln_core::JobId,
         lane: kiln_core::dispatch::Lane,
     ) -> Result<(), LedgerError> {
-        match self.doorbell.ring(id, lane).await {
-            Ok(()) => self.ledger.mark_rung(id).await,
-            // The job stays due and unrung; the next pass tries again.
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "could not ring");
-                self.ledger.mark_unrung(id).await
-            }
+        // A ring that fails leaves the job due and unrung; the next pass tries again.
+        if kiln_core::dispatch::ring_or_mark_unrung(
+            self.doorbell.as_ref(),
+            self.ledger.as_ref(),
+            id,
+            lane,
+        )
+        .await
+        {
+            self.ledger.mark_rung(id).await?;
         }
+        Ok(())
     }
 }

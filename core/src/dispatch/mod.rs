@@ -90,6 +90,28 @@ pub struct Ring {
 /// handled inside (logged, reconnected), so the stream itself never fails.
 pub type RingStream = BoxStream<'static, Result<Ring, Infallible>>;
 
+/// Rings `job`, or, where the ring fails, marks it unrung so the reconciler's next pass rings
+/// it. The one policy for everyone who rings a committed job (a submit, a pipeline's next steps,
+/// a claim's admission of a held job, a retry, the reconciler): the job is committed whatever
+/// happens here, so neither failure is the caller's; both are logged, and a job whose mark
+/// fails too is still rung by the reconciler once its ring is stale (`ring_stale_after`).
+/// Returns whether it rang.
+pub async fn ring_or_mark_unrung(
+    doorbell: &dyn Doorbell,
+    ledger: &dyn crate::Ledger,
+    job: JobId,
+    lane: Lane,
+) -> bool {
+    let Err(e) = doorbell.ring(job, lane).await else {
+        return true;
+    };
+    tracing::warn!(job = %job, error = %e, "could not ring the doorbell; the reconciler will");
+    if let Err(e) = ledger.mark_unrung(job).await {
+        tracing::warn!(job = %job, error = %e, "could not mark the job unrung; it is rung once ring_stale_after passes");
+    }
+    false
+}
+
 #[async_trait]
 pub trait Doorbell: Send + Sync + 'static {
     /// Rings for `job`: the api after committing it, a worker after scheduling a retry, the

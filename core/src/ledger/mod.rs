@@ -9,6 +9,8 @@
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+#[cfg(test)]
+mod parity;
 mod sql;
 
 pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
