@@ -47,16 +47,23 @@ impl Dialect {
         }
     }
 
-    /// Rewrites `?` placeholders as `$1, $2, …` for Postgres. Kiln's statements hold no `?`
-    /// inside string literals.
+    /// Rewrites `?` placeholders as `$1, $2, …` for Postgres. A `?` inside a quoted string or
+    /// identifier is text, not a placeholder, and stays as it is (an escaped quote, `''`, closes
+    /// and reopens the literal, which leaves it inside).
     fn sql<'a>(self, statement: &'a str) -> Cow<'a, str> {
         match self {
             Dialect::Sqlite => Cow::Borrowed(statement),
             Dialect::Postgres => {
                 let mut out = String::with_capacity(statement.len() + 16);
                 let mut n = 0;
+                let mut quoted: Option<char> = None;
                 for c in statement.chars() {
-                    if c == '?' {
+                    match (quoted, c) {
+                        (None, '\'' | '"') => quoted = Some(c),
+                        (Some(q), c) if c == q => quoted = None,
+                        _ => {}
+                    }
+                    if c == '?' && quoted.is_none() {
                         n += 1;
                         out.push('$');
                         out.push_str(&n.to_string());
@@ -190,6 +197,20 @@ struct Tx {
     d: Dialect,
     /// The tenant dispatch window, for the jobs this transaction inserts.
     window: u32,
+    /// Transitions written, counted only once the transaction commits: a group of writes that
+    /// fails and is written again write by write must not count its transitions twice.
+    transitions: Vec<&'static str>,
+}
+
+impl Tx {
+    /// Commits, then counts what was written.
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        for status in self.transitions {
+            crate::metrics::transition(status);
+        }
+        Ok(())
+    }
 }
 
 async fn begin_write(pool: &AnyPool, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
@@ -201,6 +222,7 @@ async fn begin_write(pool: &AnyPool, dialect: Dialect, window: &AtomicU32) -> Re
         tx: pool.begin_with(begin).await?,
         d: dialect,
         window: window.load(Ordering::Relaxed),
+        transitions: Vec::new(),
     })
 }
 
@@ -436,7 +458,7 @@ async fn record_transition(
     reason: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    crate::metrics::transition(to.as_str());
+    tx.transitions.push(to.as_str());
     sqlx::query(&tx.d.sql(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
     ))
@@ -753,7 +775,7 @@ async fn insert_job_in(tx: &mut Tx, job: &NewJob, pipeline: Option<&str>, at: i6
         link_idempotent(tx, key, &id).await?;
     }
     if tx.d == Dialect::Postgres {
-        crate::metrics::transition(Status::Queued.as_str());
+        tx.transitions.push(Status::Queued.as_str());
     } else {
         record_transition(tx, &id, None, Status::Queued, None, at).await?;
     }
@@ -835,7 +857,7 @@ async fn claim_in(
         let Some(row) = row else {
             return Ok(None);
         };
-        crate::metrics::transition(Status::Running.as_str());
+        tx.transitions.push(Status::Running.as_str());
         job_from_row(&row)?
     } else {
         let claim_sql = tx.d.sql(&claim_sql);
@@ -963,7 +985,7 @@ async fn succeed_merged(
     }
     let won: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("won")?;
     if won > 0 {
-        crate::metrics::transition(Status::Succeeded.as_str());
+        tx.transitions.push(Status::Succeeded.as_str());
     }
     Ok(won > 0)
 }
@@ -1643,7 +1665,7 @@ impl Ledger for SqlLedger {
                 claim_token,
             });
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(due)
     }
 
@@ -1758,7 +1780,7 @@ impl Ledger for SqlLedger {
             .execute(&mut *tx.tx)
             .await?;
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -2020,7 +2042,7 @@ impl Ledger for SqlLedger {
                 }
             }
         };
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(begin)
     }
 
@@ -2110,7 +2132,7 @@ impl Ledger for SqlLedger {
         if let Some(from) = &open {
             cancel_in(&mut tx, &sid, from, at).await?;
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         // Only the call that made the transition canceled the job; a job that had already
         // ended (canceled before included) is reported as ended.
         Ok(match self.get_job(tenant, id).await? {
@@ -2252,7 +2274,7 @@ impl Ledger for SqlLedger {
             .await?;
         }
         let started = advance_in(&mut tx, &pid, at, pipeline.max_active).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         let created = self
             .get_pipeline(&pipeline.tenant, pipeline.id)
             .await?
@@ -2263,7 +2285,7 @@ impl Ledger for SqlLedger {
     async fn advance_pipeline(&self, id: JobId) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
         let mut tx = self.write_tx().await?;
         let started = advance_in(&mut tx, &id.to_string(), to_millis(now()), None).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(started)
     }
 
@@ -2386,7 +2408,7 @@ impl Ledger for SqlLedger {
             )
             .await?;
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         self.get_pipeline(tenant, id).await
     }
 
@@ -2467,7 +2489,7 @@ impl Ledger for SqlLedger {
                 failed.push((job_id, code.to_owned()));
             }
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(failed)
     }
 
@@ -2530,7 +2552,7 @@ impl Ledger for SqlLedger {
             at,
         )
         .await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(won)
     }
 
@@ -2559,7 +2581,7 @@ impl Ledger for SqlLedger {
                 .execute(&mut *tx.tx)
                 .await?;
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(won)
     }
 
@@ -2576,7 +2598,7 @@ impl Ledger for SqlLedger {
             at,
         )
         .await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(won)
     }
 
@@ -2588,7 +2610,7 @@ impl Ledger for SqlLedger {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         finish_attempt(&mut tx, &lease.attempt_id, outcome, error, to_millis(now())).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -2848,7 +2870,7 @@ impl Ledger for SqlLedger {
                 rescues.push(Rescue::Requeued(job_id, lane));
             }
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(rescues)
     }
 
@@ -2903,7 +2925,7 @@ impl Ledger for SqlLedger {
                 admitted.push((id, lane));
             }
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(admitted)
     }
 
@@ -3111,7 +3133,7 @@ async fn write_in_one(
     for write in writes {
         written.push(write.apply(&mut tx).await?);
     }
-    tx.tx.commit().await?;
+    tx.commit().await?;
     Ok(written)
 }
 
@@ -3250,6 +3272,12 @@ mod tests {
             Dialect::Postgres.sql(q),
             "UPDATE jobs SET a = $1 WHERE id = $2 AND b IN ($3, $4)"
         );
+        // A question mark in quoted text is text.
+        let q = "SELECT 'a?', ? FROM \"odd?\" WHERE m = 'it''s ?' AND n = ?";
+        assert_eq!(
+            Dialect::Postgres.sql(q),
+            "SELECT 'a?', $1 FROM \"odd?\" WHERE m = 'it''s ?' AND n = $2"
+        );
     }
 
     #[test]
@@ -3261,6 +3289,65 @@ mod tests {
         assert!(!redact("mysql://u:hunter2@h/db").contains("hunter2"));
     }
 
+    /// A group of writes that fails (one of them breaks a key) is written again write by write;
+    /// its transitions are counted once, when a transaction that holds them commits.
+    #[test]
+    fn a_group_written_again_counts_its_transitions_once() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshots = recorder.snapshotter();
+        // A thread-local recorder and a runtime on this thread: only this test's counts.
+        metrics::with_local_recorder(&recorder, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let (ledger, _dir) = fresh().await;
+                    let job = |id: JobId| NewJob {
+                        id,
+                        tenant: TenantId::parse("a").unwrap(),
+                        model: "demo/image".into(),
+                        input: serde_json::json!({"prompt": "x"}),
+                        deadline_at: None,
+                        start_by: None,
+                        key_id: None,
+                        webhook_url: None,
+                        webhook_events: None,
+                        idempotency: None,
+                        priority: Default::default(),
+                        max_active: None,
+                        spend: None,
+                    };
+                    let taken = JobId::new();
+                    ledger.insert_job(job(taken)).await.unwrap();
+                    // Twenty good inserts and one whose id is taken, all at once: they share a
+                    // group, which the taken id fails.
+                    let writes = (0..20)
+                        .map(|_| job(JobId::new()))
+                        .chain(std::iter::once(job(taken)))
+                        .map(|j| ledger.insert_job(j));
+                    let results = futures::future::join_all(writes).await;
+                    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20);
+                    assert!(results.last().unwrap().is_err());
+                });
+        });
+        let queued: u64 = snapshots
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, _, _, _)| {
+                key.key().name() == "kiln_job_transitions_total"
+                    && key.key().labels().any(|l| l.value() == "queued")
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(queued, 21, "each committed job counted once");
+    }
+
     crate::ledger_contract_tests!(fresh());
 
     mod postgres {
@@ -3270,6 +3357,65 @@ mod tests {
         async fn fresh() -> (Arc<dyn Ledger>, PostgresDatabase) {
             let db = PostgresDatabase::create().await;
             (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
+        }
+
+        /// A group of writes that fails (one of them breaks a key) is written again write by write;
+        /// its transitions are counted once, when a transaction that holds them commits.
+        #[test]
+        fn a_group_written_again_counts_its_transitions_once() {
+            use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+            let recorder = DebuggingRecorder::new();
+            let snapshots = recorder.snapshotter();
+            // A thread-local recorder and a runtime on this thread: only this test's counts.
+            metrics::with_local_recorder(&recorder, || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let (ledger, _dir) = fresh().await;
+                        let job = |id: JobId| NewJob {
+                            id,
+                            tenant: TenantId::parse("a").unwrap(),
+                            model: "demo/image".into(),
+                            input: serde_json::json!({"prompt": "x"}),
+                            deadline_at: None,
+                            start_by: None,
+                            key_id: None,
+                            webhook_url: None,
+                            webhook_events: None,
+                            idempotency: None,
+                            priority: Default::default(),
+                            max_active: None,
+                            spend: None,
+                        };
+                        let taken = JobId::new();
+                        ledger.insert_job(job(taken)).await.unwrap();
+                        // Twenty good inserts and one whose id is taken, all at once: they share a
+                        // group, which the taken id fails.
+                        let writes = (0..20)
+                            .map(|_| job(JobId::new()))
+                            .chain(std::iter::once(job(taken)))
+                            .map(|j| ledger.insert_job(j));
+                        let results = futures::future::join_all(writes).await;
+                        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20);
+                        assert!(results.last().unwrap().is_err());
+                    });
+            });
+            let queued: u64 = snapshots
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter(|(key, _, _, _)| {
+                    key.key().name() == "kiln_job_transitions_total"
+                        && key.key().labels().any(|l| l.value() == "queued")
+                })
+                .map(|(_, _, _, value)| match value {
+                    DebugValue::Counter(n) => n,
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(queued, 21, "each committed job counted once");
         }
 
         crate::ledger_contract_tests!(fresh());
