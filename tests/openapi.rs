@@ -73,6 +73,36 @@ async fn the_document_is_openapi_3_1_and_covers_every_route() {
             "{code}: {submit_errors:#}"
         );
     }
+    // What the server demands, the document says: RFC 3339 times are `date-time`, and an
+    // `Idempotency-Key` is 1 to 255 characters.
+    let param = |path: &str, method: &str, name: &str| {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no {name}"))["schema"]
+            .clone()
+    };
+    for (path, name) in [
+        ("/v1/jobs", "created_after"),
+        ("/v1/jobs", "created_before"),
+        ("/v1/pipelines", "created_after"),
+        ("/v1/usage", "from"),
+        ("/v1/usage", "to"),
+    ] {
+        let schema = param(path, "get", name);
+        let format = schema["format"]
+            .as_str()
+            .or_else(|| schema["oneOf"][0]["format"].as_str())
+            .or_else(|| schema["anyOf"][0]["format"].as_str());
+        assert_eq!(format, Some("date-time"), "{path} {name}: {schema}");
+    }
+    for path in ["/v1/jobs", "/v1/pipelines"] {
+        let schema = param(path, "post", "Idempotency-Key");
+        assert_eq!(schema["maxLength"], 255, "{path}: {schema}");
+        assert_eq!(schema["minLength"], 1, "{path}: {schema}");
+    }
     let docs = kiln.http.get(kiln.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("openapi"));

@@ -187,7 +187,7 @@ fn body_problem(rejection: BytesRejection) -> Problem {
     request_body = crate::openapi::JobSubmission,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body replay the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
         ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after`; the sooner of the two holds"),
     ),
     responses(
@@ -732,8 +732,8 @@ pub async fn output(
     params(
         ("status" = Option<String>, Query, description = "Comma-separated statuses"),
         ("model" = Option<String>, Query),
-        ("created_after" = Option<String>, Query, description = "RFC 3339"),
-        ("created_before" = Option<String>, Query, description = "RFC 3339"),
+        ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
+        ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
         ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),

@@ -65,7 +65,7 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
     request_body = crate::openapi::PipelineSubmission,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body replay the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
     ),
     responses(
         (status = 202, description = "Committed; its first steps are queued", body = crate::openapi::Pipeline, headers(
@@ -301,8 +301,8 @@ async fn respond_after_wait(
     tag = "pipelines",
     params(
         ("status" = Option<String>, Query, description = "Comma-separated statuses"),
-        ("created_after" = Option<String>, Query, description = "RFC 3339"),
-        ("created_before" = Option<String>, Query, description = "RFC 3339"),
+        ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
+        ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
         ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),

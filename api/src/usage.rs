@@ -67,8 +67,8 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
     operation_id = "getUsage",
     tag = "usage",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339 (default: 30 days before `to`)"),
-        ("to" = Option<String>, Query, description = "RFC 3339 (default: now)"),
+        ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339 (default: 30 days before `to`)"),
+        ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339 (default: now)"),
         ("group_by" = Option<String>, Query, description = "model (default), provider or day"),
     ),
     responses(
