@@ -540,18 +540,12 @@ impl Executor {
         // The claimed row shows the input with inline data elided; the full one is read apart,
         // only when there is something elided, and only here.
         let full_input = if kiln_core::job::has_elided_data(&job.input) {
-            self.ledger
-                .job_input(job.id)
-                .await
-                .map_err(|e| {
-                    ProviderError::retry(
-                        "internal_error",
-                        format!("the ledger is unavailable: {e}"),
-                    )
-                })?
-                .unwrap_or_else(|| job.input.clone())
+            let read = self.ledger.job_input(job.id).await.map_err(|e| {
+                ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
+            })?;
+            std::borrow::Cow::Owned(read.unwrap_or_else(|| job.input.clone()))
         } else {
-            job.input.clone()
+            std::borrow::Cow::Borrowed(&job.input)
         };
         let input = self
             .catalog

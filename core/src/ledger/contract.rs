@@ -16,7 +16,7 @@ fn tenant(name: &str) -> TenantId {
 }
 
 /// A plain `demo/image` job of `owner`'s, to insert as it is or with fields changed.
-fn job_of(owner: &str) -> NewJob {
+pub(crate) fn job_of(owner: &str) -> NewJob {
     NewJob {
         idempotency: None,
         priority: Default::default(),

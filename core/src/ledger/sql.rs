@@ -3290,9 +3290,13 @@ mod tests {
     }
 
     /// A group of writes that fails (one of them breaks a key) is written again write by write;
-    /// its transitions are counted once, when a transaction that holds them commits.
-    #[test]
-    fn a_group_written_again_counts_its_transitions_once() {
+    /// its transitions are counted once, when a transaction that holds them commits. Returns
+    /// how many `queued` transitions were counted for 21 committed jobs, on a ledger of `fresh`.
+    fn queued_transitions_counted<F, G>(fresh: impl FnOnce() -> F) -> u64
+    where
+        F: std::future::Future<Output = (Arc<dyn Ledger>, G)>,
+    {
+        use crate::ledger::contract::job_of;
         use metrics_util::debugging::{DebugValue, DebuggingRecorder};
         let recorder = DebuggingRecorder::new();
         let snapshots = recorder.snapshotter();
@@ -3303,22 +3307,8 @@ mod tests {
                 .build()
                 .unwrap()
                 .block_on(async {
-                    let (ledger, _dir) = fresh().await;
-                    let job = |id: JobId| NewJob {
-                        id,
-                        tenant: TenantId::parse("a").unwrap(),
-                        model: "demo/image".into(),
-                        input: serde_json::json!({"prompt": "x"}),
-                        deadline_at: None,
-                        start_by: None,
-                        key_id: None,
-                        webhook_url: None,
-                        webhook_events: None,
-                        idempotency: None,
-                        priority: Default::default(),
-                        max_active: None,
-                        spend: None,
-                    };
+                    let (ledger, _guard) = fresh().await;
+                    let job = |id: JobId| NewJob { id, ..job_of("a") };
                     let taken = JobId::new();
                     ledger.insert_job(job(taken)).await.unwrap();
                     // Twenty good inserts and one whose id is taken, all at once: they share a
@@ -3332,7 +3322,7 @@ mod tests {
                     assert!(results.last().unwrap().is_err());
                 });
         });
-        let queued: u64 = snapshots
+        snapshots
             .snapshot()
             .into_vec()
             .into_iter()
@@ -3344,8 +3334,16 @@ mod tests {
                 DebugValue::Counter(n) => n,
                 _ => 0,
             })
-            .sum();
-        assert_eq!(queued, 21, "each committed job counted once");
+            .sum()
+    }
+
+    #[test]
+    fn a_group_written_again_counts_its_transitions_once() {
+        assert_eq!(
+            queued_transitions_counted(fresh),
+            21,
+            "each committed job counted once"
+        );
     }
 
     crate::ledger_contract_tests!(fresh());
@@ -3359,63 +3357,9 @@ mod tests {
             (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
         }
 
-        /// A group of writes that fails (one of them breaks a key) is written again write by write;
-        /// its transitions are counted once, when a transaction that holds them commits.
         #[test]
         fn a_group_written_again_counts_its_transitions_once() {
-            use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-            let recorder = DebuggingRecorder::new();
-            let snapshots = recorder.snapshotter();
-            // A thread-local recorder and a runtime on this thread: only this test's counts.
-            metrics::with_local_recorder(&recorder, || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async {
-                        let (ledger, _dir) = fresh().await;
-                        let job = |id: JobId| NewJob {
-                            id,
-                            tenant: TenantId::parse("a").unwrap(),
-                            model: "demo/image".into(),
-                            input: serde_json::json!({"prompt": "x"}),
-                            deadline_at: None,
-                            start_by: None,
-                            key_id: None,
-                            webhook_url: None,
-                            webhook_events: None,
-                            idempotency: None,
-                            priority: Default::default(),
-                            max_active: None,
-                            spend: None,
-                        };
-                        let taken = JobId::new();
-                        ledger.insert_job(job(taken)).await.unwrap();
-                        // Twenty good inserts and one whose id is taken, all at once: they share a
-                        // group, which the taken id fails.
-                        let writes = (0..20)
-                            .map(|_| job(JobId::new()))
-                            .chain(std::iter::once(job(taken)))
-                            .map(|j| ledger.insert_job(j));
-                        let results = futures::future::join_all(writes).await;
-                        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20);
-                        assert!(results.last().unwrap().is_err());
-                    });
-            });
-            let queued: u64 = snapshots
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter(|(key, _, _, _)| {
-                    key.key().name() == "kiln_job_transitions_total"
-                        && key.key().labels().any(|l| l.value() == "queued")
-                })
-                .map(|(_, _, _, value)| match value {
-                    DebugValue::Counter(n) => n,
-                    _ => 0,
-                })
-                .sum();
-            assert_eq!(queued, 21, "each committed job counted once");
+            assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
         crate::ledger_contract_tests!(fresh());
