@@ -386,12 +386,9 @@ pub struct Transition {
     pub at: Timestamp,
 }
 
+/// API keys: minting, lookup by hash, revocation, per-key limits and webhook secrets.
 #[async_trait]
-pub trait Ledger: Send + Sync + 'static {
-    /// Cheap liveness check for `/readyz`.
-    async fn ping(&self) -> Result<()>;
-
-    // --- API keys -------------------------------------------------------------------------
+pub trait KeyLedger: Send + Sync {
     async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord>;
     /// A live (not revoked) key's record, by the key's hash.
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
@@ -399,6 +396,24 @@ pub trait Ledger: Send + Sync + 'static {
     async fn set_default_webhook(&self, id_or_prefix: &str, url: Option<&str>) -> Result<u64>;
     /// Sets a key's limits (all four: `None` returns one to the default); how many keys matched.
     async fn set_key_limits(&self, id_or_prefix: &str, limits: &KeyLimits) -> Result<u64>;
+    /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
+    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets>;
+    /// Makes `new` the key's secret; the current one keeps signing until `previous_until`.
+    async fn rotate_webhook_secret(
+        &self,
+        key_id: &str,
+        new: &str,
+        previous_until: Timestamp,
+    ) -> Result<()>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes by id or by display prefix; returns how many keys were revoked.
+    async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64>;
+    async fn count_api_keys(&self) -> Result<u64>;
+}
+
+/// What keys spend and what the queue holds: usage rows, spend, active jobs, gauges.
+#[async_trait]
+pub trait UsageLedger: Send + Sync {
     /// The tenant's jobs created in `[from, to)` with their attempts, one row per attempt (one
     /// per job never attempted), ordered by job and attempt number: what usage is summed from.
     async fn usage_rows(
@@ -414,27 +429,59 @@ pub trait Ledger: Send + Sync + 'static {
     async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>>;
     /// What the key's jobs' attempts started since `since` cost, in millionths.
     async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
-    /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
-    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets>;
-    /// Makes `new` the key's secret; the current one keeps signing until `previous_until`.
-    async fn rotate_webhook_secret(
-        &self,
-        key_id: &str,
-        new: &str,
-        previous_until: Timestamp,
-    ) -> Result<()>;
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
-    /// Revokes by id or by display prefix; returns how many keys were revoked.
-    async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<u64>;
-    async fn count_api_keys(&self) -> Result<u64>;
+}
 
-    // --- the api's side ---------------------------------------------------------------------
+/// Jobs and claims: the api submits, reads, lists and cancels jobs; dispatch rings and admits them; a worker claims one.
+#[async_trait]
+pub trait JobLedger: Send + Sync {
     async fn insert_job(&self, job: NewJob) -> Result<Job>;
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>>;
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>>;
     /// `queued|running → canceled`. A running job's worker notices at its next lease renewal.
     async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome>;
+    /// How many queued jobs, of every tenant, were submitted before this queued one and wait
+    /// with it; `None` once it is not queued. Dispatch drains in submit order within a lane, so
+    /// this is the count a client waits behind. Counted up to `QUEUE_POSITION_CAP` (a deeper queue
+    /// reads as the cap: "at least").
+    async fn queue_position(&self, id: JobId) -> Result<Option<u64>>;
+    /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
+    async fn mark_rung(&self, id: JobId) -> Result<()>;
+    /// Records that a ring failed, so the reconciler's next pass rings the job.
+    async fn mark_unrung(&self, id: JobId) -> Result<()>;
+    /// Queued jobs that are due and were last rung before `rung_before`.
+    async fn due_unrung(
+        &self,
+        rung_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
+    /// Admits held jobs to the queue where their tenants' windows have room, round-robin across
+    /// tenants (each tenant's highest priority, oldest first); the caller rings them.
+    async fn admit_held(&self, limit: u32) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
+    /// How many of a tenant's queued jobs may be in the shared queue at once (default 100).
+    fn set_dispatch_window(&self, window: u32);
+    /// `queued → running` if the job is queued and due; takes a lease for `lease_for` and opens
+    /// the next attempt in the same transaction. `None` when someone else has it, it is not
+    /// due yet, or it is gone.
+    async fn claim(
+        &self,
+        id: JobId,
+        worker: &str,
+        route: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>>;
+    /// Unscoped read, for workers and operators.
+    async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
+    /// A job's full input, inline data included (a `Job` holds it elided): for the worker that
+    /// runs the job, and nothing else.
+    async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>>;
+    /// Unscoped read of several jobs at once (those that exist, in no particular order).
+    async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>>;
+    async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
+}
 
+/// Idempotency keys: a request takes one, answers it or lets it go.
+#[async_trait]
+pub trait IdempotencyLedger: Send + Sync {
     /// Takes an idempotency key for one request: `fingerprint` identifies the request (route
     /// and body); `lock_for` bounds how long a request may hold it before a retry may take over;
     /// `keep_for` is how long the answer is kept.
@@ -456,27 +503,11 @@ pub trait Ledger: Send + Sync + 'static {
     async fn abandon_idempotent(&self, key: &IdempotencyRef) -> Result<()>;
     /// Deletes idempotency keys past their keeping time; how many.
     async fn purge_idempotency(&self, now: Timestamp, limit: u32) -> Result<u64>;
-    /// How many queued jobs, of every tenant, were submitted before this queued one and wait
-    /// with it; `None` once it is not queued. Dispatch drains in submit order within a lane, so
-    /// this is the count a client waits behind. Counted up to 1,000 (a deeper queue reads as
-    /// 1,000: "at least").
-    async fn queue_position(&self, id: JobId) -> Result<Option<u64>>;
-    /// Records that the doorbell was rung, so the reconciler leaves the job alone for a while.
-    async fn mark_rung(&self, id: JobId) -> Result<()>;
-    /// Records that a ring failed, so the reconciler's next pass rings the job.
-    async fn mark_unrung(&self, id: JobId) -> Result<()>;
+}
 
-    // --- the worker's side --------------------------------------------------------------------
-    /// `queued → running` if the job is queued and due; takes a lease for `lease_for` and opens
-    /// the next attempt in the same transaction. `None` when someone else has it, it is not
-    /// due yet, or it is gone.
-    async fn claim(
-        &self,
-        id: JobId,
-        worker: &str,
-        route: &str,
-        lease_for: Duration,
-    ) -> Result<Option<Claim>>;
+/// A running attempt, fenced by its lease: notes, upstream callbacks, renewals, its end, and the outputs it left.
+#[async_trait]
+pub trait AttemptLedger: Send + Sync {
     /// Records what the worker learned about its running attempt (see `AttemptNote`).
     async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()>;
     /// Stores an upstream's terminal callback for one of a running job's upstream handles.
@@ -509,21 +540,18 @@ pub trait Ledger: Send + Sync + 'static {
         outcome: AttemptOutcome,
         error: Option<&ErrorInfo>,
     ) -> Result<()>;
-    /// Unscoped read, for workers and operators.
-    async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
     /// Up to `limit` upstream calls to stop, each claimed for `hold` (a claim that is not
     /// finished comes back once it has passed).
     async fn claim_upstream_stops(&self, limit: u32, hold: Duration) -> Result<Vec<UpstreamStop>>;
     /// Forgets an upstream call to stop: it was stopped, or will not be.
     async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()>;
-    /// A job's full input, inline data included (a `Job` holds it elided): for the worker that
-    /// runs the job, and nothing else.
-    async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>>;
-    /// Unscoped read of several jobs at once (those that exist, in no particular order).
-    async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>>;
-    async fn transitions(&self, id: JobId) -> Result<Vec<Transition>>;
+    async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;
+    async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
+}
 
-    // --- pipelines ----------------------------------------------------------------------------
+/// Pipelines: steps written together, moved on as their steps end.
+#[async_trait]
+pub trait PipelineLedger: Send + Sync {
     /// Writes a pipeline and its steps, and starts the steps that depend on nothing, in one
     /// transaction. Returns the pipeline and the jobs started (to be rung).
     async fn insert_pipeline(
@@ -543,8 +571,11 @@ pub trait Ledger: Send + Sync + 'static {
     async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
     /// Running pipelines, for the reconciler's safety-net pass.
     async fn active_pipelines(&self, limit: u32) -> Result<Vec<JobId>>;
+}
 
-    // --- webhook deliveries ----------------------------------------------------------------
+/// Webhook deliveries: claimed, tried, listed and sent again.
+#[async_trait]
+pub trait DeliveryLedger: Send + Sync {
     /// Pending deliveries due by `now` (a first try only once `first_delay` has passed since
     /// the event), oldest first, each held for `hold` (a worker that dies mid-try leaves it due
     /// again after that).
@@ -569,8 +600,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Sends a delivery again (same `webhook-id`, the schedule from its start); `false` when
     /// there is no such delivery or a worker is trying it right now.
     async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool>;
+}
 
-    // --- worker identities ----------------------------------------------------------------
+/// Worker identities and the reconciler's repairs: expired leases rescued, overdue jobs failed.
+#[async_trait]
+pub trait MaintenanceLedger: Send + Sync {
     /// Takes the lowest free identity `{base}-{n}` for `holder` (a slot is free when nobody
     /// holds it or its holder stopped renewing it) and returns it.
     async fn acquire_worker_slot(&self, base: &str, holder: &str, ttl: Duration) -> Result<String>;
@@ -580,27 +614,32 @@ pub trait Ledger: Send + Sync + 'static {
     /// Expires the leases of jobs still running under `identity`, so the next reconciler pass
     /// rescues them at once. Called by an identity's new holder: the old one is gone.
     async fn expire_leases_of(&self, identity: &str) -> Result<u64>;
-
-    // --- the reconciler's and janitor's side --------------------------------------------------
     /// Running jobs whose lease expired go back to `queued` (counting a rescue), or to `failed`
     /// once they have been rescued `max_rescues` times.
     async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>>;
     /// Queued jobs past their deadline, or never started by their `start_by`, become `failed`
     /// (`deadline_exceeded`, `queue_timeout`). Returns them with their error code.
     async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>>;
-    /// Queued jobs that are due and were last rung before `rung_before`.
-    async fn due_unrung(
-        &self,
-        rung_before: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
-    /// Admits held jobs to the queue where their tenants' windows have room, round-robin across
-    /// tenants (each tenant's highest priority, oldest first); the caller rings them.
-    async fn admit_held(&self, limit: u32) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
-    /// How many of a tenant's queued jobs may be in the shared queue at once (default 100).
-    fn set_dispatch_window(&self, window: u32);
-    async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;
-    async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
+}
+
+/// The whole ledger: every aggregate's trait. Callers hold `Arc<dyn Ledger>` and call any
+/// aggregate's methods through it (a trait object carries its supertraits' methods).
+#[async_trait]
+pub trait Ledger:
+    KeyLedger
+    + UsageLedger
+    + JobLedger
+    + IdempotencyLedger
+    + AttemptLedger
+    + PipelineLedger
+    + DeliveryLedger
+    + MaintenanceLedger
+    + Send
+    + Sync
+    + 'static
+{
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Opens the ledger a database URL names (`sqlite://…` or `postgres://…`) and brings its schema

@@ -1,0 +1,436 @@
+//! A running attempt and what it ends with: notes and upstream callbacks, lease renewals,
+//! success with its outputs, failure, retry, release, and the outputs' expiry. Every write is
+//! fenced by the lease token (invariant 3), so a worker that lost its job commits nothing.
+
+use super::*;
+
+pub(super) async fn finish_attempt(
+    tx: &mut Tx,
+    attempt_id: &str,
+    outcome: AttemptOutcome,
+    error: Option<&ErrorInfo>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(&tx.d.sql(
+        "UPDATE attempts SET finished_at = ?, outcome = ?, error_code = ?, error_message = ? \
+         WHERE id = ? AND finished_at IS NULL",
+    ))
+    .bind(at)
+    .bind(outcome.as_str())
+    .bind(error.map(|e| e.code.as_str()))
+    .bind(error.map(|e| e.message.as_str()))
+    .bind(attempt_id)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// The fenced `running → to` transition shared by succeed, fail, retry and release. Returns
+/// whether the compare-and-set won; on a loss nothing is written.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn leave_running(
+    tx: &mut Tx,
+    lease: &Lease,
+    to: Status,
+    error: Option<&ErrorInfo>,
+    run_after: Option<i64>,
+    outcome: AttemptOutcome,
+    at: i64,
+) -> Result<bool> {
+    debug_assert!(Status::Running.can_become(to));
+    let id = lease.job_id.to_string();
+    let completed_at = to.is_terminal().then_some(at);
+    let changed = sqlx::query(&tx.d.sql(
+        "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, completed_at = ?, \
+             run_after = COALESCE(?, run_after), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND status = 'running' AND lease_token = ?",
+    ))
+    .bind(to.as_str())
+    .bind(error.filter(|_| to.is_terminal()).map(|e| e.code.as_str()))
+    .bind(error.filter(|_| to.is_terminal()).map(|e| e.message.as_str()))
+    .bind(completed_at)
+    .bind(run_after)
+    .bind(&id)
+    .bind(&lease.token)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    finish_attempt(tx, &lease.attempt_id, outcome, error, at).await?;
+    if to.is_terminal() {
+        forget_callbacks(tx, &id).await?;
+    }
+    let reason = error.map(|e| e.code.as_str()).or(match outcome {
+        AttemptOutcome::Released => Some("released"),
+        _ => None,
+    });
+    record_transition(tx, &id, Some(Status::Running), to, reason, at).await?;
+    Ok(true)
+}
+
+/// `succeed_in` on Postgres in one round trip: `leave_running` for a success (the fenced job
+/// update, the attempt's end, the callbacks forgotten, the transition, the `job.succeeded`
+/// delivery) and the outputs, as one statement of data-modifying CTEs, each fed by the row
+/// the fenced update returned (none when the lease was lost: then nothing is written).
+pub(super) async fn succeed_merged(
+    tx: &mut Tx,
+    lease: &Lease,
+    outputs: &[NewOutput],
+    at: i64,
+) -> Result<bool> {
+    let values =
+        vec!["(?::bigint, ?::text, ?::text, ?::bigint, ?::bigint)"; outputs.len()].join(", ");
+    let outputs_cte = if outputs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) \
+                 SELECT ended.id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
+                 FROM ended CROSS JOIN (VALUES {values}) AS o (idx, object_key, content_type, bytes, expires_at))"
+        )
+    };
+    let statement = tx.d.sql(&format!(
+        "WITH ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
+                 completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND status = 'running' AND lease_token = ? \
+             RETURNING id, webhook_url, webhook_events), \
+         attempt AS (UPDATE attempts SET finished_at = ?, outcome = ?, error_code = NULL, error_message = NULL \
+             WHERE id = ? AND finished_at IS NULL AND EXISTS (SELECT 1 FROM ended)), \
+         callbacks AS (DELETE FROM upstream_callbacks WHERE job_id IN (SELECT id FROM ended)), \
+         transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+             SELECT id, 'running', 'succeeded', NULL, ? FROM ended), \
+         delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+             SELECT ?, id, 'job.succeeded', webhook_url, ?, 'pending', ? FROM ended \
+             WHERE webhook_url IS NOT NULL \
+               AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.succeeded,%')){outputs_cte} \
+         SELECT COUNT(*) AS won FROM ended"
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&statement)
+        .bind(at)
+        .bind(lease.job_id.to_string())
+        .bind(&lease.token)
+        .bind(at)
+        .bind(AttemptOutcome::Succeeded.as_str())
+        .bind(&lease.attempt_id)
+        .bind(at)
+        .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+        .bind(at)
+        .bind(at);
+    for o in outputs {
+        query = query
+            .bind(o.index as i64)
+            .bind(&o.object_key)
+            .bind(&o.content_type)
+            .bind(o.bytes as i64)
+            .bind(to_millis(o.expires_at));
+    }
+    let won: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("won")?;
+    if won > 0 {
+        tx.transitions.push(Status::Succeeded.as_str());
+    }
+    Ok(won > 0)
+}
+
+/// `running → succeeded` with the outputs, if `lease` still holds the job (`Ledger::succeed`).
+pub(super) async fn succeed_in(
+    tx: &mut Tx,
+    lease: &Lease,
+    outputs: &[NewOutput],
+    at: i64,
+) -> Result<bool> {
+    if tx.d == Dialect::Postgres {
+        return succeed_merged(tx, lease, outputs, at).await;
+    }
+    if !leave_running(
+        tx,
+        lease,
+        Status::Succeeded,
+        None,
+        None,
+        AttemptOutcome::Succeeded,
+        at,
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    for o in outputs {
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(o.index as i64)
+        .bind(&o.object_key)
+        .bind(&o.content_type)
+        .bind(o.bytes as i64)
+        .bind(to_millis(o.expires_at))
+        .execute(&mut *tx.tx)
+        .await?;
+    }
+    Ok(true)
+}
+
+/// `queued|running → canceled` for a job the caller has locked and found in state `from`.
+/// A queued job that ends (canceled, past its deadline) may have left an upstream call running:
+/// its last attempt was lost or released after the upstream had accepted the work, and no
+/// attempt re-attached to it. That call is written down to be stopped, in the same transaction.
+pub(super) async fn abandon_upstream_in(tx: &mut Tx, sid: &str, at: i64) -> Result<()> {
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO upstream_stops (job_id, model, route, upstream_id, created_at) \
+         SELECT a.job_id, j.model, a.route, a.upstream_id, ? \
+         FROM attempts a JOIN jobs j ON j.id = a.job_id \
+         WHERE a.job_id = ? AND a.upstream_id IS NOT NULL AND a.outcome IN ('lost', 'released') \
+           AND a.number = (SELECT MAX(number) FROM attempts WHERE job_id = ?) \
+         ON CONFLICT (job_id) DO NOTHING",
+    ))
+    .bind(at)
+    .bind(sid)
+    .bind(sid)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+/// Upstream callbacks matter only while the job runs; a finished job drops them.
+pub(super) async fn forget_callbacks(tx: &mut Tx, job_id: &str) -> Result<()> {
+    sqlx::query(&tx.d.sql("DELETE FROM upstream_callbacks WHERE job_id = ?"))
+        .bind(job_id)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl AttemptLedger for SqlLedger {
+    async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE attempts SET route = COALESCE(?, route), error_class = COALESCE(?, error_class), \
+                 upstream_id = COALESCE(?, upstream_id), cost_micros = COALESCE(?, cost_micros), \
+                 progress = CASE WHEN finished_at IS NULL THEN COALESCE(?, progress) ELSE progress END \
+             WHERE id = ?",
+        ))
+        .bind(note.route)
+        .bind(note.error_class)
+        .bind(note.upstream_id)
+        .bind(note.cost_micros)
+        .bind(note.progress_percent.map(i64::from))
+        .bind(&lease.attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_callback(&self, job_id: JobId, upstream_id: &str, body: &str) -> Result<bool> {
+        // Only a job still in flight takes a callback: one for a finished job is stale.
+        let stored = sqlx::query(&self.sql(
+            "INSERT INTO upstream_callbacks (job_id, upstream_id, body, received_at) \
+             SELECT id, ?, ?, ? FROM jobs WHERE id = ? AND status IN ('queued', 'running') \
+             ON CONFLICT (job_id, upstream_id) DO NOTHING",
+        ))
+        .bind(upstream_id)
+        .bind(body)
+        .bind(to_millis(now()))
+        .bind(job_id.to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(stored == 1)
+    }
+
+    async fn record_progress(&self, job_id: JobId, upstream_id: &str, percent: u8) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE attempts SET progress = ? \
+             WHERE job_id = ? AND upstream_id = ? AND finished_at IS NULL",
+        ))
+        .bind(i64::from(percent.min(100)))
+        .bind(job_id.to_string())
+        .bind(upstream_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            &self.sql("SELECT body FROM upstream_callbacks WHERE job_id = ? AND upstream_id = ?"),
+        )
+        .bind(job_id.to_string())
+        .bind(upstream_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
+        self.renewals.renew(lease, lease_for).await
+    }
+
+    async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool> {
+        let written = self
+            .group
+            .write(GroupWrite::Succeed {
+                lease: lease.clone(),
+                outputs: outputs.to_vec(),
+                at: to_millis(now()),
+            })
+            .await?;
+        let GroupWritten::Succeeded(won) = written else {
+            unreachable!("a success is answered with a success")
+        };
+        Ok(won)
+    }
+
+    async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Failed,
+            Some(error),
+            None,
+            AttemptOutcome::Failed,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &ErrorInfo,
+        run_after: Timestamp,
+    ) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Queued,
+            Some(error),
+            Some(to_millis(run_after)),
+            AttemptOutcome::Failed,
+            at,
+        )
+        .await?;
+        if won {
+            // Unrung: once due, the reconciler rings it unless the retry timer does first.
+            sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
+                .bind(lease.job_id.to_string())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            Status::Queued,
+            None,
+            Some(at),
+            AttemptOutcome::Released,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn close_attempt(
+        &self,
+        lease: &Lease,
+        outcome: AttemptOutcome,
+        error: Option<&ErrorInfo>,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        finish_attempt(&mut tx, &lease.attempt_id, outcome, error, to_millis(now())).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_upstream_stops(
+        &self,
+        limit: u32,
+        hold: Duration,
+    ) -> Result<Vec<crate::ledger::UpstreamStop>> {
+        let at = to_millis(now());
+        let until = at + hold.as_millis() as i64;
+        // The outer condition is checked again on the row a concurrent claim may have just
+        // taken (Postgres re-reads it), so two workers do not both take one stop.
+        let rows = sqlx::query(&self.sql(&format!(
+            "UPDATE upstream_stops SET claimed_until = ?, tries = tries + 1 \
+             WHERE claimed_until <= ? AND job_id IN \
+                 (SELECT job_id FROM upstream_stops WHERE claimed_until <= ? ORDER BY created_at LIMIT {limit}) \
+             RETURNING job_id, model, route, upstream_id, tries"
+        )))
+        .bind(until)
+        .bind(at)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("job_id")?;
+                Ok(crate::ledger::UpstreamStop {
+                    job_id: id
+                        .parse()
+                        .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?,
+                    model: r.try_get("model")?,
+                    route: r.try_get("route")?,
+                    upstream_id: r.try_get("upstream_id")?,
+                    tries: r.try_get::<i64, _>("tries")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM upstream_stops WHERE job_id = ?"))
+            .bind(job_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>> {
+        sqlx::query(&self.sql(
+            "SELECT job_id, idx, object_key FROM outputs WHERE deleted_at IS NULL AND expires_at <= ? \
+             ORDER BY expires_at LIMIT ?",
+        ))
+        .bind(to_millis(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let sid: String = r.try_get("job_id")?;
+            Ok(ExpiredOutput {
+                job_id: sid.parse().map_err(|_| LedgerError::Corrupt(sid.clone()))?,
+                index: r.try_get::<i64, _>("idx")? as u32,
+                object_key: r.try_get("object_key")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE outputs SET deleted_at = ? WHERE job_id = ? AND idx = ? AND deleted_at IS NULL",
+        ))
+        .bind(to_millis(now()))
+        .bind(job_id.to_string())
+        .bind(index as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

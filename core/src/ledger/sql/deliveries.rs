@@ -1,0 +1,324 @@
+//! Webhook deliveries: the one writer of a delivery row (a transition's event, in the
+//! transition's own transaction), and the deliverer's claim, try log and redelivery.
+
+use super::*;
+
+/// Writes the webhook delivery a transition causes, in the transition's own transaction (so a
+/// crash cannot separate them): `job.started` for a job's first start (its `started_at` is
+/// this instant), `job.{status}` for a terminal one; only for a job with a webhook URL whose
+/// event filter (a comma list, or none for all) takes the type.
+pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Result<()> {
+    // (`started_delivery_cte` and `succeed_merged` write the same rows within merged Postgres
+    // statements; a change here belongs there too.)
+    let (event, first_start_only) = match to {
+        Status::Running => ("job.started", true),
+        Status::Succeeded => ("job.succeeded", false),
+        Status::Failed => ("job.failed", false),
+        Status::Canceled => ("job.canceled", false),
+        Status::Queued => return Ok(()),
+    };
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let statement = tx.d.sql(&format!(
+        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+         SELECT ?, id, ?, webhook_url, ?, 'pending', ? FROM jobs \
+         WHERE id = ? AND webhook_url IS NOT NULL \
+           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE ?){}",
+        if first_start_only { " AND started_at = ?" } else { "" }
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&statement)
+        .bind(&id)
+        .bind(event)
+        .bind(at)
+        .bind(at)
+        .bind(job_id)
+        .bind(format!("%,{event},%"));
+    if first_start_only {
+        query = query.bind(at);
+    }
+    query.execute(&mut *tx.tx).await?;
+    Ok(())
+}
+
+/// `enqueue_webhook`'s `job.started` delivery as a CTE of a merged Postgres claim, fed by the
+/// `claimed` row. Binds: the delivery id, then the time three times.
+pub(super) fn started_delivery_cte() -> &'static str {
+    "delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+         SELECT ?, id, 'job.started', webhook_url, ?, 'pending', ? FROM claimed \
+         WHERE webhook_url IS NOT NULL AND started_at = ? \
+           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.started,%'))"
+}
+
+#[async_trait]
+impl DeliveryLedger for SqlLedger {
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        first_delay: Duration,
+        hold: Duration,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>> {
+        let at = to_millis(now);
+        let first_due = at - first_delay.as_millis() as i64;
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(&self.sql(&format!(
+            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
+                    k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
+             FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             LEFT JOIN api_keys k ON k.id = j.key_id \
+             WHERE d.status = 'pending' AND d.next_try_at <= ? \
+               AND (d.tries > 0 OR d.next_try_at <= ?) \
+             ORDER BY d.next_try_at, d.id LIMIT {limit}{}",
+            match self.dialect {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+            }
+        )))
+        .bind(at)
+        .bind(first_due)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        // One token for the whole claim, written in one statement: each delivery's row is
+        // fenced by it alone, and a redelivery or a later claim writes a new one.
+        let claim_token = uuid::Uuid::new_v4().simple().to_string();
+        if !rows.is_empty() {
+            // Padded to a power of two with repeats (see `renew_leases`).
+            let shape = rows.len().next_power_of_two();
+            let marks = vec!["?"; shape].join(", ");
+            let update = self
+                .sql(&format!(
+                    "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id IN ({marks})"
+                ))
+                .into_owned();
+            let mut query = sqlx::query(&update)
+                .bind(at + hold.as_millis() as i64)
+                .bind(&claim_token);
+            for i in 0..shape {
+                query = query.bind(rows[i.min(rows.len() - 1)].try_get::<String, _>("id")?);
+            }
+            query.execute(&mut *tx.tx).await?;
+        }
+        let mut due = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let claim_token = claim_token.clone();
+            let job_id: String = r.try_get("job_id")?;
+            // The key's secrets as `webhook_secrets` shows them (the previous one only while
+            // its rotation lasts); none yet, and the deliverer asks for one to be made.
+            let previous_until: Option<i64> = r.try_get("previous_secret_until")?;
+            let previous: Option<String> = r.try_get("previous_webhook_secret")?;
+            let secrets = r
+                .try_get::<Option<String>, _>("webhook_secret")?
+                .map(|current| WebhookSecrets {
+                    current,
+                    previous: previous.filter(|_| previous_until.is_some_and(|u| u > at)),
+                });
+            due.push(DueDelivery {
+                id,
+                job_id: job_id
+                    .parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("job id '{job_id}'")))?,
+                event_type: r.try_get("event_type")?,
+                url: r.try_get("url")?,
+                created_at: from_millis(r.try_get("created_at")?),
+                tries: r.try_get::<i64, _>("tries")? as u32,
+                schedule_base: r.try_get::<i64, _>("schedule_base")? as u32,
+                key_id: r.try_get("key_id")?,
+                secrets,
+                claim_token,
+            });
+        }
+        tx.commit().await?;
+        Ok(due)
+    }
+
+    async fn finish_delivery_try(
+        &self,
+        id: &str,
+        claim_token: &str,
+        tried: &DeliveryTry,
+        next: DeliveryNext,
+    ) -> Result<bool> {
+        let (status, next_try_at, delivered_at) = match next {
+            DeliveryNext::Delivered => ("delivered", None, Some(to_millis(tried.at))),
+            DeliveryNext::RetryAt(at) => ("pending", Some(to_millis(at)), None),
+            DeliveryNext::Failed => ("failed", None, None),
+            DeliveryNext::Gone => ("gone", None, None),
+        };
+        // The fenced update's parameters, first in both statements below.
+        let finished = (
+            status,
+            tried.number as i64,
+            next_try_at,
+            delivered_at,
+            id.to_owned(),
+            claim_token.to_owned(),
+        );
+        type Finished = (&'static str, i64, Option<i64>, Option<i64>, String, String);
+        fn bind_finished<'q>(
+            statement: &'q str,
+            (status, tries, next_try_at, delivered_at, id, token): Finished,
+        ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+            sqlx::query(statement)
+                .bind(status)
+                .bind(tries)
+                .bind(next_try_at)
+                .bind(delivered_at)
+                .bind(id)
+                .bind(token)
+        }
+        if self.dialect == Dialect::Postgres && next != DeliveryNext::Gone {
+            // One statement, so one round trip and no explicit transaction: the fenced
+            // update and the try's log row, the row fed by the update (none when the claim
+            // was lost). A 410 takes the transaction below: it stops the tenant's other
+            // deliveries too.
+            let statement = self.sql(
+                "WITH finished AS (UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, \
+                         delivered_at = ?, claim_token = NULL \
+                     WHERE id = ? AND claim_token = ? RETURNING id), \
+                 tried AS (INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
+                     SELECT id, ?, ?, ?, ?, ? FROM finished) \
+                 SELECT COUNT(*) AS won FROM finished",
+            );
+            let won: i64 = bind_finished(&statement, finished)
+                .bind(tried.number as i64)
+                .bind(to_millis(tried.at))
+                .bind(tried.status_code.map(i64::from))
+                .bind(tried.latency_ms as i64)
+                .bind(tried.error.as_deref())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("won")?;
+            return Ok(won > 0);
+        }
+        let mut tx = self.write_tx().await?;
+        // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
+        // nothing.
+        let statement = self.sql(
+            "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
+             WHERE id = ? AND claim_token = ?",
+        );
+        let changed = bind_finished(&statement, finished)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        sqlx::query(&self.sql(
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(id)
+        .bind(tried.number as i64)
+        .bind(to_millis(tried.at))
+        .bind(tried.status_code.map(i64::from))
+        .bind(tried.latency_ms as i64)
+        .bind(tried.error.as_deref())
+        .execute(&mut *tx.tx)
+        .await?;
+        if next == DeliveryNext::Gone {
+            // 410: the endpoint wants nothing more from this tenant. The tenant's other pending
+            // deliveries to it stop too, and none of its keys keeps it as the default webhook.
+            let row = sqlx::query(&self.sql(
+                "SELECT d.url, j.tenant FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id = ?",
+            ))
+            .bind(id)
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            let (url, tenant): (String, String) = (row.try_get("url")?, row.try_get("tenant")?);
+            sqlx::query(&self.sql(
+                "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL \
+                 WHERE url = ? AND status = 'pending' AND claim_token IS NULL \
+                   AND job_id IN (SELECT id FROM jobs WHERE tenant = ?)",
+            ))
+            .bind(&url)
+            .bind(&tenant)
+            .execute(&mut *tx.tx)
+            .await?;
+            sqlx::query(&self.sql(
+                "UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ? AND tenant = ?",
+            ))
+            .bind(&url)
+            .bind(&tenant)
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>> {
+        let sid = job_id.to_string();
+        let owned: Option<String> =
+            sqlx::query_scalar(&self.sql("SELECT id FROM jobs WHERE id = ? AND tenant = ?"))
+                .bind(&sid)
+                .bind(&tenant.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        if owned.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, event_type, url, created_at, status, next_try_at, delivered_at \
+             FROM webhook_deliveries WHERE job_id = ? ORDER BY created_at, id",
+        ))
+        .bind(&sid)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let tries = sqlx::query(&self.sql(
+                "SELECT number, at, status_code, latency_ms, error FROM webhook_tries WHERE delivery_id = ? ORDER BY number",
+            ))
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|t| {
+                Ok(DeliveryTry {
+                    number: t.try_get::<i64, _>("number")? as u32,
+                    at: from_millis(t.try_get("at")?),
+                    status_code: t.try_get::<Option<i64>, _>("status_code")?.map(|c| c as u16),
+                    latency_ms: t.try_get::<i64, _>("latency_ms")? as u64,
+                    error: t.try_get("error")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            out.push(Delivery {
+                id,
+                event_type: r.try_get("event_type")?,
+                url: r.try_get("url")?,
+                created_at: from_millis(r.try_get("created_at")?),
+                status: r.try_get("status")?,
+                next_try_at: r.try_get::<Option<i64>, _>("next_try_at")?.map(from_millis),
+                delivered_at: r
+                    .try_get::<Option<i64>, _>("delivered_at")?
+                    .map(from_millis),
+                tries,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool> {
+        // Not while a worker holds it (it is being tried now); the schedule starts over.
+        let at = to_millis(now());
+        let changed = sqlx::query(&self.sql(
+            "UPDATE webhook_deliveries SET status = 'pending', next_try_at = ?, schedule_base = tries, \
+                 delivered_at = NULL \
+             WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?) \
+               AND NOT (status = 'pending' AND claim_token IS NOT NULL AND next_try_at > ?)",
+        ))
+        .bind(at)
+        .bind(delivery_id)
+        .bind(job_id.to_string())
+        .bind(job_id.to_string())
+        .bind(&tenant.0)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+}

@@ -1,0 +1,178 @@
+//! Group commit: concurrent inserts, claims and successes of different jobs share one
+//! transaction, so a busy ledger pays one commit for many jobs. A group that fails is written
+//! again write by write, so one bad write cannot fail its neighbours; transitions are counted
+//! only after a commit (`Tx::commit`), so a group written twice counts once.
+
+use super::*;
+
+/// Most writes one grouped transaction carries.
+pub(super) const GROUP_MAX: usize = 64;
+
+/// A per-job write that may share its transaction with other jobs' writes (`GroupCommit`).
+/// An insert and a success carry the time they were asked at (an insert's answer shows it);
+/// a claim is timed as it is written.
+pub(super) enum GroupWrite {
+    Insert {
+        job: Box<NewJob>,
+        at: i64,
+    },
+    /// Timed when it is written (its lease runs from then, not from when it was queued).
+    Claim {
+        id: JobId,
+        worker: String,
+        route: String,
+        lease_for: Duration,
+    },
+    Succeed {
+        lease: Lease,
+        outputs: Vec<NewOutput>,
+        at: i64,
+    },
+}
+
+impl GroupWrite {
+    /// The row each write locks first: a group's writes are applied in this order, so two
+    /// groups in flight lock shared rows (an API key's, for the active-job limit) in the same
+    /// order and cannot deadlock on them.
+    pub(super) fn lock_order(&self) -> (u8, String) {
+        match self {
+            GroupWrite::Insert { job, .. } => (0, job.key_id.clone().unwrap_or_default()),
+            GroupWrite::Claim { id, .. } => (1, id.to_string()),
+            GroupWrite::Succeed { lease, .. } => (1, lease.job_id.to_string()),
+        }
+    }
+
+    pub(super) async fn apply(&self, tx: &mut Tx) -> Result<GroupWritten> {
+        Ok(match self {
+            // A key's limits (active jobs, spend) are answers, not failures: nothing was
+            // written when one refuses, so the rest of the group goes on.
+            GroupWrite::Insert { job, at } => match insert_job_in(tx, job, None, *at).await {
+                Err(e @ (LedgerError::ActiveJobLimit(_) | LedgerError::SpendCap { .. })) => {
+                    GroupWritten::Inserted(Err(e))
+                }
+                inserted => GroupWritten::Inserted(Ok(inserted?)),
+            },
+            GroupWrite::Claim {
+                id,
+                worker,
+                route,
+                lease_for,
+            } => GroupWritten::Claimed(
+                claim_in(tx, *id, worker, route, *lease_for, to_millis(now())).await?,
+            ),
+            GroupWrite::Succeed { lease, outputs, at } => {
+                GroupWritten::Succeeded(succeed_in(tx, lease, outputs, *at).await?)
+            }
+        })
+    }
+}
+
+pub(super) enum GroupWritten {
+    /// Admitted to the queue (or held); `Err` with the key's limit that refused it.
+    Inserted(std::result::Result<bool, LedgerError>),
+    Claimed(Option<Box<Claimed>>),
+    Succeeded(bool),
+}
+
+pub(super) type Pending = (
+    GroupWrite,
+    tokio::sync::oneshot::Sender<Result<GroupWritten>>,
+);
+
+/// Group commit for the writes every job makes (insert, claim, success): concurrent callers'
+/// writes go into one transaction, so a busy ledger pays one `BEGIN`/`COMMIT` (and one WAL
+/// flush) per group instead of per write. A group is whatever is waiting when a transaction
+/// slot frees, so a lone write waits for nothing, and under load groups grow by themselves.
+/// If a group fails (one write's statement errs, or the database picks it as a deadlock's
+/// victim), nothing of it was written, and each of its writes is written again alone, so one
+/// write's error is its own.
+pub(super) struct GroupCommit {
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+impl GroupCommit {
+    /// `slots`: groups in flight at once (SQLite writes one at a time anyway).
+    pub(super) fn start(
+        pool: AnyPool,
+        dialect: Dialect,
+        window: Arc<AtomicU32>,
+        slots: usize,
+    ) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+            while let Some(first) = waiting.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut group = vec![first];
+                while group.len() < GROUP_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (pool, window) = (pool.clone(), window.clone());
+                tokio::spawn(async move {
+                    write_group(&pool, dialect, &window, group).await;
+                    drop(slot);
+                });
+            }
+        });
+        GroupCommit { queue }
+    }
+
+    pub(super) async fn write(&self, write: GroupWrite) -> Result<GroupWritten> {
+        let (reply, written) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((write, reply))
+            .map_err(|_| LedgerError::WriterStopped)?;
+        written.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+}
+
+pub(super) async fn write_group(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    mut group: Vec<Pending>,
+) {
+    // A write whose caller has gone (a worker stopped, a client hung up) is not made: before
+    // grouping, dropping the caller dropped its transaction, and a claim nobody holds would
+    // leave its job running until the lease ran out.
+    group.retain(|(_, reply)| !reply.is_closed());
+    if group.len() > 1 {
+        group.sort_by_cached_key(|(write, _)| write.lock_order());
+        let writes: Vec<&GroupWrite> = group.iter().map(|(w, _)| w).collect();
+        match write_in_one(pool, dialect, window, &writes).await {
+            Ok(written) => {
+                for ((_, reply), written) in group.into_iter().zip(written) {
+                    let _ = reply.send(Ok(written));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; writing each alone");
+            }
+        }
+    }
+    for (write, reply) in group {
+        let written = write_in_one(pool, dialect, window, &[&write]).await;
+        let _ = reply.send(written.map(|mut w| w.remove(0)));
+    }
+}
+
+pub(super) async fn write_in_one(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    writes: &[&GroupWrite],
+) -> Result<Vec<GroupWritten>> {
+    let mut tx = begin_write(pool, dialect, window).await?;
+    let mut written = Vec::with_capacity(writes.len());
+    for write in writes {
+        written.push(write.apply(&mut tx).await?);
+    }
+    tx.commit().await?;
+    Ok(written)
+}

@@ -1,0 +1,728 @@
+//! Jobs and claims: submit (with the key's limits and the tenant's dispatch window checked
+//! in the insert's own transaction), reads and listing pages, cancel, dispatch bookkeeping
+//! (rung, admitted, queue position) and the claim that opens an attempt under a lease.
+
+use super::*;
+
+/// One page of a tenant's jobs or pipelines (both tables have `tenant`, `status`, `created_at`
+/// and time-ordered ids): `select` narrowed by the filter, newest first. `bind_page` binds its
+/// parameters in the same order.
+pub(super) fn page_sql(select: &str, filter: &JobFilter) -> String {
+    let mut sql = format!("{select} WHERE tenant = ?");
+    if !filter.statuses.is_empty() {
+        let marks = vec!["?"; filter.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND status IN ({marks})"));
+    }
+    if filter.model.is_some() {
+        sql.push_str(" AND model = ?");
+    }
+    if filter.created_after.is_some() {
+        sql.push_str(" AND created_at >= ?");
+    }
+    if filter.created_before.is_some() {
+        sql.push_str(" AND created_at < ?");
+    }
+    if filter.before.is_some() {
+        sql.push_str(" AND id < ?");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql
+}
+
+pub(super) fn bind_page<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    tenant: &'q TenantId,
+    filter: &'q JobFilter,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query = query.bind(&tenant.0);
+    for s in &filter.statuses {
+        query = query.bind(s.as_str());
+    }
+    if let Some(m) = &filter.model {
+        query = query.bind(m);
+    }
+    if let Some(t) = filter.created_after {
+        query = query.bind(to_millis(t));
+    }
+    if let Some(t) = filter.created_before {
+        query = query.bind(to_millis(t));
+    }
+    if let Some(b) = filter.before {
+        query = query.bind(b.to_string());
+    }
+    query.bind(filter.limit as i64)
+}
+
+/// Writes a new queued job (a step of `pipeline`, if given) with its first transition. Returns
+/// whether its tenant's dispatch window admitted it to the queue (the caller rings it) or it is
+/// held until a place frees. A job whose key is at its active-job limit is refused.
+pub(super) async fn insert_job_in(
+    tx: &mut Tx,
+    job: &NewJob,
+    pipeline: Option<&str>,
+    at: i64,
+) -> Result<bool> {
+    let id = job.id.to_string();
+    if let (true, Some(key_id)) = (job.max_active.is_some() || job.spend.is_some(), &job.key_id) {
+        // One submit per key at a time past this point (Postgres; SQLite writes one at a time),
+        // so concurrent submits cannot both take the last place or the last of the budget.
+        sqlx::query(&tx.d.sql(&format!(
+            "SELECT id FROM api_keys WHERE id = ?{}",
+            tx.d.lock_rows()
+        )))
+        .bind(key_id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+    }
+    if let (Some(spend), Some(key_id)) = (&job.spend, &job.key_id) {
+        let spent: Option<i64> = sqlx::query_scalar(&tx.d.sql(SPEND_SINCE))
+            .bind(key_id)
+            .bind(to_millis(spend.day_began) - 24 * 3600 * 1000)
+            .bind(to_millis(spend.day_began))
+            .fetch_one(&mut *tx.tx)
+            .await?;
+        let active = sqlx::query(&tx.d.sql(ACTIVE_BY_MODEL))
+            .bind(key_id)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+        let mut committed = spent.unwrap_or(0);
+        for row in &active {
+            let model: String = row.try_get("model")?;
+            committed += spend.least(&model) * row.try_get::<i64, _>("n")?.max(0);
+        }
+        if committed + spend.new_cost_micros > spend.cap_micros {
+            return Err(LedgerError::SpendCap {
+                cap: spend.cap_micros,
+                committed,
+                more: spend.new_cost_micros,
+            });
+        }
+    }
+    if let (Some(max), Some(key_id)) = (job.max_active, &job.key_id) {
+        let active: i64 = sqlx::query_scalar(&tx.d.sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') LIMIT ?) a",
+        ))
+        .bind(key_id)
+        .bind(i64::from(max))
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        if active >= i64::from(max) {
+            return Err(LedgerError::ActiveJobLimit(max));
+        }
+    }
+    // Admitted (marked rung) if the tenant's window has room and none of its jobs are held:
+    // held jobs are admitted in their own order (priority, then age), and a new one must not
+    // jump that line. Decided within the INSERT, which returns what it decided. The held line
+    // is looked at first (one index probe): while a backlog is held, that alone decides, and
+    // the window's count (up to `window` rows) is taken only when it could admit.
+    let insert = concat!(
+        "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+             key_id, webhook_url, webhook_events, pipeline_id, priority) \
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, \
+             CASE WHEN NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
+                   AND ",
+        window_has_room!(),
+        " THEN ? ELSE -1 END, \
+             ?, ?, ?, ?, ?, ?, ?) \
+         RETURNING id, rung_at"
+    );
+    let statement = match tx.d {
+        // Postgres writes the transition in the same statement (one round trip); SQLite's
+        // statements are calls within the process, taken one by one.
+        Dialect::Postgres => tx.d.sql(&format!(
+            "WITH inserted AS ({insert}), \
+             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                 SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
+             SELECT rung_at FROM inserted"
+        ))
+        .into_owned(),
+        Dialect::Sqlite => tx.d.sql(insert).into_owned(),
+    };
+    let window = i64::from(tx.window);
+    // The row holds the input as it is shown; megabytes of inline data go once into
+    // `job_inputs`, for the worker alone, so the hot row stays narrow and reads stay cheap.
+    let shown = crate::job::elide_inline_data(&job.input);
+    let wide = shown != job.input;
+    let mut query = sqlx::query(&statement)
+        .bind(&id)
+        .bind(&job.tenant.0)
+        .bind(&job.model)
+        .bind(shown.to_string())
+        .bind(at)
+        .bind(at)
+        .bind(&job.tenant.0)
+        .bind(&job.tenant.0)
+        .bind(window)
+        .bind(window)
+        .bind(at)
+        .bind(job.deadline_at.map(to_millis))
+        .bind(job.start_by.map(to_millis))
+        .bind(job.key_id.as_deref())
+        .bind(job.webhook_url.as_deref())
+        .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
+        .bind(pipeline)
+        .bind(job.priority.as_str());
+    if tx.d == Dialect::Postgres {
+        query = query.bind(at);
+    }
+    let rung_at: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("rung_at")?;
+    let admitted = rung_at >= 0;
+    if wide {
+        sqlx::query(
+            &tx.d
+                .sql("INSERT INTO job_inputs (job_id, input) VALUES (?, ?)"),
+        )
+        .bind(&id)
+        .bind(job.input.to_string())
+        .execute(&mut *tx.tx)
+        .await?;
+    }
+    if let Some(key) = &job.idempotency {
+        link_idempotent(tx, key, &id).await?;
+    }
+    if tx.d == Dialect::Postgres {
+        tx.transitions.push(Status::Queued.as_str());
+    } else {
+        record_transition(tx, &id, None, Status::Queued, None, at).await?;
+    }
+    Ok(admitted)
+}
+
+/// What a claim wrote: the job as it left it, and the lease.
+pub(super) struct Claimed {
+    job: Job,
+    token: String,
+    attempt_id: String,
+    admitted: Option<(JobId, crate::dispatch::Lane)>,
+}
+
+/// `queued → running` for `id` if it is queued and due (`Ledger::claim`), within `tx`.
+pub(super) async fn claim_in(
+    tx: &mut Tx,
+    id: JobId,
+    worker: &str,
+    route: &str,
+    lease_for: Duration,
+    at: i64,
+) -> Result<Option<Box<Claimed>>> {
+    let sid = id.to_string();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let lease_expires_at = at + lease_for.as_millis() as i64;
+    let claim_sql = format!(
+        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
+             lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
+         WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
+         RETURNING {JOB_COLUMNS}"
+    );
+    // The claim's own parameters, first in both statements below.
+    let claim_params = (
+        at,
+        worker.to_owned(),
+        token.clone(),
+        lease_expires_at,
+        sid.clone(),
+    );
+    fn bind_claim<'q>(
+        statement: &'q str,
+        (at, worker, token, until, id): (i64, String, String, i64, String),
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        sqlx::query(statement)
+            .bind(at)
+            .bind(worker)
+            .bind(token)
+            .bind(until)
+            .bind(id)
+            .bind(at)
+    }
+    let mut job = if tx.d == Dialect::Postgres {
+        // One round trip: the claim, its attempt, its transition and its `job.started`
+        // delivery as one statement (data-modifying CTEs), each insert fed by the claimed row
+        // (none when the claim lost). SQLite has no such CTEs, and its statements are calls
+        // within the process, not round trips: it takes them one by one below.
+        let merged = format!(
+            "WITH claimed AS ({claim_sql}), \
+             attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
+                 SELECT id, attempt_count, id || '-' || attempt_count, ?, lease_owner, ? FROM claimed), \
+             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                 SELECT id, 'queued', 'running', NULL, ? FROM claimed), \
+             {} \
+             SELECT * FROM claimed",
+            started_delivery_cte()
+        );
+        let merged = tx.d.sql(&merged);
+        let row = bind_claim(&merged, claim_params)
+            .bind(route)
+            .bind(at)
+            .bind(at)
+            .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+            .bind(at)
+            .bind(at)
+            .bind(at)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        tx.transitions.push(Status::Running.as_str());
+        job_from_row(&row)?
+    } else {
+        let claim_sql = tx.d.sql(&claim_sql);
+        let row = bind_claim(&claim_sql, claim_params)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&sid)
+        .bind(i64::from(job.attempt_count))
+        .bind(format!("{sid}-{}", job.attempt_count))
+        .bind(route)
+        .bind(worker)
+        .bind(at)
+        .execute(&mut *tx.tx)
+        .await?;
+        record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
+        job
+    };
+    let number = job.attempt_count;
+    // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
+    let attempt_id = format!("{sid}-{number}");
+    // The claim freed a place in the tenant's window: the next held job takes it. A first
+    // claim's job was admitted once and counted once, so its place is surely free; a later
+    // attempt's job came back into the window admitted (retried, released or rescued), perhaps
+    // past its size, so then the window is counted.
+    let admitted = admit_next_in(tx, &job.tenant.0, at, number > 1).await?;
+    // A queued job has no outputs (they come with success), and on a first attempt its one
+    // attempt is the row just inserted; a later attempt's route depends on the ones before, so
+    // then the whole job is read back, in this transaction.
+    if number > 1 {
+        let row = sqlx::query(
+            &tx.d
+                .sql(&format!("{} FROM jobs WHERE id = ?", tx.d.job_select())),
+        )
+        .bind(&sid)
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        job = load_job(&row)?;
+    } else {
+        job.attempts = vec![Attempt {
+            number,
+            id: attempt_id.clone(),
+            route: route.to_owned(),
+            worker: worker.to_owned(),
+            started_at: from_millis(at),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            error_class: None,
+            upstream_id: None,
+            cost_micros: None,
+            progress_percent: None,
+        }];
+    }
+    Ok(Some(Box::new(Claimed {
+        job,
+        token,
+        attempt_id,
+        admitted,
+    })))
+}
+
+/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one, into the
+/// place the claim just freed.
+///
+/// A claim only takes an admitted job, so it frees exactly one place in its tenant's window.
+/// On a job's first claim, filling that place keeps the window as full as it was, so the window
+/// is not counted (the count reads up to `window` rows, and it was on every claim). A job that
+/// comes back to the queue (retried, released, rescued) comes back admitted without a place of
+/// its own, so the window may then hold more than its size; its next claim (`count_window`)
+/// admits only if the count has room, which brings the window back to its size.
+///
+/// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
+/// rings it just after the commit and marks it unrung if that fails; if the caller dies in
+/// between, the reconciler rings it once the mark is stale. One write fewer per admission
+/// than marking it after the ring.
+///
+/// One statement: the next held job per lane (each an index probe of `jobs_held`, whose key
+/// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
+/// subquery of the `UPDATE`.
+pub(super) async fn admit_next_in(
+    tx: &mut Tx,
+    tenant: &str,
+    at: i64,
+    count_window: bool,
+) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
+    let next_in_lane = format!(
+        "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
+          ORDER BY id LIMIT 1{})",
+        tx.d.lock_rows_skip_locked()
+    );
+    let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
+    let room = if count_window {
+        concat!(window_has_room!(), " AND ")
+    } else {
+        ""
+    };
+    let sql =
+        tx.d.sql(&format!(
+            "UPDATE jobs SET rung_at = ? \
+         WHERE {room}status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
+         RETURNING id, priority"
+        ))
+        .into_owned();
+    let mut query = sqlx::query(&sql).bind(at);
+    if count_window {
+        let window = i64::from(tx.window);
+        query = query.bind(tenant).bind(window).bind(window);
+    }
+    for lane in crate::dispatch::Lane::ALL {
+        query = query.bind(tenant).bind(lane.as_str());
+    }
+    let Some(row) = query.fetch_optional(&mut *tx.tx).await? else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let lane: String = row.try_get("priority")?;
+    let lane = lane
+        .parse()
+        .map_err(|_| LedgerError::Corrupt(format!("priority '{lane}'")))?;
+    let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
+    Ok(Some((job, lane)))
+}
+
+pub(super) async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
+    sqlx::query(&tx.d.sql(
+        "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
+             error_message = 'the job was canceled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND status = ?",
+    ))
+    .bind(at)
+    .bind(sid)
+    .bind(from)
+    .execute(&mut *tx.tx)
+    .await?;
+    // The running attempt ends with the job, even if its worker is gone and never says so.
+    sqlx::query(&tx.d.sql(
+        "UPDATE attempts SET finished_at = ?, outcome = 'canceled', error_code = 'canceled', \
+             error_message = 'the job was canceled while this attempt ran' \
+         WHERE job_id = ? AND finished_at IS NULL",
+    ))
+    .bind(at)
+    .bind(sid)
+    .execute(&mut *tx.tx)
+    .await?;
+    forget_callbacks(tx, sid).await?;
+    let from: Status = from.parse().map_err(LedgerError::Corrupt)?;
+    // A running job's own worker stops its upstream call when it sees the cancel; a queued
+    // one has no worker, only perhaps a call an earlier, lost attempt left behind.
+    if from == Status::Queued {
+        abandon_upstream_in(tx, sid, at).await?;
+    }
+    record_transition(tx, sid, Some(from), Status::Canceled, Some("canceled"), at).await
+}
+
+#[async_trait]
+impl JobLedger for SqlLedger {
+    async fn insert_job(&self, job: NewJob) -> Result<Job> {
+        let at = to_millis(now());
+        let GroupWritten::Inserted(inserted) = self
+            .group
+            .write(GroupWrite::Insert {
+                job: Box::new(job.clone()),
+                at,
+            })
+            .await?
+        else {
+            unreachable!("an insert is answered with an insert")
+        };
+        let admitted = inserted?;
+        // The row is exactly what was written: built here rather than read back (three
+        // queries saved on the submit path).
+        let at = from_millis(at);
+        Ok(Job {
+            id: job.id,
+            tenant: job.tenant,
+            model: job.model,
+            input: crate::job::elide_inline_data(&job.input),
+            status: Status::Queued,
+            error: None,
+            created_at: at,
+            started_at: None,
+            completed_at: None,
+            run_after: at,
+            lease_owner: None,
+            lease_expires_at: None,
+            attempt_count: 0,
+            rescue_count: 0,
+            deadline_at: job.deadline_at.map(|t| from_millis(to_millis(t))),
+            start_by: job.start_by.map(|t| from_millis(to_millis(t))),
+            webhook_url: job.webhook_url,
+            webhook_events: job.webhook_events,
+            pipeline_id: None,
+            priority: job.priority,
+            held: !admitted,
+            attempts: vec![],
+            outputs: vec![],
+        })
+    }
+
+    async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&self.sql(&format!(
+            "{} FROM jobs WHERE id = ? AND tenant = ?",
+            self.job_select()
+        )))
+        .bind(id.to_string())
+        .bind(&tenant.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(|row| self.load_job(row)).transpose()
+    }
+
+    async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
+        let sql = self
+            .sql(&page_sql(
+                &format!("{} FROM jobs", self.job_select()),
+                filter,
+            ))
+            .into_owned();
+        let rows = bind_page(sqlx::query(&sql), tenant, filter)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| self.load_job(row)).collect()
+    }
+
+    async fn cancel_job(&self, tenant: &TenantId, id: JobId) -> Result<CancelOutcome> {
+        let at = to_millis(now());
+        let sid = id.to_string();
+        let mut tx = self.write_tx().await?;
+        let current: Option<String> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT status FROM jobs WHERE id = ? AND tenant = ?{}",
+            self.dialect.lock_rows()
+        )))
+        .bind(&sid)
+        .bind(&tenant.0)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        let open = current.filter(|s| s == "queued" || s == "running");
+        if let Some(from) = &open {
+            cancel_in(&mut tx, &sid, from, at).await?;
+        }
+        tx.commit().await?;
+        // Only the call that made the transition canceled the job; a job that had already
+        // ended (canceled before included) is reported as ended.
+        Ok(match self.get_job(tenant, id).await? {
+            None => CancelOutcome::NotFound,
+            Some(job) if open.is_some() => CancelOutcome::Canceled(job),
+            Some(job) => CancelOutcome::AlreadyTerminal(job),
+        })
+    }
+
+    async fn queue_position(&self, id: JobId) -> Result<Option<u64>> {
+        let sid = id.to_string();
+        // One statement, so the job's status and the count are read at the same moment.
+        // Counted up to QUEUE_POSITION_CAP: past that a client learns only "at least", and a
+        // deep queue does not make every read of a queued job scan it. Counted backwards from
+        // the job: the index's oldest end holds the entries of jobs claimed since the last
+        // vacuum, each a row visit to learn it is gone, while the jobs just ahead are live.
+        let ahead: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs q WHERE q.status = 'queued' AND q.id < j.id \
+                     ORDER BY q.id DESC LIMIT {QUEUE_POSITION_CAP}) a) \
+             FROM jobs j WHERE j.id = ? AND j.status = 'queued'"
+        )))
+        .bind(&sid)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(ahead.map(|n| n.max(0) as u64))
+    }
+
+    async fn mark_rung(&self, id: JobId) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
+            .bind(to_millis(now()))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_unrung(&self, id: JobId) -> Result<()> {
+        sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn due_unrung(
+        &self,
+        rung_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, priority FROM jobs WHERE status = 'queued' AND run_after <= ? AND rung_at >= 0 AND rung_at < ? \
+             ORDER BY run_after LIMIT ?",
+        ))
+        .bind(to_millis(now()))
+        .bind(to_millis(rung_before))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(id_and_lane).collect()
+    }
+
+    async fn admit_held(&self, limit: u32) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
+        let window = self.window.load(std::sync::atomic::Ordering::Relaxed);
+        let mut tx = self.write_tx().await?;
+        // Each tenant's held jobs numbered in its own order (priority, then age); a tenant gets
+        // as many as its window has room for, and the numbering interleaves tenants, so the
+        // admitted batch is round-robin across them.
+        let rows = sqlx::query(&self.sql(
+            "SELECT h.id, h.priority FROM ( \
+                 SELECT id, tenant, priority, ROW_NUMBER() OVER ( \
+                     PARTITION BY tenant \
+                     ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END, id) AS k \
+                 FROM jobs WHERE status = 'queued' AND rung_at = -1) h \
+             LEFT JOIN (SELECT tenant, COUNT(*) AS n FROM jobs WHERE status = 'queued' AND rung_at >= 0 GROUP BY tenant) a \
+                 ON a.tenant = h.tenant \
+             WHERE h.k <= ? - COALESCE(a.n, 0) \
+             ORDER BY h.k, h.id LIMIT ?",
+        ))
+        .bind(i64::from(window))
+        .bind(limit as i64)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let mut admitted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (id, lane) = id_and_lane(row)?;
+            let done =
+                sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ? AND rung_at = -1"))
+                    .bind(id.to_string())
+                    .execute(&mut *tx.tx)
+                    .await?
+                    .rows_affected();
+            if done == 1 {
+                admitted.push((id, lane));
+            }
+        }
+        tx.commit().await?;
+        Ok(admitted)
+    }
+
+    fn set_dispatch_window(&self, window: u32) {
+        self.window
+            .store(window.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn claim(
+        &self,
+        id: JobId,
+        worker: &str,
+        route: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>> {
+        let written = self
+            .group
+            .write(GroupWrite::Claim {
+                id,
+                worker: worker.to_owned(),
+                route: route.to_owned(),
+                lease_for,
+            })
+            .await?;
+        let GroupWritten::Claimed(claimed) = written else {
+            unreachable!("a claim is answered with a claim")
+        };
+        let Some(claimed) = claimed else {
+            return Ok(None);
+        };
+        let Claimed {
+            job,
+            token,
+            attempt_id,
+            admitted,
+        } = *claimed;
+        let number = job.attempt_count;
+        Ok(Some(Claim {
+            job,
+            lease: Lease {
+                job_id: id,
+                token,
+                attempt_id,
+            },
+            attempt_number: number,
+            admitted,
+        }))
+    }
+
+    async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&self.sql(&format!("{} FROM jobs WHERE id = ?", self.job_select())))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|row| self.load_job(row)).transpose()
+    }
+
+    async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = sqlx::query_scalar(&self.sql(
+            "SELECT COALESCE((SELECT input FROM job_inputs WHERE job_id = j.id), j.input) \
+             FROM jobs j WHERE j.id = ?",
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| LedgerError::Corrupt(format!("the input of job {id}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn jobs_by_ids(&self, ids: &[JobId]) -> Result<Vec<Job>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // Padded to a power of two with repeats (see `renew_leases`); each row comes once.
+        let shape = ids.len().next_power_of_two();
+        let marks = vec!["?"; shape].join(", ");
+        let sql = self
+            .sql(&format!(
+                "{} FROM jobs WHERE id IN ({marks})",
+                self.job_select()
+            ))
+            .into_owned();
+        let mut query = sqlx::query(&sql);
+        for i in 0..shape {
+            query = query.bind(ids[i.min(ids.len() - 1)].to_string());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| self.load_job(row))
+            .collect()
+    }
+
+    async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
+        sqlx::query(&self.sql("SELECT from_status, to_status, reason, at FROM job_transitions WHERE job_id = ? ORDER BY seq"))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Transition {
+                    from: r
+                        .try_get::<Option<String>, _>("from_status")?
+                        .map(|s| s.parse())
+                        .transpose()
+                        .map_err(LedgerError::Corrupt)?,
+                    to: r.try_get::<String, _>("to_status")?.parse().map_err(LedgerError::Corrupt)?,
+                    reason: r.try_get("reason")?,
+                    at: from_millis(r.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+}

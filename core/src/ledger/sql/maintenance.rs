@@ -1,0 +1,221 @@
+//! Worker identities and the reconciler's repairs: identity slots leased by worker
+//! processes, leases expired by a new holder, rescues of expired leases, and overdue jobs failed.
+
+use super::*;
+
+#[async_trait]
+impl MaintenanceLedger for SqlLedger {
+    async fn acquire_worker_slot(&self, base: &str, holder: &str, ttl: Duration) -> Result<String> {
+        for n in 0.. {
+            let identity = format!("{base}-{n}");
+            let at = to_millis(now());
+            let taken = sqlx::query(&self.sql(
+                "INSERT INTO worker_slots (identity, holder, expires_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (identity) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE worker_slots.expires_at < ?",
+            ))
+            .bind(&identity)
+            .bind(holder)
+            .bind(at + ttl.as_millis() as i64)
+            .bind(at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                return Ok(identity);
+            }
+        }
+        unreachable!("the slot numbers are unbounded")
+    }
+
+    async fn renew_worker_slot(&self, identity: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let changed = sqlx::query(
+            &self.sql("UPDATE worker_slots SET expires_at = ? WHERE identity = ? AND holder = ?"),
+        )
+        .bind(to_millis(now()) + ttl.as_millis() as i64)
+        .bind(identity)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_worker_slot(&self, identity: &str, holder: &str) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM worker_slots WHERE identity = ? AND holder = ?"))
+            .bind(identity)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_leases_of(&self, identity: &str) -> Result<u64> {
+        Ok(sqlx::query(&self.sql(
+            "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running' AND lease_owner = ?",
+        ))
+        .bind(identity)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>> {
+        let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        let expired = sqlx::query(&self.sql(
+            &format!(
+                "SELECT id, lease_token, rescue_count, priority FROM jobs \
+                 WHERE status = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?{}",
+                self.dialect.lock_rows_skip_locked()
+            ),
+        ))
+        .bind(at)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let mut rescues = Vec::with_capacity(expired.len());
+        for row in expired {
+            let sid: String = row.try_get("id")?;
+            let token: String = row.try_get("lease_token")?;
+            let rescued: i64 = row.try_get("rescue_count")?;
+            let lane: crate::dispatch::Lane = row
+                .try_get::<String, _>("priority")?
+                .parse()
+                .map_err(LedgerError::Corrupt)?;
+            let job_id: JobId = sid.parse().map_err(|_| LedgerError::Corrupt(sid.clone()))?;
+            let lost = ErrorInfo::new(
+                "worker_lost",
+                "the worker running this attempt stopped renewing its lease",
+            );
+            sqlx::query(&self.sql(
+                "UPDATE attempts SET finished_at = ?, outcome = 'lost', error_code = ?, error_message = ? \
+                 WHERE job_id = ? AND finished_at IS NULL",
+            ))
+            .bind(at)
+            .bind(&lost.code)
+            .bind(&lost.message)
+            .bind(&sid)
+            .execute(&mut *tx.tx)
+            .await?;
+            if rescued as u32 >= max_rescues {
+                let message = format!(
+                    "the job's worker was lost {} times (the rescue limit is {max_rescues}); it was not run again",
+                    rescued + 1
+                );
+                sqlx::query(&self.sql(
+                    "UPDATE jobs SET status = 'failed', error_code = 'rescue_limit_exceeded', error_message = ?, \
+                         completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                     WHERE id = ? AND status = 'running' AND lease_token = ?",
+                ))
+                .bind(&message)
+                .bind(at)
+                .bind(&sid)
+                .bind(&token)
+                .execute(&mut *tx.tx)
+                .await?;
+                record_transition(
+                    &mut tx,
+                    &sid,
+                    Some(Status::Running),
+                    Status::Failed,
+                    Some("rescue_limit_exceeded"),
+                    at,
+                )
+                .await?;
+                rescues.push(Rescue::GaveUp(job_id));
+            } else {
+                sqlx::query(&self.sql(
+                    "UPDATE jobs SET status = 'queued', rescue_count = rescue_count + 1, run_after = ?, rung_at = ?, \
+                         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                     WHERE id = ? AND status = 'running' AND lease_token = ?",
+                ))
+                .bind(at)
+                .bind(at)
+                .bind(&sid)
+                .bind(&token)
+                .execute(&mut *tx.tx)
+                .await?;
+                record_transition(
+                    &mut tx,
+                    &sid,
+                    Some(Status::Running),
+                    Status::Queued,
+                    Some("rescued"),
+                    at,
+                )
+                .await?;
+                rescues.push(Rescue::Requeued(job_id, lane));
+            }
+        }
+        tx.commit().await?;
+        Ok(rescues)
+    }
+
+    async fn fail_overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<(JobId, String)>> {
+        let at = to_millis(now);
+        let mut tx = self.write_tx().await?;
+        // Two indexed reads (one per limit) rather than one OR that would scan the queue.
+        let mut overdue: Vec<(String, &str)> = vec![];
+        for (sql, code) in [
+            (
+                "SELECT id FROM jobs WHERE deadline_at <= ? AND status = 'queued'",
+                "deadline_exceeded",
+            ),
+            (
+                "SELECT id FROM jobs WHERE start_by <= ? AND status = 'queued' AND started_at IS NULL",
+                "queue_timeout",
+            ),
+        ] {
+            let ids: Vec<String> = sqlx::query_scalar(&self.sql(&format!(
+                "{sql} LIMIT {limit}{}",
+                self.dialect.lock_rows_skip_locked()
+            )))
+            .bind(at)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+            for id in ids {
+                if !overdue.iter().any(|(o, _)| *o == id) {
+                    overdue.push((id, code));
+                }
+            }
+        }
+        let mut failed = Vec::with_capacity(overdue.len());
+        for (id, code) in overdue {
+            let message = match code {
+                "deadline_exceeded" => "the job did not finish before its deadline (cancel_after)",
+                _ => "the job did not start within its max_queue_wait",
+            };
+            let changed = sqlx::query(&self.sql(
+                "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, completed_at = ? \
+                 WHERE id = ? AND status = 'queued'",
+            ))
+            .bind(code)
+            .bind(message)
+            .bind(at)
+            .bind(&id)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                forget_callbacks(&mut tx, &id).await?;
+                abandon_upstream_in(&mut tx, &id, at).await?;
+                record_transition(
+                    &mut tx,
+                    &id,
+                    Some(Status::Queued),
+                    Status::Failed,
+                    Some(code),
+                    at,
+                )
+                .await?;
+                let job_id = id
+                    .parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?;
+                failed.push((job_id, code.to_owned()));
+            }
+        }
+        tx.commit().await?;
+        Ok(failed)
+    }
+}

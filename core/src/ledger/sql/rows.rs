@@ -1,0 +1,221 @@
+//! Row decoding: the column lists every read selects and the functions that turn rows into
+//! jobs, attempts, outputs and keys. A job is read whole in one statement (its attempts and
+//! outputs as JSON arrays from correlated subqueries), so these decoders are the one place a
+//! column's type is interpreted.
+
+use super::*;
+
+pub(super) const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
+    started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
+    deadline_at, start_by, webhook_url, webhook_events, pipeline_id, priority, rung_at";
+
+/// An attempt as its JSON array in `job_select`: the columns of `ATTEMPT_FIELDS`, in order.
+pub(super) type AttemptTuple = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+pub(super) const ATTEMPT_FIELDS: &str =
+    "number, id, route, worker, started_at, finished_at, outcome, error_code, \
+    error_message, error_class, upstream_id, cost_micros, progress";
+
+/// An output as its JSON array in `job_select`: the columns of `OUTPUT_FIELDS`, in order.
+pub(super) type OutputTuple = (i64, String, String, i64, i64, Option<i64>);
+
+pub(super) const OUTPUT_FIELDS: &str =
+    "idx, object_key, content_type, bytes, expires_at, deleted_at";
+
+/// The whole-job `SELECT` per dialect (`SqlLedger::job_select`). The subqueries' unqualified
+/// columns are the inner table's; `jobs.id` is the outer row.
+pub(super) static JOB_SELECT_POSTGRES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {JOB_COLUMNS}, \
+           (SELECT COALESCE(json_agg(json_build_array({ATTEMPT_FIELDS})), '[]')::text \
+              FROM attempts WHERE attempts.job_id = jobs.id) AS attempts_json, \
+           (SELECT COALESCE(json_agg(json_build_array({OUTPUT_FIELDS})), '[]')::text \
+              FROM outputs WHERE outputs.job_id = jobs.id) AS outputs_json"
+        )
+    });
+
+pub(super) static JOB_SELECT_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS}, \
+           (SELECT json_group_array(json_array({ATTEMPT_FIELDS})) \
+              FROM attempts WHERE attempts.job_id = jobs.id) AS attempts_json, \
+           (SELECT json_group_array(json_array({OUTPUT_FIELDS})) \
+              FROM outputs WHERE outputs.job_id = jobs.id) AS outputs_json"
+    )
+});
+
+pub(super) fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(super) fn attempt_from_tuple(t: AttemptTuple) -> Result<Attempt> {
+    let (number, id, route, worker, started_at, finished_at, outcome) =
+        (t.0, t.1, t.2, t.3, t.4, t.5, t.6);
+    let (code, message, error_class, upstream_id, cost_micros, progress) =
+        (t.7, t.8, t.9, t.10, t.11, t.12);
+    Ok(Attempt {
+        number: number as u32,
+        id,
+        route,
+        worker,
+        started_at: from_millis(started_at),
+        finished_at: finished_at.map(from_millis),
+        outcome: outcome
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(LedgerError::Corrupt)?,
+        error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+        error_class,
+        upstream_id,
+        cost_micros,
+        progress_percent: progress.map(|p| p.clamp(0, 100) as u8),
+    })
+}
+
+impl Dialect {
+    /// See `SqlLedger::job_select`.
+    pub(super) fn job_select(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => &JOB_SELECT_SQLITE,
+            Dialect::Postgres => &JOB_SELECT_POSTGRES,
+        }
+    }
+}
+
+/// A whole job from a row of `job_select`.
+pub(super) fn load_job(row: &AnyRow) -> Result<Job> {
+    {
+        let mut job = job_from_row(row)?;
+        // Rows come unordered from the aggregates; their order is restored here.
+        let attempts: Vec<AttemptTuple> = json_column(row, "attempts_json")?;
+        job.attempts = attempts
+            .into_iter()
+            .map(attempt_from_tuple)
+            .collect::<Result<_>>()?;
+        job.attempts.sort_by_key(|a| a.number);
+        let outputs: Vec<OutputTuple> = json_column(row, "outputs_json")?;
+        job.outputs = outputs
+            .into_iter()
+            .map(
+                |(index, object_key, content_type, bytes, expires_at, deleted_at)| Output {
+                    index: index as u32,
+                    object_key,
+                    content_type,
+                    bytes: bytes as u64,
+                    expires_at: from_millis(expires_at),
+                    deleted_at: deleted_at.map(from_millis),
+                },
+            )
+            .collect();
+        job.outputs.sort_by_key(|o| o.index);
+        Ok(job)
+    }
+}
+
+pub(super) fn job_from_row(row: &AnyRow) -> Result<Job> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let input: String = row.try_get("input")?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    Ok(Job {
+        id: id
+            .parse()
+            .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?,
+        tenant: TenantId(row.try_get("tenant")?),
+        model: row.try_get("model")?,
+        input: serde_json::from_str(&input)
+            .map_err(|e| LedgerError::Corrupt(format!("job {id} input: {e}")))?,
+        status: status.parse().map_err(LedgerError::Corrupt)?,
+        error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
+        created_at: from_millis(row.try_get("created_at")?),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")?
+            .map(from_millis),
+        completed_at: row
+            .try_get::<Option<i64>, _>("completed_at")?
+            .map(from_millis),
+        run_after: from_millis(row.try_get("run_after")?),
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(from_millis),
+        attempt_count: row.try_get::<i64, _>("attempt_count")? as u32,
+        rescue_count: row.try_get::<i64, _>("rescue_count")? as u32,
+        deadline_at: row
+            .try_get::<Option<i64>, _>("deadline_at")?
+            .map(from_millis),
+        start_by: row.try_get::<Option<i64>, _>("start_by")?.map(from_millis),
+        webhook_url: row.try_get("webhook_url")?,
+        webhook_events: row
+            .try_get::<Option<String>, _>("webhook_events")?
+            .map(|list| list.split(',').map(str::to_owned).collect()),
+        pipeline_id: row
+            .try_get::<Option<String>, _>("pipeline_id")?
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{p}'")))
+            })
+            .transpose()?,
+        priority: row
+            .try_get::<String, _>("priority")?
+            .parse()
+            .map_err(LedgerError::Corrupt)?,
+        held: row.try_get::<i64, _>("rung_at")? < 0,
+        attempts: vec![],
+        outputs: vec![],
+    })
+}
+
+pub(super) fn id_and_lane(row: &AnyRow) -> Result<(JobId, crate::dispatch::Lane)> {
+    let id: String = row.try_get("id")?;
+    let lane = row
+        .try_get::<String, _>("priority")?
+        .parse()
+        .map_err(LedgerError::Corrupt)?;
+    Ok((id.parse().map_err(|_| LedgerError::Corrupt(id))?, lane))
+}
+
+pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        tenant: TenantId(r.try_get("tenant")?),
+        prefix: r.try_get("prefix")?,
+        created_at: from_millis(r.try_get("created_at")?),
+        revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+        default_webhook: r.try_get("default_webhook")?,
+        limits: KeyLimits {
+            rate_per_second: r
+                .try_get::<Option<i64>, _>("rate_per_second")?
+                .map(|n| n.clamp(0, u32::MAX as i64) as u32),
+            max_active_jobs: r
+                .try_get::<Option<i64>, _>("max_active_jobs")?
+                .map(|n| n.clamp(0, u32::MAX as i64) as u32),
+            daily_spend_micros: r.try_get("daily_spend_micros")?,
+            max_priority: r
+                .try_get::<Option<String>, _>("max_priority")?
+                .map(|p| p.parse().map_err(LedgerError::Corrupt))
+                .transpose()?,
+        },
+    })
+}
+
+pub(super) const KEY_COLUMNS: &str =
+    "id, tenant, prefix, created_at, revoked_at, default_webhook, \
+    rate_per_second, max_active_jobs, daily_spend_micros, max_priority";
