@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use kiln_core::events::{parse_event_filter, EventType};
 use kiln_core::ledger::{CancelOutcome, JobFilter, NewJob};
 use kiln_core::{Job, JobId, Status};
 use serde_json::{json, Map, Value};
@@ -352,9 +353,6 @@ struct Submission {
     priority: kiln_core::dispatch::Lane,
 }
 
-/// The events a job's webhook can ask for.
-pub const JOB_EVENTS: [&str; 4] = ["job.started", "job.succeeded", "job.failed", "job.canceled"];
-
 /// Longest `cancel_after` and `max_queue_wait`.
 const MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -463,29 +461,13 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     };
     let webhook_events = match request.get("webhook_events") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => {
-            let mut events = Vec::with_capacity(items.len());
-            for item in items {
-                match item.as_str() {
-                    Some(e) if JOB_EVENTS.contains(&e) => events.push(e.to_owned()),
-                    _ => {
-                        return Err(invalid(
-                            "unknown_event",
-                            "webhook_events",
-                            &format!("webhook_events may hold only {}", JOB_EVENTS.join(", ")),
-                        ))
-                    }
-                }
-            }
-            if events.is_empty() {
-                return Err(invalid(
-                    "unknown_event",
-                    "webhook_events",
-                    "webhook_events must name at least one event (leave it out for all)",
-                ));
-            }
-            Some(events)
-        }
+        Some(Value::Array(items)) => Some(
+            parse_event_filter(items.iter().map(Value::as_str), &EventType::JOB)
+                .map_err(|message| invalid("unknown_event", "webhook_events", &message))?
+                .into_iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
+        ),
         Some(_) => {
             return Err(invalid(
                 "invalid_type",

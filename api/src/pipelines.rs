@@ -16,6 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kiln_core::events::{parse_event_filter, EventType};
 use kiln_core::ledger::{NewPipeline, Pipeline};
 use kiln_core::pipeline::{plan, with_stand_ins, StepSpec};
 use kiln_core::JobId;
@@ -162,23 +163,13 @@ pub async fn submit(
     };
     let events = match body.get("webhook_events") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => {
-            let all = ["pipeline.succeeded", "pipeline.failed", "pipeline.canceled"];
-            let events: Option<Vec<String>> = items
-                .iter()
-                .map(|i| i.as_str().filter(|e| all.contains(e)).map(str::to_owned))
-                .collect();
-            match events {
-                Some(e) if !e.is_empty() => Some(e),
-                _ => {
-                    return Err(unprocessable(
-                        "unknown_event",
-                        "webhook_events",
-                        format!("webhook_events may hold only {}", all.join(", ")),
-                    ))
-                }
-            }
-        }
+        Some(Value::Array(items)) => Some(
+            parse_event_filter(items.iter().map(Value::as_str), &EventType::PIPELINE)
+                .map_err(|message| unprocessable("unknown_event", "webhook_events", message))?
+                .into_iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
+        ),
         Some(_) => {
             return Err(unprocessable(
                 "invalid_type",

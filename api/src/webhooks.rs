@@ -9,6 +9,7 @@ use crate::ApiState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use kiln_core::ledger::DeliveryId;
 use kiln_core::JobId;
 use kiln_webhooks::WebhookSecret;
 use serde_json::{json, Value};
@@ -166,6 +167,8 @@ pub async fn redeliver(
     Path((id, delivery)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     let id: JobId = id.parse().map_err(|_| not_found())?;
+    let delivery = DeliveryId::parse(&delivery)
+        .ok_or_else(|| Problem::not_found("delivery_not_found", "this job has no such delivery"))?;
     if state.ledger.redeliver(&tenant, id, &delivery).await? {
         Ok(StatusCode::ACCEPTED)
     } else {

@@ -191,6 +191,44 @@ impl FromStr for AttemptOutcome {
     }
 }
 
+/// What a failed attempt means for the job: try the same route again (a transient fault:
+/// timeout, reset, 5xx, 429), fall back to the next route (capacity, quota, an unavailable
+/// model, a misconfigured provider), or fail the job (bad input, a content-policy refusal).
+/// Workers classify; the executor decides from the class alone and the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    Retry,
+    FallBack,
+    Fail,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 3] = [
+        FailureClass::Retry,
+        FailureClass::FallBack,
+        FailureClass::Fail,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Retry => "retry",
+            FailureClass::FallBack => "fall_back",
+            FailureClass::Fail => "fail",
+        }
+    }
+}
+
+impl FromStr for FailureClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FailureClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown failure class '{s}'"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
@@ -202,8 +240,8 @@ pub struct Attempt {
     pub finished_at: Option<Timestamp>,
     pub outcome: Option<AttemptOutcome>,
     pub error: Option<ErrorInfo>,
-    /// How a failure was classified: `retry`, `fall_back` or `fail`.
-    pub error_class: Option<String>,
+    /// How a failure was classified (`FailureClass`).
+    pub error_class: Option<FailureClass>,
     /// The upstream's handle for this attempt (a re-attached attempt shows the one it resumed).
     pub upstream_id: Option<String>,
     /// What the attempt cost, in millionths of the configured currency unit.

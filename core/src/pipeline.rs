@@ -9,7 +9,7 @@
 //! refuses bad graphs) and the ledger (which starts steps).
 
 use crate::catalog::ImageSource;
-use crate::JobId;
+use crate::{JobId, Status};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -207,10 +207,150 @@ pub fn with_stand_ins(input: &Value) -> Value {
     })
 }
 
+/// One step as the ledger reads it when a running pipeline moves on.
+#[derive(Debug, Clone)]
+pub struct StepState<'a> {
+    pub name: &'a str,
+    pub depends_on: &'a [String],
+    /// Its job's status; `None` while the step has not started.
+    pub status: Option<Status>,
+    /// Its job's error message, if it ended with one.
+    pub error: Option<&'a str>,
+}
+
+/// What a running pipeline does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextMove {
+    /// A step failed or was canceled: the pipeline ends with it (`failed`/`step_failed` or
+    /// `canceled`/`step_canceled`), and its steps still queued or running are canceled.
+    End {
+        status: Status,
+        code: &'static str,
+        message: String,
+    },
+    /// Every step succeeded: so does the pipeline.
+    Succeed,
+    /// The steps (by index) that have not started and whose dependencies have all succeeded;
+    /// possibly none, while steps are still running.
+    Start(Vec<usize>),
+}
+
+/// A running pipeline's next move, decided from its steps' states alone (the ledger reads the
+/// states and carries the move out in one transaction). The first broken step, in step order,
+/// names the end; a step's dependents never start once it failed.
+pub fn next_move(steps: &[StepState]) -> NextMove {
+    if let Some(broken) = steps
+        .iter()
+        .find(|s| matches!(s.status, Some(Status::Failed | Status::Canceled)))
+    {
+        let (status, code) = match broken.status {
+            Some(Status::Canceled) => (Status::Canceled, "step_canceled"),
+            _ => (Status::Failed, "step_failed"),
+        };
+        return NextMove::End {
+            status,
+            code,
+            message: format!(
+                "step '{}' {status}: {}",
+                broken.name,
+                broken.error.unwrap_or("no reason given")
+            ),
+        };
+    }
+    if steps.iter().all(|s| s.status == Some(Status::Succeeded)) {
+        return NextMove::Succeed;
+    }
+    let succeeded: BTreeSet<&str> = steps
+        .iter()
+        .filter(|s| s.status == Some(Status::Succeeded))
+        .map(|s| s.name)
+        .collect();
+    NextMove::Start(
+        steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.status.is_none())
+            .filter(|(_, s)| s.depends_on.iter().all(|d| succeeded.contains(d.as_str())))
+            .map(|(i, _)| i)
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn state<'a>(name: &'a str, depends_on: &'a [String], status: Option<Status>) -> StepState<'a> {
+        StepState {
+            name,
+            depends_on,
+            status,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn steps_start_once_everything_they_depend_on_succeeded() {
+        let on_a = ["a".to_owned()];
+        let on_ab = ["a".to_owned(), "b".to_owned()];
+        let fresh = [
+            state("a", &[], None),
+            state("b", &on_a, None),
+            state("c", &on_ab, None),
+        ];
+        assert_eq!(next_move(&fresh), NextMove::Start(vec![0]));
+        let a_done = [
+            state("a", &[], Some(Status::Succeeded)),
+            state("b", &on_a, None),
+            state("c", &on_ab, None),
+        ];
+        assert_eq!(next_move(&a_done), NextMove::Start(vec![1]));
+        let b_running = [
+            state("a", &[], Some(Status::Succeeded)),
+            state("b", &on_a, Some(Status::Running)),
+            state("c", &on_ab, None),
+        ];
+        assert_eq!(next_move(&b_running), NextMove::Start(vec![]));
+        let all_done = [
+            state("a", &[], Some(Status::Succeeded)),
+            state("b", &on_a, Some(Status::Succeeded)),
+        ];
+        assert_eq!(next_move(&all_done), NextMove::Succeed);
+    }
+
+    #[test]
+    fn the_first_broken_step_ends_the_pipeline_with_its_reason() {
+        let on_a = ["a".to_owned()];
+        let failed = [
+            state("a", &[], Some(Status::Succeeded)),
+            StepState {
+                error: Some("out of memory"),
+                ..state("b", &on_a, Some(Status::Failed))
+            },
+            state("c", &[], Some(Status::Canceled)),
+        ];
+        assert_eq!(
+            next_move(&failed),
+            NextMove::End {
+                status: Status::Failed,
+                code: "step_failed",
+                message: "step 'b' failed: out of memory".into(),
+            }
+        );
+        let canceled = [
+            state("a", &[], Some(Status::Canceled)),
+            state("b", &on_a, None),
+        ];
+        assert_eq!(
+            next_move(&canceled),
+            NextMove::End {
+                status: Status::Canceled,
+                code: "step_canceled",
+                message: "step 'a' canceled: no reason given".into(),
+            }
+        );
+    }
 
     fn step(name: &str, input: Value) -> StepSpec {
         StepSpec {

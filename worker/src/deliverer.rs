@@ -160,13 +160,13 @@ impl Deliverer {
         // the payload's `timestamp`.
         let timestamp = at.timestamp();
         let mut headers = vec![
-            ("webhook-id", delivery.id.clone()),
+            ("webhook-id", delivery.id.to_string()),
             ("webhook-timestamp", timestamp.to_string()),
         ];
         if !secrets.is_empty() {
             headers.push((
                 "webhook-signature",
-                signature_header(&secrets, &delivery.id, timestamp, &body),
+                signature_header(&secrets, delivery.id.as_str(), timestamp, &body),
             ));
         }
         let started = Instant::now();
@@ -253,7 +253,7 @@ impl Deliverer {
 
     /// `{type, timestamp, data}` with the job as `GET` shows it, bounded in size.
     async fn payload(&self, delivery: &DueDelivery, job: Job) -> Vec<u8> {
-        let pipeline_event = delivery.event_type.starts_with("pipeline.");
+        let pipeline_event = delivery.event_type.is_pipeline_event();
         let mut data = (self.view)(job, pipeline_event).await;
         let mut body = serde_json::json!({
             "type": delivery.event_type,

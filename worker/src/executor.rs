@@ -367,7 +367,7 @@ impl Executor {
             failure.class = FailureClass::FallBack;
         }
         let note = AttemptNote {
-            error_class: Some(failure.class.as_str()),
+            error_class: Some(failure.class),
             ..Default::default()
         };
         self.ledger.annotate_attempt(lease, note).await?;
@@ -481,7 +481,7 @@ impl Executor {
             let budget = routes[index]
                 .max_attempts
                 .unwrap_or(self.config.max_attempts);
-            if (attempt.error_class.as_deref() == Some("fall_back") || failed >= budget)
+            if (attempt.error_class == Some(FailureClass::FallBack) || failed >= budget)
                 && index + 1 < routes.len()
             {
                 index += 1;

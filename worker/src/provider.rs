@@ -12,6 +12,7 @@
 
 use async_trait::async_trait;
 use kiln_core::catalog::ModelInput;
+pub use kiln_core::job::FailureClass;
 use kiln_core::ledger::{AttemptNote, Lease};
 use kiln_core::routes::RouteConfig;
 use kiln_core::{ErrorInfo, JobId, Ledger};
@@ -24,23 +25,6 @@ pub struct GeneratedOutput {
     pub content_type: &'static str,
     pub extension: &'static str,
     pub bytes: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    Retry,
-    FallBack,
-    Fail,
-}
-
-impl FailureClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureClass::Retry => "retry",
-            FailureClass::FallBack => "fall_back",
-            FailureClass::Fail => "fail",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ mod sql;
 
 pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
 
+pub use crate::events::EventType;
 use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Status, TenantId};
 use crate::keys::MintedKey;
 use crate::time::Timestamp;
@@ -239,9 +240,9 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
     /// The `webhook-id`: the same on every try.
-    pub id: String,
+    pub id: DeliveryId,
     pub job_id: JobId,
-    pub event_type: String,
+    pub event_type: EventType,
     pub url: String,
     /// When the event happened: the payload's `timestamp`.
     pub created_at: Timestamp,
@@ -278,14 +279,100 @@ pub enum DeliveryNext {
     Gone,
 }
 
+impl DeliveryNext {
+    /// The state the delivery is left in.
+    pub fn status(self) -> DeliveryStatus {
+        match self {
+            DeliveryNext::Delivered => DeliveryStatus::Delivered,
+            DeliveryNext::RetryAt(_) => DeliveryStatus::Pending,
+            DeliveryNext::Failed => DeliveryStatus::Failed,
+            DeliveryNext::Gone => DeliveryStatus::Gone,
+        }
+    }
+}
+
+/// A delivery's state: `pending` until it is delivered, its schedule runs out (`failed`) or
+/// its receiver answers 410 (`gone`). A redelivery makes any of them `pending` again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+    Gone,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 4] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Gone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Gone => "gone",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        DeliveryStatus::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery status '{s}'"))
+    }
+}
+
+/// A delivery's id, the `webhook-id` a receiver deduplicates on: `msg_` and a UUIDv7, the same
+/// on every try and redelivery.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct DeliveryId(pub String);
+
+impl DeliveryId {
+    pub fn new() -> Self {
+        DeliveryId(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// A client's path segment, if it has a delivery id's shape.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("msg_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| DeliveryId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for DeliveryId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A delivery with its log.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub id: String,
-    pub event_type: String,
+    pub id: DeliveryId,
+    pub event_type: EventType,
     pub url: String,
     pub created_at: Timestamp,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub next_try_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
     pub tries: Vec<DeliveryTry>,
@@ -333,8 +420,8 @@ pub struct Claim {
 pub struct AttemptNote<'a> {
     /// The route the attempt runs on (`provider:model`), decided just after the claim.
     pub route: Option<&'a str>,
-    /// How its failure was classified: `retry`, `fall_back` or `fail`.
-    pub error_class: Option<&'a str>,
+    /// How its failure was classified.
+    pub error_class: Option<crate::job::FailureClass>,
     /// The upstream's handle (prediction, prompt or request id), recorded before waiting on it.
     pub upstream_id: Option<&'a str>,
     /// What the attempt cost, in millionths of the configured currency unit.
@@ -590,7 +677,7 @@ pub trait DeliveryLedger: Send + Sync {
     /// another claim has taken it over (the result is then not recorded).
     async fn finish_delivery_try(
         &self,
-        id: &str,
+        id: &DeliveryId,
         claim_token: &str,
         tried: &DeliveryTry,
         next: DeliveryNext,
@@ -599,7 +686,12 @@ pub trait DeliveryLedger: Send + Sync {
     async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>>;
     /// Sends a delivery again (same `webhook-id`, the schedule from its start); `false` when
     /// there is no such delivery or a worker is trying it right now.
-    async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool>;
+    async fn redeliver(
+        &self,
+        tenant: &TenantId,
+        job_id: JobId,
+        delivery_id: &DeliveryId,
+    ) -> Result<bool>;
 }
 
 /// Worker identities and the reconciler's repairs: expired leases rescued, overdue jobs failed.

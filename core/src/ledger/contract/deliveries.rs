@@ -54,8 +54,11 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(types(all).await, ["job.started", "job.succeeded"]);
-    assert_eq!(types(only_end).await, ["job.succeeded"]);
+    assert_eq!(
+        types(all).await,
+        [EventType::JobStarted, EventType::JobSucceeded]
+    );
+    assert_eq!(types(only_end).await, [EventType::JobSucceeded]);
     assert!(
         ledger
             .deliveries(&tenant("b"), all)
@@ -137,7 +140,7 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
         .unwrap()
         .unwrap();
     let d = log.iter().find(|d| d.id == again[0].id).unwrap();
-    assert_eq!(d.status, "delivered");
+    assert_eq!(d.status, DeliveryStatus::Delivered);
     assert_eq!(d.tries.len(), 2);
     // Times are kept to the millisecond.
     let logged = &d.tries[0];

@@ -3,6 +3,7 @@
 //! fenced by the lease token (invariant 3), so a worker that lost its job commits nothing.
 
 use super::*;
+use crate::job::FailureClass;
 
 pub(super) async fn finish_attempt(
     tx: &mut Tx,
@@ -91,6 +92,10 @@ pub(super) async fn succeed_merged(
                  FROM ended CROSS JOIN (VALUES {values}) AS o (idx, object_key, content_type, bytes, expires_at))"
         )
     };
+    let delivery = delivery_insert(
+        EventType::JobSucceeded,
+        &DeliverySource::job_row("FROM ended WHERE TRUE"),
+    );
     let statement = tx.d.sql(&format!(
         "WITH ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
                  completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
@@ -101,10 +106,7 @@ pub(super) async fn succeed_merged(
          callbacks AS (DELETE FROM upstream_callbacks WHERE job_id IN (SELECT id FROM ended)), \
          transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
              SELECT id, 'running', 'succeeded', NULL, ? FROM ended), \
-         delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-             SELECT ?, id, 'job.succeeded', webhook_url, ?, 'pending', ? FROM ended \
-             WHERE webhook_url IS NOT NULL \
-               AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.succeeded,%')){outputs_cte} \
+         delivery AS ({delivery}){outputs_cte} \
          SELECT COUNT(*) AS won FROM ended"
     ))
     .into_owned();
@@ -116,7 +118,7 @@ pub(super) async fn succeed_merged(
         .bind(AttemptOutcome::Succeeded.as_str())
         .bind(&lease.attempt_id)
         .bind(at)
-        .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+        .bind(DeliveryId::new().0)
         .bind(at)
         .bind(at);
     for o in outputs {
@@ -213,7 +215,7 @@ impl AttemptLedger for SqlLedger {
              WHERE id = ?",
         ))
         .bind(note.route)
-        .bind(note.error_class)
+        .bind(note.error_class.map(FailureClass::as_str))
         .bind(note.upstream_id)
         .bind(note.cost_micros)
         .bind(note.progress_percent.map(i64::from))

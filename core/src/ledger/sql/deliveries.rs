@@ -3,50 +3,98 @@
 
 use super::*;
 
-/// Writes the webhook delivery a transition causes, in the transition's own transaction (so a
-/// crash cannot separate them): `job.started` for a job's first start (its `started_at` is
-/// this instant), `job.{status}` for a terminal one; only for a job with a webhook URL whose
-/// event filter (a comma list, or none for all) takes the type.
-pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Result<()> {
-    // (`started_delivery_cte` and `succeed_merged` write the same rows within merged Postgres
-    // statements; a change here belongs there too.)
-    let (event, first_start_only) = match to {
-        Status::Running => ("job.started", true),
-        Status::Succeeded => ("job.succeeded", false),
-        Status::Failed => ("job.failed", false),
-        Status::Canceled => ("job.canceled", false),
-        Status::Queued => return Ok(()),
+/// Where a delivery's fields come from: SQL expressions for the job it hangs off, the URL and
+/// the event filter (a comma list, or NULL for every event), the `FROM … WHERE …` that yields
+/// them, and, for a first start, the expression of the job's `started_at`.
+pub(super) struct DeliverySource<'a> {
+    pub job_id: &'a str,
+    pub url: &'a str,
+    pub events: &'a str,
+    pub started_at: &'a str,
+    pub from_where: &'a str,
+    /// What follows the conditions (an `ORDER BY … LIMIT 1`), or nothing.
+    pub tail: &'a str,
+}
+
+impl DeliverySource<'_> {
+    /// A job row (or a CTE of job rows) under the usual column names.
+    pub(super) const fn job_row(from_where: &str) -> DeliverySource<'_> {
+        DeliverySource {
+            job_id: "id",
+            url: "webhook_url",
+            events: "webhook_events",
+            started_at: "started_at",
+            from_where,
+            tail: "",
+        }
+    }
+}
+
+/// The one statement that writes a webhook delivery: `event` for the rows `source` yields that
+/// have a webhook URL whose filter takes the event, and for `job.started` only on the job's
+/// first start (`EventType::first_start_only`). Every writer of a delivery row builds its
+/// statement here, as a statement of its own or as a CTE of a merged Postgres statement.
+///
+/// Binds: the delivery id and the time twice; then the source's own binds; then, for a first
+/// start only, the time once more.
+pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> String {
+    let DeliverySource {
+        job_id,
+        url,
+        events,
+        started_at,
+        from_where,
+        tail,
+    } = source;
+    let pending = DeliveryStatus::Pending.as_str();
+    let first_start = if event.first_start_only() {
+        format!(" AND {started_at} = ?")
+    } else {
+        String::new()
     };
-    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    let statement = tx.d.sql(&format!(
+    // The event type is one of Kiln's own names, never client text, so it is written into the
+    // statement (and the filter's LIKE pattern) rather than bound.
+    format!(
         "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-         SELECT ?, id, ?, webhook_url, ?, 'pending', ? FROM jobs \
-         WHERE id = ? AND webhook_url IS NOT NULL \
-           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE ?){}",
-        if first_start_only { " AND started_at = ?" } else { "" }
-    ))
-    .into_owned();
+         SELECT ?, {job_id}, '{event}', {url}, ?, '{pending}', ? {from_where} \
+         AND {url} IS NOT NULL AND ({events} IS NULL OR (',' || {events} || ',') LIKE '%,{event},%')\
+         {first_start}{tail}"
+    )
+}
+
+/// Writes the webhook delivery a job's transition to `to` causes (`EventType::of_job_transition`),
+/// in the transition's own transaction, so a crash cannot separate them.
+pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i64) -> Result<()> {
+    let Some(event) = EventType::of_job_transition(to) else {
+        return Ok(());
+    };
+    let statement = delivery_insert(event, &DeliverySource::job_row("FROM jobs WHERE id = ?"));
+    let statement = tx.d.sql(&statement).into_owned();
     let mut query = sqlx::query(&statement)
-        .bind(&id)
-        .bind(event)
+        .bind(DeliveryId::new().0)
         .bind(at)
         .bind(at)
-        .bind(job_id)
-        .bind(format!("%,{event},%"));
-    if first_start_only {
+        .bind(job_id);
+    if event.first_start_only() {
         query = query.bind(at);
     }
     query.execute(&mut *tx.tx).await?;
     Ok(())
 }
 
-/// `enqueue_webhook`'s `job.started` delivery as a CTE of a merged Postgres claim, fed by the
-/// `claimed` row. Binds: the delivery id, then the time three times.
+/// The `job.started` delivery as a CTE of a merged Postgres claim, fed by the `claimed` row.
+/// Binds: the delivery id, then the time three times.
 pub(super) fn started_delivery_cte() -> &'static str {
-    "delivery AS (INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-         SELECT ?, id, 'job.started', webhook_url, ?, 'pending', ? FROM claimed \
-         WHERE webhook_url IS NOT NULL AND started_at = ? \
-           AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.started,%'))"
+    static CTE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "delivery AS ({})",
+            delivery_insert(
+                EventType::JobStarted,
+                &DeliverySource::job_row("FROM claimed WHERE TRUE")
+            )
+        )
+    });
+    &CTE
 }
 
 #[async_trait]
@@ -114,11 +162,11 @@ impl DeliveryLedger for SqlLedger {
                     previous: previous.filter(|_| previous_until.is_some_and(|u| u > at)),
                 });
             due.push(DueDelivery {
-                id,
+                id: DeliveryId(id),
                 job_id: job_id
                     .parse()
                     .map_err(|_| LedgerError::Corrupt(format!("job id '{job_id}'")))?,
-                event_type: r.try_get("event_type")?,
+                event_type: text_column(r, "event_type")?,
                 url: r.try_get("url")?,
                 created_at: from_millis(r.try_get("created_at")?),
                 tries: r.try_get::<i64, _>("tries")? as u32,
@@ -134,24 +182,24 @@ impl DeliveryLedger for SqlLedger {
 
     async fn finish_delivery_try(
         &self,
-        id: &str,
+        id: &DeliveryId,
         claim_token: &str,
         tried: &DeliveryTry,
         next: DeliveryNext,
     ) -> Result<bool> {
         let (status, next_try_at, delivered_at) = match next {
-            DeliveryNext::Delivered => ("delivered", None, Some(to_millis(tried.at))),
-            DeliveryNext::RetryAt(at) => ("pending", Some(to_millis(at)), None),
-            DeliveryNext::Failed => ("failed", None, None),
-            DeliveryNext::Gone => ("gone", None, None),
+            DeliveryNext::Delivered => (next.status(), None, Some(to_millis(tried.at))),
+            DeliveryNext::RetryAt(at) => (next.status(), Some(to_millis(at)), None),
+            DeliveryNext::Failed | DeliveryNext::Gone => (next.status(), None, None),
         };
+        let status = status.as_str();
         // The fenced update's parameters, first in both statements below.
         let finished = (
             status,
             tried.number as i64,
             next_try_at,
             delivered_at,
-            id.to_owned(),
+            id.0.clone(),
             claim_token.to_owned(),
         );
         type Finished = (&'static str, i64, Option<i64>, Option<i64>, String, String);
@@ -208,7 +256,7 @@ impl DeliveryLedger for SqlLedger {
         sqlx::query(&self.sql(
             "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
         ))
-        .bind(id)
+        .bind(id.as_str())
         .bind(tried.number as i64)
         .bind(to_millis(tried.at))
         .bind(tried.status_code.map(i64::from))
@@ -222,7 +270,7 @@ impl DeliveryLedger for SqlLedger {
             let row = sqlx::query(&self.sql(
                 "SELECT d.url, j.tenant FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id = ?",
             ))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_one(&mut *tx.tx)
             .await?;
             let (url, tenant): (String, String) = (row.try_get("url")?, row.try_get("tenant")?);
@@ -286,11 +334,11 @@ impl DeliveryLedger for SqlLedger {
             })
             .collect::<Result<Vec<_>>>()?;
             out.push(Delivery {
-                id,
-                event_type: r.try_get("event_type")?,
+                id: DeliveryId(id),
+                event_type: text_column(r, "event_type")?,
                 url: r.try_get("url")?,
                 created_at: from_millis(r.try_get("created_at")?),
-                status: r.try_get("status")?,
+                status: text_column(r, "status")?,
                 next_try_at: r.try_get::<Option<i64>, _>("next_try_at")?.map(from_millis),
                 delivered_at: r
                     .try_get::<Option<i64>, _>("delivered_at")?
@@ -301,7 +349,12 @@ impl DeliveryLedger for SqlLedger {
         Ok(Some(out))
     }
 
-    async fn redeliver(&self, tenant: &TenantId, job_id: JobId, delivery_id: &str) -> Result<bool> {
+    async fn redeliver(
+        &self,
+        tenant: &TenantId,
+        job_id: JobId,
+        delivery_id: &DeliveryId,
+    ) -> Result<bool> {
         // Not while a worker holds it (it is being tried now); the schedule starts over.
         let at = to_millis(now());
         let changed = sqlx::query(&self.sql(
@@ -311,7 +364,7 @@ impl DeliveryLedger for SqlLedger {
                AND NOT (status = 'pending' AND claim_token IS NOT NULL AND next_try_at > ?)",
         ))
         .bind(at)
-        .bind(delivery_id)
+        .bind(delivery_id.as_str())
         .bind(job_id.to_string())
         .bind(job_id.to_string())
         .bind(&tenant.0)

@@ -254,7 +254,7 @@ pub(super) async fn claim_in(
             .bind(route)
             .bind(at)
             .bind(at)
-            .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+            .bind(DeliveryId::new().0)
             .bind(at)
             .bind(at)
             .bind(at)

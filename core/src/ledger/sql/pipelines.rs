@@ -3,6 +3,7 @@
 //! reads the steps and carries the decision out.
 
 use super::*;
+use crate::pipeline::{next_move, NextMove, StepState};
 
 /// Ends a running pipeline with `status` and cancels its steps that have not ended.
 pub(super) async fn end_pipeline(
@@ -30,23 +31,27 @@ pub(super) async fn end_pipeline(
     .await?;
     // The pipeline's webhook hears `pipeline.{status}` once, in this transaction. A delivery
     // belongs to a job, so it hangs off the pipeline's most recently started step.
-    let event = format!("pipeline.{}", status.as_str());
-    sqlx::query(&tx.d.sql(
-        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-         SELECT ?, s.job_id, ?, p.webhook_url, ?, 'pending', ? \
-         FROM pipelines p JOIN pipeline_steps s ON s.pipeline_id = p.id \
-         WHERE p.id = ? AND p.webhook_url IS NOT NULL AND s.job_id IS NOT NULL \
-           AND (p.webhook_events IS NULL OR (',' || p.webhook_events || ',') LIKE ?) \
-         ORDER BY s.job_id DESC LIMIT 1",
-    ))
-    .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
-    .bind(&event)
-    .bind(at)
-    .bind(at)
-    .bind(pid)
-    .bind(format!("%,{event},%"))
-    .execute(&mut *tx.tx)
-    .await?;
+    if let Some(event) = EventType::of_pipeline_end(status) {
+        let statement = delivery_insert(
+            event,
+            &DeliverySource {
+                job_id: "s.job_id",
+                url: "p.webhook_url",
+                events: "p.webhook_events",
+                started_at: "NULL",
+                from_where: "FROM pipelines p JOIN pipeline_steps s ON s.pipeline_id = p.id \
+                             WHERE p.id = ? AND s.job_id IS NOT NULL",
+                tail: " ORDER BY s.job_id DESC LIMIT 1",
+            },
+        );
+        sqlx::query(&tx.d.sql(&statement))
+            .bind(DeliveryId::new().0)
+            .bind(at)
+            .bind(at)
+            .bind(pid)
+            .execute(&mut *tx.tx)
+            .await?;
+    }
     let open: Vec<(String, String)> = sqlx::query(&tx.d.sql(&format!(
         "SELECT j.id, j.status FROM pipeline_steps s JOIN jobs j ON j.id = s.job_id \
          WHERE s.pipeline_id = ? AND j.status IN ('queued', 'running') ORDER BY j.id{}",
@@ -128,45 +133,50 @@ pub(super) async fn advance_in(
         })
     })
     .collect::<Result<_>>()?;
-    // A step that failed or was canceled ends the pipeline; its dependents never start.
-    if let Some(broken) = steps
+    let statuses = steps
         .iter()
-        .find(|s| matches!(s.job_status.as_deref(), Some("failed" | "canceled")))
-    {
-        let state = broken.job_status.as_deref().unwrap_or_default();
-        let (status, code) = match state {
-            "canceled" => (Status::Canceled, "step_canceled"),
-            _ => (Status::Failed, "step_failed"),
-        };
-        let message = format!(
-            "step '{}' {state}: {}",
-            broken.name,
-            broken.job_error.as_deref().unwrap_or("no reason given")
-        );
-        end_pipeline(tx, pid, status, code, &message, at).await?;
-        return Ok(vec![]);
-    }
-    if steps
+        .map(|s| {
+            s.job_status
+                .as_deref()
+                .map(str::parse::<Status>)
+                .transpose()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(LedgerError::Corrupt)?;
+    let states: Vec<StepState> = steps
         .iter()
-        .all(|s| s.job_status.as_deref() == Some("succeeded"))
-    {
-        end_pipeline(tx, pid, Status::Succeeded, "", "", at).await?;
-        return Ok(vec![]);
-    }
+        .zip(&statuses)
+        .map(|(s, status)| StepState {
+            name: &s.name,
+            depends_on: &s.depends_on,
+            status: *status,
+            error: s.job_error.as_deref(),
+        })
+        .collect();
+    let ready = match next_move(&states) {
+        NextMove::End {
+            status,
+            code,
+            message,
+        } => {
+            end_pipeline(tx, pid, status, code, &message, at).await?;
+            return Ok(vec![]);
+        }
+        NextMove::Succeed => {
+            end_pipeline(tx, pid, Status::Succeeded, "", "", at).await?;
+            return Ok(vec![]);
+        }
+        NextMove::Start(ready) => ready,
+    };
+    // Every step a ready one depends on has succeeded, so has a job whose outputs it reads.
     let succeeded: BTreeMap<&str, &str> = steps
         .iter()
-        .filter(|s| s.job_status.as_deref() == Some("succeeded"))
-        .filter_map(|s| Some((s.name.as_str(), s.job_id.as_deref()?)))
+        .zip(&statuses)
+        .filter(|(_, status)| **status == Some(Status::Succeeded))
+        .filter_map(|(s, _)| Some((s.name.as_str(), s.job_id.as_deref()?)))
         .collect();
     let mut started = vec![];
-    for step in steps.iter().filter(|s| s.job_id.is_none()) {
-        if !step
-            .depends_on
-            .iter()
-            .all(|d| succeeded.contains_key(d.as_str()))
-        {
-            continue;
-        }
+    for step in ready.into_iter().map(|i| &steps[i]) {
         let template: serde_json::Value = serde_json::from_str(&step.input)
             .map_err(|e| LedgerError::Corrupt(format!("pipeline {pid} step input: {e}")))?;
         let input = crate::pipeline::substitute(&template, &|dep, index| {

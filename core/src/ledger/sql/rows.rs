@@ -59,6 +59,16 @@ pub(super) static JOB_SELECT_SQLITE: std::sync::LazyLock<String> = std::sync::La
     )
 });
 
+/// A text column holding one of Kiln's names (a status, an event type), parsed.
+pub(super) fn text_column<T: std::str::FromStr<Err = String>>(
+    row: &AnyRow,
+    column: &str,
+) -> Result<T> {
+    row.try_get::<String, _>(column)?
+        .parse()
+        .map_err(LedgerError::Corrupt)
+}
+
 pub(super) fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt(format!("{column}: {e}")))
@@ -81,7 +91,10 @@ pub(super) fn attempt_from_tuple(t: AttemptTuple) -> Result<Attempt> {
             .transpose()
             .map_err(LedgerError::Corrupt)?,
         error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
-        error_class,
+        error_class: error_class
+            .map(|c| c.parse())
+            .transpose()
+            .map_err(LedgerError::Corrupt)?,
         upstream_id,
         cost_micros,
         progress_percent: progress.map(|p| p.clamp(0, 100) as u8),
