@@ -53,12 +53,12 @@ async fn metrics_parse_as_prometheus_text_and_move_when_jobs_run() {
     let mut with_hook = image_job(32, 32);
     with_hook["webhook"] = json!(hooks.url);
     with_hook["webhook_events"] = json!(["job.succeeded"]);
-    let a = submit_ok(&kiln.http, &kiln.base, &key, with_hook).await;
-    let b = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    let a = kiln.submit_ok(&key, with_hook).await;
+    let b = kiln.submit_ok(&key, image_job(16, 16)).await;
     let failing = json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}});
-    let c = submit_ok(&kiln.http, &kiln.base, &key, failing).await;
+    let c = kiln.submit_ok(&key, failing).await;
     for id in [&a, &b, &c] {
-        wait_terminal(&kiln.http, &kiln.base, &key, id).await;
+        kiln.wait_terminal(&key, id).await;
     }
     assert_eq!(hooks.next().await["type"], "job.succeeded");
     let after = scrape(&kiln).await;

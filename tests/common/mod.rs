@@ -137,6 +137,37 @@ impl Kiln {
         self.services.clear();
     }
 
+    /// `POST /v1/jobs` as `key`.
+    pub async fn submit(&self, key: &str, body: Value) -> reqwest::Response {
+        submit(&self.http, &self.base, key, body).await
+    }
+
+    /// Submits as `key` and returns the job id, asserting the 202.
+    pub async fn submit_ok(&self, key: &str, body: Value) -> String {
+        submit_ok(&self.http, &self.base, key, body).await
+    }
+
+    /// `GET /v1/jobs/{id}` as `key`, asserting the 200.
+    pub async fn get_job(&self, key: &str, id: &str) -> Value {
+        get_job(&self.http, &self.base, key, id).await
+    }
+
+    /// Polls the job until `done` holds, failing the test at the deadline.
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(&self.http, &self.base, key, id, what, done).await
+    }
+
+    /// Waits for the job to end and returns it.
+    pub async fn wait_terminal(&self, key: &str, id: &str) -> Value {
+        wait_terminal(&self.http, &self.base, key, id).await
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("kiln.db")
     }

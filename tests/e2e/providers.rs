@@ -4,13 +4,11 @@
 //! a content-policy refusal fails without fallback, and when every route fails the job fails
 //! with all its attempts shown.
 
-mod common;
-
+use crate::common::*;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use base64::Engine;
-use common::*;
 use kiln_core::routes::{ModelConfig, ProviderConfig, ProviderKind, RouteConfig};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -158,14 +156,13 @@ async fn kiln_with(base: &str, routes: Vec<RouteConfig>) -> Kiln {
 
 async fn run_job(kiln: &Kiln) -> Value {
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}}),
-    )
-    .await;
-    wait_terminal(&kiln.http, &kiln.base, &key, &id).await
+    let id = kiln
+        .submit_ok(
+            &key,
+            json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}}),
+        )
+        .await;
+    kiln.wait_terminal(&key, &id).await
 }
 
 fn attempts(job: &Value) -> Vec<(String, String, String)> {
@@ -443,10 +440,10 @@ async fn a_rate_limit_spaces_the_calls_it_starts() {
     for _ in 0..6 {
         let body =
             json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}});
-        ids.push(submit_ok(&kiln.http, &kiln.base, &key, body).await);
+        ids.push(kiln.submit_ok(&key, body).await);
     }
     for id in &ids {
-        let job = wait_terminal(&kiln.http, &kiln.base, &key, id).await;
+        let job = kiln.wait_terminal(&key, id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         assert_eq!(
             job["attempts"].as_array().unwrap().len(),
@@ -512,11 +509,11 @@ async fn a_concurrency_cap_holds_across_workers() {
     for _ in 0..9 {
         let body =
             json!({"model": "acme/img", "input": {"prompt": "a kiln", "width": 64, "height": 64}});
-        ids.push(submit_ok(&kilns[0].http, &kilns[0].base, &key, body).await);
+        ids.push(kilns[0].submit_ok(&key, body).await);
     }
     let mut workers = std::collections::HashSet::new();
     for id in &ids {
-        let job = wait_terminal(&kilns[0].http, &kilns[0].base, &key, id).await;
+        let job = kilns[0].wait_terminal(&key, id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         // Which worker ran an attempt is the operator's to know (the ledger), not the tenant's.
         assert!(job["attempts"][0].get("worker").is_none(), "{job:#}");

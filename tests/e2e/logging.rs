@@ -2,9 +2,7 @@
 //! lines carry the id of the request (the client's `x-request-id`, echoed back) or of the job
 //! they are about.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::process::Stdio;
 

@@ -1,9 +1,7 @@
 //! Bad input gets a 4xx problem detail with a stable code and the field at fault, and changes
 //! nothing: the ledger has exactly the rows it had before.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn ledger_rows(kiln: &Kiln) -> (i64, i64, i64) {
@@ -22,8 +20,8 @@ async fn bad_submissions_are_refused_and_change_nothing() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
     // One good job first, so "unchanged" is not trivially "empty".
-    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-    wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+    kiln.wait_terminal(&key, &id).await;
     let before = ledger_rows(&kiln).await;
 
     let image = |input: Value| json!({"model": "demo/image", "input": input});
@@ -143,7 +141,7 @@ async fn bad_submissions_are_refused_and_change_nothing() {
         ("JSON array body", json!([1, 2]), 400, "invalid_json", None),
     ];
     for (name, body, status, code, field) in cases {
-        let res = submit(&kiln.http, &kiln.base, &key, body).await;
+        let res = kiln.submit(&key, body).await;
         assert_eq!(res.status().as_u16(), status, "{name}");
         assert_eq!(
             res.headers()["content-type"],

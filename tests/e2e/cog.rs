@@ -3,9 +3,7 @@
 //! callback, cancel reaching the prediction, and a worker killed mid-prediction whose job
 //! re-attaches to the same prediction instead of running the model again.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_core::routes::{
     CostModel, ModelConfig, ParamConfig, ParamKind, ProviderConfig, ProviderKind, RouteConfig,
 };
@@ -78,8 +76,8 @@ async fn a_cog_model_serves_a_kiln_model_end_to_end() {
     let cog = CogServer::start().await;
     let kiln = kiln_with_cog(&cog).await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(&kiln.http, &kiln.base, &key, draw("a red kiln", json!({}))).await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, draw("a red kiln", json!({}))).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
 
     // The output is the predictor's PNG at the requested size, stored by Kiln.
@@ -103,13 +101,9 @@ async fn the_models_progress_bar_reaches_the_job_through_cogs_log_events() {
     let cog = CogServer::start().await;
     let kiln = kiln_with_cog(&cog).await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        draw("a slow kiln", json!({"delay": 4.0})),
-    )
-    .await;
+    let id = kiln
+        .submit_ok(&key, draw("a slow kiln", json!({"delay": 4.0})))
+        .await;
     let events = format!("{}/v1/jobs/{id}/events", kiln.base);
     // The predictor prints a tqdm bar; Cog posts its logs to the callback URL as it goes.
     let midway = follow_events(&kiln.http, &events, &key, |j| {
@@ -118,7 +112,7 @@ async fn the_models_progress_bar_reaches_the_job_through_cogs_log_events() {
     .await;
     assert_eq!(midway["status"], "running", "{midway:#}");
     assert_eq!(midway["attempts"][0]["progress"], midway["progress"]);
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(job["progress"], 1.0);
     kiln.shutdown().await;
@@ -144,14 +138,10 @@ async fn a_failing_prediction_fails_the_job_with_the_models_error() {
     })
     .await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        draw("a broken kiln", json!({"fail": true})),
-    )
-    .await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln
+        .submit_ok(&key, draw("a broken kiln", json!({"fail": true})))
+        .await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "upstream_prediction_failed");
     let message = job["error"]["message"].as_str().unwrap();
@@ -169,13 +159,9 @@ async fn cancel_stops_the_cog_prediction() {
     let kiln = kiln_with_cog(&cog).await;
     let key = kiln.key("acme").await;
     // Far longer than the test waits below: only a cancel that reaches Cog frees it in time.
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        draw("a slow kiln", json!({"delay": 45})),
-    )
-    .await;
+    let id = kiln
+        .submit_ok(&key, draw("a slow kiln", json!({"delay": 45})))
+        .await;
     cog.wait_event("a slow kiln", "start").await;
     assert_eq!(cog.health().await.as_deref(), Some("BUSY"));
 
@@ -199,7 +185,7 @@ async fn cancel_stops_the_cog_prediction() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cog.events("a slow kiln"), ["start"]);
-    let job = get_job(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.get_job(&key, &id).await;
     assert_eq!(job["status"], "canceled");
     assert_eq!(job["attempts"][0]["outcome"], "canceled");
     kiln.shutdown().await;
@@ -288,15 +274,11 @@ async fn a_callback_with_a_wrong_token_is_refused_and_stores_nothing() {
     let cog = CogServer::start().await;
     let kiln = kiln_with_cog(&cog).await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        draw("a guarded kiln", json!({"delay": 2})),
-    )
-    .await;
+    let id = kiln
+        .submit_ok(&key, draw("a guarded kiln", json!({"delay": 2})))
+        .await;
     cog.wait_event("a guarded kiln", "start").await;
-    let job = get_job(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.get_job(&key, &id).await;
     let prediction = job["attempts"][0]["upstream_id"]
         .as_str()
         .unwrap()
@@ -319,7 +301,7 @@ async fn a_callback_with_a_wrong_token_is_refused_and_stores_nothing() {
         assert_eq!(problem["code"], "invalid_callback_token");
     }
     // The real result still wins.
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     kiln.shutdown().await;
 }

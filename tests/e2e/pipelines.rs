@@ -2,9 +2,7 @@
 //! with each step reading the previous one's output from storage; a failing step fails the
 //! pipeline and its dependents never run; cancel cascades; bad graphs create nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn submit_pipeline(kiln: &Kiln, key: &str, body: Value) -> reqwest::Response {
@@ -63,13 +61,9 @@ async fn image_upscale_video_runs_through_and_the_frames_are_the_upscaled_size()
     let steps = done["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["status"] == "succeeded"));
     // Step 2 read step 1's output by storage reference, not by URL.
-    let upscale_job = get_job(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        steps[1]["job_id"].as_str().unwrap(),
-    )
-    .await;
+    let upscale_job = kiln
+        .get_job(&key, steps[1]["job_id"].as_str().unwrap())
+        .await;
     let image_job = steps[0]["job_id"].as_str().unwrap();
     assert_eq!(
         upscale_job["input"]["image"],
@@ -159,10 +153,11 @@ async fn cancel_during_a_step_cancels_it_and_nothing_after_runs() {
     assert_eq!(canceled["status"], "canceled");
     assert_eq!(canceled["steps"][1]["status"], "canceled");
     let step2 = canceled["steps"][1]["job_id"].as_str().unwrap();
-    let job = wait_for(&kiln.http, &kiln.base, &key, step2, "closed", |j| {
-        j["attempts"][0]["outcome"] == "canceled"
-    })
-    .await;
+    let job = kiln
+        .wait_for(&key, step2, "closed", |j| {
+            j["attempts"][0]["outcome"] == "canceled"
+        })
+        .await;
     assert_eq!(job["status"], "canceled");
     let after = get_pipeline(&kiln, &key, &id).await;
     assert!(after["steps"][2]["job_id"].is_null());
@@ -178,8 +173,8 @@ async fn invalid_graphs_are_refused_and_create_nothing() {
     let kiln = Kiln::start().await;
     let acme = kiln.key("acme").await;
     let other = kiln.key("other").await;
-    let theirs = submit_ok(&kiln.http, &kiln.base, &other, image_job(16, 16)).await;
-    wait_terminal(&kiln.http, &kiln.base, &other, &theirs).await;
+    let theirs = kiln.submit_ok(&other, image_job(16, 16)).await;
+    kiln.wait_terminal(&other, &theirs).await;
     let cases = [
         (
             json!({"steps": [
@@ -258,13 +253,9 @@ async fn a_forbidden_input_url_is_refused_in_a_pipeline_as_in_a_job() {
         "http://[::ffff:10.0.0.1]/x.png",
     ] {
         let input = json!({"image": url, "scale": 2});
-        let job = submit(
-            &kiln.http,
-            &kiln.base,
-            &key,
-            json!({"model": "demo/upscale", "input": input}),
-        )
-        .await;
+        let job = kiln
+            .submit(&key, json!({"model": "demo/upscale", "input": input}))
+            .await;
         assert_eq!(job.status(), 422, "{url}");
         let job: Value = job.json().await.unwrap();
         let res = submit_pipeline(

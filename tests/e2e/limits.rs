@@ -2,9 +2,7 @@
 //! that has not finished in time, running or still queued; `max_queue_wait` fails a job that
 //! no worker started in time, and leaves alone one that started.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn slow_job(latency_ms: u64, limits: Value) -> Value {
@@ -22,14 +20,10 @@ fn slow_job(latency_ms: u64, limits: Value) -> Value {
 async fn a_running_job_past_its_cancel_after_fails_as_deadline_exceeded() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        slow_job(30_000, json!({"cancel_after": "1s"})),
-    )
-    .await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln
+        .submit_ok(&key, slow_job(30_000, json!({"cancel_after": "1s"})))
+        .await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "deadline_exceeded");
     assert!(job["deadline_at"].is_string());
@@ -45,11 +39,9 @@ async fn the_cancel_after_header_limits_a_job_that_never_starts() {
     // deadline and fails there, never started.
     let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
     let key = kiln.key("acme").await;
-    let blocker = submit_ok(&kiln.http, &kiln.base, &key, slow_job(30_000, json!({}))).await;
-    wait_for(&kiln.http, &kiln.base, &key, &blocker, "running", |j| {
-        j["status"] == "running"
-    })
-    .await;
+    let blocker = kiln.submit_ok(&key, slow_job(30_000, json!({}))).await;
+    kiln.wait_for(&key, &blocker, "running", |j| j["status"] == "running")
+        .await;
     let res = kiln
         .http
         .post(kiln.url("/v1/jobs"))
@@ -64,7 +56,7 @@ async fn the_cancel_after_header_limits_a_job_that_never_starts() {
         .as_str()
         .unwrap()
         .to_owned();
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "deadline_exceeded");
     assert_eq!(job["attempts"].as_array().unwrap().len(), 0);
@@ -76,29 +68,19 @@ async fn max_queue_wait_fails_a_job_no_worker_started_and_spares_one_that_starte
     let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
     let key = kiln.key("acme").await;
     // Started at once, then runs longer than its max_queue_wait: that is not queue time.
-    let started = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        slow_job(2_500, json!({"max_queue_wait": "1s"})),
-    )
-    .await;
-    wait_for(&kiln.http, &kiln.base, &key, &started, "running", |j| {
-        j["status"] == "running"
-    })
-    .await;
-    let waiting = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        slow_job(0, json!({"max_queue_wait": 1})),
-    )
-    .await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &waiting).await;
+    let started = kiln
+        .submit_ok(&key, slow_job(2_500, json!({"max_queue_wait": "1s"})))
+        .await;
+    kiln.wait_for(&key, &started, "running", |j| j["status"] == "running")
+        .await;
+    let waiting = kiln
+        .submit_ok(&key, slow_job(0, json!({"max_queue_wait": 1})))
+        .await;
+    let job = kiln.wait_terminal(&key, &waiting).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "queue_timeout");
     assert!(job["started_at"].is_null());
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, &started).await;
+    let done = kiln.wait_terminal(&key, &started).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     kiln.shutdown().await;
 }

@@ -3,9 +3,7 @@
 //! a pipeline that runs to the end and posts `pipeline.succeeded` to the execution's resume URL
 //! carrying what the workflow's later nodes read.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 

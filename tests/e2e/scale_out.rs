@@ -3,10 +3,8 @@
 //! a worker killed with -9 loses nothing and rejoins; a Redis restart mid-run loses nothing and
 //! needs no worker restart; a burst of 50,000 queued jobs is worked off steadily.
 
-mod common;
-
-use common::cluster::Cluster;
-use common::*;
+use crate::common::cluster::Cluster;
+use crate::common::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,10 +5,8 @@
 //! in `scale_out.rs`.) Each run ends with every job succeeded (nothing lost), no job with two
 //! terminal transitions, and no event delivered under two webhook ids.
 
-mod common;
-
-use common::cluster::Cluster;
-use common::*;
+use crate::common::cluster::Cluster;
+use crate::common::*;
 use kiln_core::testing::PostgresServer;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};

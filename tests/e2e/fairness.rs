@@ -5,9 +5,7 @@
 //! more of A's jobs start than A's window plus the jobs the workers were already about to take
 //! (their concurrency), and A's backlog is still thousands deep when B's job starts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -42,8 +40,8 @@ async fn one_tenants_burst_does_not_starve_another_tenants_job() {
         .await;
     assert_eq!(accepted, BURST);
 
-    let b_job = submit_ok(&kiln.http, &kiln.base, &b, image_job(16, 16)).await;
-    let done = wait_terminal(&kiln.http, &kiln.base, &b, &b_job).await;
+    let b_job = kiln.submit_ok(&b, image_job(16, 16)).await;
+    let done = kiln.wait_terminal(&b, &b_job).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
 
     let ledger = ledger_pool(&kiln.db_path()).await;

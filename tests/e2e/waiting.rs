@@ -3,9 +3,7 @@
 //! terminal one. A queued job shows its place in the queue; a running one, how far its
 //! generator says it has come.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -37,7 +35,7 @@ async fn prefer_wait_on_submit_returns_a_short_job_finished() {
 async fn prefer_wait_on_get_returns_a_long_job_running_after_the_wait() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(&kiln.http, &kiln.base, &key, job(30_000)).await;
+    let id = kiln.submit_ok(&key, job(30_000)).await;
     let started = Instant::now();
     let res = kiln
         .http
@@ -61,7 +59,7 @@ async fn prefer_wait_on_get_returns_a_long_job_running_after_the_wait() {
 async fn a_job_streams_its_changes_as_server_sent_events_until_it_ends() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(&kiln.http, &kiln.base, &key, job(500)).await;
+    let id = kiln.submit_ok(&key, job(500)).await;
     let res = kiln
         .http
         .get(kiln.url(&format!("/v1/jobs/{id}/events")))
@@ -126,18 +124,15 @@ async fn a_queued_job_shows_its_place_and_a_running_one_its_progress() {
     // One worker slot: while the first job runs, the next ones queue behind it.
     let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
     let key = kiln.key("acme").await;
-    let first = submit_ok(&kiln.http, &kiln.base, &key, job(4_000)).await;
+    let first = kiln.submit_ok(&key, job(4_000)).await;
     let events = kiln.url(&format!("/v1/jobs/{first}/events"));
     follow_events(&kiln.http, &events, &key, |j| j["status"] == "running").await;
-    let second = submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
-    let third = submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
-    let view = get_job(&kiln.http, &kiln.base, &key, &third).await;
+    let second = kiln.submit_ok(&key, job(0)).await;
+    let third = kiln.submit_ok(&key, job(0)).await;
+    let view = kiln.get_job(&key, &third).await;
     assert_eq!(view["status"], "queued");
     assert_eq!(view["queue_position"], 1, "one job ahead: {view:#}");
-    assert_eq!(
-        get_job(&kiln.http, &kiln.base, &key, &second).await["queue_position"],
-        0
-    );
+    assert_eq!(kiln.get_job(&key, &second).await["queue_position"], 0);
     // The demo generator reports progress as it works; the job shows it while running.
     let midway = follow_events(&kiln.http, &events, &key, |j| {
         j["progress"].as_f64().is_some_and(|p| p > 0.0 && p < 1.0)
@@ -145,11 +140,11 @@ async fn a_queued_job_shows_its_place_and_a_running_one_its_progress() {
     .await;
     assert_eq!(midway["status"], "running", "{midway:#}");
     assert_eq!(midway["attempts"][0]["progress"], midway["progress"]);
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, &first).await;
+    let done = kiln.wait_terminal(&key, &first).await;
     assert_eq!(done["progress"], 1.0);
     assert!(done["queue_position"].is_null());
     // Once the first is done, the queue moves up.
-    let view = wait_terminal(&kiln.http, &kiln.base, &key, &third).await;
+    let view = kiln.wait_terminal(&key, &third).await;
     assert_eq!(view["status"], "succeeded");
     kiln.shutdown().await;
 }
@@ -207,7 +202,7 @@ async fn an_event_stream_resumes_after_the_last_event_id() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
     let slow = json!({"model": "demo/image", "input": {"prompt": "a kiln", "width": 16, "height": 16, "latency_ms": 3000}});
-    let id = submit_ok(&kiln.http, &kiln.base, &key, slow).await;
+    let id = kiln.submit_ok(&key, slow).await;
     let first = read_events(&kiln, &key, &id, None, 1).await;
     let (seen, job) = &first[0];
     // Resumed after that event: the next one is a different state of the job.
@@ -220,7 +215,7 @@ async fn an_event_stream_resumes_after_the_last_event_id() {
         (&resumed[0].1["status"], &resumed[0].1["progress"]),
         (&job["status"], &job["progress"])
     );
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let done = kiln.wait_terminal(&key, &id).await;
     assert_eq!(done["status"], "succeeded");
     // The whole stream of a finished job is its terminal state, once.
     let all = read_events(&kiln, &key, &id, None, 10).await;

@@ -1,9 +1,7 @@
 //! Object-level authorization and API keys: another tenant's job is a 404 everywhere, keys are
 //! stored only as hashes, and missing, malformed, unknown or revoked keys get a 401.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[tokio::test]
@@ -11,8 +9,8 @@ async fn another_tenants_job_is_a_404_everywhere() {
     let kiln = Kiln::start().await;
     let a = kiln.key("tenant-a").await;
     let b = kiln.key("tenant-b").await;
-    let id = submit_ok(&kiln.http, &kiln.base, &a, image_job(16, 16)).await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &a, &id).await;
+    let id = kiln.submit_ok(&a, image_job(16, 16)).await;
+    let job = kiln.wait_terminal(&a, &id).await;
     assert_eq!(job["status"], "succeeded");
 
     let get = kiln
@@ -67,10 +65,7 @@ async fn another_tenants_job_is_a_404_everywhere() {
     let location = own.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(kiln.http.get(&location).send().await.unwrap().status(), 200);
     // And A's job is still there, untouched by B's cancel.
-    assert_eq!(
-        get_job(&kiln.http, &kiln.base, &a, &id).await["status"],
-        "succeeded"
-    );
+    assert_eq!(kiln.get_job(&a, &id).await["status"], "succeeded");
     kiln.shutdown().await;
 }
 
@@ -78,10 +73,10 @@ async fn another_tenants_job_is_a_404_everywhere() {
 async fn tampered_download_urls_are_refused() {
     let kiln = Kiln::start().await;
     let a = kiln.key("tenant-a").await;
-    let first = submit_ok(&kiln.http, &kiln.base, &a, image_job(16, 16)).await;
-    let second = submit_ok(&kiln.http, &kiln.base, &a, image_job(24, 24)).await;
-    let first = wait_terminal(&kiln.http, &kiln.base, &a, &first).await;
-    let second = wait_terminal(&kiln.http, &kiln.base, &a, &second).await;
+    let first = kiln.submit_ok(&a, image_job(16, 16)).await;
+    let second = kiln.submit_ok(&a, image_job(24, 24)).await;
+    let first = kiln.wait_terminal(&a, &first).await;
+    let second = kiln.wait_terminal(&a, &second).await;
     let url = url::Url::parse(first["outputs"][0]["url"].as_str().unwrap()).unwrap();
     let other = url::Url::parse(second["outputs"][0]["url"].as_str().unwrap()).unwrap();
     let query = |u: &url::Url, name: &str| {

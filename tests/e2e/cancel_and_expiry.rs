@@ -1,9 +1,7 @@
 //! Cancel of a queued and of a running job, and the expiry of outputs: the janitor deletes them,
 //! the job shows them as expired, and their download URLs stop working.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn slow_job(latency_ms: u64) -> Value {
@@ -32,16 +30,11 @@ async fn cancel_running_and_queued_jobs() {
     // One job at a time, so the second job stays queued behind the first.
     let kiln = Kiln::start_with(|c| c.worker.concurrency = 1).await;
     let key = kiln.key("acme").await;
-    let running = submit_ok(&kiln.http, &kiln.base, &key, slow_job(60_000)).await;
-    wait_for(&kiln.http, &kiln.base, &key, &running, "running", |j| {
-        j["status"] == "running"
-    })
-    .await;
-    let queued = submit_ok(&kiln.http, &kiln.base, &key, slow_job(0)).await;
-    assert_eq!(
-        get_job(&kiln.http, &kiln.base, &key, &queued).await["status"],
-        "queued"
-    );
+    let running = kiln.submit_ok(&key, slow_job(60_000)).await;
+    kiln.wait_for(&key, &running, "running", |j| j["status"] == "running")
+        .await;
+    let queued = kiln.submit_ok(&key, slow_job(0)).await;
+    assert_eq!(kiln.get_job(&key, &queued).await["status"], "queued");
 
     let res = kiln
         .http
@@ -69,10 +62,11 @@ async fn cancel_running_and_queued_jobs() {
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "canceled");
     // The worker notices at its next heartbeat and stops the generator: the attempt is closed as
     // canceled long before its 60 s of latency would have passed, and it wrote no output.
-    let job = wait_for(&kiln.http, &kiln.base, &key, &running, "stopped", |j| {
-        j["attempts"][0]["finished_at"].is_string()
-    })
-    .await;
+    let job = kiln
+        .wait_for(&key, &running, "stopped", |j| {
+            j["attempts"][0]["finished_at"].is_string()
+        })
+        .await;
     assert_eq!(job["status"], "canceled");
     assert_eq!(job["attempts"][0]["outcome"], "canceled");
     assert_eq!(job["error"]["code"], "canceled");
@@ -80,15 +74,9 @@ async fn cancel_running_and_queued_jobs() {
     assert_eq!(files_under(&kiln.dir.path().join("outputs")), 0);
 
     // The worker is free again: a new job runs to completion, and the canceled ones stay canceled.
-    let next = submit_ok(&kiln.http, &kiln.base, &key, slow_job(0)).await;
-    assert_eq!(
-        wait_terminal(&kiln.http, &kiln.base, &key, &next).await["status"],
-        "succeeded"
-    );
-    assert_eq!(
-        get_job(&kiln.http, &kiln.base, &key, &queued).await["status"],
-        "canceled"
-    );
+    let next = kiln.submit_ok(&key, slow_job(0)).await;
+    assert_eq!(kiln.wait_terminal(&key, &next).await["status"], "succeeded");
+    assert_eq!(kiln.get_job(&key, &queued).await["status"], "canceled");
 
     // Terminal jobs cannot be canceled again, a canceled one included: a second cancel is a
     // conflict that names how the job ended, as the README promises once a job has ended.
@@ -130,17 +118,16 @@ async fn the_janitor_deletes_expired_outputs() {
     })
     .await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     let url = job["outputs"][0]["url"].as_str().unwrap().to_owned();
     assert_eq!(kiln.http.get(&url).send().await.unwrap().status(), 200);
     let outputs_dir = kiln.dir.path().join("outputs");
     assert_eq!(files_under(&outputs_dir), 1);
 
-    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| {
-        j["outputs"][0]["expired"] == true
-    })
-    .await;
+    let job = kiln
+        .wait_for(&key, &id, "expired", |j| j["outputs"][0]["expired"] == true)
+        .await;
     assert!(job["outputs"][0]["url"].is_null());
     // Deletion is recorded after the object is gone; wait for the ledger's mark.
     let pool = ledger_pool(&kiln.db_path()).await;

@@ -3,9 +3,7 @@
 //! body is refused; the same key while the first request is still being answered is a conflict;
 //! after the keeping time the key is new again. Keys are scoped to the API key that sent them.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn job(prompt: &str, latency_ms: u64) -> Value {

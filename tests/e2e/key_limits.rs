@@ -2,9 +2,7 @@
 //! priority a key may use. Each refusal is a problem detail with a stable code (and
 //! `Retry-After` where waiting helps) and creates nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_core::dispatch::Lane;
 use kiln_core::ledger::KeyLimits;
 use serde_json::{json, Value};
@@ -25,7 +23,7 @@ async fn past_its_request_rate_a_key_gets_429_with_retry_after_and_creates_nothi
     let mut refused = None;
     // Ten submits in a row: the first three fit the second's window, the rest cannot all.
     for _ in 0..10 {
-        let res = submit(&kiln.http, &kiln.base, &key, job(0)).await;
+        let res = kiln.submit(&key, job(0)).await;
         match res.status().as_u16() {
             202 => accepted += 1,
             429 => {
@@ -58,8 +56,8 @@ async fn a_key_at_its_active_job_limit_is_refused_until_one_ends() {
         ..KeyLimits::default()
     };
     let key = kiln.key_with("acme", limits).await;
-    let first = submit_ok(&kiln.http, &kiln.base, &key, job(1_500)).await;
-    submit_ok(&kiln.http, &kiln.base, &key, job(30_000)).await;
+    let first = kiln.submit_ok(&key, job(1_500)).await;
+    kiln.submit_ok(&key, job(30_000)).await;
     let third = |idem: &'static str| {
         kiln.http
             .post(kiln.url("/v1/jobs"))
@@ -87,7 +85,7 @@ async fn a_key_at_its_active_job_limit_is_refused_until_one_ends() {
     assert_eq!(res.status(), 429);
     // Once one ends, there is room again: the refused request, retried with its key, runs (a
     // refusal was not kept for replay).
-    wait_terminal(&kiln.http, &kiln.base, &key, &first).await;
+    kiln.wait_terminal(&key, &first).await;
     let res = third("third").await.unwrap();
     assert_eq!(res.status(), 202);
     assert!(res.headers().get("idempotent-replayed").is_none());
@@ -107,11 +105,11 @@ async fn the_daily_spend_cap_refuses_a_job_that_would_pass_it_and_creates_nothin
         json!({"model": "acme/priced", "input": {"prompt": "a kiln", "width": 16, "height": 16}});
     // Two runs at 0.5 reach the cap of 1.0 exactly; each has ended (and cost) before the next.
     for _ in 0..2 {
-        let id = submit_ok(&kiln.http, &kiln.base, &key, priced.clone()).await;
-        let done = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+        let id = kiln.submit_ok(&key, priced.clone()).await;
+        let done = kiln.wait_terminal(&key, &id).await;
         assert_eq!(done["cost"], 0.5, "{done:#}");
     }
-    let res = submit(&kiln.http, &kiln.base, &key, priced.clone()).await;
+    let res = kiln.submit(&key, priced.clone()).await;
     assert_eq!(res.status(), 429);
     let retry_after: u64 = res.headers()["retry-after"]
         .to_str()
@@ -133,7 +131,7 @@ async fn the_daily_spend_cap_refuses_a_job_that_would_pass_it_and_creates_nothin
         .unwrap();
     assert_eq!(res.status(), 429);
     // A free model still runs: the cap is on spend, not on jobs.
-    submit_ok(&kiln.http, &kiln.base, &key, job(0)).await;
+    kiln.submit_ok(&key, job(0)).await;
     kiln.shutdown().await;
 }
 
@@ -147,14 +145,14 @@ async fn a_key_may_not_submit_above_its_highest_priority() {
     let key = kiln.key_with("acme", limits).await;
     let mut high = job(0);
     high["priority"] = json!("high");
-    let res = submit(&kiln.http, &kiln.base, &key, high).await;
+    let res = kiln.submit(&key, high).await;
     assert_eq!(res.status(), 403);
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "priority_not_allowed");
     assert_eq!(problem["field"], "priority");
     let mut urgent = job(0);
     urgent["priority"] = json!("urgent");
-    let res = submit(&kiln.http, &kiln.base, &key, urgent).await;
+    let res = kiln.submit(&key, urgent).await;
     assert_eq!(res.status(), 422);
     assert_eq!(res.json::<Value>().await.unwrap()["field"], "priority");
     assert_eq!(job_count(&kiln, &key).await, 0);
@@ -170,8 +168,8 @@ async fn a_key_may_not_submit_above_its_highest_priority() {
     assert_eq!(res.status(), 403);
     let mut low = job(0);
     low["priority"] = json!("low");
-    let id = submit_ok(&kiln.http, &kiln.base, &key, low).await;
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, low).await;
+    let done = kiln.wait_terminal(&key, &id).await;
     assert_eq!(done["priority"], "low");
     assert_eq!(done["status"], "succeeded");
     kiln.shutdown().await;

@@ -2,9 +2,7 @@
 //! poison job that kills its process every time fails after the rescue limit; SIGTERM releases
 //! what it cannot finish in its grace period.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -194,9 +192,9 @@ async fn an_exhausted_ledger_pool_answers_503_and_recovers() {
     let url = db.url.clone();
     let kiln = Kiln::start_with(|c| c.database_url = Some(kiln::config::Secret::new(url))).await;
     let key = kiln.key("acme").await;
-    let first = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    let first = kiln.submit_ok(&key, image_job(16, 16)).await;
     assert_eq!(
-        wait_terminal(&kiln.http, &kiln.base, &key, &first).await["status"],
+        kiln.wait_terminal(&key, &first).await["status"],
         "succeeded"
     );
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -250,10 +248,7 @@ async fn an_exhausted_ledger_pool_answers_503_and_recovers() {
     );
     assert!(statuses.contains(&200), "{statuses:?}");
     // And the ledger works as before.
-    let next = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-    assert_eq!(
-        wait_terminal(&kiln.http, &kiln.base, &key, &next).await["status"],
-        "succeeded"
-    );
+    let next = kiln.submit_ok(&key, image_job(16, 16)).await;
+    assert_eq!(kiln.wait_terminal(&key, &next).await["status"], "succeeded");
     kiln.shutdown().await;
 }

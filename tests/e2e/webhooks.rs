@@ -3,11 +3,9 @@
 //! fails gets the same `webhook-id` on every try; a worker killed between a job's completion and
 //! its webhook loses nothing; filters, rotation and the SSRF policy hold.
 
-mod common;
-
+use crate::common::*;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -204,13 +202,9 @@ async fn the_standardwebhooks_package_verifies_kilns_deliveries() {
     let key = kiln.key("acme").await;
     let secret = secret(&kiln, &key).await;
     assert!(secret.starts_with("whsec_"));
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        job_with_webhook(&receiver.url, json!({})),
-    )
-    .await;
+    let id = kiln
+        .submit_ok(&key, job_with_webhook(&receiver.url, json!({})))
+        .await;
     let got = receiver.wait_for(2).await;
     assert_eq!(verify(&secret, &got[0]).unwrap(), "job.started");
     assert_eq!(verify(&secret, &got[1]).unwrap(), "job.succeeded");
@@ -240,7 +234,7 @@ async fn a_receiver_that_fails_three_times_gets_the_event_on_the_fourth_with_one
     let kiln = Kiln::start_with(fast_schedule).await;
     let key = kiln.key("acme").await;
     let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
-    let id = submit_ok(&kiln.http, &kiln.base, &key, job).await;
+    let id = kiln.submit_ok(&key, job).await;
     let got = receiver.wait_for(4).await;
     assert!(
         got.iter().all(|r| r.id == got[0].id),
@@ -280,8 +274,8 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
         &receiver.url,
         json!({"webhook_events": ["job.succeeded", "job.failed"]}),
     );
-    let id = submit_ok(&kiln.http, &kiln.base, &key, only_end).await;
-    wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, only_end).await;
+    kiln.wait_terminal(&key, &id).await;
     let got = receiver.wait_for(1).await;
     let types: Vec<String> = got
         .iter()
@@ -297,14 +291,13 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
         .set_default_webhook(&record.id, Some(&gone.url))
         .await
         .unwrap();
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        job_with_webhook(&gone.url, json!({"webhook_events": ["job.succeeded"]})),
-    )
-    .await;
-    wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln
+        .submit_ok(
+            &key,
+            job_with_webhook(&gone.url, json!({"webhook_events": ["job.succeeded"]})),
+        )
+        .await;
+    kiln.wait_terminal(&key, &id).await;
     let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
     assert_eq!(log[0]["status"], "gone");
     assert_eq!(log[0]["tries"].as_array().unwrap().len(), 1);
@@ -314,13 +307,12 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
         .is_none());
 
     // Bad filters are refused.
-    let res = submit(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        job_with_webhook(&receiver.url, json!({"webhook_events": ["job.exploded"]})),
-    )
-    .await;
+    let res = kiln
+        .submit(
+            &key,
+            job_with_webhook(&receiver.url, json!({"webhook_events": ["job.exploded"]})),
+        )
+        .await;
     assert_eq!(res.status(), 422);
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "unknown_event");
@@ -362,7 +354,7 @@ async fn during_a_rotation_both_secrets_verify() {
         "rotation_in_progress"
     );
     let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
-    submit_ok(&kiln.http, &kiln.base, &key, job).await;
+    kiln.submit_ok(&key, job).await;
     let got = receiver.wait_for(1).await;
     assert_eq!(
         got[0].signature.split(' ').count(),
@@ -421,13 +413,7 @@ async fn webhooks_to_private_addresses_are_refused_at_submit_and_at_send() {
         "http://[fd00::1]/hook".into(),
         "ftp://example.com/hook".into(),
     ] {
-        let res = submit(
-            &kiln.http,
-            &kiln.base,
-            &key,
-            job_with_webhook(&url, json!({})),
-        )
-        .await;
+        let res = kiln.submit(&key, job_with_webhook(&url, json!({}))).await;
         assert_eq!(res.status(), 422, "{url}");
         let problem: Value = res.json().await.unwrap();
         assert_eq!(problem["code"], "webhook_url_forbidden", "{url}");
@@ -471,7 +457,7 @@ async fn webhooks_to_private_addresses_are_refused_at_submit_and_at_send() {
         .await
         .unwrap();
     let id = job.id.to_string();
-    wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    kiln.wait_terminal(&key, &id).await;
     let log = loop {
         let log = deliveries(&kiln, &key, &id).await;
         if !log.is_empty() && log[0]["status"] != "pending" {
@@ -506,7 +492,7 @@ async fn a_keys_default_webhook_serves_jobs_that_name_none() {
             .unwrap(),
         1
     );
-    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
+    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
     let got = receiver.wait_for(2).await;
     assert_eq!(got[1].payload()["data"]["id"], id.as_str());
     kiln.shutdown().await;
@@ -572,7 +558,7 @@ async fn an_exhausted_schedule_fails_the_delivery_and_logs_every_try() {
     .await;
     let key = kiln.key("acme").await;
     let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
-    let id = submit_ok(&kiln.http, &kiln.base, &key, job).await;
+    let id = kiln.submit_ok(&key, job).await;
     let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
     assert_eq!(log[0]["status"], "failed");
     assert_eq!(
@@ -628,13 +614,12 @@ async fn a_localhost_webhook_is_delivered_on_the_embedded_default() {
     let key = kiln.key("acme").await;
     let port = receiver.url.rsplit(':').next().unwrap();
     let url = format!("http://localhost:{port}");
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        job_with_webhook(&url, json!({"webhook_events": ["job.succeeded"]})),
-    )
-    .await;
+    let id = kiln
+        .submit_ok(
+            &key,
+            job_with_webhook(&url, json!({"webhook_events": ["job.succeeded"]})),
+        )
+        .await;
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].payload()["data"]["id"], id.as_str());
     let secret = secret(&kiln, &key).await;

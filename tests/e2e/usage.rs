@@ -1,9 +1,7 @@
 //! `GET /v1/usage`: jobs, outcomes, attempts and cost of the caller's tenant, grouped by model,
 //! provider or day; failed attempts count in the cost. Another tenant's work is not in it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn usage(kiln: &Kiln, key: &str, query: &str) -> (u16, Value) {
@@ -33,21 +31,18 @@ async fn usage_sums_jobs_attempts_and_cost_by_model_provider_and_day() {
     let priced =
         json!({"model": "acme/priced", "input": {"prompt": "a kiln", "width": 16, "height": 16}});
     for _ in 0..2 {
-        let id = submit_ok(&kiln.http, &kiln.base, &key, priced.clone()).await;
-        assert_eq!(
-            wait_terminal(&kiln.http, &kiln.base, &key, &id).await["status"],
-            "succeeded"
-        );
+        let id = kiln.submit_ok(&key, priced.clone()).await;
+        assert_eq!(kiln.wait_terminal(&key, &id).await["status"], "succeeded");
     }
     let failing = json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}});
-    let id = submit_ok(&kiln.http, &kiln.base, &key, failing).await;
-    let failed = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, failing).await;
+    let failed = kiln.wait_terminal(&key, &id).await;
     assert_eq!(failed["status"], "failed");
     let failed_attempts = failed["attempts"].as_array().unwrap().len() as u64;
     // Another tenant's job is not in acme's usage.
     let other = kiln.key("other").await;
-    let theirs = submit_ok(&kiln.http, &kiln.base, &other, priced.clone()).await;
-    wait_terminal(&kiln.http, &kiln.base, &other, &theirs).await;
+    let theirs = kiln.submit_ok(&other, priced.clone()).await;
+    kiln.wait_terminal(&other, &theirs).await;
 
     let (status, by_model) = usage(&kiln, &key, "?group_by=model").await;
     assert_eq!(status, 200, "{by_model:#}");

@@ -2,9 +2,7 @@
 //! image → upscale → video through output URLs, retries, listing, and the bare binary starting
 //! with no configuration at all.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 
@@ -19,7 +17,7 @@ async fn image_then_upscale_then_video() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
 
-    let res = submit(&kiln.http, &kiln.base, &key, image_job(64, 48)).await;
+    let res = kiln.submit(&key, image_job(64, 48)).await;
     assert_eq!(res.status(), 202);
     assert!(
         res.headers().get("retry-after").is_some(),
@@ -34,7 +32,7 @@ async fn image_then_upscale_then_video() {
     );
     let id = job["id"].as_str().unwrap();
 
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, id).await;
+    let done = kiln.wait_terminal(&key, id).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(done["attempts"][0]["outcome"], "succeeded");
@@ -47,34 +45,30 @@ async fn image_then_upscale_then_video() {
     assert_eq!((img.width(), img.height()), (64, 48));
 
     // The same input and seed give the same bytes.
-    let again = submit_ok(&kiln.http, &kiln.base, &key, image_job(64, 48)).await;
-    let again = wait_terminal(&kiln.http, &kiln.base, &key, &again).await;
+    let again = kiln.submit_ok(&key, image_job(64, 48)).await;
+    let again = kiln.wait_terminal(&key, &again).await;
     assert_eq!(
         download(&kiln.http, again["outputs"][0]["url"].as_str().unwrap()).await,
         png
     );
 
-    let upscale = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        json!({"model": "demo/upscale", "input": {"image": output["url"], "scale": 2}}),
-    )
-    .await;
-    let upscaled = wait_terminal(&kiln.http, &kiln.base, &key, &upscale).await;
+    let upscale = kiln
+        .submit_ok(
+            &key,
+            json!({"model": "demo/upscale", "input": {"image": output["url"], "scale": 2}}),
+        )
+        .await;
+    let upscaled = kiln.wait_terminal(&key, &upscale).await;
     assert_eq!(upscaled["status"], "succeeded", "{upscaled:#}");
     let big = download(&kiln.http, upscaled["outputs"][0]["url"].as_str().unwrap()).await;
     let big = image::load_from_memory(&big).unwrap();
     assert_eq!((big.width(), big.height()), (128, 96));
 
-    let video = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
+    let video = kiln.submit_ok(&key,
         json!({"model": "demo/video", "input": {"image": upscaled["outputs"][0]["url"], "seconds": 1, "fps": 6}}),
     )
     .await;
-    let video = wait_terminal(&kiln.http, &kiln.base, &key, &video).await;
+    let video = kiln.wait_terminal(&key, &video).await;
     assert_eq!(video["status"], "succeeded", "{video:#}");
     let clip = download(&kiln.http, video["outputs"][0]["url"].as_str().unwrap()).await;
     let path = kiln.dir.path().join("clip.gif");
@@ -114,22 +108,21 @@ async fn image_then_upscale_then_video() {
 async fn inline_data_uri_inputs_work() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
-    let src = submit_ok(&kiln.http, &kiln.base, &key, image_job(20, 20)).await;
-    let src = wait_terminal(&kiln.http, &kiln.base, &key, &src).await;
+    let src = kiln.submit_ok(&key, image_job(20, 20)).await;
+    let src = kiln.wait_terminal(&key, &src).await;
     let png = download(&kiln.http, src["outputs"][0]["url"].as_str().unwrap()).await;
     use base64::Engine;
     let uri = format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&png)
     );
-    let up = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
-        json!({"model": "demo/upscale", "input": {"image": uri, "scale": 4}}),
-    )
-    .await;
-    let up = wait_terminal(&kiln.http, &kiln.base, &key, &up).await;
+    let up = kiln
+        .submit_ok(
+            &key,
+            json!({"model": "demo/upscale", "input": {"image": uri, "scale": 4}}),
+        )
+        .await;
+    let up = kiln.wait_terminal(&key, &up).await;
     let shown = up["input"]["image"].as_str().unwrap();
     assert!(
         shown.starts_with("data:image/png;base64,<") && shown.ends_with("bytes elided>"),
@@ -147,14 +140,11 @@ async fn inline_data_uri_inputs_work() {
 async fn transient_failures_are_retried_up_to_max_attempts_then_fail() {
     let kiln = Kiln::start_with(|c| c.worker.max_attempts = 3).await;
     let key = kiln.key("acme").await;
-    let id = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
+    let id = kiln.submit_ok(&key,
         json!({"model": "demo/image", "input": {"prompt": "x", "width": 32, "height": 32, "fail_rate": 1.0}}),
     )
     .await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "demo_transient_failure");
     let attempts = job["attempts"].as_array().unwrap();
@@ -177,17 +167,14 @@ async fn listing_paginates_newest_first_and_filters() {
     let key = kiln.key("acme").await;
     let mut ids = vec![];
     for _ in 0..5 {
-        ids.push(submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await);
+        ids.push(kiln.submit_ok(&key, image_job(16, 16)).await);
     }
-    let failing = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
+    let failing = kiln.submit_ok(&key,
         json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}}),
     )
     .await;
     for id in ids.iter().chain([&failing]) {
-        wait_terminal(&kiln.http, &kiln.base, &key, id).await;
+        kiln.wait_terminal(&key, id).await;
     }
     let list = |query: String| {
         let http = kiln.http.clone();
@@ -390,7 +377,7 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
         })
         .await
         .unwrap();
-    let done = wait_terminal(&kiln.http, &kiln.base, &key, &job.id.to_string()).await;
+    let done = kiln.wait_terminal(&key, &job.id.to_string()).await;
     assert_eq!(done["status"], "succeeded");
     kiln.shutdown().await;
 }

@@ -3,9 +3,7 @@
 //! by the test command) fuzzes every operation with a valid key and finds no server error and
 //! no response that breaks the document.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 

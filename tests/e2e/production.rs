@@ -1,37 +1,26 @@
 //! Kiln on its production backends: the Postgres ledger and the Redis Streams doorbell (and,
 //! as they land, S3), each test with its own database and its own redis-server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_run_on_postgres_and_redis() {
     let kiln = Kiln::start_production(|_| {}).await;
     let key = kiln.key("acme").await;
-    let image = submit_ok(&kiln.http, &kiln.base, &key, image_job(32, 24)).await;
-    let image = wait_terminal(&kiln.http, &kiln.base, &key, &image).await;
+    let image = kiln.submit_ok(&key, image_job(32, 24)).await;
+    let image = kiln.wait_terminal(&key, &image).await;
     assert_eq!(image["status"], "succeeded", "{image:#}");
-    let up = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
+    let up = kiln.submit_ok(&key,
         json!({"model": "demo/upscale", "input": {"image": image["outputs"][0]["url"], "scale": 2}}),
     )
     .await;
-    assert_eq!(
-        wait_terminal(&kiln.http, &kiln.base, &key, &up).await["status"],
-        "succeeded"
-    );
-    let retried = submit_ok(
-        &kiln.http,
-        &kiln.base,
-        &key,
+    assert_eq!(kiln.wait_terminal(&key, &up).await["status"], "succeeded");
+    let retried = kiln.submit_ok(&key,
         json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16, "fail_rate": 1.0}}),
     )
     .await;
-    let retried = wait_terminal(&kiln.http, &kiln.base, &key, &retried).await;
+    let retried = kiln.wait_terminal(&key, &retried).await;
     assert_eq!(
         retried["attempts"].as_array().unwrap().len(),
         3,
@@ -50,16 +39,13 @@ async fn a_job_submitted_while_redis_is_down_runs_when_it_returns() {
         .downcast_mut::<kiln_core::testing::RedisServer>()
         .unwrap();
     redis.kill();
-    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-    assert_eq!(
-        get_job(&kiln.http, &kiln.base, &key, &id).await["status"],
-        "queued"
-    );
+    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+    assert_eq!(kiln.get_job(&key, &id).await["status"], "queued");
     let redis = kiln.services[0]
         .downcast_mut::<kiln_core::testing::RedisServer>()
         .unwrap();
     redis.restart();
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded");
     kiln.shutdown().await;
 }
@@ -77,8 +63,8 @@ async fn s3_outputs_are_presigned_and_removed_after_expiry() {
     let s3 = kiln.services[2]
         .downcast_ref::<kiln_core::testing::S3Server>()
         .unwrap();
-    let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-    let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+    let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded");
     assert!(
         s3.root
@@ -92,10 +78,9 @@ async fn s3_outputs_are_presigned_and_removed_after_expiry() {
     assert_eq!(res.status(), 200);
     image::load_from_memory(&res.bytes().await.unwrap()).unwrap();
 
-    let job = wait_for(&kiln.http, &kiln.base, &key, &id, "expired", |j| {
-        j["outputs"][0]["expired"] == true
-    })
-    .await;
+    let job = kiln
+        .wait_for(&key, &id, "expired", |j| j["outputs"][0]["expired"] == true)
+        .await;
     assert!(job["outputs"][0]["url"].is_null());
     let start = std::time::Instant::now();
     while s3.object_count() > 0 {
@@ -134,8 +119,8 @@ async fn backends_mix_freely() {
             .await;
     for kiln in [&sqlite_s3, &postgres_local] {
         let key = kiln.key("acme").await;
-        let id = submit_ok(&kiln.http, &kiln.base, &key, image_job(16, 16)).await;
-        let job = wait_terminal(&kiln.http, &kiln.base, &key, &id).await;
+        let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+        let job = kiln.wait_terminal(&key, &id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         let res = kiln
             .http

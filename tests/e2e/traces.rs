@@ -3,9 +3,7 @@
 //! the request spans (with their request id) and the job spans (with the job's id), under the
 //! service name `kiln`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
