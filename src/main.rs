@@ -241,8 +241,12 @@ async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()
             let url = match url.as_str() {
                 "none" => None,
                 other => Some(
-                    url::Url::parse(other)
-                        .map_err(|e| anyhow::anyhow!("the webhook is not a URL: {e}"))?
+                    kiln_core::catalog::parse_http_url(other)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "the webhook must be an http(s) URL with a DNS name or an IP address"
+                            )
+                        })?
                         .to_string(),
                 ),
             };

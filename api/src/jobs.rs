@@ -4,6 +4,7 @@
 //! is a 404, exactly like a job that does not exist.
 
 use crate::auth::{Caller, Tenant};
+use crate::lists::{list_body, page, parse_filter, probe};
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::body::Bytes;
@@ -12,16 +13,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use kiln_core::events::{parse_event_filter, EventType};
-use kiln_core::ledger::{CancelOutcome, JobFilter, NewJob};
+use kiln_core::ledger::{CancelOutcome, NewJob};
 use kiln_core::{Job, JobId, Status};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-pub const DEFAULT_PAGE: u32 = 20;
-pub const MAX_PAGE: u32 = 100;
 
 fn job_not_found() -> Problem {
     Problem::not_found("job_not_found", "there is no job with this id")
@@ -189,7 +187,7 @@ fn body_problem(rejection: BytesRejection) -> Problem {
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
-        ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after`; the sooner of the two holds"),
+        ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after` (a whole number of seconds, minutes or hours, 1 s to 24 h); the sooner of the two holds"),
     ),
     responses(
         (status = 202, description = "Committed; not finished yet", body = crate::openapi::Job, headers(
@@ -353,44 +351,8 @@ struct Submission {
     priority: kiln_core::dispatch::Lane,
 }
 
-/// Longest `cancel_after` and `max_queue_wait`.
-const MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 fn after(d: std::time::Duration) -> kiln_core::time::Timestamp {
     kiln_core::time::now() + chrono::Duration::from_std(d).unwrap_or_default()
-}
-
-/// A duration as a submission gives it: `"90s"`, `"5m"`, `"1h30m"`, or a number of seconds.
-fn parse_limit(field: &str, value: &Value) -> Result<std::time::Duration, Problem> {
-    let invalid = |code: &str, detail: String| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
-    };
-    let duration = match value {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_LIMIT.as_secs_f64())
-            .map(std::time::Duration::from_secs_f64)
-            .ok_or_else(|| invalid("out_of_range", format!("{field} must be 1 s to 24 h")))?,
-        Value::String(s) => humantime::parse_duration(s.trim()).map_err(|_| {
-            invalid(
-                "invalid_duration",
-                format!("{field} must be a duration like \"90s\", \"5m\" or \"1h30m\""),
-            )
-        })?,
-        _ => {
-            return Err(invalid(
-                "invalid_type",
-                format!("{field} must be a duration string or a number of seconds"),
-            ))
-        }
-    };
-    if duration < std::time::Duration::from_secs(1) || duration > MAX_LIMIT {
-        return Err(invalid(
-            "out_of_range",
-            format!("{field} must be 1 s to 24 h"),
-        ));
-    }
-    Ok(duration)
 }
 
 fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Submission, Problem> {
@@ -429,7 +391,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     let header = match headers.get("cancel-after") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default();
-            Some(parse_limit(
+            Some(crate::duration::parse(
                 "Cancel-After",
                 &Value::String(text.to_owned()),
             )?)
@@ -438,7 +400,7 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     };
     let body = request
         .get("cancel_after")
-        .map(|v| parse_limit("cancel_after", v))
+        .map(|v| crate::duration::parse("cancel_after", v))
         .transpose()?;
     let cancel_after = match (header, body) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -446,17 +408,14 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
     };
     let max_queue_wait = request
         .get("max_queue_wait")
-        .map(|v| parse_limit("max_queue_wait", v))
+        .map(|v| crate::duration::parse("max_queue_wait", v))
         .transpose()?;
     let webhook = match request.get("webhook") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(url::Url::parse(s).map_err(|e| {
-            invalid(
-                "invalid_url",
-                "webhook",
-                &format!("webhook is not a valid URL: {e}"),
-            )
-        })?),
+        Some(Value::String(s)) => Some(
+            kiln_core::catalog::parse_http_url(s)
+                .ok_or_else(|| invalid("invalid_url", "webhook", WEBHOOK_URL_RULE))?,
+        ),
         Some(_) => return Err(invalid("invalid_type", "webhook", "webhook must be a URL")),
     };
     let webhook_events = match request.get("webhook_events") {
@@ -716,7 +675,7 @@ pub async fn output(
         ("model" = Option<String>, Query),
         ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
         ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
-        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
@@ -744,177 +703,6 @@ pub async fn list(
     Ok(Json(list_body(data, has_more, last, &filter)).into_response())
 }
 
-/// The filter with room for one item more, to learn whether more follow the page.
-pub(crate) fn probe(filter: &JobFilter) -> JobFilter {
-    JobFilter {
-        limit: filter.limit + 1,
-        ..filter.clone()
-    }
-}
-
-/// The page out of what `probe` fetched, and whether more follow.
-pub(crate) fn page<T>(mut items: Vec<T>, filter: &JobFilter) -> (Vec<T>, bool) {
-    let has_more = items.len() > filter.limit as usize;
-    items.truncate(filter.limit as usize);
-    (items, has_more)
-}
-
-/// A list response: the page, and the cursor when more follow.
-pub(crate) fn list_body(
-    data: Vec<Value>,
-    has_more: bool,
-    last: Option<JobId>,
-    filter: &JobFilter,
-) -> Value {
-    let next_cursor = last
-        .filter(|_| has_more)
-        .map(|id| ListCursor::continuing(filter, id).encode());
-    json!({
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "next_cursor": next_cursor,
-    })
-}
-
-/// Where the next page of a list starts, and the filters of the list it continues: a page asked
-/// for with only `cursor` is the same list, and a cursor sent with other filters than its own is
-/// refused rather than silently mixing two lists. Opaque to clients (base64url JSON).
-#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-struct ListCursor {
-    before: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    statuses: Vec<Status>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    model: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    created_after: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    created_before: Option<DateTime<Utc>>,
-    /// The page size, kept unless the next request names its own.
-    #[serde(default)]
-    limit: Option<u32>,
-}
-
-impl ListCursor {
-    fn continuing(filter: &JobFilter, last: JobId) -> Self {
-        ListCursor {
-            before: last.to_string(),
-            statuses: filter.statuses.clone(),
-            model: filter.model.clone(),
-            created_after: filter.created_after,
-            created_before: filter.created_before,
-            limit: Some(filter.limit),
-        }
-    }
-
-    fn encode(&self) -> String {
-        use base64::Engine;
-        let json = serde_json::to_vec(self).expect("a cursor serializes");
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-    }
-
-    fn decode(raw: &str) -> Option<Self> {
-        use base64::Engine;
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(raw)
-            .ok()?;
-        serde_json::from_slice(&json).ok()
-    }
-}
-
-pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
-    let bad = |field: &str, detail: String| {
-        Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail).with_field(field)
-    };
-    let time = |field: &str, raw: &str| {
-        DateTime::parse_from_rfc3339(raw)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                bad(
-                    field,
-                    format!("{field} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"),
-                )
-            })
-    };
-    let mut filter = JobFilter {
-        limit: DEFAULT_PAGE,
-        ..JobFilter::default()
-    };
-    for (name, value) in params {
-        match name.as_str() {
-            "status" => {
-                for s in value.split(',').filter(|s| !s.is_empty()) {
-                    let status: Status = s.parse().map_err(|e: String| bad("status", e))?;
-                    filter.statuses.push(status);
-                }
-            }
-            "model" => filter.model = Some(value.clone()),
-            "created_after" => filter.created_after = Some(time("created_after", value)?),
-            "created_before" => filter.created_before = Some(time("created_before", value)?),
-            "limit" => {
-                filter.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        bad("limit", format!("limit must be between 1 and {MAX_PAGE}"))
-                    })?;
-            }
-            "cursor" => {}
-            other => {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "unknown_parameter",
-                    format!("'{other}' is not a filter of this list"),
-                )
-                .with_field(other))
-            }
-        }
-    }
-    let Some(raw) = params.get("cursor") else {
-        return Ok(filter);
-    };
-    let not_issued = || bad("cursor", "cursor is not one this server issued".into());
-    // A cursor from before cursors carried their filters is a bare job id: the request's
-    // filters are the list's, as they were then.
-    if let Ok(before) = raw.parse::<JobId>() {
-        filter.before = Some(before);
-        return Ok(filter);
-    }
-    let cursor = ListCursor::decode(raw).ok_or_else(not_issued)?;
-    // The cursor's filters are the list's; a filter sent beside it must say the same.
-    let mismatch = |field: &str| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "cursor_mismatch",
-            format!(
-                "{field} differs from the list this cursor continues; send the cursor alone, or start a new list without it"
-            ),
-        )
-        .with_field(field)
-    };
-    if params.contains_key("status") && filter.statuses != cursor.statuses {
-        return Err(mismatch("status"));
-    }
-    if params.contains_key("model") && filter.model != cursor.model {
-        return Err(mismatch("model"));
-    }
-    if params.contains_key("created_after") && filter.created_after != cursor.created_after {
-        return Err(mismatch("created_after"));
-    }
-    if params.contains_key("created_before") && filter.created_before != cursor.created_before {
-        return Err(mismatch("created_before"));
-    }
-    filter.before = Some(cursor.before.parse().map_err(|_| not_issued())?);
-    filter.statuses = cursor.statuses;
-    filter.model = cursor.model;
-    filter.created_after = cursor.created_after;
-    filter.created_before = cursor.created_before;
-    if !params.contains_key("limit") {
-        if let Some(limit) = cursor.limit.filter(|n| (1..=MAX_PAGE).contains(n)) {
-            filter.limit = limit;
-        }
-    }
-    Ok(filter)
-}
+/// What a webhook URL must be (`kiln_core::catalog::HTTP_URL_PATTERN`).
+pub(crate) const WEBHOOK_URL_RULE: &str =
+    "webhook must be an http(s) URL with a DNS name or an IP address, and no user info";

@@ -5,10 +5,12 @@
 
 mod auth;
 mod callbacks;
+mod duration;
 mod files;
 mod idempotency;
 mod jobs;
 mod limits;
+mod lists;
 mod openapi;
 mod pipelines;
 mod problem;

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
+use kiln_core::events::EventType;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -377,13 +378,145 @@ pub fn document(catalog: &kiln_core::catalog::Catalog) -> Value {
     let schemas = &mut doc["components"]["schemas"];
     schemas["JobSubmission"]["properties"]["model"]["enum"] = serde_json::json!(names);
     schemas["StepSubmission"]["properties"]["model"]["enum"] = serde_json::json!(names);
-    // Each model's input, as the catalog checks it; a submission's input is one of them.
-    let inputs: Vec<Value> = models.iter().map(|m| m.input_schema.clone()).collect();
-    schemas["JobSubmission"]["properties"]["input"] = serde_json::json!({
-        "description": "The model's input, as its `input_schema` (GET /v1/models) describes",
-        "anyOf": inputs,
-    });
+    // Each model's input, as the catalog checks it, tied to its model: a submission is one of
+    // these. A step's image fields may also name an earlier step's output.
+    let job_variants: Vec<Value> = models
+        .iter()
+        .map(|m| model_variant(&m.name, m.input_schema.clone()))
+        .collect();
+    let step_variants: Vec<Value> = models
+        .iter()
+        .map(|m| model_variant(&m.name, with_step_references(m.input_schema.clone())))
+        .collect();
+    for (schema, variants) in [
+        ("JobSubmission", job_variants),
+        ("StepSubmission", step_variants),
+    ] {
+        schemas[schema]["properties"]["input"] = serde_json::json!({
+            "type": "object",
+            "description": "The model's input, as its `input_schema` (GET /v1/models) describes",
+        });
+        schemas[schema]["oneOf"] = Value::Array(variants);
+    }
+    // The time limits' grammar, range included, from the parser's own pattern.
+    let submission = &mut schemas["JobSubmission"]["properties"];
+    submission["cancel_after"] = crate::duration::body_schema(
+        "A whole number of seconds, minutes or hours (`\"90s\"`, `\"5m\"`, `\"2h\"`) or a number of \
+         seconds, 1 s to 24 h: fail the job as `deadline_exceeded` if it has not finished by then.",
+    );
+    submission["max_queue_wait"] = crate::duration::body_schema(
+        "Like `cancel_after`: fail as `queue_timeout` if no attempt started by then.",
+    );
+    if let Some(params) = doc["paths"]["/v1/jobs"]["post"]["parameters"].as_array_mut() {
+        for param in params.iter_mut().filter(|p| p["name"] == "Cancel-After") {
+            param["schema"]["pattern"] = Value::from(crate::duration::PATTERN);
+        }
+    }
+    // What the server refuses, the document says: no field beyond those listed; a pipeline's
+    // step count; the status filters' grammar.
+    let schemas = &mut doc["components"]["schemas"];
+    for schema in ["JobSubmission", "PipelineSubmission", "StepSubmission"] {
+        schemas[schema]["additionalProperties"] = Value::Bool(false);
+    }
+    for (schema, events) in [
+        ("JobSubmission", &EventType::JOB[..]),
+        ("PipelineSubmission", &EventType::PIPELINE[..]),
+    ] {
+        let properties = &mut schemas[schema]["properties"];
+        properties["webhook"]["pattern"] = Value::from(kiln_core::catalog::HTTP_URL_PATTERN);
+        properties["webhook_events"]["minItems"] = Value::from(1);
+        properties["webhook_events"]["items"] = serde_json::json!({
+            "type": "string",
+            "enum": events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        });
+    }
+    schemas["StepSubmission"]["properties"]["name"]["pattern"] =
+        Value::from(kiln_core::pipeline::STEP_NAME_PATTERN);
+    let steps = &mut schemas["PipelineSubmission"]["properties"]["steps"];
+    steps["minItems"] = Value::from(1);
+    steps["maxItems"] = Value::from(kiln_core::pipeline::MAX_STEPS);
+    for path in ["/v1/jobs", "/v1/pipelines"] {
+        if let Some(params) = doc["paths"][path]["get"]["parameters"].as_array_mut() {
+            for param in params.iter_mut().filter(|p| p["name"] == "status") {
+                param["schema"]["pattern"] = Value::from(crate::lists::STATUS_LIST_PATTERN);
+            }
+        }
+    }
+    add_event_streams(&mut doc);
+    headers_are_strings(&mut doc);
     doc
+}
+
+/// A header is text or absent, never JSON null: utoipa writes an optional header as
+/// `["string", "null"]`, which would promise that a client may send the word `null`.
+fn headers_are_strings(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|p| p.values_mut())
+    {
+        // `get_mut`, not indexing: indexing a missing key would write `null` into the document.
+        let Some(params) = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for param in params.iter_mut().filter(|p| p["in"] == "header") {
+            if param["schema"]["type"] == serde_json::json!(["string", "null"]) {
+                param["schema"]["type"] = Value::from("string");
+            }
+        }
+    }
+}
+
+/// One model's submission: the model's name and an input its schema takes.
+fn model_variant(model: &str, input_schema: Value) -> Value {
+    serde_json::json!({
+        "properties": {"model": {"const": model}, "input": input_schema},
+        "required": ["model", "input"],
+    })
+}
+
+/// A model's input schema where each image field may also be `$steps.NAME.outputs[N]`.
+fn with_step_references(mut input_schema: Value) -> Value {
+    if let Some(properties) = input_schema["properties"].as_object_mut() {
+        for field in properties.values_mut() {
+            if field["pattern"] == kiln_core::catalog::IMAGE_SOURCE_PATTERN {
+                *field = serde_json::json!({"anyOf": [
+                    field.take(),
+                    {"type": "string", "pattern": kiln_core::pipeline::STEP_REFERENCE_PATTERN},
+                ]});
+            }
+        }
+    }
+    input_schema
+}
+
+/// The event streams' events, as a client reads each: `event` names the resource, `id` is the
+/// state's id (for `Last-Event-ID`), `data` is the resource as JSON text, as `GET` shows it.
+fn add_event_streams(doc: &mut Value) {
+    for (path, event, schema) in [
+        ("/v1/jobs/{id}/events", "job", "Job"),
+        ("/v1/pipelines/{id}/events", "pipeline", "Pipeline"),
+    ] {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = serde_json::json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": [event]},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": format!("#/components/schemas/{schema}")},
+                },
+            },
+        });
+    }
 }
 
 /// Links from a created job or pipeline (its `id`) to the operations that take it. Written into

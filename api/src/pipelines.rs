@@ -137,12 +137,8 @@ pub async fn submit(
     let webhook = match body.get("webhook") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            let url = url::Url::parse(s).map_err(|e| {
-                unprocessable(
-                    "invalid_url",
-                    "webhook",
-                    format!("webhook is not a valid URL: {e}"),
-                )
+            let url = kiln_core::catalog::parse_http_url(s).ok_or_else(|| {
+                unprocessable("invalid_url", "webhook", crate::jobs::WEBHOOK_URL_RULE)
             })?;
             state
                 .webhook_ssrf
@@ -294,7 +290,7 @@ async fn respond_after_wait(
         ("status" = Option<String>, Query, description = "Comma-separated statuses"),
         ("created_after" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
         ("created_before" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339"),
-        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
@@ -317,18 +313,18 @@ pub async fn list(
         )
         .with_field("model"));
     }
-    let filter = crate::jobs::parse_filter(&params)?;
+    let filter = crate::lists::parse_filter(&params)?;
     let fetched = state
         .ledger
-        .list_pipelines(&tenant, &crate::jobs::probe(&filter))
+        .list_pipelines(&tenant, &crate::lists::probe(&filter))
         .await?;
-    let (pipelines, has_more) = crate::jobs::page(fetched, &filter);
+    let (pipelines, has_more) = crate::lists::page(fetched, &filter);
     let mut data = Vec::with_capacity(pipelines.len());
     for pipeline in &pipelines {
         data.push(render(&state, pipeline).await?);
     }
     let last = pipelines.last().map(|p| p.id);
-    Ok(Json(crate::jobs::list_body(data, has_more, last, &filter)))
+    Ok(Json(crate::lists::list_body(data, has_more, last, &filter)))
 }
 
 #[utoipa::path(

@@ -49,12 +49,25 @@ pub struct Reference {
     pub index: u32,
 }
 
+/// A step output reference as the document publishes it, for an image field of a step's input.
+/// `parse_reference` takes these strings (and the graph check then asks that the step exists).
+pub const STEP_REFERENCE_PATTERN: &str =
+    "^\\$steps\\.[A-Za-z0-9_-]{1,64}\\.outputs\\[[0-9]{1,9}\\]$";
+
 fn parse_reference(text: &str) -> Option<(String, u32)> {
     let rest = text.strip_prefix("$steps.")?;
     let (name, tail) = rest.split_once(".outputs[")?;
-    let index = tail.strip_suffix(']')?.parse().ok()?;
+    let digits = tail.strip_suffix(']')?;
+    // As the pattern says: 1 to 9 digits, nothing else (`u32::from_str` would also take `+1`).
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let index = digits.parse().ok()?;
     valid_name(name).then(|| (name.to_owned(), index))
 }
+
+/// A step name as the document publishes it; `valid_name` is the same rule.
+pub const STEP_NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -287,6 +300,28 @@ mod tests {
             depends_on,
             status,
             error: None,
+        }
+    }
+
+    #[test]
+    fn the_published_reference_pattern_is_the_parser() {
+        let pattern = regex::Regex::new(STEP_REFERENCE_PATTERN).unwrap();
+        for text in [
+            "$steps.a.outputs[0]",
+            "$steps.image-1_x.outputs[123456789]",
+            "$steps..outputs[0]",
+            "$steps.a.outputs[]",
+            "$steps.a b.outputs[0]",
+            "$steps.a.outputs[0] ",
+            "steps.a.outputs[0]",
+            "$steps.a.outputs[1234567890]",
+            "$steps.a.outputs[+1]",
+        ] {
+            assert_eq!(
+                pattern.is_match(text),
+                parse_reference(text).is_some(),
+                "{text}"
+            );
         }
     }
 

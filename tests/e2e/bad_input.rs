@@ -56,7 +56,7 @@ async fn bad_submissions_are_refused_and_change_nothing() {
         ),
         (
             "a max_queue_wait past a day",
-            json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}, "max_queue_wait": "2d"}),
+            json!({"model": "demo/image", "input": {"prompt": "x", "width": 16, "height": 16}, "max_queue_wait": "25h"}),
             422,
             "out_of_range",
             Some("max_queue_wait"),

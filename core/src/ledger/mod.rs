@@ -501,13 +501,17 @@ pub trait KeyLedger: Send + Sync {
 /// What keys spend and what the queue holds: usage rows, spend, active jobs, gauges.
 #[async_trait]
 pub trait UsageLedger: Send + Sync {
-    /// The tenant's jobs created in `[from, to)` with their attempts, one row per attempt (one
-    /// per job never attempted), ordered by job and attempt number: what usage is summed from.
+    /// Up to `jobs` of the tenant's jobs created in `[from, to)` with ids after `after`, with
+    /// their attempts: one row per attempt (one per job never attempted), ordered by job and
+    /// attempt number. What usage is summed from, a page at a time, so a window of any width
+    /// is read in bounded memory.
     async fn usage_rows(
         &self,
         tenant: &TenantId,
         from: Timestamp,
         to: Timestamp,
+        after: Option<JobId>,
+        jobs: u32,
     ) -> Result<Vec<UsageRow>>;
     /// Jobs queued and running, and the queue per lane (for the metrics gauges).
     async fn queue_snapshot(&self) -> Result<QueueSnapshot>;

@@ -198,3 +198,51 @@ pub async fn concurrent_submits_cannot_both_pass_the_spend_cap(ledger: Arc<dyn L
         .unwrap();
     assert_eq!(listed.len(), 2, "a refused submit writes nothing");
 }
+
+/// Usage is read a page of jobs at a time: every row of a job in the same page, pages in id
+/// order, nothing read twice, nothing outside the window or the tenant.
+pub async fn usage_rows_come_a_page_of_jobs_at_a_time(ledger: Arc<dyn Ledger>) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = new_job(ledger.as_ref(), "a").await;
+        // Two attempts each: a page must not split a job's rows.
+        let first = ledger.claim(id, "w", "demo", LEASE).await.unwrap().unwrap();
+        let error = ErrorInfo::new("x", "x");
+        assert!(ledger
+            .retry_later(&first.lease, &error, now())
+            .await
+            .unwrap());
+        ledger.claim(id, "w", "demo", LEASE).await.unwrap().unwrap();
+        ids.push(id);
+    }
+    new_job(ledger.as_ref(), "b").await;
+    let (from, to) = (
+        now() - chrono::Duration::hours(1),
+        now() + chrono::Duration::hours(1),
+    );
+    let page = |after| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .usage_rows(&tenant("a"), from, to, after, 2)
+                .await
+                .unwrap()
+        }
+    };
+    let first = page(None).await;
+    let jobs: Vec<JobId> = first.iter().map(|r| r.job_id).collect();
+    assert_eq!(
+        jobs,
+        [ids[0], ids[0], ids[1], ids[1]],
+        "two jobs, both attempts each"
+    );
+    let second = page(Some(ids[1])).await;
+    let jobs: Vec<JobId> = second.iter().map(|r| r.job_id).collect();
+    assert_eq!(jobs, [ids[2], ids[2]]);
+    assert!(page(Some(ids[2])).await.is_empty());
+    let outside = ledger
+        .usage_rows(&tenant("a"), to, to + chrono::Duration::hours(1), None, 10)
+        .await
+        .unwrap();
+    assert!(outside.is_empty(), "nothing outside the window");
+}

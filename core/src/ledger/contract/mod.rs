@@ -102,7 +102,8 @@ macro_rules! ledger_contract_tests {
             several_jobs_are_read_at_once,
             inline_data_is_kept_apart_from_the_job_row,
             a_queued_job_that_ends_leaves_its_lost_upstream_call_to_be_stopped,
-            concurrent_submits_cannot_both_pass_the_spend_cap
+            concurrent_submits_cannot_both_pass_the_spend_cap,
+            usage_rows_come_a_page_of_jobs_at_a_time
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -205,6 +205,42 @@ pub(super) async fn forget_callbacks(tx: &mut Tx, job_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// How a running job leaves `running` (see `leave_running`).
+pub(super) struct Leaving<'a> {
+    pub to: Status,
+    pub error: Option<&'a ErrorInfo>,
+    pub run_after: Option<i64>,
+    pub outcome: AttemptOutcome,
+}
+
+impl SqlLedger {
+    /// `leave_running` in a transaction of its own. A job that goes back to the queue to wait
+    /// (a retry) is left unrung: once due, the reconciler rings it unless the retry timer does
+    /// first. A released job is due at once and keeps its ring.
+    async fn leave(&self, lease: &Lease, at: i64, leaving: Leaving<'_>) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let won = leave_running(
+            &mut tx,
+            lease,
+            leaving.to,
+            leaving.error,
+            leaving.run_after,
+            leaving.outcome,
+            at,
+        )
+        .await?;
+        let waits = leaving.to == Status::Queued && leaving.outcome == AttemptOutcome::Failed;
+        if won && waits {
+            sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
+                .bind(lease.job_id.to_string())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(won)
+    }
+}
+
 #[async_trait]
 impl AttemptLedger for SqlLedger {
     async fn annotate_attempt(&self, lease: &Lease, note: AttemptNote<'_>) -> Result<()> {
@@ -285,20 +321,13 @@ impl AttemptLedger for SqlLedger {
     }
 
     async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool> {
-        let at = to_millis(now());
-        let mut tx = self.write_tx().await?;
-        let won = leave_running(
-            &mut tx,
-            lease,
-            Status::Failed,
-            Some(error),
-            None,
-            AttemptOutcome::Failed,
-            at,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(won)
+        let leaving = Leaving {
+            to: Status::Failed,
+            error: Some(error),
+            run_after: None,
+            outcome: AttemptOutcome::Failed,
+        };
+        self.leave(lease, to_millis(now()), leaving).await
     }
 
     async fn retry_later(
@@ -307,44 +336,24 @@ impl AttemptLedger for SqlLedger {
         error: &ErrorInfo,
         run_after: Timestamp,
     ) -> Result<bool> {
-        let at = to_millis(now());
-        let mut tx = self.write_tx().await?;
-        let won = leave_running(
-            &mut tx,
-            lease,
-            Status::Queued,
-            Some(error),
-            Some(to_millis(run_after)),
-            AttemptOutcome::Failed,
-            at,
-        )
-        .await?;
-        if won {
-            // Unrung: once due, the reconciler rings it unless the retry timer does first.
-            sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
-                .bind(lease.job_id.to_string())
-                .execute(&mut *tx.tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(won)
+        let leaving = Leaving {
+            to: Status::Queued,
+            error: Some(error),
+            run_after: Some(to_millis(run_after)),
+            outcome: AttemptOutcome::Failed,
+        };
+        self.leave(lease, to_millis(now()), leaving).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let at = to_millis(now());
-        let mut tx = self.write_tx().await?;
-        let won = leave_running(
-            &mut tx,
-            lease,
-            Status::Queued,
-            None,
-            Some(at),
-            AttemptOutcome::Released,
-            at,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(won)
+        let leaving = Leaving {
+            to: Status::Queued,
+            error: None,
+            run_after: Some(at),
+            outcome: AttemptOutcome::Released,
+        };
+        self.leave(lease, at, leaving).await
     }
 
     async fn close_attempt(

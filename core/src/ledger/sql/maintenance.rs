@@ -98,55 +98,48 @@ impl MaintenanceLedger for SqlLedger {
             .bind(&sid)
             .execute(&mut *tx.tx)
             .await?;
-            if rescued as u32 >= max_rescues {
-                let message = format!(
+            // Back to the queue, or failed once the job has been rescued `max_rescues` times.
+            let gave_up = rescued as u32 >= max_rescues;
+            let (to, reason, set) = if gave_up {
+                (
+                    Status::Failed,
+                    "rescue_limit_exceeded",
+                    "status = 'failed', error_code = 'rescue_limit_exceeded', error_message = ?, completed_at = ?",
+                )
+            } else {
+                (
+                    Status::Queued,
+                    "rescued",
+                    "status = 'queued', rescue_count = rescue_count + 1, run_after = ?, rung_at = ?",
+                )
+            };
+            let statement = self
+                .sql(&format!(
+                    "UPDATE jobs SET {set}, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+                     WHERE id = ? AND status = 'running' AND lease_token = ?"
+                ))
+                .into_owned();
+            let query = sqlx::query(&statement);
+            let query = if gave_up {
+                query.bind(format!(
                     "the job's worker was lost {} times (the rescue limit is {max_rescues}); it was not run again",
                     rescued + 1
-                );
-                sqlx::query(&self.sql(
-                    "UPDATE jobs SET status = 'failed', error_code = 'rescue_limit_exceeded', error_message = ?, \
-                         completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-                     WHERE id = ? AND status = 'running' AND lease_token = ?",
                 ))
-                .bind(&message)
-                .bind(at)
-                .bind(&sid)
-                .bind(&token)
-                .execute(&mut *tx.tx)
-                .await?;
-                record_transition(
-                    &mut tx,
-                    &sid,
-                    Some(Status::Running),
-                    Status::Failed,
-                    Some("rescue_limit_exceeded"),
-                    at,
-                )
-                .await?;
-                rescues.push(Rescue::GaveUp(job_id));
             } else {
-                sqlx::query(&self.sql(
-                    "UPDATE jobs SET status = 'queued', rescue_count = rescue_count + 1, run_after = ?, rung_at = ?, \
-                         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-                     WHERE id = ? AND status = 'running' AND lease_token = ?",
-                ))
-                .bind(at)
+                query.bind(at)
+            };
+            query
                 .bind(at)
                 .bind(&sid)
                 .bind(&token)
                 .execute(&mut *tx.tx)
                 .await?;
-                record_transition(
-                    &mut tx,
-                    &sid,
-                    Some(Status::Running),
-                    Status::Queued,
-                    Some("rescued"),
-                    at,
-                )
-                .await?;
-                rescues.push(Rescue::Requeued(job_id, lane));
-            }
+            record_transition(&mut tx, &sid, Some(Status::Running), to, Some(reason), at).await?;
+            rescues.push(if gave_up {
+                Rescue::GaveUp(job_id)
+            } else {
+                Rescue::Requeued(job_id, lane)
+            });
         }
         tx.commit().await?;
         Ok(rescues)

@@ -20,16 +20,22 @@ impl UsageLedger for SqlLedger {
         tenant: &TenantId,
         from: Timestamp,
         to: Timestamp,
+        after: Option<JobId>,
+        jobs: u32,
     ) -> Result<Vec<UsageRow>> {
+        // Ids are time-ordered UUIDv7 text: "" sorts before every one of them.
         let rows = sqlx::query(&self.sql(
             "SELECT j.id, j.model, j.status, j.created_at, a.route, a.number, a.outcome, a.cost_micros \
              FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id \
-             WHERE j.tenant = ? AND j.created_at >= ? AND j.created_at < ? \
+             WHERE j.id IN (SELECT id FROM jobs WHERE tenant = ? AND created_at >= ? AND created_at < ? \
+                 AND id > ? ORDER BY id LIMIT ?) \
              ORDER BY j.id, a.number",
         ))
         .bind(&tenant.0)
         .bind(to_millis(from))
         .bind(to_millis(to))
+        .bind(after.map(|id| id.to_string()).unwrap_or_default())
+        .bind(i64::from(jobs))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

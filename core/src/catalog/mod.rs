@@ -6,10 +6,14 @@
 //! The built-in models are Kiln's demo generators: real, deterministic image work that needs no
 //! GPU, so the embedded default is useful out of the box and tests exercise real bytes.
 
-use base64::Engine;
+mod source;
+
+pub use source::{
+    parse_http_url, ImageSource, HTTP_URL_PATTERN, IMAGE_SOURCE_MAX_CHARS, IMAGE_SOURCE_PATTERN,
+};
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use url::Url;
 
 pub const DEMO_IMAGE: &str = "demo/image";
 pub const DEMO_UPSCALE: &str = "demo/upscale";
@@ -20,10 +24,7 @@ pub const DEMO_VIDEO: &str = "demo/video";
 pub const MAX_SIDE: u32 = 2048;
 pub const MIN_SIDE: u32 = 16;
 pub const MAX_LATENCY_MS: u64 = 600_000;
-/// Largest decoded image accepted inline as a data URI.
-pub const MAX_DATA_URI_BYTES: usize = 6 * 1024 * 1024;
-/// Longest media type a `data:` input may name.
-pub const MAX_MEDIA_TYPE_BYTES: usize = 100;
+pub use source::{MAX_DATA_URI_BYTES, MAX_MEDIA_TYPE_BYTES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputError {
@@ -62,31 +63,6 @@ pub struct DemoImageInput {
     /// Absent: derived from the prompt, so the same input always gives the same bytes.
     pub seed: Option<u64>,
     pub knobs: DemoKnobs,
-}
-
-/// Where an input image comes from. Fetching is the worker's business; the catalog only checks
-/// the shape (and decodes data URIs, which need no fetch).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImageSource {
-    Inline {
-        content_type: String,
-        bytes: Vec<u8>,
-    },
-    Url(Url),
-    /// `kiln://jobs/{id}/outputs/{n}`: one of the caller's earlier outputs, read from storage
-    /// by its key (never re-downloaded through a public URL); tenant-checked at submit and at
-    /// run.
-    Output {
-        job: crate::JobId,
-        index: u32,
-    },
-}
-
-impl ImageSource {
-    /// The `kiln://` reference to output `index` of `job`.
-    pub fn output_reference(job: crate::JobId, index: u32) -> String {
-        format!("kiln://jobs/{job}/outputs/{index}")
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +128,7 @@ impl ModelInput {
     }
 
     /// URLs the worker will fetch; the api checks them against the SSRF policy at submit.
-    pub fn fetched_urls(&self) -> Vec<(&'static str, &Url)> {
+    pub fn fetched_urls(&self) -> Vec<(&'static str, &url::Url)> {
         let image = match self {
             ModelInput::TextToImage(_) | ModelInput::DemoImage(_) => None,
             ModelInput::DemoUpscale(i) => Some(&i.image),
@@ -226,13 +202,18 @@ impl Catalog {
                 .extend(knobs.as_object().cloned().unwrap_or_default());
             props
         };
-        let image_ref = json!({"type": "string", "description": "an http(s) URL, a data: URI, or an earlier output: its URL or kiln://jobs/{id}/outputs/{n}"});
+        let image_ref = json!({
+            "type": "string",
+            "description": "an http(s) URL, a base64 data: URI of an image, or an earlier output: its URL or kiln://jobs/{id}/outputs/{n}",
+            "pattern": IMAGE_SOURCE_PATTERN,
+            "maxLength": IMAGE_SOURCE_MAX_CHARS,
+        });
         let configured = self.configured.iter().map(|m| {
             let mut properties = json!({
                 "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
                 "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
                 "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
-                "seed": {"type": "integer", "minimum": 0},
+                "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
             });
             let props = properties.as_object_mut().expect("an object");
             for p in &m.params {
@@ -262,7 +243,7 @@ impl Catalog {
                         "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
                         "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE},
                         "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE},
-                        "seed": {"type": "integer", "minimum": 0},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
                     })),
                     "additionalProperties": false,
                 }),
@@ -586,41 +567,16 @@ impl<'a> Fields<'a> {
 
     fn image(&mut self, name: &'static str) -> Result<ImageSource, InputError> {
         let v = self.require(name)?;
-        let s = v.as_str().ok_or_else(|| {
+        let text = v.as_str().ok_or_else(|| {
             InputError::new(
                 "invalid_type",
                 Self::path(name),
                 format!("input.{name} must be a URL or a data: URI"),
             )
         })?;
-        if let Some(rest) = s.strip_prefix("data:") {
-            return parse_data_uri(rest)
-                .map_err(|m| InputError::new("invalid_data_uri", Self::path(name), m));
-        }
-        if let Some(rest) = s.strip_prefix("kiln://") {
-            return parse_output_reference(rest).ok_or_else(|| {
-                InputError::new(
-                    "invalid_reference",
-                    Self::path(name),
-                    format!("input.{name} must look like kiln://jobs/{{job id}}/outputs/{{index}}"),
-                )
-            });
-        }
-        let url = Url::parse(s).map_err(|e| {
-            InputError::new(
-                "invalid_url",
-                Self::path(name),
-                format!("input.{name} is not a valid URL: {e}"),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(InputError::new(
-                "invalid_url",
-                Self::path(name),
-                format!("input.{name} must be an http(s) URL or a data: URI"),
-            ));
-        }
-        Ok(ImageSource::Url(url))
+        ImageSource::parse(text).map_err(|(code, why)| {
+            InputError::new(code, Self::path(name), format!("input.{name}: {why}"))
+        })
     }
 
     /// Unknown fields are refused: a typo like `widht` should not silently fall back to a default.
@@ -640,56 +596,6 @@ impl<'a> Fields<'a> {
         }
         Ok(())
     }
-}
-
-/// `jobs/{id}/outputs/{n}` (after `kiln://`).
-fn parse_output_reference(rest: &str) -> Option<ImageSource> {
-    let mut parts = rest.split('/');
-    let (Some("jobs"), Some(job), Some("outputs"), Some(index), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    Some(ImageSource::Output {
-        job: job.parse().ok()?,
-        index: index.parse().ok()?,
-    })
-}
-
-/// `data:[<mediatype>][;base64],<data>`, restricted to base64-encoded images.
-fn parse_data_uri(rest: &str) -> Result<ImageSource, String> {
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or_else(|| "a data: URI needs a ',' before its data".to_owned())?;
-    let content_type = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| "only base64 data: URIs are accepted".to_owned())?;
-    if !content_type.starts_with("image/") {
-        return Err("the data: URI must hold an image/* media type".into());
-    }
-    // A media type is a short word; a long one would be kept whole where the data is elided.
-    if content_type.len() > MAX_MEDIA_TYPE_BYTES {
-        return Err(format!(
-            "the data: URI's media type is longer than {MAX_MEDIA_TYPE_BYTES} bytes"
-        ));
-    }
-    if data.len() > MAX_DATA_URI_BYTES / 3 * 4 + 4 {
-        return Err(format!(
-            "the data: URI is larger than {} bytes",
-            MAX_DATA_URI_BYTES
-        ));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| format!("the data: URI is not valid base64: {e}"))?;
-    Ok(ImageSource::Inline {
-        content_type: content_type.to_owned(),
-        bytes,
-    })
 }
 
 #[cfg(test)]
