@@ -181,7 +181,11 @@ async fn created_earlier(
             crate::jobs::render(state, &job).await?,
             format!("/v1/jobs/{id}"),
         )
-    } else if let Some(p) = state.ledger.get_pipeline(tenant, id).await? {
+    } else if let Some(p) = state
+        .ledger
+        .get_pipeline(tenant, kiln_core::PipelineId(id.0))
+        .await?
+    {
         (
             crate::pipelines::render(state, &p).await?,
             format!("/v1/pipelines/{id}"),

@@ -699,7 +699,7 @@ pub async fn list(
         // count stops at 100, so a page costs at most a page of short counts).
         data.push(render(&state, job).await?);
     }
-    let last = jobs.last().map(|j| j.id);
+    let last = jobs.last().map(|j| j.id.0);
     Ok(Json(list_body(data, has_more, last, &filter)).into_response())
 }
 

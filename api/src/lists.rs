@@ -32,7 +32,7 @@ pub(crate) fn page<T>(mut items: Vec<T>, filter: &JobFilter) -> (Vec<T>, bool) {
 pub(crate) fn list_body(
     data: Vec<Value>,
     has_more: bool,
-    last: Option<JobId>,
+    last: Option<uuid::Uuid>,
     filter: &JobFilter,
 ) -> Value {
     let next_cursor = last
@@ -66,7 +66,7 @@ struct ListCursor {
 }
 
 impl ListCursor {
-    fn continuing(filter: &JobFilter, last: JobId) -> Self {
+    fn continuing(filter: &JobFilter, last: uuid::Uuid) -> Self {
         ListCursor {
             before: last.to_string(),
             statuses: filter.statuses.clone(),
@@ -152,7 +152,7 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
     // A cursor from before cursors carried their filters is a bare job id: the request's
     // filters are the list's, as they were then.
     if let Ok(before) = raw.parse::<JobId>() {
-        filter.before = Some(before);
+        filter.before = Some(before.0);
         return Ok(filter);
     }
     let cursor = ListCursor::decode(raw).ok_or_else(not_issued)?;
@@ -179,7 +179,12 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
     if params.contains_key("created_before") && filter.created_before != cursor.created_before {
         return Err(mismatch("created_before"));
     }
-    filter.before = Some(cursor.before.parse().map_err(|_| not_issued())?);
+    filter.before = Some(
+        cursor
+            .before
+            .parse::<uuid::Uuid>()
+            .map_err(|_| not_issued())?,
+    );
     filter.statuses = cursor.statuses;
     filter.model = cursor.model;
     filter.created_after = cursor.created_after;

@@ -19,7 +19,7 @@ use axum::Json;
 use kiln_core::events::{parse_event_filter, EventType};
 use kiln_core::ledger::{NewPipeline, Pipeline};
 use kiln_core::pipeline::{plan, with_stand_ins, StepSpec};
-use kiln_core::JobId;
+use kiln_core::PipelineId;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,7 +182,7 @@ pub async fn submit(
             idempotency: idempotency.map(|e| e.0),
             priority,
             max_active: caller.limits.max_active_jobs,
-            id: JobId::new(),
+            id: PipelineId::new(),
             tenant: caller.tenant,
             key_id: Some(caller.key_id),
             webhook_url: webhook,
@@ -233,7 +233,7 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let id: PipelineId = id.parse().map_err(|_| not_found())?;
     let pipeline = state
         .ledger
         .get_pipeline(&tenant, id)
@@ -323,7 +323,7 @@ pub async fn list(
     for pipeline in &pipelines {
         data.push(render(&state, pipeline).await?);
     }
-    let last = pipelines.last().map(|p| p.id);
+    let last = pipelines.last().map(|p| p.id.0);
     Ok(Json(crate::lists::list_body(data, has_more, last, &filter)))
 }
 
@@ -345,7 +345,7 @@ pub async fn cancel(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let id: PipelineId = id.parse().map_err(|_| not_found())?;
     let pipeline = state
         .ledger
         .cancel_pipeline(&tenant, id)
@@ -359,7 +359,7 @@ pub async fn view_pipeline(
     ledger: &dyn kiln_core::Ledger,
     store: &dyn kiln_storage::ObjectStore,
     tenant: &kiln_core::TenantId,
-    id: JobId,
+    id: PipelineId,
 ) -> Result<Option<Value>, Problem> {
     match ledger.get_pipeline(tenant, id).await? {
         Some(p) => Ok(Some(render_with(ledger, store, &p).await?)),

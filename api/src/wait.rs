@@ -24,7 +24,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
 use futures::Stream;
 use kiln_core::ledger::Pipeline;
-use kiln_core::{Job, JobId, Status, TenantId};
+use kiln_core::{Job, JobId, PipelineId, Status, TenantId};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::future::Future;
@@ -66,13 +66,16 @@ pub trait Watched: Sized + Send + Sync + 'static {
     /// What a watcher compares to decide that the resource changed.
     type Print: PartialEq + std::fmt::Debug + Send + Sync + 'static;
 
-    fn id(&self) -> JobId;
+    /// The resource's id type (a job's or a pipeline's).
+    type Id: Copy + Send + Sync + serde::Serialize + std::str::FromStr + 'static;
+
+    fn id(&self) -> Self::Id;
     fn print(&self) -> Self::Print;
     fn is_terminal(&self) -> bool;
     fn fetch(
         state: &ApiState,
         tenant: &TenantId,
-        id: JobId,
+        id: Self::Id,
     ) -> impl Future<Output = Result<Option<Self>, Problem>> + Send;
     fn render(&self, state: &ApiState) -> impl Future<Output = Result<Value, Problem>> + Send;
 }
@@ -80,6 +83,7 @@ pub trait Watched: Sized + Send + Sync + 'static {
 impl Watched for Job {
     const EVENT: &'static str = "job";
     type Print = (Status, usize, usize, Option<u8>);
+    type Id = JobId;
 
     fn id(&self) -> JobId {
         self.id
@@ -115,8 +119,9 @@ impl Watched for Job {
 impl Watched for Pipeline {
     const EVENT: &'static str = "pipeline";
     type Print = (Status, Vec<Option<Status>>);
+    type Id = PipelineId;
 
-    fn id(&self) -> JobId {
+    fn id(&self) -> PipelineId {
         self.id
     }
 
@@ -132,7 +137,7 @@ impl Watched for Pipeline {
     async fn fetch(
         state: &ApiState,
         tenant: &TenantId,
-        id: JobId,
+        id: PipelineId,
     ) -> Result<Option<Self>, Problem> {
         Ok(state.ledger.get_pipeline(tenant, id).await?)
     }
@@ -247,7 +252,7 @@ async fn events<W: Watched>(
     resume_after: Option<String>,
     not_found: impl Fn() -> Problem,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let id: W::Id = id.parse().map_err(|_| not_found())?;
     let first = W::fetch(&state, &tenant, id).await?.ok_or_else(not_found)?;
     Ok(Sse::new(changes(state, tenant, first, resume_after)).keep_alive(KeepAlive::default()))
 }

@@ -9,35 +9,51 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// A job's id: a UUIDv7, so ids sort by creation time and make a natural pagination cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub Uuid);
+/// An id that is a UUIDv7, so ids sort by creation time and make a natural pagination cursor.
+/// A macro so that job and pipeline ids are distinct types with one definition.
+macro_rules! uuid_v7_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
 
-impl JobId {
-    pub fn new() -> Self {
-        JobId(Uuid::now_v7())
-    }
+        impl $name {
+            pub fn new() -> Self {
+                $name(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
 }
 
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+uuid_v7_id!(
+    /// A job's id.
+    JobId
+);
 
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for JobId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(JobId)
-    }
-}
+uuid_v7_id!(
+    /// A pipeline's id: its own type, so a pipeline id cannot be passed where a job's is meant.
+    PipelineId
+);
 
 /// The tenant an API key belongs to. Every ledger read and write is scoped by it (invariant 5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -295,7 +311,7 @@ pub struct Job {
     /// The event types its webhook receives; `None` for all.
     pub webhook_events: Option<Vec<String>>,
     /// The pipeline this job is a step of.
-    pub pipeline_id: Option<JobId>,
+    pub pipeline_id: Option<PipelineId>,
     /// Its dispatch lane.
     pub priority: crate::dispatch::Lane,
     /// Queued but held back by its tenant's dispatch window (not yet in the shared queue).

@@ -22,6 +22,6 @@ pub mod testing;
 pub mod time;
 
 pub use job::{
-    Attempt, AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Output, Status, TenantId,
+    Attempt, AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Output, PipelineId, Status, TenantId,
 };
 pub use ledger::{Ledger, LedgerError};

@@ -645,7 +645,7 @@ const STORE_TRIES: u32 = 7;
 pub async fn advance_pipeline(
     ledger: &dyn Ledger,
     doorbell: &dyn Doorbell,
-    pipeline: JobId,
+    pipeline: kiln_core::PipelineId,
 ) -> ExecResult {
     for (job, lane) in ledger.advance_pipeline(pipeline).await? {
         kiln_core::dispatch::ring_or_mark_unrung(doorbell, ledger, job, lane).await;

@@ -16,7 +16,7 @@ mod sql;
 pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
 
 pub use crate::events::EventType;
-use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Status, TenantId};
+use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, PipelineId, Status, TenantId};
 use crate::keys::MintedKey;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -200,7 +200,7 @@ pub struct StoredResponse {
 /// A pipeline to create: its steps in the order given (checked with `pipeline::plan`).
 #[derive(Debug, Clone)]
 pub struct NewPipeline {
-    pub id: JobId,
+    pub id: PipelineId,
     pub tenant: TenantId,
     pub key_id: Option<String>,
     pub webhook_url: Option<String>,
@@ -225,7 +225,7 @@ pub struct PipelineStep {
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    pub id: JobId,
+    pub id: PipelineId,
     pub tenant: TenantId,
     pub status: Status,
     pub error: Option<ErrorInfo>,
@@ -385,15 +385,16 @@ pub struct WebhookSecrets {
     pub previous: Option<String>,
 }
 
-/// Filters of `GET /v1/jobs`. Jobs come newest first; `before` is the cursor (an id from the
-/// previous page), which works because job ids are time-ordered UUIDv7.
+/// Filters of `GET /v1/jobs` and `GET /v1/pipelines`. Items come newest first; `before` is the
+/// cursor (the last id of the previous page, a job's or a pipeline's), which works because both
+/// kinds of id are time-ordered UUIDv7.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub statuses: Vec<Status>,
     pub model: Option<String>,
     pub created_after: Option<Timestamp>,
     pub created_before: Option<Timestamp>,
-    pub before: Option<JobId>,
+    pub before: Option<uuid::Uuid>,
     pub limit: u32,
 }
 
@@ -652,16 +653,17 @@ pub trait PipelineLedger: Send + Sync {
     /// Moves a running pipeline on: starts the steps whose inputs now exist, fails it (and
     /// cancels its other steps) when a step failed or was canceled, succeeds it when every step
     /// did. Idempotent; returns the jobs it started.
-    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
-    async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
+    async fn advance_pipeline(&self, id: PipelineId)
+        -> Result<Vec<(JobId, crate::dispatch::Lane)>>;
+    async fn get_pipeline(&self, tenant: &TenantId, id: PipelineId) -> Result<Option<Pipeline>>;
     /// The tenant's pipelines, newest first. Of the filter, statuses, the creation window,
     /// the cursor and the limit apply (a pipeline has no single model).
     async fn list_pipelines(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Pipeline>>;
     /// `running → canceled`, canceling the steps that have not ended; `None` when the tenant
     /// has no such pipeline.
-    async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>>;
+    async fn cancel_pipeline(&self, tenant: &TenantId, id: PipelineId) -> Result<Option<Pipeline>>;
     /// Running pipelines, for the reconciler's safety-net pass.
-    async fn active_pipelines(&self, limit: u32) -> Result<Vec<JobId>>;
+    async fn active_pipelines(&self, limit: u32) -> Result<Vec<PipelineId>>;
 }
 
 /// Webhook deliveries: claimed, tried, listed and sent again.

@@ -7,7 +7,7 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
     ledger: Arc<dyn Ledger>,
 ) {
     use crate::pipeline::StepSpec;
-    let chain = |id: JobId| NewPipeline {
+    let chain = |id: PipelineId| NewPipeline {
         priority: Default::default(),
         max_active: None,
         idempotency: None,
@@ -34,7 +34,10 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
             },
         ],
     };
-    let (pipeline, started) = ledger.insert_pipeline(chain(JobId::new())).await.unwrap();
+    let (pipeline, started) = ledger
+        .insert_pipeline(chain(PipelineId::new()))
+        .await
+        .unwrap();
     let started: Vec<JobId> = started.into_iter().map(|(id, _)| id).collect();
     assert_eq!(pipeline.status, Status::Running);
     assert_eq!(started.len(), 1, "only the step with no inputs starts");
@@ -102,7 +105,10 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
     assert!(ledger.active_pipelines(10).await.unwrap().is_empty());
 
     // Cancel cascades to the running step; another tenant sees nothing.
-    let (other, started) = ledger.insert_pipeline(chain(JobId::new())).await.unwrap();
+    let (other, started) = ledger
+        .insert_pipeline(chain(PipelineId::new()))
+        .await
+        .unwrap();
     let started: Vec<JobId> = started.into_iter().map(|(id, _)| id).collect();
     ledger
         .claim(started[0], "w", "demo", LEASE)
@@ -135,7 +141,7 @@ pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<d
         priority: Default::default(),
         max_active: None,
         idempotency: None,
-        id: JobId::new(),
+        id: PipelineId::new(),
         tenant: tenant(owner),
         key_id: None,
         webhook_url: None,
@@ -151,13 +157,13 @@ pub async fn pipelines_are_listed_newest_first_within_their_tenant(ledger: Arc<d
         mine.push(ledger.insert_pipeline(one_step("a")).await.unwrap().0.id);
     }
     ledger.insert_pipeline(one_step("b")).await.unwrap();
-    let page = |before: Option<JobId>, statuses: Vec<Status>| JobFilter {
+    let page = |before: Option<PipelineId>, statuses: Vec<Status>| JobFilter {
         statuses,
-        before,
+        before: before.map(|id| id.0),
         limit: 2,
         ..JobFilter::default()
     };
-    let listed: Vec<JobId> = ledger
+    let listed: Vec<PipelineId> = ledger
         .list_pipelines(&tenant("a"), &page(None, vec![]))
         .await
         .unwrap()

@@ -92,10 +92,14 @@ pub(super) async fn succeed_merged(
                  FROM ended CROSS JOIN (VALUES {values}) AS o (idx, object_key, content_type, bytes, expires_at))"
         )
     };
-    let delivery = delivery_insert(
-        EventType::JobSucceeded,
-        &DeliverySource::job_row("FROM ended WHERE TRUE"),
-    );
+    // Built once: the statement is written on every success.
+    static DELIVERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        delivery_insert(
+            EventType::JobSucceeded,
+            &DeliverySource::job_row("FROM ended WHERE TRUE"),
+        )
+    });
+    let delivery = DELIVERY.as_str();
     let statement = tx.d.sql(&format!(
         "WITH ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
                  completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \

@@ -266,14 +266,17 @@ impl PipelineLedger for SqlLedger {
         Ok((created, started))
     }
 
-    async fn advance_pipeline(&self, id: JobId) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
+    async fn advance_pipeline(
+        &self,
+        id: PipelineId,
+    ) -> Result<Vec<(JobId, crate::dispatch::Lane)>> {
         let mut tx = self.write_tx().await?;
         let started = advance_in(&mut tx, &id.to_string(), to_millis(now()), None).await?;
         tx.commit().await?;
         Ok(started)
     }
 
-    async fn get_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>> {
+    async fn get_pipeline(&self, tenant: &TenantId, id: PipelineId) -> Result<Option<Pipeline>> {
         let pid = id.to_string();
         let Some(row) = sqlx::query(&self.sql(
             "SELECT id, tenant, status, error_code, error_message, created_at, completed_at, webhook_url, webhook_events \
@@ -366,7 +369,7 @@ impl PipelineLedger for SqlLedger {
         Ok(pipelines)
     }
 
-    async fn cancel_pipeline(&self, tenant: &TenantId, id: JobId) -> Result<Option<Pipeline>> {
+    async fn cancel_pipeline(&self, tenant: &TenantId, id: PipelineId) -> Result<Option<Pipeline>> {
         let pid = id.to_string();
         let at = to_millis(now());
         let mut tx = self.write_tx().await?;
@@ -396,7 +399,7 @@ impl PipelineLedger for SqlLedger {
         self.get_pipeline(tenant, id).await
     }
 
-    async fn active_pipelines(&self, limit: u32) -> Result<Vec<JobId>> {
+    async fn active_pipelines(&self, limit: u32) -> Result<Vec<PipelineId>> {
         let ids: Vec<String> = sqlx::query_scalar(&self.sql(&format!(
             "SELECT id FROM pipelines WHERE status = 'running' ORDER BY id LIMIT {limit}"
         )))
