@@ -231,10 +231,12 @@ async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()
             let record = ledger.insert_api_key(&tenant, &minted).await?;
             if let Some(url) = webhook {
                 ledger
-                    .set_default_webhook(&record.id, Some(url.as_str()))
+                    .set_default_webhook(record.id.as_str(), Some(url.as_str()))
                     .await?;
             }
-            ledger.set_key_limits(&record.id, &limits.limits()).await?;
+            ledger
+                .set_key_limits(record.id.as_str(), &limits.limits())
+                .await?;
             println!("{}", minted.plaintext);
         }
         KeysCommand::Webhook { key, url } => {

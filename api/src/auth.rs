@@ -24,7 +24,7 @@ pub struct Tenant(pub TenantId);
 
 pub struct Caller {
     pub tenant: TenantId,
-    pub key_id: String,
+    pub key_id: keys::KeyId,
     pub default_webhook: Option<String>,
     /// The key's limits, its own where set and the configured defaults elsewhere.
     pub limits: KeyLimits,

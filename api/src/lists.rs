@@ -93,7 +93,8 @@ impl ListCursor {
 }
 
 /// A list's `status` filter as the document publishes it: one or more statuses, comma-separated.
-pub const STATUS_LIST_PATTERN: &str = "^(?:queued|running|succeeded|failed|canceled)(?:,(?:queued|running|succeeded|failed|canceled))*$";
+/// Empty means no status filter, as leaving the parameter out does.
+pub const STATUS_LIST_PATTERN: &str = "^(?:(?:queued|running|succeeded|failed|canceled)(?:,(?:queued|running|succeeded|failed|canceled))*)?$";
 
 pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter, Problem> {
     let bad = |field: &str, detail: String| {
@@ -116,8 +117,8 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
     for (name, value) in params {
         match name.as_str() {
             "status" => {
-                // Exactly `STATUS_LIST_PATTERN`: names separated by commas, none empty.
-                for s in value.split(',') {
+                // Exactly `STATUS_LIST_PATTERN`: nothing, or names separated by commas.
+                for s in value.split(',').filter(|_| !value.is_empty()) {
                     let status: Status = s.parse().map_err(|e: String| bad("status", e))?;
                     filter.statuses.push(status);
                 }

@@ -7,6 +7,24 @@ use sha2::{Digest, Sha256};
 
 pub const KEY_PREFIX: &str = "kiln_";
 
+/// An API key's id (never its secret): how jobs, limits, idempotency keys and webhook secrets
+/// name the key that owns them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(pub String);
+
+impl KeyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A freshly minted key: the plaintext (to show once) and what the ledger stores.
 pub struct MintedKey {
     pub plaintext: String,

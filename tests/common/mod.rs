@@ -125,7 +125,13 @@ impl Kiln {
             .insert_api_key(&TenantId::parse(tenant).unwrap(), &minted)
             .await
             .unwrap();
-        assert_eq!(ledger.set_key_limits(&record.id, &limits).await.unwrap(), 1);
+        assert_eq!(
+            ledger
+                .set_key_limits(record.id.as_str(), &limits)
+                .await
+                .unwrap(),
+            1
+        );
         minted.plaintext
     }
 

@@ -289,7 +289,7 @@ async fn the_event_filter_is_respected_and_a_410_stops_delivery() {
     let ledger = &kiln.running.as_ref().unwrap().ledger;
     let record = ledger.list_api_keys().await.unwrap().remove(0);
     ledger
-        .set_default_webhook(&record.id, Some(&gone.url))
+        .set_default_webhook(record.id.as_str(), Some(&gone.url))
         .await
         .unwrap();
     let id = kiln
@@ -495,7 +495,7 @@ async fn a_keys_default_webhook_serves_jobs_that_name_none() {
         .unwrap();
     assert_eq!(
         ledger
-            .set_default_webhook(&record.id, Some(&receiver.url))
+            .set_default_webhook(record.id.as_str(), Some(&receiver.url))
             .await
             .unwrap(),
         1

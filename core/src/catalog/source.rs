@@ -183,11 +183,6 @@ fn parse_data_uri(rest: &str) -> Result<ImageSource, String> {
     let bytes = LENIENT
         .decode(data)
         .map_err(|e| format!("the data: URI is not valid base64: {e}"))?;
-    if bytes.len() > MAX_DATA_URI_BYTES {
-        return Err(format!(
-            "the data: URI is larger than {MAX_DATA_URI_BYTES} bytes"
-        ));
-    }
     Ok(ImageSource::Inline {
         content_type: content_type.to_owned(),
         bytes,

@@ -17,6 +17,7 @@ pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
 
 pub use crate::events::EventType;
 use crate::job::{AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, PipelineId, Status, TenantId};
+pub use crate::keys::KeyId;
 use crate::keys::MintedKey;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -88,7 +89,7 @@ pub struct NewJob {
     /// Fail the job as `queue_timeout` if no attempt has started by then.
     pub start_by: Option<Timestamp>,
     /// The API key that submitted it: its secret signs the job's webhooks.
-    pub key_id: Option<String>,
+    pub key_id: Option<KeyId>,
     pub webhook_url: Option<String>,
     /// Event types to deliver (`job.started`, …); `None` for all.
     pub webhook_events: Option<Vec<String>>,
@@ -169,7 +170,7 @@ pub struct KeyLimits {
 /// An `Idempotency-Key` as the ledger keeps it: scoped to the API key that sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRef {
-    pub key_id: String,
+    pub key_id: KeyId,
     pub key: String,
 }
 
@@ -202,7 +203,7 @@ pub struct StoredResponse {
 pub struct NewPipeline {
     pub id: PipelineId,
     pub tenant: TenantId,
-    pub key_id: Option<String>,
+    pub key_id: Option<KeyId>,
     pub webhook_url: Option<String>,
     pub webhook_events: Option<Vec<String>>,
     pub steps: Vec<crate::pipeline::StepSpec>,
@@ -250,7 +251,7 @@ pub struct DueDelivery {
     pub tries: u32,
     /// Tries made before the last redelivery: the schedule counts from there.
     pub schedule_base: u32,
-    pub key_id: Option<String>,
+    pub key_id: Option<KeyId>,
     /// The key's webhook secrets as the claim read them; `None` when it has none yet (the
     /// deliverer then has one made, `Ledger::webhook_secrets`) or the job has no key.
     pub secrets: Option<WebhookSecrets>,
@@ -448,7 +449,7 @@ pub enum Rescue {
 
 #[derive(Debug, Clone)]
 pub struct ApiKeyRecord {
-    pub id: String,
+    pub id: KeyId,
     pub tenant: TenantId,
     pub prefix: String,
     pub created_at: Timestamp,
@@ -485,11 +486,11 @@ pub trait KeyLedger: Send + Sync {
     /// Sets a key's limits (all four: `None` returns one to the default); how many keys matched.
     async fn set_key_limits(&self, id_or_prefix: &str, limits: &KeyLimits) -> Result<u64>;
     /// A key's webhook secrets; `candidate` becomes its secret if it has none yet.
-    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets>;
+    async fn webhook_secrets(&self, key_id: &KeyId, candidate: &str) -> Result<WebhookSecrets>;
     /// Makes `new` the key's secret; the current one keeps signing until `previous_until`.
     async fn rotate_webhook_secret(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         new: &str,
         previous_until: Timestamp,
     ) -> Result<()>;
@@ -518,9 +519,9 @@ pub trait UsageLedger: Send + Sync {
     async fn queue_snapshot(&self) -> Result<QueueSnapshot>;
     /// The key's jobs still queued or running, counted per model (what they will cost is not
     /// known yet, but at least each model's least price).
-    async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>>;
+    async fn active_jobs_by_model(&self, key_id: &KeyId) -> Result<Vec<(String, u64)>>;
     /// What the key's jobs' attempts started since `since` cost, in millionths.
-    async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64>;
+    async fn spend_since(&self, key_id: &KeyId, since: Timestamp) -> Result<i64>;
 }
 
 /// Jobs and claims: the api submits, reads, lists and cancels jobs; dispatch rings and admits them; a worker claims one.

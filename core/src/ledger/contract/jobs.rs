@@ -255,7 +255,7 @@ pub async fn a_job_back_in_the_window_does_not_widen_it(ledger: Arc<dyn Ledger>)
 pub async fn concurrent_writes_each_get_their_own_answer(ledger: Arc<dyn Ledger>) {
     let key = crate::keys::mint();
     let record = ledger.insert_api_key(&tenant("a"), &key).await.unwrap();
-    let submit = |owner: &'static str, key_id: Option<String>, max_active: Option<u32>| {
+    let submit = |owner: &'static str, key_id: Option<KeyId>, max_active: Option<u32>| {
         let ledger = ledger.clone();
         async move {
             ledger

@@ -17,7 +17,7 @@ pub async fn api_keys_are_looked_up_by_hash(ledger: Arc<dyn Ledger>) {
         .unwrap()
         .is_none());
     assert_eq!(ledger.count_api_keys().await.unwrap(), 1);
-    assert_eq!(ledger.revoke_api_key(&record.id).await.unwrap(), 1);
+    assert_eq!(ledger.revoke_api_key(record.id.as_str()).await.unwrap(), 1);
     assert!(ledger.key_by_hash(&key.hash).await.unwrap().is_none());
     assert!(ledger.list_api_keys().await.unwrap()[0]
         .revoked_at
@@ -26,7 +26,7 @@ pub async fn api_keys_are_looked_up_by_hash(ledger: Arc<dyn Ledger>) {
 
 pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn Ledger>) {
     let key = |k: &str| IdempotencyRef {
-        key_id: "key-1".into(),
+        key_id: KeyId("key-1".into()),
         key: k.into(),
     };
     let hour = Duration::from_secs(3600);
@@ -54,7 +54,7 @@ pub async fn idempotency_keys_replay_refuse_take_over_and_expire(ledger: Arc<dyn
     );
     // Another API key's same key is its own.
     let theirs = IdempotencyRef {
-        key_id: "key-2".into(),
+        key_id: KeyId("key-2".into()),
         key: "a".into(),
     };
     assert_eq!(

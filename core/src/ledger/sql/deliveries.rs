@@ -171,7 +171,7 @@ impl DeliveryLedger for SqlLedger {
                 created_at: from_millis(r.try_get("created_at")?),
                 tries: r.try_get::<i64, _>("tries")? as u32,
                 schedule_base: r.try_get::<i64, _>("schedule_base")? as u32,
-                key_id: r.try_get("key_id")?,
+                key_id: r.try_get::<Option<String>, _>("key_id")?.map(KeyId),
                 secrets,
                 claim_token,
             });

@@ -36,7 +36,9 @@ impl GroupWrite {
     /// order and cannot deadlock on them.
     pub(super) fn lock_order(&self) -> (u8, String) {
         match self {
-            GroupWrite::Insert { job, .. } => (0, job.key_id.clone().unwrap_or_default()),
+            GroupWrite::Insert { job, .. } => {
+                (0, job.key_id.clone().map(|k| k.0).unwrap_or_default())
+            }
             GroupWrite::Claim { id, .. } => (1, id.to_string()),
             GroupWrite::Succeed { lease, .. } => (1, lease.job_id.to_string()),
         }

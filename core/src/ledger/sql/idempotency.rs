@@ -14,7 +14,7 @@ pub(super) async fn link_idempotent(
             .sql("UPDATE idempotency_keys SET resource_id = ? WHERE key_id = ? AND idem_key = ?"),
     )
     .bind(resource)
-    .bind(&key.key_id)
+    .bind(key.key_id.as_str())
     .bind(&key.key)
     .execute(&mut *tx.tx)
     .await?;
@@ -38,7 +38,7 @@ impl IdempotencyLedger for SqlLedger {
              FROM idempotency_keys WHERE key_id = ? AND idem_key = ?{}",
             self.dialect.lock_rows()
         )))
-        .bind(&key.key_id)
+        .bind(key.key_id.as_str())
         .bind(&key.key)
         .fetch_optional(&mut *tx.tx)
         .await?;
@@ -70,7 +70,7 @@ impl IdempotencyLedger for SqlLedger {
                         "UPDATE idempotency_keys SET locked_until = ? WHERE key_id = ? AND idem_key = ?",
                     ))
                     .bind(locked_until)
-                    .bind(&key.key_id)
+                    .bind(key.key_id.as_str())
                     .bind(&key.key)
                     .execute(&mut *tx.tx)
                     .await?;
@@ -82,7 +82,7 @@ impl IdempotencyLedger for SqlLedger {
                     sqlx::query(
                         &self.sql("DELETE FROM idempotency_keys WHERE key_id = ? AND idem_key = ?"),
                     )
-                    .bind(&key.key_id)
+                    .bind(key.key_id.as_str())
                     .bind(&key.key)
                     .execute(&mut *tx.tx)
                     .await?;
@@ -92,7 +92,7 @@ impl IdempotencyLedger for SqlLedger {
                     "INSERT INTO idempotency_keys (key_id, idem_key, fingerprint, locked_until, created_at, expires_at) \
                      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, idem_key) DO NOTHING",
                 ))
-                .bind(&key.key_id)
+                .bind(key.key_id.as_str())
                 .bind(&key.key)
                 .bind(fingerprint)
                 .bind(locked_until)
@@ -126,7 +126,7 @@ impl IdempotencyLedger for SqlLedger {
         .bind(i64::from(response.status))
         .bind(headers)
         .bind(&response.body)
-        .bind(&key.key_id)
+        .bind(key.key_id.as_str())
         .bind(&key.key)
         .execute(&self.pool)
         .await?;
@@ -137,7 +137,7 @@ impl IdempotencyLedger for SqlLedger {
         sqlx::query(&self.sql(
             "DELETE FROM idempotency_keys WHERE key_id = ? AND idem_key = ? AND status_code IS NULL AND resource_id IS NULL",
         ))
-        .bind(&key.key_id)
+        .bind(key.key_id.as_str())
         .bind(&key.key)
         .execute(&self.pool)
         .await?;
@@ -146,7 +146,7 @@ impl IdempotencyLedger for SqlLedger {
             "UPDATE idempotency_keys SET locked_until = NULL \
              WHERE key_id = ? AND idem_key = ? AND status_code IS NULL AND resource_id IS NOT NULL",
         ))
-        .bind(&key.key_id)
+        .bind(key.key_id.as_str())
         .bind(&key.key)
         .execute(&self.pool)
         .await?;

@@ -70,19 +70,19 @@ pub(super) async fn insert_job_in(
             "SELECT id FROM api_keys WHERE id = ?{}",
             tx.d.lock_rows()
         )))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .fetch_optional(&mut *tx.tx)
         .await?;
     }
     if let (Some(spend), Some(key_id)) = (&job.spend, &job.key_id) {
         let spent: Option<i64> = sqlx::query_scalar(&tx.d.sql(SPEND_SINCE))
-            .bind(key_id)
+            .bind(key_id.as_str())
             .bind(to_millis(spend.day_began) - 24 * 3600 * 1000)
             .bind(to_millis(spend.day_began))
             .fetch_one(&mut *tx.tx)
             .await?;
         let active = sqlx::query(&tx.d.sql(ACTIVE_BY_MODEL))
-            .bind(key_id)
+            .bind(key_id.as_str())
             .fetch_all(&mut *tx.tx)
             .await?;
         let mut committed = spent.unwrap_or(0);
@@ -102,7 +102,7 @@ pub(super) async fn insert_job_in(
         let active: i64 = sqlx::query_scalar(&tx.d.sql(
             "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE key_id = ? AND status IN ('queued', 'running') LIMIT ?) a",
         ))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .bind(i64::from(max))
         .fetch_one(&mut *tx.tx)
         .await?;
@@ -157,7 +157,7 @@ pub(super) async fn insert_job_in(
         .bind(at)
         .bind(job.deadline_at.map(to_millis))
         .bind(job.start_by.map(to_millis))
-        .bind(job.key_id.as_deref())
+        .bind(job.key_id.as_ref().map(KeyId::as_str))
         .bind(job.webhook_url.as_deref())
         .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
         .bind(pipeline)

@@ -7,7 +7,7 @@ use super::*;
 impl KeyLedger for SqlLedger {
     async fn insert_api_key(&self, tenant: &TenantId, key: &MintedKey) -> Result<ApiKeyRecord> {
         let record = ApiKeyRecord {
-            id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            id: KeyId(format!("key_{}", uuid::Uuid::now_v7().simple())),
             tenant: tenant.clone(),
             prefix: key.display_prefix.clone(),
             created_at: now(),
@@ -16,7 +16,7 @@ impl KeyLedger for SqlLedger {
             limits: KeyLimits::default(),
         };
         sqlx::query(&self.sql("INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)"))
-            .bind(&record.id)
+            .bind(record.id.as_str())
             .bind(&tenant.0)
             .bind(&key.hash)
             .bind(&record.prefix)
@@ -66,13 +66,13 @@ impl KeyLedger for SqlLedger {
         .rows_affected())
     }
 
-    async fn webhook_secrets(&self, key_id: &str, candidate: &str) -> Result<WebhookSecrets> {
+    async fn webhook_secrets(&self, key_id: &KeyId, candidate: &str) -> Result<WebhookSecrets> {
         let read = self.sql(
             "SELECT webhook_secret, previous_webhook_secret, previous_secret_until FROM api_keys WHERE id = ?",
         );
         let read = || async {
             sqlx::query(&read)
-                .bind(key_id)
+                .bind(key_id.as_str())
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or_else(|| LedgerError::Corrupt(format!("api key {key_id} vanished")))
@@ -88,7 +88,7 @@ impl KeyLedger for SqlLedger {
                 "UPDATE api_keys SET webhook_secret = ? WHERE id = ? AND webhook_secret IS NULL",
             ))
             .bind(candidate)
-            .bind(key_id)
+            .bind(key_id.as_str())
             .execute(&self.pool)
             .await?;
             row = read().await?;
@@ -107,7 +107,7 @@ impl KeyLedger for SqlLedger {
 
     async fn rotate_webhook_secret(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         new: &str,
         previous_until: Timestamp,
     ) -> Result<()> {
@@ -117,7 +117,7 @@ impl KeyLedger for SqlLedger {
         ))
         .bind(to_millis(previous_until))
         .bind(new)
-        .bind(key_id)
+        .bind(key_id.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())

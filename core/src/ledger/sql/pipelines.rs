@@ -93,7 +93,7 @@ pub(super) async fn advance_in(
         return Ok(vec![]);
     }
     let tenant = TenantId(row.try_get("tenant")?);
-    let key_id: Option<String> = row.try_get("key_id")?;
+    let key_id: Option<KeyId> = row.try_get::<Option<String>, _>("key_id")?.map(KeyId);
     let priority: crate::dispatch::Lane = row
         .try_get::<String, _>("priority")?
         .parse()
@@ -234,7 +234,7 @@ impl PipelineLedger for SqlLedger {
         ))
         .bind(&pid)
         .bind(&pipeline.tenant.0)
-        .bind(pipeline.key_id.as_deref())
+        .bind(pipeline.key_id.as_ref().map(KeyId::as_str))
         .bind(pipeline.webhook_url.as_deref())
         .bind(pipeline.webhook_events.as_ref().map(|e| e.join(",")))
         .bind(at)

@@ -207,7 +207,7 @@ pub(super) fn id_and_lane(row: &AnyRow) -> Result<(JobId, crate::dispatch::Lane)
 
 pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
-        id: r.try_get("id")?,
+        id: KeyId(r.try_get("id")?),
         tenant: TenantId(r.try_get("tenant")?),
         prefix: r.try_get("prefix")?,
         created_at: from_millis(r.try_get("created_at")?),

@@ -100,9 +100,9 @@ impl UsageLedger for SqlLedger {
         Ok(snapshot)
     }
 
-    async fn active_jobs_by_model(&self, key_id: &str) -> Result<Vec<(String, u64)>> {
+    async fn active_jobs_by_model(&self, key_id: &KeyId) -> Result<Vec<(String, u64)>> {
         let rows = sqlx::query(&self.sql(ACTIVE_BY_MODEL))
-            .bind(key_id)
+            .bind(key_id.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -110,9 +110,9 @@ impl UsageLedger for SqlLedger {
             .collect()
     }
 
-    async fn spend_since(&self, key_id: &str, since: Timestamp) -> Result<i64> {
+    async fn spend_since(&self, key_id: &KeyId, since: Timestamp) -> Result<i64> {
         let spent: Option<i64> = sqlx::query_scalar(&self.sql(SPEND_SINCE))
-            .bind(key_id)
+            .bind(key_id.as_str())
             // A job created before the day began may still spend today; a day's jobs are bounded
             // below by the day before, which keeps the scan to two days of the key's jobs.
             .bind(to_millis(since) - 24 * 3600 * 1000)
