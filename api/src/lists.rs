@@ -117,8 +117,10 @@ pub(crate) fn parse_filter(params: &HashMap<String, String>) -> Result<JobFilter
     for (name, value) in params {
         match name.as_str() {
             "status" => {
-                // Exactly `STATUS_LIST_PATTERN`: nothing, or names separated by commas.
-                for s in value.split(',').filter(|_| !value.is_empty()) {
+                // Exactly `STATUS_LIST_PATTERN`: nothing (no filter), or names separated by
+                // commas, none of them empty.
+                let names = (!value.is_empty()).then(|| value.split(','));
+                for s in names.into_iter().flatten() {
                     let status: Status = s.parse().map_err(|e: String| bad("status", e))?;
                     filter.statuses.push(status);
                 }

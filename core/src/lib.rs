@@ -1,9 +1,8 @@
 //! `kiln-core` is Kiln's domain: jobs, their closed set of states, attempts and outputs; the
-//! `Ledger` trait that is the single source of truth for all of them (one SQL implementation
-//! for SQLite and Postgres); API keys; the model catalog that validates inputs; the webhook events; and the dispatch
-//! doorbell.
-//! Everything above this crate (api, worker) speaks these types, so a value is parsed once at the
-//! edge and trusted afterwards.
+//! `Ledger` traits that are the single source of truth for all of them (one SQL implementation
+//! for SQLite and Postgres); API keys; the model catalog that validates inputs; the webhook
+//! events; and the dispatch doorbell. Everything above this crate (api, worker) speaks these
+//! types, so a value is parsed once at the edge and trusted afterwards.
 
 pub mod callbacks;
 pub mod catalog;
