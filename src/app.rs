@@ -595,7 +595,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             let (store, ledger) = (view_store.clone(), view_ledger.clone());
             Box::pin(async move {
                 let fallback = serde_json::json!({"id": job.id, "status": job.status});
-                match (pipeline_event, job.pipeline_id) {
+                let view = match (pipeline_event, job.pipeline_id) {
                     (true, Some(pipeline)) => kiln_api::view_pipeline(
                         ledger.as_ref(),
                         store.as_ref(),
@@ -605,11 +605,13 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     .await
                     .ok()
                     .flatten()
-                    .unwrap_or(fallback),
-                    _ => kiln_api::view_job(store.as_ref(), &job)
+                    .and_then(|view| serde_json::to_value(view).ok()),
+                    _ => kiln_api::wire::JobView::of(store.as_ref(), &job)
                         .await
-                        .unwrap_or(fallback),
-                }
+                        .ok()
+                        .and_then(|view| serde_json::to_value(view).ok()),
+                };
+                view.unwrap_or(fallback)
             })
         });
         let deliverer = kiln_worker::deliverer::Deliverer {

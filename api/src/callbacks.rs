@@ -35,9 +35,9 @@ pub struct TokenQuery {
     request_body(content = Object, description = "An upstream's prediction (Cog's webhook body)"),
     responses(
         (status = 200, description = "Accepted (a duplicate or stale one too)"),
-        (status = 400, description = "The body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token is missing or wrong", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is missing or wrong", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn receive(

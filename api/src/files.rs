@@ -32,8 +32,8 @@ pub struct Signature {
     ),
     responses(
         (status = 200, description = "The output's bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 403, description = "Not signed, tampered or expired", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such output, or outputs are not served by this api", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not signed, tampered or expired", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such output, or outputs are not served by this api", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn download(

@@ -178,7 +178,7 @@ async fn created_earlier(
 ) -> Result<Response, Problem> {
     let (body, location) = if let Some(job) = state.ledger.get_job(tenant, id).await? {
         (
-            crate::jobs::render(state, &job).await?,
+            serde_json::to_string(&crate::jobs::render(state, &job).await?),
             format!("/v1/jobs/{id}"),
         )
     } else if let Some(p) = state
@@ -187,7 +187,7 @@ async fn created_earlier(
         .await?
     {
         (
-            crate::pipelines::render(state, &p).await?,
+            serde_json::to_string(&crate::pipelines::render(state, &p).await?),
             format!("/v1/pipelines/{id}"),
         )
     } else {
@@ -201,6 +201,6 @@ async fn created_earlier(
             ("location".into(), location),
             ("content-type".into(), "application/json".into()),
         ],
-        body: body.to_string(),
+        body: body.map_err(|e| Problem::internal(&e))?,
     }))
 }

@@ -6,6 +6,7 @@
 use crate::auth::{Caller, Tenant};
 use crate::lists::{list_body, page, parse_filter, probe};
 use crate::problem::Problem;
+use crate::wire::{JobSubmission, JobView};
 use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,10 +15,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use chrono::Utc;
-use kiln_core::events::{parse_event_filter, EventType};
+use kiln_core::events::EventType;
 use kiln_core::ledger::{CancelOutcome, NewJob};
 use kiln_core::{Job, JobId, Status};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,117 +32,12 @@ fn parse_id(raw: &str) -> Result<JobId, Problem> {
 }
 
 /// One job as clients see it, with its place in the queue while it waits.
-pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<Value, Problem> {
-    let mut view = view_job(state.store.as_ref(), job).await?;
+pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<JobView, Problem> {
+    let mut view = JobView::of(state.store.as_ref(), job).await?;
     if job.status == Status::Queued {
-        view["queue_position"] = json!(state.ledger.queue_position(job.id).await?);
+        view.queue_position = state.ledger.queue_position(job.id).await?;
     }
     Ok(view)
-}
-
-/// How far a job has come, 0 to 1: its running attempt's last report, where the generator
-/// gives one; 1 once it succeeded.
-fn progress(job: &Job) -> Value {
-    match job.status {
-        Status::Succeeded => json!(1.0),
-        Status::Running => job
-            .attempts
-            .last()
-            .filter(|a| a.finished_at.is_none())
-            .and_then(|a| a.progress_percent)
-            .map_or(Value::Null, |p| json!(f64::from(p) / 100.0)),
-        _ => Value::Null,
-    }
-}
-
-/// The job as `GET /v1/jobs/{id}` shows it; webhook payloads carry the same.
-pub async fn view_job(store: &dyn kiln_storage::ObjectStore, job: &Job) -> Result<Value, Problem> {
-    let mut outputs = Vec::with_capacity(job.outputs.len());
-    for o in &job.outputs {
-        let expired = o.deleted_at.is_some() || o.expires_at <= Utc::now();
-        let url = if expired {
-            Value::Null
-        } else {
-            Value::String(
-                store
-                    .presign_get(&o.object_key, o.expires_at)
-                    .await?
-                    .to_string(),
-            )
-        };
-        outputs.push(json!({
-            "index": o.index,
-            "url": url,
-            "content_type": o.content_type,
-            "bytes": o.bytes,
-            "expires_at": o.expires_at,
-            "expired": expired,
-        }));
-    }
-    let mut attempts: Vec<Value> = Vec::with_capacity(job.attempts.len());
-    let mut previous: Option<&kiln_core::Attempt> = None;
-    for a in &job.attempts {
-        // An attempt on another route than the failed one before it is a fallback; its reason
-        // is that failure.
-        let fallback_reason = previous
-            .filter(|p| p.outcome == Some(kiln_core::AttemptOutcome::Failed) && p.route != a.route)
-            .and_then(|p| p.error.as_ref())
-            .map(|e| e.code.clone());
-        let (provider, upstream_model) = a.route.split_once(':').unwrap_or((&a.route, ""));
-        attempts.push(json!({
-            "number": a.number,
-            "id": a.id,
-            "route": a.route,
-            "provider": provider,
-            "upstream_model": upstream_model,
-            "upstream_id": a.upstream_id,
-            "started_at": a.started_at,
-            "finished_at": a.finished_at,
-            "outcome": a.outcome.map(|o| o.as_str()),
-            "error": a.error,
-            "error_class": a.error_class,
-            "fallback_reason": fallback_reason,
-            "cost": a.cost_micros.map(cost_value),
-            "progress": a.progress_percent.map(|p| f64::from(p) / 100.0),
-        }));
-        previous = Some(a);
-    }
-    let cost: i64 = job.attempts.iter().filter_map(|a| a.cost_micros).sum();
-    let self_url = format!("/v1/jobs/{}", job.id);
-    Ok(json!({
-        "object": "job",
-        "id": job.id,
-        "model": job.model,
-        "status": job.status,
-        "priority": job.priority,
-        "queue_position": Value::Null,
-        "progress": progress(job),
-        // The row holds the input already elided; a row written before that is elided here.
-        "input": kiln_core::job::elide_inline_data(&job.input),
-        "outputs": outputs,
-        "error": job.error,
-        "attempts": attempts,
-        "cost": cost_value(cost),
-        "rescues": job.rescue_count,
-        "deadline_at": job.deadline_at,
-        "start_by": job.start_by,
-        "webhook": job.webhook_url,
-        "webhook_events": job.webhook_events,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "completed_at": job.completed_at,
-        "expires_at": job.expires_at(),
-        "urls": {
-            "self": self_url,
-            "cancel": format!("{self_url}/cancel"),
-            "events": format!("{self_url}/events"),
-        },
-    }))
-}
-
-/// Costs are kept in millionths of the operator's currency unit and shown in the unit.
-fn cost_value(micros: i64) -> Value {
-    json!(micros as f64 / 1e6)
 }
 
 /// The response for one job: a poll hint while it is not finished.
@@ -150,8 +46,7 @@ async fn job_response(
     job: &Job,
     status: StatusCode,
 ) -> Result<Response, Problem> {
-    let body = render(state, job).await?;
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, Json(render(state, job).await?)).into_response();
     if !job.status.is_terminal() {
         let secs = state.poll_hint.as_secs().max(1).to_string();
         response.headers_mut().insert(
@@ -162,53 +57,21 @@ async fn job_response(
     Ok(response)
 }
 
-fn body_problem(rejection: BytesRejection) -> Problem {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the request body is larger than this server accepts",
-        )
-    } else {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            rejection.body_text(),
-        )
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/v1/jobs",
     operation_id = "submitJob",
     tag = "jobs",
-    request_body = crate::openapi::JobSubmission,
+    request_body = JobSubmission,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
         ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after` (a whole number of seconds, minutes or hours, 1 s to 24 h); the sooner of the two holds"),
     ),
     responses(
-        (status = 202, description = "Committed; not finished yet", body = crate::openapi::Job, headers(
-            ("Location" = String, description = "The created resource"),
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
-        )),
-        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Job, headers(
-            ("Location" = String, description = "The created resource"),
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
-        )),
-        (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Above the key's highest priority", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid input (the field at fault is named), or an Idempotency-Key reused with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate, active-job limit or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::Created<JobView>,
+        crate::responses::CreateRefusals,
+        (status = 422, description = "Invalid input (the field at fault is named), or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn submit(
@@ -218,22 +81,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let body = body.map_err(body_problem)?;
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(request) = request else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
-    let Submission {
+    let request = crate::create::json_object(body, SUBMISSION_FIELDS, "a job submission")?;
+    let JobSubmission {
         model,
         input,
         cancel_after,
@@ -241,26 +90,14 @@ pub async fn submit(
         webhook,
         webhook_events,
         priority,
-    } = parse_submit(&request, &headers)?;
-    check_priority(&caller, priority)?;
+    } = parse_submit(&request, &headers, &caller)?;
     // A job that names no webhook uses its key's default, if the key has one.
     let webhook = match (webhook, &caller.default_webhook) {
         (None, Some(default)) => url::Url::parse(default).ok(),
         (given, _) => given,
     };
     if let Some(url) = &webhook {
-        state
-            .webhook_ssrf
-            .check_url_resolving(url)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "webhook_url_forbidden",
-                    format!("webhook: {e}"),
-                )
-                .with_field("webhook")
-            })?;
+        crate::create::check_webhook_target(&state, url).await?;
     }
     check_input(&state, &caller.tenant, &model, &input, "", false).await?;
     crate::limits::check_spend(&state, &caller, &[model.as_str()]).await?;
@@ -280,7 +117,7 @@ pub async fn submit(
             start_by: max_queue_wait.map(after),
             key_id: Some(caller.key_id),
             webhook_url: webhook.map(|u| u.to_string()),
-            webhook_events,
+            webhook_events: crate::create::event_names(webhook_events),
         })
         .await
         .map_err(crate::limits::active_job_limit)?;
@@ -303,88 +140,41 @@ pub async fn submit(
     Ok(response)
 }
 
-/// Refuses a priority above the key's highest.
-pub(crate) fn check_priority(
-    caller: &Caller,
-    priority: kiln_core::dispatch::Lane,
-) -> Result<(), Problem> {
-    match caller.limits.max_priority {
-        // Lanes order from high to low: a priority "less" than the key's highest is above it.
-        Some(highest) if priority < highest => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "priority_not_allowed",
-            format!(
-                "this key may submit at priority {} or lower",
-                highest.as_str()
-            ),
-        )
-        .with_field("priority")),
-        _ => Ok(()),
-    }
-}
-
-/// A `priority` field: high, normal (the default) or low.
-pub(crate) fn parse_priority(value: Option<&Value>) -> Result<kiln_core::dispatch::Lane, Problem> {
-    let invalid = |code: &str, detail: String| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field("priority")
-    };
-    match value {
-        None | Some(Value::Null) => Ok(kiln_core::dispatch::Lane::Normal),
-        Some(Value::String(p)) => p
-            .parse()
-            .map_err(|e: String| invalid("invalid_priority", e)),
-        Some(_) => Err(invalid(
-            "invalid_type",
-            "priority must be one of high, normal, low".into(),
-        )),
-    }
-}
-
-/// A job submission, parsed.
-struct Submission {
-    model: String,
-    input: Value,
-    cancel_after: Option<std::time::Duration>,
-    max_queue_wait: Option<std::time::Duration>,
-    webhook: Option<url::Url>,
-    webhook_events: Option<Vec<String>>,
-    priority: kiln_core::dispatch::Lane,
-}
+/// The fields of a job submission.
+const SUBMISSION_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "cancel_after",
+    "max_queue_wait",
+    "webhook",
+    "webhook_events",
+    "priority",
+];
 
 fn after(d: std::time::Duration) -> kiln_core::time::Timestamp {
     kiln_core::time::now() + chrono::Duration::from_std(d).unwrap_or_default()
 }
 
-fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Submission, Problem> {
-    let invalid = |code: &str, field: &str, detail: &str| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
-    };
-    if let Some(extra) = request.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "model"
-                | "input"
-                | "cancel_after"
-                | "max_queue_wait"
-                | "webhook"
-                | "webhook_events"
-                | "priority"
-        )
-    }) {
-        return Err(invalid(
-            "unknown_field",
-            extra,
-            &format!("'{extra}' is not a field of a job submission"),
-        ));
-    }
+fn parse_submit(
+    request: &Map<String, Value>,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<JobSubmission, Problem> {
+    use crate::create::unprocessable;
     let model = match request.get("model") {
         Some(Value::String(m)) => m.clone(),
-        Some(_) => return Err(invalid("invalid_type", "model", "model must be a string")),
-        None => return Err(invalid("missing_field", "model", "model is required")),
+        Some(_) => {
+            return Err(unprocessable(
+                "invalid_type",
+                "model",
+                "model must be a string",
+            ))
+        }
+        None => return Err(unprocessable("missing_field", "model", "model is required")),
     };
     let input = match request.get("input") {
         Some(v) => v.clone(),
-        None => return Err(invalid("missing_field", "input", "input is required")),
+        None => return Err(unprocessable("missing_field", "input", "input is required")),
     };
     // `Cancel-After` is Replicate's header for the same limit; where both are given, the
     // sooner one holds.
@@ -410,40 +200,14 @@ fn parse_submit(request: &Map<String, Value>, headers: &HeaderMap) -> Result<Sub
         .get("max_queue_wait")
         .map(|v| crate::duration::parse("max_queue_wait", v))
         .transpose()?;
-    let webhook = match request.get("webhook") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            kiln_core::catalog::parse_http_url(s)
-                .ok_or_else(|| invalid("invalid_url", "webhook", WEBHOOK_URL_RULE))?,
-        ),
-        Some(_) => return Err(invalid("invalid_type", "webhook", "webhook must be a URL")),
-    };
-    let webhook_events = match request.get("webhook_events") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(
-            parse_event_filter(items.iter().map(Value::as_str), &EventType::JOB)
-                .map_err(|message| invalid("unknown_event", "webhook_events", &message))?
-                .into_iter()
-                .map(|e| e.as_str().to_owned())
-                .collect(),
-        ),
-        Some(_) => {
-            return Err(invalid(
-                "invalid_type",
-                "webhook_events",
-                "webhook_events must be a list of event types",
-            ))
-        }
-    };
-    let priority = parse_priority(request.get("priority"))?;
-    Ok(Submission {
+    Ok(JobSubmission {
         model,
         input,
         cancel_after,
         max_queue_wait,
-        webhook,
-        webhook_events,
-        priority,
+        webhook: crate::create::webhook(request)?,
+        webhook_events: crate::create::webhook_events(request, &EventType::JOB)?,
+        priority: crate::create::priority(request, caller)?,
     })
 }
 
@@ -540,13 +304,9 @@ async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Resul
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
     ),
     responses(
-        (status = 200, description = "The job (with `Retry-After` while unfinished)", body = crate::openapi::Job, headers(
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-        )),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::Polled<JobView>,
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchJob,
     ),
 )]
 pub async fn get(
@@ -593,11 +353,10 @@ async fn respond_after_wait(
     tag = "jobs",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "Canceled (a running generator is stopped)", body = crate::openapi::Job),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job already ended", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "Canceled (a running generator is stopped)", body = JobView),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchJob,
+        (status = 409, description = "The job already ended", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn cancel(
@@ -628,10 +387,9 @@ pub async fn cancel(
     params(("id" = String, Path), ("index" = String, Path)),
     responses(
         (status = 307, description = "Redirect to a fresh signed download URL", headers(("Location" = String, description = "The signed download URL"))),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job or output (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "The output expired and was deleted", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::KeyRefusals,
+        (status = 404, description = "No such job or output (or another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The output expired and was deleted", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn output(
@@ -679,10 +437,9 @@ pub async fn output(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "The tenant's jobs, newest first", body = crate::openapi::JobList),
-        (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "The tenant's jobs, newest first", body = crate::wire::Page<JobView>),
+        crate::responses::BadFilter,
+        crate::responses::KeyRefusals,
     ),
 )]
 pub async fn list(
@@ -702,7 +459,3 @@ pub async fn list(
     let last = jobs.last().map(|j| j.id.0);
     Ok(Json(list_body(data, has_more, last, &filter)).into_response())
 }
-
-/// What a webhook URL must be (`kiln_core::catalog::HTTP_URL_PATTERN`).
-pub(crate) const WEBHOOK_URL_RULE: &str =
-    "webhook must be an http(s) URL with a DNS name or an IP address, and no user info";

@@ -5,6 +5,7 @@
 
 mod auth;
 mod callbacks;
+mod create;
 mod duration;
 mod files;
 mod idempotency;
@@ -14,12 +15,13 @@ mod lists;
 mod openapi;
 mod pipelines;
 mod problem;
+mod responses;
 pub mod server;
 mod usage;
 mod wait;
 mod webhooks;
+pub mod wire;
 
-pub use jobs::view_job;
 pub use pipelines::view_pipeline;
 
 pub use problem::Problem;
@@ -137,11 +139,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
     tag = "models",
     security(()),
     responses(
-        (status = 200, description = "The models and their input schemas", body = crate::openapi::ModelList),
+        (status = 200, description = "The models and their input schemas", body = wire::List<kiln_core::catalog::ModelInfo>),
     ),
 )]
-async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "object": "list", "data": state.catalog.models() }))
+async fn models(
+    State(state): State<Arc<ApiState>>,
+) -> Json<wire::List<kiln_core::catalog::ModelInfo>> {
+    Json(wire::List::of(state.catalog.models()))
 }
 
 /// The private metrics listener's app: `GET /metrics`, Prometheus text. It is never part of
@@ -212,7 +216,7 @@ async fn healthz() -> &'static str {
     security(()),
     responses(
         (status = 200, description = "Ready: the ledger answers", content_type = "text/plain", body = String),
-        (status = 503, description = "The ledger is unreachable", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The ledger is unreachable", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 async fn ready(State(state): State<Arc<ApiState>>) -> Result<&'static str, Problem> {

@@ -3,11 +3,11 @@
 //! cursor that continues a list. Shared by `GET /v1/jobs` and `GET /v1/pipelines`.
 
 use crate::problem::Problem;
+use crate::wire::Page;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use kiln_core::ledger::JobFilter;
 use kiln_core::{JobId, Status};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 
 pub const DEFAULT_PAGE: u32 = 20;
@@ -29,21 +29,21 @@ pub(crate) fn page<T>(mut items: Vec<T>, filter: &JobFilter) -> (Vec<T>, bool) {
 }
 
 /// A list response: the page, and the cursor when more follow.
-pub(crate) fn list_body(
-    data: Vec<Value>,
+pub(crate) fn list_body<T: utoipa::ToSchema>(
+    data: Vec<T>,
     has_more: bool,
     last: Option<uuid::Uuid>,
     filter: &JobFilter,
-) -> Value {
+) -> Page<T> {
     let next_cursor = last
         .filter(|_| has_more)
         .map(|id| ListCursor::continuing(filter, id).encode());
-    json!({
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "next_cursor": next_cursor,
-    })
+    Page {
+        object: "list",
+        data,
+        has_more,
+        next_cursor,
+    }
 }
 
 /// Where the next page of a list starts, and the filters of the list it continues: a page asked

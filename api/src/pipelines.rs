@@ -8,35 +8,41 @@
 //! run a whole chain in one call of up to a minute.
 
 use crate::auth::{Caller, Tenant};
-use crate::jobs::view_job;
+use crate::create::unprocessable;
 use crate::problem::Problem;
+use crate::wire::{Page, PipelineSubmission, PipelineView};
 use crate::ApiState;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kiln_core::events::{parse_event_filter, EventType};
+use kiln_core::events::EventType;
 use kiln_core::ledger::{NewPipeline, Pipeline};
 use kiln_core::pipeline::{plan, with_stand_ins, StepSpec};
 use kiln_core::PipelineId;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-fn unprocessable(code: &str, field: impl Into<String>, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
-}
 
 fn not_found() -> Problem {
     Problem::not_found("pipeline_not_found", "there is no pipeline with this id")
 }
 
-fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
-    let steps = body["steps"]
-        .as_array()
+/// The fields of a pipeline submission.
+const SUBMISSION_FIELDS: &[&str] = &["steps", "webhook", "webhook_events", "priority"];
+
+fn parse_submit(
+    request: &Map<String, Value>,
+    caller: &Caller,
+) -> Result<PipelineSubmission, Problem> {
+    let priority = crate::create::priority(request, caller)?;
+    let steps = request
+        .get("steps")
+        .and_then(Value::as_array)
         .ok_or_else(|| unprocessable("missing_field", "steps", "steps must be a list of steps"))?;
-    steps
+    let steps = steps
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -55,7 +61,13 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
                 input: s.get("input").cloned().unwrap_or(json!({})),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(PipelineSubmission {
+        steps,
+        priority,
+        webhook: crate::create::webhook(request)?,
+        webhook_events: crate::create::webhook_events(request, &EventType::PIPELINE)?,
+    })
 }
 
 #[utoipa::path(
@@ -63,31 +75,15 @@ fn parse_steps(body: &Value) -> Result<Vec<StepSpec>, Problem> {
     path = "/v1/pipelines",
     operation_id = "submitPipeline",
     tag = "pipelines",
-    request_body = crate::openapi::PipelineSubmission,
+    request_body = PipelineSubmission,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
     ),
     responses(
-        (status = 202, description = "Committed; its first steps are queued", body = crate::openapi::Pipeline, headers(
-            ("Location" = String, description = "The created resource"),
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
-        )),
-        (status = 201, description = "Created and finished (under `Prefer: wait`)", body = crate::openapi::Pipeline, headers(
-            ("Location" = String, description = "The created resource"),
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
-        )),
-        (status = 400, description = "The body is not JSON, or a malformed Idempotency-Key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Above the key's highest priority", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The Idempotency-Key's first request is still being answered", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An invalid graph or step (the field at fault is named)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate, active-job limit or daily spend cap (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::Created<PipelineView>,
+        crate::responses::CreateRefusals,
+        (status = 422, description = "An invalid graph or step (the field at fault is named)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn submit(
@@ -95,32 +91,15 @@ pub async fn submit(
     caller: Caller,
     idempotency: Option<axum::Extension<kiln_core::ledger::IdempotencyRef>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let body: Value = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    if let Some(extra) = body.as_object().and_then(|o| {
-        o.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "steps" | "webhook" | "webhook_events" | "priority"
-            )
-        })
-    }) {
-        return Err(unprocessable(
-            "unknown_field",
-            extra.clone(),
-            format!("'{extra}' is not a field of a pipeline"),
-        ));
-    }
-    let priority = crate::jobs::parse_priority(body.get("priority"))?;
-    crate::jobs::check_priority(&caller, priority)?;
-    let steps = parse_steps(&body)?;
+    let request = crate::create::json_object(body, SUBMISSION_FIELDS, "a pipeline")?;
+    let PipelineSubmission {
+        steps,
+        priority,
+        webhook,
+        webhook_events,
+    } = parse_submit(&request, &caller)?;
     plan(&steps).map_err(|e| unprocessable(e.code, e.field, e.message))?;
     for (i, step) in steps.iter().enumerate() {
         let input = with_stand_ins(&step.input);
@@ -134,46 +113,9 @@ pub async fn submit(
         )
         .await?;
     }
-    let webhook = match body.get("webhook") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            let url = kiln_core::catalog::parse_http_url(s).ok_or_else(|| {
-                unprocessable("invalid_url", "webhook", crate::jobs::WEBHOOK_URL_RULE)
-            })?;
-            state
-                .webhook_ssrf
-                .check_url_resolving(&url)
-                .await
-                .map_err(|e| {
-                    unprocessable("webhook_url_forbidden", "webhook", format!("webhook: {e}"))
-                })?;
-            Some(url.to_string())
-        }
-        Some(_) => {
-            return Err(unprocessable(
-                "invalid_type",
-                "webhook",
-                "webhook must be a URL",
-            ))
-        }
-    };
-    let events = match body.get("webhook_events") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(
-            parse_event_filter(items.iter().map(Value::as_str), &EventType::PIPELINE)
-                .map_err(|message| unprocessable("unknown_event", "webhook_events", message))?
-                .into_iter()
-                .map(|e| e.as_str().to_owned())
-                .collect(),
-        ),
-        Some(_) => {
-            return Err(unprocessable(
-                "invalid_type",
-                "webhook_events",
-                "webhook_events must be a list of event types",
-            ))
-        }
-    };
+    if let Some(url) = &webhook {
+        crate::create::check_webhook_target(&state, url).await?;
+    }
     let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
     crate::limits::check_spend(&state, &caller, &models).await?;
     let (pipeline, started) = state
@@ -185,8 +127,8 @@ pub async fn submit(
             id: PipelineId::new(),
             tenant: caller.tenant,
             key_id: Some(caller.key_id),
-            webhook_url: webhook,
-            webhook_events: events,
+            webhook_url: webhook.map(|u| u.to_string()),
+            webhook_events: crate::create::event_names(webhook_events),
             steps,
         })
         .await
@@ -218,13 +160,9 @@ pub async fn submit(
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
     ),
     responses(
-        (status = 200, description = "The pipeline", body = crate::openapi::Pipeline, headers(
-            ("Retry-After" = u32, description = "A poll hint while unfinished"),
-            ("Preference-Applied" = String, description = "`wait=N` when `Prefer: wait` was honoured"),
-        )),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::Polled<PipelineView>,
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchPipeline,
     ),
 )]
 pub async fn get(
@@ -294,17 +232,16 @@ async fn respond_after_wait(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "The tenant's pipelines, newest first", body = crate::openapi::PipelineList),
-        (status = 400, description = "A bad filter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "The tenant's pipelines, newest first", body = Page<PipelineView>),
+        crate::responses::BadFilter,
+        crate::responses::KeyRefusals,
     ),
 )]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Page<PipelineView>>, Problem> {
     if params.contains_key("model") {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -334,17 +271,16 @@ pub async fn list(
     tag = "pipelines",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "Canceled, with its unfinished steps", body = crate::openapi::Pipeline),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "Canceled, with its unfinished steps", body = PipelineView),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchPipeline,
     ),
 )]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<PipelineView>, Problem> {
     let id: PipelineId = id.parse().map_err(|_| not_found())?;
     let pipeline = state
         .ledger
@@ -360,102 +296,13 @@ pub async fn view_pipeline(
     store: &dyn kiln_storage::ObjectStore,
     tenant: &kiln_core::TenantId,
     id: PipelineId,
-) -> Result<Option<Value>, Problem> {
+) -> Result<Option<PipelineView>, Problem> {
     match ledger.get_pipeline(tenant, id).await? {
-        Some(p) => Ok(Some(render_with(ledger, store, &p).await?)),
+        Some(p) => Ok(Some(PipelineView::of(ledger, store, &p).await?)),
         None => Ok(None),
     }
 }
 
-pub(crate) async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<Value, Problem> {
-    render_with(state.ledger.as_ref(), state.store.as_ref(), pipeline).await
-}
-
-/// The pipeline as clients see it: steps with their jobs, the final steps' outputs, the cost.
-async fn render_with(
-    ledger: &dyn kiln_core::Ledger,
-    store: &dyn kiln_storage::ObjectStore,
-    pipeline: &Pipeline,
-) -> Result<Value, Problem> {
-    let mut steps = Vec::with_capacity(pipeline.steps.len());
-    let mut outputs = vec![];
-    let mut cost = 0i64;
-    for step in &pipeline.steps {
-        let job = match step.job_id {
-            Some(id) => ledger.get_job(&pipeline.tenant, id).await?,
-            None => None,
-        };
-        if let Some(job) = &job {
-            cost += job
-                .attempts
-                .iter()
-                .filter_map(|a| a.cost_micros)
-                .sum::<i64>();
-        }
-        // Final steps: no other step depends on them.
-        let is_final = !pipeline
-            .steps
-            .iter()
-            .any(|s| s.depends_on.contains(&step.name));
-        if is_final {
-            if let Some(job) = &job {
-                let view = view_job(store, job).await?;
-                for o in view["outputs"].as_array().into_iter().flatten() {
-                    let mut o = o.clone();
-                    o["step"] = json!(step.name);
-                    outputs.push(o);
-                }
-            }
-        }
-        steps.push(json!({
-            "name": step.name,
-            "model": step.model,
-            "depends_on": step.depends_on,
-            "job_id": step.job_id,
-            "status": step_status(step.job_status, pipeline.status),
-        }));
-    }
-    let self_url = format!("/v1/pipelines/{}", pipeline.id);
-    Ok(json!({
-        "object": "pipeline",
-        "id": pipeline.id,
-        "status": pipeline.status,
-        "steps": steps,
-        "outputs": outputs,
-        "cost": cost as f64 / 1e6,
-        "error": pipeline.error,
-        "webhook": pipeline.webhook_url,
-        "created_at": pipeline.created_at,
-        "completed_at": pipeline.completed_at,
-        "urls": {
-            "self": self_url,
-            "cancel": format!("{self_url}/cancel"),
-            "events": format!("{self_url}/events"),
-        },
-    }))
-}
-
-/// A step's status: its job's, once it has one. A step that never started is `pending` while
-/// its pipeline runs; once the pipeline has ended (failed or canceled) it never will start, and
-/// reads `canceled`, so no step of an ended pipeline waits for ever.
-fn step_status(job: Option<kiln_core::Status>, pipeline: kiln_core::Status) -> &'static str {
-    match job {
-        Some(status) => status.as_str(),
-        None if pipeline.is_terminal() => kiln_core::Status::Canceled.as_str(),
-        None => "pending",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::step_status;
-    use kiln_core::Status;
-
-    #[test]
-    fn an_unstarted_step_of_an_ended_pipeline_is_canceled() {
-        assert_eq!(step_status(None, Status::Running), "pending");
-        assert_eq!(step_status(None, Status::Canceled), "canceled");
-        assert_eq!(step_status(None, Status::Failed), "canceled");
-        assert_eq!(step_status(Some(Status::Failed), Status::Failed), "failed");
-    }
+pub(crate) async fn render(state: &ApiState, pipeline: &Pipeline) -> Result<PipelineView, Problem> {
+    PipelineView::of(state.ledger.as_ref(), state.store.as_ref(), pipeline).await
 }

@@ -7,39 +7,36 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Serialized by hand (below) so the problem `type`, `urn:kiln:problem:{code}`, is derived from
-/// the code rather than stored twice.
-#[derive(Debug, Clone)]
+// Its `type` is derived from its code when it is made (`Problem::new`), so the two are never
+// set apart.
+/// An RFC 9457 problem: every error Kiln answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:kiln:problem:{code}`.
+    // Boxed: a problem travels in every handler's `Err`, so it is kept small.
+    #[serde(rename = "type")]
+    #[schema(value_type = String)]
+    kind: Box<str>,
+    #[schema(value_type = String)]
     pub title: &'static str,
     pub status: u16,
+    /// Stable and machine-readable: branch on this.
     pub code: String,
     pub detail: String,
+    /// The input field at fault, for input errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// Sent as `Retry-After`, for limits that lift with time.
+    /// Sent as `Retry-After`, for limits that lift with time; not part of the body.
+    #[serde(skip)]
+    #[schema(ignore)]
     pub retry_after: Option<u32>,
-}
-
-impl Serialize for Problem {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("type", &format!("urn:kiln:problem:{}", self.code))?;
-        map.serialize_entry("title", self.title)?;
-        map.serialize_entry("status", &self.status)?;
-        map.serialize_entry("code", &self.code)?;
-        map.serialize_entry("detail", &self.detail)?;
-        if let Some(field) = &self.field {
-            map.serialize_entry("field", field)?;
-        }
-        map.end()
-    }
 }
 
 impl Problem {
     pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
         let code = code.into();
         Problem {
+            kind: format!("urn:kiln:problem:{code}").into(),
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             code,

@@ -10,6 +10,7 @@
 
 use crate::auth::Tenant;
 use crate::problem::Problem;
+use crate::wire::{UsageGroupView, UsageView};
 use crate::ApiState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -17,7 +18,6 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use kiln_core::ledger::UsageRow;
 use kiln_core::{AttemptOutcome, JobId, Status};
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -48,25 +48,25 @@ impl Sums {
         true
     }
 
-    fn view(&self, key: &str) -> Value {
-        let cost = self.cost_micros as f64 / 1e6;
-        json!({
-            "key": key,
-            "jobs": self.jobs,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "attempts": self.attempts,
-            "fallbacks": self.fallbacks,
-            "cost": cost,
-            "cost_per_success": (self.succeeded > 0).then(|| cost / self.succeeded as f64),
-        })
+    fn view(&self, key: &str) -> UsageGroupView {
+        let cost = crate::wire::cost_in_units(self.cost_micros);
+        UsageGroupView {
+            key: key.to_owned(),
+            jobs: self.jobs,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            attempts: self.attempts,
+            fallbacks: self.fallbacks,
+            cost,
+            cost_per_success: (self.succeeded > 0).then(|| cost / self.succeeded as f64),
+        }
     }
 }
 
 /// How usage is grouped.
-#[derive(Clone, Copy, PartialEq, utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-enum GroupBy {
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
     Model,
     Provider,
     Day,
@@ -87,17 +87,16 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
         ("group_by" = inline(Option<GroupBy>), Query, description = "model (default), provider or day"),
     ),
     responses(
-        (status = 200, description = "Jobs, outcomes, attempts and cost per group", body = crate::openapi::Usage),
-        (status = 400, description = "A bad parameter (named in `field`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "Jobs, outcomes, attempts and cost per group", body = UsageView),
+        (status = 400, description = "A bad parameter (named in `field`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        crate::responses::KeyRefusals,
     ),
 )]
 pub async fn usage(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<UsageView>, Problem> {
     let time = |field: &str| -> Result<Option<DateTime<Utc>>, Problem> {
         params
             .get(field)
@@ -151,18 +150,14 @@ pub async fn usage(
         }
     }
     let Tally { groups, total, .. } = tally;
-    Ok(Json(json!({
-        "object": "usage",
-        "from": from,
-        "to": to,
-        "group_by": match group_by {
-            GroupBy::Model => "model",
-            GroupBy::Provider => "provider",
-            GroupBy::Day => "day",
-        },
-        "data": groups.iter().map(|(k, s)| s.view(k)).collect::<Vec<_>>(),
-        "total": total.view("total"),
-    })))
+    Ok(Json(UsageView {
+        object: "usage",
+        from,
+        to,
+        group_by,
+        data: groups.iter().map(|(k, s)| s.view(k)).collect(),
+        total: total.view("total"),
+    }))
 }
 
 /// Usage summed row by row, in the ledger's order (by job, then attempt).

@@ -25,7 +25,6 @@ use axum::response::Response;
 use futures::Stream;
 use kiln_core::ledger::Pipeline;
 use kiln_core::{Job, JobId, PipelineId, Status, TenantId};
-use serde_json::Value;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -77,7 +76,9 @@ pub trait Watched: Sized + Send + Sync + 'static {
         tenant: &TenantId,
         id: Self::Id,
     ) -> impl Future<Output = Result<Option<Self>, Problem>> + Send;
-    fn render(&self, state: &ApiState) -> impl Future<Output = Result<Value, Problem>> + Send;
+    /// How a client sees it (`crate::wire`).
+    type View: serde::Serialize + Send;
+    fn render(&self, state: &ApiState) -> impl Future<Output = Result<Self::View, Problem>> + Send;
 }
 
 impl Watched for Job {
@@ -111,7 +112,8 @@ impl Watched for Job {
         Ok(state.ledger.get_job(tenant, id).await?)
     }
 
-    async fn render(&self, state: &ApiState) -> Result<Value, Problem> {
+    type View = crate::wire::JobView;
+    async fn render(&self, state: &ApiState) -> Result<Self::View, Problem> {
         crate::jobs::render(state, self).await
     }
 }
@@ -142,7 +144,8 @@ impl Watched for Pipeline {
         Ok(state.ledger.get_pipeline(tenant, id).await?)
     }
 
-    async fn render(&self, state: &ApiState) -> Result<Value, Problem> {
+    type View = crate::wire::PipelineView;
+    async fn render(&self, state: &ApiState) -> Result<Self::View, Problem> {
         crate::pipelines::render(state, self).await
     }
 }
@@ -201,9 +204,8 @@ pub async fn until_terminal<W: Watched>(
     ),
     responses(
         (status = 200, description = "Server-sent events: `job` with the job at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchJob,
     ),
 )]
 pub async fn job_events(
@@ -229,9 +231,8 @@ pub async fn job_events(
     ),
     responses(
         (status = 200, description = "Server-sent events: `pipeline` with the pipeline at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchPipeline,
     ),
 )]
 pub async fn pipeline_events(
@@ -297,10 +298,9 @@ fn changes<W: Watched>(
                     .ok()
                     .flatten()?;
             }
-            let body = current
-                .render(&state)
-                .await
-                .unwrap_or_else(|_| serde_json::json!({"id": current.id()}));
+            // A state that cannot be shown (its outputs' URLs cannot be signed just now) ends
+            // the stream: the client's reconnect, with its `Last-Event-ID`, resumes it.
+            let body = current.render(&state).await.ok()?;
             let id = event_id(&current);
             let event = Event::default()
                 .event(W::EVENT)

@@ -5,14 +5,15 @@
 
 use crate::auth::{Caller, Tenant};
 use crate::problem::Problem;
+use crate::wire::{List, WebhookSecretView};
 use crate::ApiState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use kiln_core::ledger::Delivery;
 use kiln_core::ledger::DeliveryId;
 use kiln_core::JobId;
 use kiln_webhooks::WebhookSecret;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// How long a rotated-out secret keeps signing.
@@ -24,15 +25,14 @@ pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
     operation_id = "getWebhookSecret",
     tag = "webhooks",
     responses(
-        (status = 200, description = "The calling key's signing secret", body = crate::openapi::WebhookSecret),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "The calling key's signing secret", body = WebhookSecretView),
+        crate::responses::KeyRefusals,
     ),
 )]
 pub async fn secret(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<WebhookSecretView>, Problem> {
     let secrets = state
         .ledger
         .webhook_secrets(
@@ -41,7 +41,10 @@ pub async fn secret(
         )
         .await?;
     let current = opened(&state, &secrets.current)?;
-    Ok(Json(json!({"key": current.expose()})))
+    Ok(Json(WebhookSecretView {
+        key: current.expose(),
+        previous_valid_until: None,
+    }))
 }
 
 #[utoipa::path(
@@ -50,16 +53,15 @@ pub async fn secret(
     operation_id = "rotateWebhookSecret",
     tag = "webhooks",
     responses(
-        (status = 200, description = "A new secret; the previous one signs beside it for 24 h", body = crate::openapi::WebhookSecret),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A rotation's overlap is still running", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "A new secret; the previous one signs beside it for 24 h", body = WebhookSecretView),
+        crate::responses::KeyRefusals,
+        (status = 409, description = "A rotation's overlap is still running", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn rotate(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<WebhookSecretView>, Problem> {
     // A key that never had a secret gets one first, so there is something to rotate out.
     let secrets = state
         .ledger
@@ -82,9 +84,10 @@ pub async fn rotate(
         .ledger
         .rotate_webhook_secret(&caller.key_id, &state.secret_seal.seal(&fresh), until)
         .await?;
-    Ok(Json(
-        json!({"key": fresh.expose(), "previous_valid_until": until}),
-    ))
+    Ok(Json(WebhookSecretView {
+        key: fresh.expose(),
+        previous_valid_until: Some(until),
+    }))
 }
 
 /// A stored secret opened with this deployment's key. One that does not open was sealed under
@@ -107,45 +110,23 @@ fn not_found() -> Problem {
     tag = "webhooks",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "The job's webhook deliveries and their tries", body = crate::openapi::DeliveryList),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        (status = 200, description = "The job's webhook deliveries and their tries", body = List<Delivery>),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchJob,
     ),
 )]
 pub async fn deliveries(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<List<Delivery>>, Problem> {
     let id: JobId = id.parse().map_err(|_| not_found())?;
     let deliveries = state
         .ledger
         .deliveries(&tenant, id)
         .await?
         .ok_or_else(not_found)?;
-    let data: Vec<Value> = deliveries
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "type": d.event_type,
-                "url": d.url,
-                "created_at": d.created_at,
-                "status": d.status,
-                "next_try_at": d.next_try_at,
-                "delivered_at": d.delivered_at,
-                "tries": d.tries.iter().map(|t| json!({
-                    "number": t.number,
-                    "at": t.at,
-                    "status_code": t.status_code,
-                    "latency_ms": t.latency_ms,
-                    "error": t.error,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(List::of(deliveries)))
 }
 
 #[utoipa::path(
@@ -156,9 +137,8 @@ pub async fn deliveries(
     params(("id" = String, Path), ("delivery" = String, Path)),
     responses(
         (status = 202, description = "Scheduled again, with the same webhook-id"),
-        (status = 401, description = "No valid API key", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job or delivery (or another tenant's)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the key's request rate (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds until a retry may succeed"))),
+        crate::responses::KeyRefusals,
+        (status = 404, description = "No such job or delivery (or another tenant's)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn redeliver(

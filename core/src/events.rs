@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A webhook event's `type`, as a receiver reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {
     #[serde(rename = "job.started")]
     JobStarted,

@@ -81,7 +81,8 @@ impl fmt::Display for TenantId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A job's (or a pipeline's) state, as the wire shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Committed and waiting for a worker (possibly not before `run_after`, for a retry).
@@ -150,7 +151,7 @@ impl fmt::Display for Status {
 }
 
 /// A stable, machine-readable error code plus a human sentence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     pub code: String,
     pub message: String,
@@ -165,7 +166,7 @@ impl ErrorInfo {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     Succeeded,
@@ -211,7 +212,7 @@ impl FromStr for AttemptOutcome {
 /// timeout, reset, 5xx, 429), fall back to the next route (capacity, quota, an unavailable
 /// model, a misconfigured provider), or fail the job (bad input, a content-policy refusal).
 /// Workers classify; the executor decides from the class alone and the ledger records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     Retry,

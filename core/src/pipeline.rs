@@ -16,10 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most steps in one pipeline.
 pub const MAX_STEPS: usize = 20;
 
-#[derive(Debug, Clone, PartialEq)]
+/// One step of a pipeline, as submitted.
+#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
+#[schema(as = StepSubmission)]
 pub struct StepSpec {
     pub name: String,
+    /// A model from `GET /v1/models`.
     pub model: String,
+    /// The step's input; `"$steps.NAME.outputs[N]"` refers to an earlier step's output.
+    #[schema(value_type = Object)]
     pub input: Value,
 }
 

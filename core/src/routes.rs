@@ -195,26 +195,6 @@ pub struct ParamConfig {
     pub description: String,
 }
 
-impl ParamConfig {
-    pub fn json_schema(&self) -> serde_json::Value {
-        let mut schema = serde_json::json!({"type": self.kind.as_str()});
-        let (min_key, max_key) = match self.kind {
-            ParamKind::String => ("minLength", "maxLength"),
-            _ => ("minimum", "maximum"),
-        };
-        if let Some(min) = self.minimum {
-            schema[min_key] = min.into();
-        }
-        if let Some(max) = self.maximum {
-            schema[max_key] = max.into();
-        }
-        if !self.description.is_empty() {
-            schema["description"] = self.description.clone().into();
-        }
-        schema
-    }
-}
-
 impl RouteConfig {
     /// How the route appears on attempts: `provider:model`.
     pub fn label(&self) -> String {

@@ -6,14 +6,17 @@
 //! The built-in models are Kiln's demo generators: real, deterministic image work that needs no
 //! GPU, so the embedded default is useful out of the box and tests exercise real bytes.
 
+mod fields;
 mod source;
+
+pub use fields::{Field, Rule};
 
 pub use source::{
     parse_http_url, ImageSource, HTTP_URL_PATTERN, IMAGE_SOURCE_MAX_CHARS, IMAGE_SOURCE_PATTERN,
 };
 
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 pub const DEMO_IMAGE: &str = "demo/image";
 pub const DEMO_UPSCALE: &str = "demo/upscale";
@@ -141,11 +144,17 @@ impl ModelInput {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+// Also the wire view of `GET /v1/models` (published as `Model`).
+/// A model: its name, what it makes and the JSON Schema of its input.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Model)]
 pub struct ModelInfo {
     pub name: String,
     pub description: String,
+    /// The media type family of its output.
     pub output: &'static str,
+    /// JSON Schema of its `input`.
+    #[schema(value_type = Object)]
     pub input_schema: Value,
 }
 
@@ -190,417 +199,192 @@ impl Catalog {
             .any(|m| m.name == model && m.fallback_on_refusal)
     }
 
-    pub fn models(&self) -> Vec<ModelInfo> {
-        let knobs = json!({
-            "latency_ms": {"type": "integer", "minimum": 0, "maximum": MAX_LATENCY_MS, "description": "extra time the generator takes"},
-            "fail_rate": {"type": "number", "minimum": 0, "maximum": 1, "description": "probability that an attempt fails transiently"},
-        });
-        let with_knobs = |mut props: Value| {
-            props
-                .as_object_mut()
-                .expect("schema properties are an object")
-                .extend(knobs.as_object().cloned().unwrap_or_default());
-            props
+    /// The input rules of `model`, or `None` for a model this catalog does not have: the one
+    /// table that both the published schema (`models`) and the check (`validate`) read.
+    pub fn fields(&self, model: &str) -> Option<Vec<Field>> {
+        let side = |name: &str| {
+            Field::required(
+                name,
+                Rule::Integer {
+                    min: MIN_SIDE.into(),
+                    max: MAX_SIDE.into(),
+                },
+            )
         };
-        let image_ref = json!({
-            "type": "string",
-            "description": "an http(s) URL, a base64 data: URI of an image, or an earlier output: its URL or kiln://jobs/{id}/outputs/{n}",
-            "pattern": IMAGE_SOURCE_PATTERN,
-            "maxLength": IMAGE_SOURCE_MAX_CHARS,
-        });
-        let configured = self.configured.iter().map(|m| {
-            let mut properties = json!({
-                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-                "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
-                "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": 4096, "default": 1024},
-                "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
-            });
-            let props = properties.as_object_mut().expect("an object");
-            for p in &m.params {
-                props.insert(p.name.clone(), p.json_schema());
+        let seed = || {
+            Field::optional(
+                "seed",
+                Rule::Integer {
+                    min: 0,
+                    max: u64::MAX,
+                },
+            )
+        };
+        let mut fields = match model {
+            DEMO_IMAGE => vec![
+                Field::required("prompt", Rule::Text { min: 1, max: 2000 }),
+                side("width"),
+                side("height"),
+                seed(),
+            ],
+            DEMO_UPSCALE => vec![
+                Field::required("image", Rule::Image),
+                Field::required("scale", Rule::OneOf(&[2, 4])),
+            ],
+            DEMO_VIDEO => vec![
+                Field::required("image", Rule::Image),
+                Field::optional("seconds", Rule::Integer { min: 1, max: 10 }).defaulting_to(2),
+                Field::optional("fps", Rule::Integer { min: 1, max: 30 }).defaulting_to(12),
+            ],
+            configured => {
+                let config = self.configured.iter().find(|m| m.name == configured)?;
+                let side = |name: &str| {
+                    Field::optional(
+                        name,
+                        Rule::Integer {
+                            min: MIN_SIDE.into(),
+                            max: 4096,
+                        },
+                    )
+                    .defaulting_to(1024)
+                };
+                let mut fields = vec![
+                    Field::required("prompt", Rule::Text { min: 1, max: 4000 }),
+                    side("width"),
+                    side("height"),
+                    seed(),
+                ];
+                fields.extend(
+                    config
+                        .params
+                        .iter()
+                        .map(|p| Field::optional(&p.name, Rule::Param(p.clone()))),
+                );
+                return Some(fields);
             }
-            ModelInfo {
-                name: m.name.clone(),
-                description: m.description.clone(),
-                output: "image/png",
-                input_schema: json!({
-                    "type": "object",
-                    "required": ["prompt"],
-                    "properties": properties,
-                    "additionalProperties": false,
-                }),
-            }
-        });
-        let mut all = vec![
-            ModelInfo {
-                name: DEMO_IMAGE.into(),
-                description: "Draws a deterministic PNG from a prompt and a seed.".into(),
-                output: "image/png",
-                input_schema: json!({
-                    "type": "object",
-                    "required": ["prompt", "width", "height"],
-                    "properties": with_knobs(json!({
-                        "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
-                        "width": {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE},
-                        "height": {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE},
-                        "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
-                    })),
-                    "additionalProperties": false,
-                }),
-            },
-            ModelInfo {
-                name: DEMO_UPSCALE.into(),
-                description: "Resizes an image by 2x or 4x.".into(),
-                output: "image/png",
-                input_schema: json!({
-                    "type": "object",
-                    "required": ["image", "scale"],
-                    "properties": with_knobs(json!({
-                        "image": image_ref,
-                        "scale": {"type": "integer", "enum": [2, 4]},
-                    })),
-                    "additionalProperties": false,
-                }),
-            },
-            ModelInfo {
-                name: DEMO_VIDEO.into(),
-                description: "Makes a short zoom clip (animated GIF) from an image.".into(),
-                output: "image/gif",
-                input_schema: json!({
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": with_knobs(json!({
-                        "image": image_ref,
-                        "seconds": {"type": "integer", "minimum": 1, "maximum": 10, "default": 2},
-                        "fps": {"type": "integer", "minimum": 1, "maximum": 30, "default": 12},
-                    })),
-                    "additionalProperties": false,
-                }),
-            },
+        };
+        // Every demo model takes the knobs that let demos and tests make slow or flaky jobs.
+        fields.extend([
+            Field::optional(
+                "latency_ms",
+                Rule::Integer {
+                    min: 0,
+                    max: MAX_LATENCY_MS,
+                },
+            )
+            .described("extra time the generator takes"),
+            Field::optional("fail_rate", Rule::Number { min: 0.0, max: 1.0 })
+                .described("probability that an attempt fails transiently"),
+        ]);
+        Some(fields)
+    }
+
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let demos = [
+            (
+                DEMO_IMAGE,
+                "Draws a deterministic PNG from a prompt and a seed.",
+                "image/png",
+            ),
+            (DEMO_UPSCALE, "Resizes an image by 2x or 4x.", "image/png"),
+            (
+                DEMO_VIDEO,
+                "Makes a short zoom clip (animated GIF) from an image.",
+                "image/gif",
+            ),
         ];
-        all.extend(configured);
-        all
+        let demos = demos
+            .into_iter()
+            .map(|(name, description, output)| (name.to_owned(), description.to_owned(), output));
+        let configured = self
+            .configured
+            .iter()
+            .map(|m| (m.name.clone(), m.description.clone(), "image/png"));
+        demos
+            .chain(configured)
+            .map(|(name, description, output)| ModelInfo {
+                input_schema: fields::schema(&self.fields(&name).expect("a listed model")),
+                name,
+                description,
+                output,
+            })
+            .collect()
     }
 
     /// Checks `model` and `input` of a submit; on success returns the typed input.
     pub fn validate(&self, model: &str, input: &Value) -> Result<ModelInput, InputError> {
-        let obj = match input {
-            Value::Object(o) => o,
-            _ => {
-                return Err(InputError::new(
-                    "invalid_type",
-                    "input",
-                    "input must be a JSON object",
-                ))
-            }
+        let Value::Object(input) = input else {
+            return Err(InputError::new(
+                "invalid_type",
+                "input",
+                "input must be a JSON object",
+            ));
         };
-        let mut fields = Fields::new(obj);
-        let parsed = match model {
+        let fields = self.fields(model).ok_or_else(|| {
+            InputError::new(
+                "unknown_model",
+                "model",
+                format!("there is no model named '{model}'; GET /v1/models lists them"),
+            )
+        })?;
+        // `crash` is never published: it is the fault tests' poison knob, read only where the
+        // catalog allows it and ignored elsewhere.
+        let mut checked = fields::check(&fields, input, &["crash"])?;
+        let knobs = DemoKnobs {
+            latency_ms: checked.whole("latency_ms").unwrap_or(0),
+            fail_rate: checked.number("fail_rate").unwrap_or(0.0),
+            crash: self.allow_crash && crash_knob(input)?,
+        };
+        Ok(match model {
             DEMO_IMAGE => ModelInput::DemoImage(DemoImageInput {
-                prompt: fields.string("prompt", 1, 2000)?,
-                width: fields.required_u32("width", MIN_SIDE, MAX_SIDE)?,
-                height: fields.required_u32("height", MIN_SIDE, MAX_SIDE)?,
-                seed: fields.optional_u64("seed", 0, u64::MAX)?,
-                knobs: self.knobs(&mut fields)?,
+                prompt: checked.text("prompt"),
+                width: checked.small("width"),
+                height: checked.small("height"),
+                seed: checked.whole("seed"),
+                knobs,
             }),
             DEMO_UPSCALE => ModelInput::DemoUpscale(DemoUpscaleInput {
-                image: fields.image("image")?,
-                scale: {
-                    let scale = fields.required_u32("scale", 2, 4)?;
-                    if scale == 3 {
-                        return Err(InputError::new(
-                            "out_of_range",
-                            "input.scale",
-                            "scale must be 2 or 4",
-                        ));
-                    }
-                    scale
-                },
-                knobs: self.knobs(&mut fields)?,
+                image: checked.image("image"),
+                scale: checked.small("scale"),
+                knobs,
             }),
             DEMO_VIDEO => ModelInput::DemoVideo(DemoVideoInput {
-                image: fields.image("image")?,
-                seconds: fields.optional_u64("seconds", 1, 10)?.unwrap_or(2) as u32,
-                fps: fields.optional_u64("fps", 1, 30)?.unwrap_or(12) as u32,
-                knobs: self.knobs(&mut fields)?,
+                image: checked.image("image"),
+                seconds: checked.small("seconds"),
+                fps: checked.small("fps"),
+                knobs,
             }),
-            configured if self.configured.iter().any(|m| m.name == configured) => {
-                let config = self
-                    .configured
-                    .iter()
-                    .find(|m| m.name == configured)
-                    .expect("just found");
-                ModelInput::TextToImage(TextToImageInput {
-                    prompt: fields.string("prompt", 1, 4000)?,
-                    width: fields
-                        .optional_u64("width", MIN_SIDE as u64, 4096)?
-                        .unwrap_or(1024) as u32,
-                    height: fields
-                        .optional_u64("height", MIN_SIDE as u64, 4096)?
-                        .unwrap_or(1024) as u32,
-                    seed: fields.optional_u64("seed", 0, u64::MAX)?,
-                    params: fields.params(&config.params)?,
-                })
-            }
-            _ => {
-                return Err(InputError::new(
-                    "unknown_model",
-                    "model",
-                    format!("there is no model named '{model}'; GET /v1/models lists them"),
-                ))
-            }
-        };
-        fields.finish()?;
-        Ok(parsed)
-    }
-
-    fn knobs(&self, fields: &mut Fields<'_>) -> Result<DemoKnobs, InputError> {
-        let knobs = DemoKnobs {
-            latency_ms: fields
-                .optional_u64("latency_ms", 0, MAX_LATENCY_MS)?
-                .unwrap_or(0),
-            fail_rate: fields.optional_f64("fail_rate", 0.0, 1.0)?.unwrap_or(0.0),
-            crash: if self.allow_crash {
-                fields.optional_bool("crash")?.unwrap_or(false)
-            } else {
-                false
-            },
-        };
-        Ok(knobs)
+            _ => ModelInput::TextToImage(TextToImageInput {
+                prompt: checked.text("prompt"),
+                width: checked.small("width"),
+                height: checked.small("height"),
+                seed: checked.whole("seed"),
+                params: checked.subset(fields.iter().filter_map(|f| match &f.rule {
+                    Rule::Param(p) => Some(p.name.as_str()),
+                    _ => None,
+                })),
+            }),
+        })
     }
 }
 
-/// Reads fields from an input object, remembering which were used so unknown ones can be refused.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    used: Vec<String>,
-}
-
-impl<'a> Fields<'a> {
-    fn new(obj: &'a Map<String, Value>) -> Self {
-        Fields { obj, used: vec![] }
-    }
-
-    fn path(name: &str) -> String {
-        format!("input.{name}")
-    }
-
-    fn get(&mut self, name: &str) -> Option<&'a Value> {
-        self.used.push(name.to_owned());
-        self.obj.get(name).filter(|v| !v.is_null())
-    }
-
-    fn require(&mut self, name: &'static str) -> Result<&'a Value, InputError> {
-        self.get(name).ok_or_else(|| {
-            InputError::new(
-                "missing_field",
-                Self::path(name),
-                format!("input.{name} is required"),
-            )
-        })
-    }
-
-    fn string(&mut self, name: &'static str, min: usize, max: usize) -> Result<String, InputError> {
-        let v = self.require(name)?;
-        let s = v.as_str().ok_or_else(|| {
-            InputError::new(
-                "invalid_type",
-                Self::path(name),
-                format!("input.{name} must be a string"),
-            )
-        })?;
-        let len = s.chars().count();
-        if len < min || len > max {
-            return Err(InputError::new(
-                "out_of_range",
-                Self::path(name),
-                format!("input.{name} must be {min} to {max} characters long"),
-            ));
-        }
-        Ok(s.to_owned())
-    }
-
-    fn integer(name: &str, v: &Value, min: u64, max: u64) -> Result<u64, InputError> {
-        let n = match v {
-            Value::Number(n) => n.as_u64().or_else(|| {
-                // Accept 512.0 but not 512.5 or negatives.
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-                    .map(|f| f as u64)
-            }),
-            _ => None,
-        };
-        let n = n.ok_or_else(|| {
-            let negative = v.as_i64().is_some_and(|i| i < 0);
-            if negative {
-                InputError::new(
-                    "out_of_range",
-                    Self::path(name),
-                    format!("input.{name} must be between {min} and {max}"),
-                )
-            } else {
-                InputError::new(
-                    "invalid_type",
-                    Self::path(name),
-                    format!("input.{name} must be a whole number"),
-                )
-            }
-        })?;
-        if n < min || n > max {
-            return Err(InputError::new(
-                "out_of_range",
-                Self::path(name),
-                format!("input.{name} must be between {min} and {max}"),
-            ));
-        }
-        Ok(n)
-    }
-
-    fn required_u32(&mut self, name: &'static str, min: u32, max: u32) -> Result<u32, InputError> {
-        let v = self.require(name)?;
-        Self::integer(name, v, min as u64, max as u64).map(|n| n as u32)
-    }
-
-    fn optional_u64(
-        &mut self,
-        name: &'static str,
-        min: u64,
-        max: u64,
-    ) -> Result<Option<u64>, InputError> {
-        self.get(name)
-            .map(|v| Self::integer(name, v, min, max))
-            .transpose()
-    }
-
-    fn optional_f64(
-        &mut self,
-        name: &'static str,
-        min: f64,
-        max: f64,
-    ) -> Result<Option<f64>, InputError> {
-        let Some(v) = self.get(name) else {
-            return Ok(None);
-        };
-        let f = v.as_f64().ok_or_else(|| {
-            InputError::new(
-                "invalid_type",
-                Self::path(name),
-                format!("input.{name} must be a number"),
-            )
-        })?;
-        if !(min..=max).contains(&f) {
-            return Err(InputError::new(
-                "out_of_range",
-                Self::path(name),
-                format!("input.{name} must be between {min} and {max}"),
-            ));
-        }
-        Ok(Some(f))
-    }
-
-    /// A configured model's declared parameters: each optional, each checked against its type
-    /// and bounds, passed on as given.
-    fn params(
-        &mut self,
-        declared: &[crate::routes::ParamConfig],
-    ) -> Result<Map<String, Value>, InputError> {
-        use crate::routes::ParamKind;
-        let mut params = Map::new();
-        for p in declared {
-            let Some(v) = self.get(&p.name) else { continue };
-            let path = Self::path(&p.name);
-            let fits = match p.kind {
-                ParamKind::String => v.is_string(),
-                ParamKind::Boolean => v.is_boolean(),
-                ParamKind::Number => v.is_number(),
-                ParamKind::Integer => v.as_f64().is_some_and(|f| f.fract() == 0.0),
-            };
-            if !fits {
-                return Err(InputError::new(
-                    "invalid_type",
-                    path,
-                    format!("input.{} must be of type {}", p.name, p.kind.as_str()),
-                ));
-            }
-            let measure = match v {
-                Value::String(s) => Some(s.chars().count() as f64),
-                other => other.as_f64(),
-            };
-            let below = p.minimum.zip(measure).is_some_and(|(min, m)| m < min);
-            let above = p.maximum.zip(measure).is_some_and(|(max, m)| m > max);
-            if below || above {
-                let bounds = match (p.minimum, p.maximum) {
-                    (Some(a), Some(b)) => format!("between {a} and {b}"),
-                    (Some(a), None) => format!("at least {a}"),
-                    (None, Some(b)) => format!("at most {b}"),
-                    (None, None) => unreachable!("a bound was crossed"),
-                };
-                let what = if v.is_string() {
-                    " characters long"
-                } else {
-                    ""
-                };
-                return Err(InputError::new(
-                    "out_of_range",
-                    path,
-                    format!("input.{} must be {bounds}{what}", p.name),
-                ));
-            }
-            params.insert(p.name.clone(), v.clone());
-        }
-        Ok(params)
-    }
-
-    fn optional_bool(&mut self, name: &'static str) -> Result<Option<bool>, InputError> {
-        self.get(name)
-            .map(|v| {
-                v.as_bool().ok_or_else(|| {
-                    InputError::new(
-                        "invalid_type",
-                        Self::path(name),
-                        format!("input.{name} must be true or false"),
-                    )
-                })
-            })
-            .transpose()
-    }
-
-    fn image(&mut self, name: &'static str) -> Result<ImageSource, InputError> {
-        let v = self.require(name)?;
-        let text = v.as_str().ok_or_else(|| {
-            InputError::new(
-                "invalid_type",
-                Self::path(name),
-                format!("input.{name} must be a URL or a data: URI"),
-            )
-        })?;
-        ImageSource::parse(text).map_err(|(code, why)| {
-            InputError::new(code, Self::path(name), format!("input.{name}: {why}"))
-        })
-    }
-
-    /// Unknown fields are refused: a typo like `widht` should not silently fall back to a default.
-    fn finish(self) -> Result<(), InputError> {
-        let allowed: Vec<&str> = self
-            .used
-            .iter()
-            .map(String::as_str)
-            .chain(["crash"])
-            .collect();
-        if let Some(extra) = self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(InputError::new(
-                "unknown_field",
-                Self::path(extra),
-                format!("input.{extra} is not an input of this model"),
-            ));
-        }
-        Ok(())
+/// The `crash` knob, where it is allowed: true or false.
+fn crash_knob(input: &Map<String, Value>) -> Result<bool, InputError> {
+    match input.get("crash") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(crash)) => Ok(*crash),
+        Some(_) => Err(InputError::new(
+            "invalid_type",
+            "input.crash",
+            "input.crash must be true or false",
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn image(input: Value) -> Result<ModelInput, InputError> {
         Catalog::default().validate(DEMO_IMAGE, &input)

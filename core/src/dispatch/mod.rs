@@ -40,8 +40,10 @@ pub enum DispatchError {
     Hash,
     serde::Serialize,
     serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schema(as = Priority, description = "A job's dispatch lane: high, normal (the default) or low.")]
 pub enum Lane {
     High,
     #[default]

@@ -259,11 +259,13 @@ pub struct DueDelivery {
     pub claim_token: String,
 }
 
+// The ledger's record is also the wire view (the api's delivery log serializes it as it is),
+// so the two cannot differ.
 /// One try of a delivery, as the log shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeliveryTry {
     pub number: u32,
-    pub at: Timestamp,
+    pub at: chrono::DateTime<chrono::Utc>,
     pub status_code: Option<u16>,
     pub latency_ms: u64,
     pub error: Option<String>,
@@ -294,7 +296,7 @@ impl DeliveryNext {
 
 /// A delivery's state: `pending` until it is delivered, its schedule runs out (`failed`) or
 /// its receiver answers 410 (`gone`). A redelivery makes any of them `pending` again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
@@ -366,16 +368,21 @@ impl std::fmt::Display for DeliveryId {
     }
 }
 
-/// A delivery with its log.
-#[derive(Debug, Clone)]
+// Like `DeliveryTry`, also the wire view; its times are spelled out as `DateTime<Utc>`, which
+// the schema derive recognizes and the `Timestamp` alias hides.
+/// A webhook delivery of one event, with the log of its tries.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Delivery {
+    /// The `webhook-id`, the same on every try.
+    #[schema(value_type = String)]
     pub id: DeliveryId,
+    #[serde(rename = "type")]
     pub event_type: EventType,
     pub url: String,
-    pub created_at: Timestamp,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     pub status: DeliveryStatus,
-    pub next_try_at: Option<Timestamp>,
-    pub delivered_at: Option<Timestamp>,
+    pub next_try_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
     pub tries: Vec<DeliveryTry>,
 }
 
