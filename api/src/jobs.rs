@@ -11,7 +11,7 @@ use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use chrono::Utc;
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 fn job_not_found() -> Problem {
-    Problem::not_found("job_not_found", "there is no job with this id")
+    <Job as crate::wait::Watched>::not_found()
 }
 
 /// Job ids are opaque to clients: a malformed one is simply a job that does not exist.
@@ -40,23 +40,6 @@ pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<JobView, Probl
     Ok(view)
 }
 
-/// The response for one job: a poll hint while it is not finished.
-async fn job_response(
-    state: &ApiState,
-    job: &Job,
-    status: StatusCode,
-) -> Result<Response, Problem> {
-    let mut response = (status, Json(render(state, job).await?)).into_response();
-    if !job.status.is_terminal() {
-        let secs = state.poll_hint.as_secs().max(1).to_string();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&secs).expect("digits are a valid header"),
-        );
-    }
-    Ok(response)
-}
-
 #[utoipa::path(
     post,
     path = "/v1/jobs",
@@ -64,7 +47,7 @@ async fn job_response(
     tag = "jobs",
     request_body = JobSubmission,
     params(
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
+        crate::responses::WaitPreference,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
         ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after` (a whole number of seconds, minutes or hours, 1 s to 24 h); the sooner of the two holds"),
     ),
@@ -132,12 +115,7 @@ pub async fn submit(
         .await;
     }
     let tenant = job.tenant.clone();
-    let mut response =
-        respond_after_wait(&state, &tenant, job.clone(), &headers, StatusCode::ACCEPTED).await?;
-    let location =
-        HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).expect("ids are valid header text");
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
+    crate::wait::created(&state, &tenant, job, &headers).await
 }
 
 /// The fields of a job submission.
@@ -299,10 +277,7 @@ async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Resul
     path = "/v1/jobs/{id}",
     operation_id = "getJob",
     tag = "jobs",
-    params(
-        ("id" = String, Path),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the job has ended, or after N seconds"),
-    ),
+    params(("id" = String, Path), crate::responses::WaitPreference),
     responses(
         crate::responses::Polled<JobView>,
         crate::responses::KeyRefusals,
@@ -315,35 +290,7 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let job = state
-        .ledger
-        .get_job(&tenant, parse_id(&id)?)
-        .await?
-        .ok_or_else(job_not_found)?;
-    respond_after_wait(&state, &tenant, job, &headers, StatusCode::OK).await
-}
-
-/// Answers with the job, first waiting for it to end if the client asked (`Prefer: wait=N`).
-async fn respond_after_wait(
-    state: &ApiState,
-    tenant: &kiln_core::TenantId,
-    job: Job,
-    headers: &HeaderMap,
-    status: StatusCode,
-) -> Result<Response, Problem> {
-    let Some(wait) = crate::wait::requested_wait(headers) else {
-        return job_response(state, &job, status).await;
-    };
-    let job = crate::wait::until_terminal(state, tenant, job, wait).await?;
-    // A submit that waited for its job to end answers 201: created, and done.
-    let status = if status == StatusCode::ACCEPTED && job.status.is_terminal() {
-        StatusCode::CREATED
-    } else {
-        status
-    };
-    let mut response = job_response(state, &job, status).await?;
-    crate::wait::mark_applied(&mut response, wait);
-    Ok(response)
+    crate::wait::get::<Job>(&state, &tenant, &id, &headers).await
 }
 
 #[utoipa::path(
@@ -365,7 +312,9 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     match state.ledger.cancel_job(&tenant, parse_id(&id)?).await? {
-        CancelOutcome::Canceled(job) => job_response(&state, &job, StatusCode::OK).await,
+        CancelOutcome::Canceled(job) => {
+            crate::wait::respond(&state, &tenant, job, &HeaderMap::new(), StatusCode::OK).await
+        }
         CancelOutcome::AlreadyTerminal(job) => Err(Problem::new(
             StatusCode::CONFLICT,
             "job_already_finished",

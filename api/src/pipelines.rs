@@ -15,8 +15,8 @@ use crate::ApiState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use kiln_core::events::EventType;
 use kiln_core::ledger::{NewPipeline, Pipeline};
@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 fn not_found() -> Problem {
-    Problem::not_found("pipeline_not_found", "there is no pipeline with this id")
+    <Pipeline as crate::wait::Watched>::not_found()
 }
 
 /// The fields of a pipeline submission.
@@ -77,7 +77,7 @@ fn parse_submit(
     tag = "pipelines",
     request_body = PipelineSubmission,
     params(
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
+        crate::responses::WaitPreference,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
     ),
     responses(
@@ -142,12 +142,8 @@ pub async fn submit(
         )
         .await;
     }
-    let mut response =
-        respond_after_wait(&state, pipeline.clone(), &headers, StatusCode::ACCEPTED).await?;
-    let location = HeaderValue::from_str(&format!("/v1/pipelines/{}", pipeline.id))
-        .expect("ids are valid header text");
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
+    let tenant = pipeline.tenant.clone();
+    crate::wait::created(&state, &tenant, pipeline, &headers).await
 }
 
 #[utoipa::path(
@@ -155,10 +151,7 @@ pub async fn submit(
     path = "/v1/pipelines/{id}",
     operation_id = "getPipeline",
     tag = "pipelines",
-    params(
-        ("id" = String, Path),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): answer once the pipeline has ended, or after N seconds"),
-    ),
+    params(("id" = String, Path), crate::responses::WaitPreference),
     responses(
         crate::responses::Polled<PipelineView>,
         crate::responses::KeyRefusals,
@@ -171,50 +164,7 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let id: PipelineId = id.parse().map_err(|_| not_found())?;
-    let pipeline = state
-        .ledger
-        .get_pipeline(&tenant, id)
-        .await?
-        .ok_or_else(not_found)?;
-    respond_after_wait(&state, pipeline, &headers, StatusCode::OK).await
-}
-
-/// Answers with the pipeline, first waiting for it to end if the client asked (`Prefer:
-/// wait=N`); a create that waited for its pipeline to end answers 201. Unfinished, it carries
-/// a poll hint.
-async fn respond_after_wait(
-    state: &ApiState,
-    pipeline: Pipeline,
-    headers: &HeaderMap,
-    status: StatusCode,
-) -> Result<Response, Problem> {
-    let wait = crate::wait::requested_wait(headers);
-    let pipeline = match wait {
-        Some(wait) => {
-            let tenant = pipeline.tenant.clone();
-            crate::wait::until_terminal(state, &tenant, pipeline, wait).await?
-        }
-        None => pipeline,
-    };
-    let status =
-        if status == StatusCode::ACCEPTED && wait.is_some() && pipeline.status.is_terminal() {
-            StatusCode::CREATED
-        } else {
-            status
-        };
-    let mut response = (status, Json(render(state, &pipeline).await?)).into_response();
-    if !pipeline.status.is_terminal() {
-        let secs = state.poll_hint.as_secs().max(1).to_string();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&secs).expect("digits are a valid header"),
-        );
-    }
-    if let Some(wait) = wait {
-        crate::wait::mark_applied(&mut response, wait);
-    }
-    Ok(response)
+    crate::wait::get::<Pipeline>(&state, &tenant, &id, &headers).await
 }
 
 /// `GET /v1/pipelines`: the caller's pipelines, newest first, paged by cursor as jobs are;

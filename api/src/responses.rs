@@ -1,21 +1,23 @@
-//! The answers many operations share, for the document: the refusals every keyed operation can
-//! give, those of a create, the 404 of a job or pipeline that is not the caller's, and the
-//! success of a create (202, or 201 once it ended under `Prefer: wait`) and of a read that may
-//! wait. Each is a type the route annotations list (`responses(KeyRefusals, …)`), so a status's
-//! description and headers are written once, here, whatever number of operations give it.
+//! The answers and headers many operations share, for the document: the refusals every keyed
+//! operation can give, those of a create, the 404 of a job or pipeline that is not the caller's,
+//! the success of a create (202, or 201 once it ended under `Prefer: wait`), of a read that may
+//! wait and of an event stream, and the `Prefer` and `Last-Event-ID` headers. Each is a type the
+//! route annotations list (`responses(KeyRefusals, …)`, `params(WaitPreference)`), so a status's
+//! or a header's description is written once, here, whatever number of operations use it.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Type};
-use utoipa::{IntoResponses, ToSchema};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Required, Type};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 type Responses = BTreeMap<String, RefOr<Response>>;
 
 fn header(description: &str, kind: Type) -> utoipa::openapi::header::Header {
     HeaderBuilder::new()
-        .schema(utoipa::openapi::ObjectBuilder::new().schema_type(kind))
+        .schema(ObjectBuilder::new().schema_type(kind))
         .description(Some(description))
         .build()
 }
@@ -149,5 +151,63 @@ impl<T: ToSchema> IntoResponses for Polled<T> {
                 &headers,
             ),
         )])
+    }
+}
+
+/// A read that streams its resource as server-sent events.
+pub struct EventStream<T>(PhantomData<T>);
+
+impl<T: ToSchema> IntoResponses for EventStream<T> {
+    fn responses() -> Responses {
+        // The events' shape (`event`, `id`, `data` as the resource's JSON) is written into the
+        // document by `crate::openapi::add_event_streams`.
+        let response = ResponseBuilder::new()
+            .description(format!(
+                "Server-sent events: the {} at each change, ending after the terminal one",
+                T::name().to_lowercase()
+            ))
+            .content(
+                "text/event-stream",
+                ContentBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .build(),
+            )
+            .build();
+        BTreeMap::from([("200".to_owned(), response.into())])
+    }
+}
+
+/// An optional header of text.
+fn header_param(name: &str, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
+}
+
+/// `Prefer: wait=N`, on a create or a read that may wait.
+pub struct WaitPreference;
+
+impl IntoParams for WaitPreference {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![header_param(
+            "Prefer",
+            "`wait=N` (N ≤ 60): answer once it has ended, or after N seconds",
+        )]
+    }
+}
+
+/// `Last-Event-ID`, on an event stream.
+pub struct ResumeFrom;
+
+impl IntoParams for ResumeFrom {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![header_param(
+            "Last-Event-ID",
+            "Resume: the id of the last event received; the resource is sent once it differs from that state",
+        )]
     }
 }

@@ -19,9 +19,10 @@ use crate::auth::Tenant;
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use futures::Stream;
 use kiln_core::ledger::Pipeline;
 use kiln_core::{Job, JobId, PipelineId, Status, TenantId};
@@ -62,11 +63,15 @@ pub fn mark_applied(response: &mut Response, wait: Duration) {
 pub trait Watched: Sized + Send + Sync + 'static {
     /// The server-sent event's name.
     const EVENT: &'static str;
+    /// Where resources of this kind live (`/v1/jobs`).
+    const PATH: &'static str;
+    /// The answer for an id that is not one of the caller's (or not an id at all).
+    fn not_found() -> Problem;
     /// What a watcher compares to decide that the resource changed.
     type Print: PartialEq + std::fmt::Debug + Send + Sync + 'static;
 
     /// The resource's id type (a job's or a pipeline's).
-    type Id: Copy + Send + Sync + serde::Serialize + std::str::FromStr + 'static;
+    type Id: Copy + Send + Sync + std::fmt::Display + std::str::FromStr + 'static;
 
     fn id(&self) -> Self::Id;
     fn print(&self) -> Self::Print;
@@ -83,6 +88,12 @@ pub trait Watched: Sized + Send + Sync + 'static {
 
 impl Watched for Job {
     const EVENT: &'static str = "job";
+    const PATH: &'static str = "/v1/jobs";
+
+    fn not_found() -> Problem {
+        Problem::not_found("job_not_found", "there is no job with this id")
+    }
+
     type Print = (Status, usize, usize, Option<u8>);
     type Id = JobId;
 
@@ -120,6 +131,12 @@ impl Watched for Job {
 
 impl Watched for Pipeline {
     const EVENT: &'static str = "pipeline";
+    const PATH: &'static str = "/v1/pipelines";
+
+    fn not_found() -> Problem {
+        Problem::not_found("pipeline_not_found", "there is no pipeline with this id")
+    }
+
     type Print = (Status, Vec<Option<Status>>);
     type Id = PipelineId;
 
@@ -155,6 +172,72 @@ fn event_id<W: Watched>(resource: &W) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{:?}", resource.print()).as_bytes());
     hex::encode(&digest[..8])
+}
+
+/// `GET` of one resource, by the id in the path: one that is malformed or not the caller's is
+/// not found; the answer waits if the client asked (`respond`).
+pub(crate) async fn get<W: Watched>(
+    state: &ApiState,
+    tenant: &TenantId,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let id: W::Id = id.parse().map_err(|_| W::not_found())?;
+    let resource = W::fetch(state, tenant, id)
+        .await?
+        .ok_or_else(W::not_found)?;
+    respond(state, tenant, resource, headers, StatusCode::OK).await
+}
+
+/// The answer to a create: `respond` with 202 (201 once it ended within the client's wait), and
+/// the created resource's `Location`.
+pub(crate) async fn created<W: Watched>(
+    state: &ApiState,
+    tenant: &TenantId,
+    resource: W,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let location = format!("{}/{}", W::PATH, resource.id());
+    let mut response = respond(state, tenant, resource, headers, StatusCode::ACCEPTED).await?;
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("ids are valid header text"),
+    );
+    Ok(response)
+}
+
+/// Answers with the resource, first waiting for it to end if the client asked (`Prefer:
+/// wait=N`, then said in `Preference-Applied`); a create (202) whose resource ended within the
+/// wait answers 201. Unfinished, it carries a poll hint (`Retry-After`).
+pub(crate) async fn respond<W: Watched>(
+    state: &ApiState,
+    tenant: &TenantId,
+    resource: W,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> Result<Response, Problem> {
+    let wait = requested_wait(headers);
+    let resource = match wait {
+        Some(wait) => until_terminal(state, tenant, resource, wait).await?,
+        None => resource,
+    };
+    let status = if status == StatusCode::ACCEPTED && wait.is_some() && resource.is_terminal() {
+        StatusCode::CREATED
+    } else {
+        status
+    };
+    let mut response = (status, Json(resource.render(state).await?)).into_response();
+    if !resource.is_terminal() {
+        let secs = state.poll_hint.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs).expect("digits are a valid header"),
+        );
+    }
+    if let Some(wait) = wait {
+        mark_applied(&mut response, wait);
+    }
+    Ok(response)
 }
 
 /// The `Last-Event-ID` a reconnecting client sends.
@@ -198,12 +281,9 @@ pub async fn until_terminal<W: Watched>(
     path = "/v1/jobs/{id}/events",
     operation_id = "jobEvents",
     tag = "jobs",
-    params(
-        ("id" = String, Path),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the id of the last event received; the job is sent once it differs from that state"),
-    ),
+    params(("id" = String, Path), crate::responses::ResumeFrom),
     responses(
-        (status = 200, description = "Server-sent events: `job` with the job at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
+        crate::responses::EventStream<crate::wire::JobView>,
         crate::responses::KeyRefusals,
         crate::responses::NoSuchJob,
     ),
@@ -214,8 +294,7 @@ pub async fn job_events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let not_found = || Problem::not_found("job_not_found", "there is no job with this id");
-    events::<Job>(state, tenant, &id, last_event_id(&headers), not_found).await
+    events::<Job>(state, tenant, &id, &headers).await
 }
 
 /// `GET /v1/pipelines/{id}/events`: the pipeline now, then again whenever it or one of its
@@ -225,12 +304,9 @@ pub async fn job_events(
     path = "/v1/pipelines/{id}/events",
     operation_id = "pipelineEvents",
     tag = "pipelines",
-    params(
-        ("id" = String, Path),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the id of the last event received; the pipeline is sent once it differs from that state"),
-    ),
+    params(("id" = String, Path), crate::responses::ResumeFrom),
     responses(
-        (status = 200, description = "Server-sent events: `pipeline` with the pipeline at each change, ending after the terminal one", content_type = "text/event-stream", body = String),
+        crate::responses::EventStream<crate::wire::PipelineView>,
         crate::responses::KeyRefusals,
         crate::responses::NoSuchPipeline,
     ),
@@ -241,20 +317,20 @@ pub async fn pipeline_events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let not_found =
-        || Problem::not_found("pipeline_not_found", "there is no pipeline with this id");
-    events::<Pipeline>(state, tenant, &id, last_event_id(&headers), not_found).await
+    events::<Pipeline>(state, tenant, &id, &headers).await
 }
 
 async fn events<W: Watched>(
     State(state): State<Arc<ApiState>>,
     Tenant(tenant): Tenant,
     id: &str,
-    resume_after: Option<String>,
-    not_found: impl Fn() -> Problem,
+    headers: &HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let id: W::Id = id.parse().map_err(|_| not_found())?;
-    let first = W::fetch(&state, &tenant, id).await?.ok_or_else(not_found)?;
+    let id: W::Id = id.parse().map_err(|_| W::not_found())?;
+    let first = W::fetch(&state, &tenant, id)
+        .await?
+        .ok_or_else(W::not_found)?;
+    let resume_after = last_event_id(headers);
     Ok(Sse::new(changes(state, tenant, first, resume_after)).keep_alive(KeepAlive::default()))
 }
 

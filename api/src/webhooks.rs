@@ -33,13 +33,7 @@ pub async fn secret(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
 ) -> Result<Json<WebhookSecretView>, Problem> {
-    let secrets = state
-        .ledger
-        .webhook_secrets(
-            &caller.key_id,
-            &state.secret_seal.seal(&WebhookSecret::generate()),
-        )
-        .await?;
+    let secrets = secrets_of(&state, &caller).await?;
     let current = opened(&state, &secrets.current)?;
     Ok(Json(WebhookSecretView {
         key: current.expose(),
@@ -63,13 +57,7 @@ pub async fn rotate(
     caller: Caller,
 ) -> Result<Json<WebhookSecretView>, Problem> {
     // A key that never had a secret gets one first, so there is something to rotate out.
-    let secrets = state
-        .ledger
-        .webhook_secrets(
-            &caller.key_id,
-            &state.secret_seal.seal(&WebhookSecret::generate()),
-        )
-        .await?;
+    let secrets = secrets_of(&state, &caller).await?;
     // A second rotation during the overlap would cut the first one's promise short.
     if secrets.previous.is_some() {
         return Err(Problem::new(
@@ -88,6 +76,15 @@ pub async fn rotate(
         key: fresh.expose(),
         previous_valid_until: Some(until),
     }))
+}
+
+/// The calling key's secrets, sealed as stored; a key that has none is given one first.
+async fn secrets_of(
+    state: &ApiState,
+    caller: &Caller,
+) -> Result<kiln_core::ledger::WebhookSecrets, Problem> {
+    let fresh = state.secret_seal.seal(&WebhookSecret::generate());
+    Ok(state.ledger.webhook_secrets(&caller.key_id, &fresh).await?)
 }
 
 /// A stored secret opened with this deployment's key. One that does not open was sealed under
