@@ -644,6 +644,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             permits: permits.clone(),
             callback_secret: secret,
             secret_seal: seal,
+            key_cache: kiln_api::KeyCache::new(kiln_api::KEY_CACHE_TTL),
         });
         let app = kiln_api::router(state);
         let stop = stop_api.clone();

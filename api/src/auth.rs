@@ -9,6 +9,13 @@
 //! answer is `429 rate_limited` with `Retry-After`, before the handler runs. The key looked up is
 //! kept in the request's extensions, so a request that passes two extractors (or the
 //! idempotency middleware and then one) is looked up and counted once.
+//!
+//! A live key is also kept for at most `KEY_CACHE_TTL` (one second) in this process
+//! (`KeyCache`), so a client polling a job costs one ledger read per request, not two. The price
+//! is bounded and stated: a key revoked (or given new limits) by another process — `kiln keys`,
+//! another api — stops working (or takes its new limits) within that second. Only live keys are
+//! kept, so an unknown or revoked key is read from the ledger every time and a stream of made-up
+//! keys cannot fill the cache.
 
 use crate::problem::Problem;
 use crate::ApiState;
@@ -18,7 +25,58 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use kiln_core::ledger::{ApiKeyRecord, KeyLimits};
 use kiln_core::{keys, TenantId};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a live key is trusted without reading the ledger again.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Past this many keys the expired ones are dropped (and, if every one is fresh, all of them):
+/// the cache holds the keys used within its TTL, so it only grows with the live keys in use.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Live keys by hash, each for at most `KEY_CACHE_TTL` after it was read.
+pub struct KeyCache {
+    ttl: Duration,
+    keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<ApiKeyRecord> {
+        let keys = self
+            .keys
+            .lock()
+            .expect("the key cache lock is never poisoned");
+        keys.get(hash)
+            .filter(|(_, read_at)| read_at.elapsed() < self.ttl)
+            .map(|(record, _)| record.clone())
+    }
+
+    fn put(&self, hash: String, record: ApiKeyRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut keys = self
+            .keys
+            .lock()
+            .expect("the key cache lock is never poisoned");
+        if keys.len() >= KEY_CACHE_MAX {
+            keys.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
+            if keys.len() >= KEY_CACHE_MAX {
+                keys.clear();
+            }
+        }
+        keys.insert(hash, (record, Instant::now()));
+    }
+}
 
 pub struct Tenant(pub TenantId);
 
@@ -59,11 +117,15 @@ pub(crate) async fn live_key(parts: &mut Parts, state: &ApiState) -> Result<ApiK
     if !scheme.eq_ignore_ascii_case("bearer") || !keys::looks_like_key(key) {
         return Err(refused());
     }
-    let record = state
-        .ledger
-        .key_by_hash(&keys::hash(key))
-        .await?
-        .ok_or_else(refused)?;
+    let hash = keys::hash(key);
+    let record = match state.key_cache.get(&hash) {
+        Some(record) => record,
+        None => {
+            let record = state.ledger.key_by_hash(&hash).await?.ok_or_else(refused)?;
+            state.key_cache.put(hash, record.clone());
+            record
+        }
+    };
     let limits = effective(&record.limits, &state.limits);
     if let Some(rate) = limits.rate_per_second {
         let name = format!("key:{}", record.id);
@@ -109,5 +171,42 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             key_id: record.id,
             default_webhook: record.default_webhook,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tenant: &str) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: keys::KeyId("key-1".into()),
+            tenant: TenantId(tenant.into()),
+            prefix: "kiln_test".into(),
+            created_at: kiln_core::time::now(),
+            revoked_at: None,
+            default_webhook: None,
+            limits: KeyLimits::default(),
+        }
+    }
+
+    #[test]
+    fn a_live_key_is_kept_for_its_ttl_and_never_without_one() {
+        let cache = KeyCache::new(Duration::from_secs(3600));
+        assert!(cache.get("h").is_none());
+        cache.put("h".into(), record("acme"));
+        assert_eq!(cache.get("h").unwrap().tenant.0, "acme");
+        let off = KeyCache::new(Duration::ZERO);
+        off.put("h".into(), record("acme"));
+        assert!(off.get("h").is_none());
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_whatever_the_number_of_keys() {
+        let cache = KeyCache::new(Duration::from_secs(3600));
+        for i in 0..KEY_CACHE_MAX + 10 {
+            cache.put(format!("h{i}"), record("acme"));
+        }
+        assert!(cache.keys.lock().unwrap().len() <= KEY_CACHE_MAX);
     }
 }

@@ -24,6 +24,7 @@ pub mod wire;
 
 pub use pipelines::view_pipeline;
 
+pub use auth::{KeyCache, KEY_CACHE_TTL};
 pub use problem::Problem;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -67,6 +68,8 @@ pub struct ApiState {
     pub callback_secret: Arc<[u8]>,
     /// Seals webhook signing secrets before the ledger stores them.
     pub secret_seal: kiln_webhooks::SecretSeal,
+    /// Live keys read in the last second (`auth::KEY_CACHE_TTL`).
+    pub key_cache: KeyCache,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -83,7 +83,14 @@ pub trait Watched: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Self>, Problem>> + Send;
     /// How a client sees it (`crate::wire`).
     type View: serde::Serialize + Send;
-    fn render(&self, state: &ApiState) -> impl Future<Output = Result<Self::View, Problem>> + Send;
+    /// The view; `place`: whether a queued job's place in the queue is counted (a read of up
+    /// to 100 index entries). A create's answer does not count it: the job has just joined the
+    /// end of the queue, and counting on every submit was the costliest statement of a burst.
+    fn render(
+        &self,
+        state: &ApiState,
+        place: bool,
+    ) -> impl Future<Output = Result<Self::View, Problem>> + Send;
 }
 
 impl Watched for Job {
@@ -124,8 +131,12 @@ impl Watched for Job {
     }
 
     type View = crate::wire::JobView;
-    async fn render(&self, state: &ApiState) -> Result<Self::View, Problem> {
-        crate::jobs::render(state, self).await
+    async fn render(&self, state: &ApiState, place: bool) -> Result<Self::View, Problem> {
+        if place {
+            crate::jobs::render(state, self).await
+        } else {
+            crate::wire::JobView::of(state.store.as_ref(), self).await
+        }
     }
 }
 
@@ -162,7 +173,7 @@ impl Watched for Pipeline {
     }
 
     type View = crate::wire::PipelineView;
-    async fn render(&self, state: &ApiState) -> Result<Self::View, Problem> {
+    async fn render(&self, state: &ApiState, _place: bool) -> Result<Self::View, Problem> {
         crate::pipelines::render(state, self).await
     }
 }
@@ -226,7 +237,9 @@ pub(crate) async fn respond<W: Watched>(
     } else {
         status
     };
-    let mut response = (status, Json(resource.render(state).await?)).into_response();
+    // A create's answer (202, or 201 after a wait) does not count a queued job's place.
+    let place = status == StatusCode::OK;
+    let mut response = (status, Json(resource.render(state, place).await?)).into_response();
     if !resource.is_terminal() {
         let secs = state.poll_hint.as_secs().max(1).to_string();
         response.headers_mut().insert(
@@ -376,7 +389,7 @@ fn changes<W: Watched>(
             }
             // A state that cannot be shown (its outputs' URLs cannot be signed just now) ends
             // the stream: the client's reconnect, with its `Last-Event-ID`, resumes it.
-            let body = current.render(&state).await.ok()?;
+            let body = current.render(&state, true).await.ok()?;
             let id = event_id(&current);
             let event = Event::default()
                 .event(W::EVENT)

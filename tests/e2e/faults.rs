@@ -199,7 +199,8 @@ async fn an_exhausted_ledger_pool_answers_503_and_recovers() {
     );
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+    // The jobs table, not the keys': a key just used is answered from the api's key cache.
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await
         .unwrap();
@@ -228,7 +229,7 @@ async fn an_exhausted_ledger_pool_answers_503_and_recovers() {
     assert!(retry_after.is_some());
     let problem: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["code"], "ledger_unavailable");
-    for hidden in ["pool", "sqlx", "api_keys", "timed out"] {
+    for hidden in ["pool", "sqlx", "lock", "timed out"] {
         assert!(!body.to_lowercase().contains(hidden), "{body}");
     }
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();

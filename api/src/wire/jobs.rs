@@ -149,7 +149,8 @@ pub struct JobView {
     pub model: String,
     pub status: Status,
     pub priority: Lane,
-    /// Queued jobs ahead of it, while it is queued, counted up to 100 (100 means 100 or more).
+    /// Queued jobs ahead of it, while it is queued, counted up to 100 (100 means 100 or more) on
+    /// reads (`GET`, lists, event streams); null in a create's answer, which does not count it.
     pub queue_position: Option<u64>,
     /// 0 to 1, where the generator reports it.
     pub progress: Option<f64>,

@@ -208,10 +208,14 @@ pub(super) async fn claim_in(
     let sid = id.to_string();
     let token = uuid::Uuid::new_v4().simple().to_string();
     let lease_expires_at = at + lease_for.as_millis() as i64;
+    // The job is found by its primary key alone: its state test is a `CASE`, from which no
+    // partial index's predicate can be proved, so no plan can walk a partial index of queued
+    // jobs instead. Planned with statistics from before a burst, when every queued-only index
+    // looked nearly empty, the plain test let the planner scan `jobs_admitted` for the id.
     let claim_sql = format!(
         "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
              lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
-         WHERE id = ? AND status = 'queued' AND run_after <= ? AND rung_at >= 0 \
+         WHERE id = ? AND CASE WHEN status = 'queued' AND run_after <= ? AND rung_at >= 0 THEN TRUE ELSE FALSE END \
          RETURNING {JOB_COLUMNS}"
     );
     // The claim's own parameters, first in both statements below.
@@ -349,7 +353,8 @@ pub(super) async fn claim_in(
 ///
 /// One statement: the next held job per lane (each an index probe of `jobs_held`, whose key
 /// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
-/// subquery of the `UPDATE`.
+/// subquery of the `UPDATE`, which then finds that job by its primary key alone (its state test
+/// is a `CASE`, as the claim's is).
 pub(super) async fn admit_next_in(
     tx: &mut Tx,
     tenant: &str,
@@ -370,7 +375,8 @@ pub(super) async fn admit_next_in(
     let sql =
         tx.d.sql(&format!(
             "UPDATE jobs SET rung_at = ? \
-         WHERE {room}status = 'queued' AND rung_at = -1 AND id = COALESCE({lanes}) \
+         WHERE {room}id = COALESCE({lanes}) \
+           AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
          RETURNING id, priority"
         ))
         .into_owned();
