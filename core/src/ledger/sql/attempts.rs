@@ -260,7 +260,7 @@ impl AttemptLedger for SqlLedger {
         .bind(note.cost_micros)
         .bind(note.progress_percent.map(i64::from))
         .bind(&lease.attempt_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -276,7 +276,7 @@ impl AttemptLedger for SqlLedger {
         .bind(body)
         .bind(to_millis(now()))
         .bind(job_id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(stored == 1)
@@ -290,7 +290,7 @@ impl AttemptLedger for SqlLedger {
         .bind(i64::from(percent.min(100)))
         .bind(job_id.to_string())
         .bind(upstream_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -390,7 +390,7 @@ impl AttemptLedger for SqlLedger {
         .bind(until)
         .bind(at)
         .bind(at)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         rows.iter()
             .map(|r| {
@@ -411,7 +411,7 @@ impl AttemptLedger for SqlLedger {
     async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()> {
         sqlx::query(&self.sql("DELETE FROM upstream_stops WHERE job_id = ?"))
             .bind(job_id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -444,7 +444,7 @@ impl AttemptLedger for SqlLedger {
         .bind(to_millis(now()))
         .bind(job_id.to_string())
         .bind(index as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

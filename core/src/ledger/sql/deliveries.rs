@@ -234,7 +234,7 @@ impl DeliveryLedger for SqlLedger {
                 .bind(tried.status_code.map(i64::from))
                 .bind(tried.latency_ms as i64)
                 .bind(tried.error.as_deref())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.writer)
                 .await?
                 .try_get("won")?;
             return Ok(won > 0);
@@ -369,7 +369,7 @@ impl DeliveryLedger for SqlLedger {
         .bind(job_id.to_string())
         .bind(&tenant.0)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(changed == 1)

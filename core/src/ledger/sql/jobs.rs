@@ -549,7 +549,7 @@ impl JobLedger for SqlLedger {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
             .bind(to_millis(now()))
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -557,7 +557,7 @@ impl JobLedger for SqlLedger {
     async fn mark_unrung(&self, id: JobId) -> Result<()> {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
