@@ -17,14 +17,6 @@ use serde_json::{Map, Value};
 const WEBHOOK_URL_RULE: &str =
     "webhook must be an http(s) URL with a DNS name or an IP address, and no user info";
 
-pub(crate) fn unprocessable(
-    code: &str,
-    field: impl Into<String>,
-    detail: impl Into<String>,
-) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
-}
-
 /// The body as a JSON object whose fields are all among `fields` (`what` names the submission
 /// in the refusal).
 pub(crate) fn json_object(
@@ -41,7 +33,7 @@ pub(crate) fn json_object(
         return Err(invalid_json("the body must be a JSON object".into()));
     };
     if let Some(extra) = request.keys().find(|k| !fields.contains(&k.as_str())) {
-        return Err(unprocessable(
+        return Err(Problem::unprocessable(
             "unknown_field",
             extra.as_str(),
             format!("'{extra}' is not a field of {what}"),
@@ -72,9 +64,9 @@ pub(crate) fn priority(request: &Map<String, Value>, caller: &Caller) -> Result<
         None | Some(Value::Null) => Lane::Normal,
         Some(Value::String(p)) => p
             .parse()
-            .map_err(|e: String| unprocessable("invalid_priority", "priority", e))?,
+            .map_err(|e: String| Problem::unprocessable("invalid_priority", "priority", e))?,
         Some(_) => {
-            return Err(unprocessable(
+            return Err(Problem::unprocessable(
                 "invalid_type",
                 "priority",
                 "priority must be one of high, normal, low",
@@ -102,8 +94,8 @@ pub(crate) fn webhook(request: &Map<String, Value>) -> Result<Option<url::Url>, 
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => kiln_core::catalog::parse_http_url(s)
             .map(Some)
-            .ok_or_else(|| unprocessable("invalid_url", "webhook", WEBHOOK_URL_RULE)),
-        Some(_) => Err(unprocessable(
+            .ok_or_else(|| Problem::unprocessable("invalid_url", "webhook", WEBHOOK_URL_RULE)),
+        Some(_) => Err(Problem::unprocessable(
             "invalid_type",
             "webhook",
             "webhook must be a URL",
@@ -118,7 +110,9 @@ pub(crate) async fn check_webhook_target(state: &ApiState, url: &url::Url) -> Re
         .webhook_ssrf
         .check_url_resolving(url)
         .await
-        .map_err(|e| unprocessable("webhook_url_forbidden", "webhook", format!("webhook: {e}")))
+        .map_err(|e| {
+            Problem::unprocessable("webhook_url_forbidden", "webhook", format!("webhook: {e}"))
+        })
 }
 
 /// A `webhook_events` field: a non-empty list of the events this kind of resource emits.
@@ -130,8 +124,8 @@ pub(crate) fn webhook_events(
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => parse_event_filter(items.iter().map(Value::as_str), allowed)
             .map(Some)
-            .map_err(|message| unprocessable("unknown_event", "webhook_events", message)),
-        Some(_) => Err(unprocessable(
+            .map_err(|message| Problem::unprocessable("unknown_event", "webhook_events", message)),
+        Some(_) => Err(Problem::unprocessable(
             "invalid_type",
             "webhook_events",
             "webhook_events must be a list of event types",

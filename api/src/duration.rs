@@ -5,7 +5,6 @@
 //! and a generated client never sends one the server refuses.
 
 use crate::problem::Problem;
-use axum::http::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -43,9 +42,7 @@ fn parse_text(text: &str) -> Option<Duration> {
 
 /// A limit as a submission gives it (a string, or a number of seconds), for `field`.
 pub fn parse(field: &str, value: &Value) -> Result<Duration, Problem> {
-    let invalid = |code: &str, detail: String| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
-    };
+    let invalid = |code: &str, detail: String| Problem::unprocessable(code, field, detail);
     match value {
         Value::Number(n) => n
             .as_f64()

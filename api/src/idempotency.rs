@@ -101,12 +101,11 @@ async fn run(state: Arc<ApiState>, request: Request, next: Next) -> Result<Respo
         IdempotencyBegin::Started => {}
         IdempotencyBegin::Replay(stored) => return Ok(replay(stored)),
         IdempotencyBegin::Mismatch => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(Problem::unprocessable(
                 "idempotency_key_reused",
+                "Idempotency-Key",
                 "this Idempotency-Key was used with a different request; use a new key for a new request",
-            )
-            .with_field("Idempotency-Key"))
+            ))
         }
         IdempotencyBegin::InFlight => {
             return Err(Problem::new(

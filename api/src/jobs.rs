@@ -138,21 +138,32 @@ fn parse_submit(
     headers: &HeaderMap,
     caller: &Caller,
 ) -> Result<JobSubmission, Problem> {
-    use crate::create::unprocessable;
     let model = match request.get("model") {
         Some(Value::String(m)) => m.clone(),
         Some(_) => {
-            return Err(unprocessable(
+            return Err(Problem::unprocessable(
                 "invalid_type",
                 "model",
                 "model must be a string",
             ))
         }
-        None => return Err(unprocessable("missing_field", "model", "model is required")),
+        None => {
+            return Err(Problem::unprocessable(
+                "missing_field",
+                "model",
+                "model is required",
+            ))
+        }
     };
     let input = match request.get("input") {
         Some(v) => v.clone(),
-        None => return Err(unprocessable("missing_field", "input", "input is required")),
+        None => {
+            return Err(Problem::unprocessable(
+                "missing_field",
+                "input",
+                "input is required",
+            ))
+        }
     };
     // `Cancel-After` is Replicate's header for the same limit; where both are given, the
     // sooner one holds.
@@ -203,10 +214,10 @@ pub(crate) async fn check_input(
     prefix: &str,
     stand_ins: bool,
 ) -> Result<kiln_core::catalog::ModelInput, Problem> {
-    let parsed = state.catalog.validate(model, input).map_err(|e| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message)
-            .with_field(format!("{prefix}{}", e.field))
-    })?;
+    let parsed = state
+        .catalog
+        .validate(model, input)
+        .map_err(|e| Problem::unprocessable(e.code, format!("{prefix}{}", e.field), e.message))?;
     for (field, url) in parsed.fetched_urls() {
         check_input_url(state, &format!("{prefix}{field}"), url).await?;
     }
@@ -228,20 +239,13 @@ async fn check_output_reference(
     job: JobId,
     index: u32,
 ) -> Result<(), Problem> {
-    let invalid = |detail: String| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "input_reference_invalid",
-            detail,
-        )
-        .with_field(field)
-    };
+    let invalid = |detail: String| Problem::unprocessable("input_reference_invalid", field, detail);
     let source = state.ledger.get_job(tenant, job).await?;
     let output = source
         .as_ref()
         .and_then(|j| j.outputs.iter().find(|o| o.index == index))
         .ok_or_else(|| invalid(format!("{field}: there is no output {index} of job {job}")))?;
-    if output.deleted_at.is_some() || output.expires_at <= Utc::now() {
+    if output.is_expired(Utc::now()) {
         return Err(invalid(format!(
             "{field}: output {index} of job {job} has expired"
         )));
@@ -254,22 +258,13 @@ async fn check_output_reference(
 async fn check_input_url(state: &ApiState, field: &str, url: &url::Url) -> Result<(), Problem> {
     if let Some(own) = state.store.resolve_own_url(url).await {
         return own.map(|_| ()).map_err(|e| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "input_url_invalid",
-                format!("{field}: {e}"),
-            )
-            .with_field(field)
+            Problem::unprocessable("input_url_invalid", field, format!("{field}: {e}"))
         });
     }
-    state.ssrf.check_url(url).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "url_forbidden",
-            format!("{field}: {e}"),
-        )
-        .with_field(field)
-    })
+    state
+        .ssrf
+        .check_url(url)
+        .map_err(|e| Problem::unprocessable("url_forbidden", field, format!("{field}: {e}")))
 }
 
 #[utoipa::path(
@@ -358,7 +353,7 @@ pub async fn output(
         .ok_or_else(|| {
             Problem::not_found("output_not_found", "the job has no output with this index")
         })?;
-    if output.deleted_at.is_some() || output.expires_at <= Utc::now() {
+    if output.is_expired(Utc::now()) {
         return Err(Problem::new(
             StatusCode::GONE,
             "output_expired",

@@ -8,7 +8,6 @@
 //! run a whole chain in one call of up to a minute.
 
 use crate::auth::{Caller, Tenant};
-use crate::create::unprocessable;
 use crate::problem::Problem;
 use crate::wire::{Page, PipelineSubmission, PipelineView};
 use crate::ApiState;
@@ -41,14 +40,16 @@ fn parse_submit(
     let steps = request
         .get("steps")
         .and_then(Value::as_array)
-        .ok_or_else(|| unprocessable("missing_field", "steps", "steps must be a list of steps"))?;
+        .ok_or_else(|| {
+            Problem::unprocessable("missing_field", "steps", "steps must be a list of steps")
+        })?;
     let steps = steps
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let text = |field: &str| {
                 s[field].as_str().map(str::to_owned).ok_or_else(|| {
-                    unprocessable(
+                    Problem::unprocessable(
                         "missing_field",
                         format!("steps[{i}].{field}"),
                         format!("steps[{i}].{field} must be a string"),
@@ -100,7 +101,7 @@ pub async fn submit(
         webhook,
         webhook_events,
     } = parse_submit(&request, &caller)?;
-    plan(&steps).map_err(|e| unprocessable(e.code, e.field, e.message))?;
+    plan(&steps).map_err(|e| Problem::unprocessable(e.code, e.field, e.message))?;
     for (i, step) in steps.iter().enumerate() {
         let input = with_stand_ins(&step.input);
         crate::jobs::check_input(

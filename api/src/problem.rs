@@ -57,6 +57,15 @@ impl Problem {
         self
     }
 
+    /// An input error: 422 with the field at fault.
+    pub fn unprocessable(
+        code: impl Into<String>,
+        field: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+    }
+
     pub fn unauthorized(detail: &str) -> Self {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
     }

@@ -13,7 +13,9 @@
 //! Both watch the ledger, the only place that knows a resource's state whichever process
 //! changed it: a read every 100 ms at first, easing to one a second, so a short job answers
 //! quickly and a long wait costs little. What a watcher needs of a resource is the `Watched`
-//! trait, so jobs and pipelines share one waiting loop and one event stream.
+//! trait, so jobs and pipelines share one waiting loop, one event stream and one way of
+//! answering a read or a create (`get`, `respond`, `created`: the wait, 201 for a create that
+//! ended within it, the poll hint, the `Location`).
 
 use crate::auth::Tenant;
 use crate::problem::Problem;

@@ -278,6 +278,14 @@ pub struct Output {
     pub deleted_at: Option<Timestamp>,
 }
 
+impl Output {
+    /// Whether the output can no longer be downloaded: deleted by the janitor, or past its
+    /// expiry (the janitor may not have come by yet).
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.deleted_at.is_some() || self.expires_at <= now
+    }
+}
+
 /// An output a worker has stored and now commits with the job's success.
 #[derive(Debug, Clone)]
 pub struct NewOutput {

@@ -96,7 +96,7 @@ impl InputResolver {
                     format!("input.image: there is no output {index} of job {job}"),
                 )
             })?;
-        if output.deleted_at.is_some() || output.expires_at <= kiln_core::time::now() {
+        if output.is_expired(kiln_core::time::now()) {
             return Err(ProviderError::fail(
                 "input_expired",
                 "input.image names an output that no longer exists",

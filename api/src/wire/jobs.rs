@@ -61,7 +61,7 @@ impl OutputView {
         store: &dyn kiln_storage::ObjectStore,
         output: &kiln_core::Output,
     ) -> Result<Self, Problem> {
-        let expired = output.deleted_at.is_some() || output.expires_at <= Utc::now();
+        let expired = output.is_expired(Utc::now());
         let url = if expired {
             None
         } else {

@@ -318,7 +318,7 @@ impl Checked {
     }
 
     /// A field whose rule bounds it within `u32` (every side, scale, count and rate here).
-    pub fn small(&self, name: &str) -> u32 {
+    pub fn whole_u32(&self, name: &str) -> u32 {
         self.whole(name)
             .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
     }

@@ -338,26 +338,26 @@ impl Catalog {
         Ok(match model {
             DEMO_IMAGE => ModelInput::DemoImage(DemoImageInput {
                 prompt: checked.text("prompt"),
-                width: checked.small("width"),
-                height: checked.small("height"),
+                width: checked.whole_u32("width"),
+                height: checked.whole_u32("height"),
                 seed: checked.whole("seed"),
                 knobs,
             }),
             DEMO_UPSCALE => ModelInput::DemoUpscale(DemoUpscaleInput {
                 image: checked.image("image"),
-                scale: checked.small("scale"),
+                scale: checked.whole_u32("scale"),
                 knobs,
             }),
             DEMO_VIDEO => ModelInput::DemoVideo(DemoVideoInput {
                 image: checked.image("image"),
-                seconds: checked.small("seconds"),
-                fps: checked.small("fps"),
+                seconds: checked.whole_u32("seconds"),
+                fps: checked.whole_u32("fps"),
                 knobs,
             }),
             _ => ModelInput::TextToImage(TextToImageInput {
                 prompt: checked.text("prompt"),
-                width: checked.small("width"),
-                height: checked.small("height"),
+                width: checked.whole_u32("width"),
+                height: checked.whole_u32("height"),
                 seed: checked.whole("seed"),
                 params: checked.subset(fields.iter().filter_map(|f| match &f.rule {
                     Rule::Param(p) => Some(p.name.as_str()),

@@ -196,6 +196,21 @@ pub(super) struct Claimed {
     admitted: Option<(JobId, crate::dispatch::Lane)>,
 }
 
+/// The claim's own `UPDATE`: the job by its id, if it is queued, due and admitted.
+///
+/// The job is found by its primary key alone: its state test is a `CASE`, from which no partial
+/// index's predicate can be proved, so no plan can walk a partial index of queued jobs instead.
+/// Planned with statistics from before a burst, when every queued-only index looked nearly
+/// empty, the plain test let the planner scan `jobs_due` or `jobs_admitted` for the id.
+pub(super) fn claim_update_sql() -> String {
+    format!(
+        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
+             lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
+         WHERE id = ? AND CASE WHEN status = 'queued' AND run_after <= ? AND rung_at >= 0 THEN TRUE ELSE FALSE END \
+         RETURNING {JOB_COLUMNS}"
+    )
+}
+
 /// `queued → running` for `id` if it is queued and due (`Ledger::claim`), within `tx`.
 pub(super) async fn claim_in(
     tx: &mut Tx,
@@ -208,16 +223,7 @@ pub(super) async fn claim_in(
     let sid = id.to_string();
     let token = uuid::Uuid::new_v4().simple().to_string();
     let lease_expires_at = at + lease_for.as_millis() as i64;
-    // The job is found by its primary key alone: its state test is a `CASE`, from which no
-    // partial index's predicate can be proved, so no plan can walk a partial index of queued
-    // jobs instead. Planned with statistics from before a burst, when every queued-only index
-    // looked nearly empty, the plain test let the planner scan `jobs_admitted` for the id.
-    let claim_sql = format!(
-        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
-             lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
-         WHERE id = ? AND CASE WHEN status = 'queued' AND run_after <= ? AND rung_at >= 0 THEN TRUE ELSE FALSE END \
-         RETURNING {JOB_COLUMNS}"
-    );
+    let claim_sql = claim_update_sql();
     // The claim's own parameters, first in both statements below.
     let claim_params = (
         at,
@@ -355,16 +361,13 @@ pub(super) async fn claim_in(
 /// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
 /// subquery of the `UPDATE`, which then finds that job by its primary key alone (its state test
 /// is a `CASE`, as the claim's is).
-pub(super) async fn admit_next_in(
-    tx: &mut Tx,
-    tenant: &str,
-    at: i64,
-    count_window: bool,
-) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
+/// `admit_next_in`'s statement: its parameters are the time, then (`count_window`) the tenant
+/// and the window twice, then the tenant and a lane for each lane, highest first.
+pub(super) fn admission_sql(d: Dialect, count_window: bool) -> String {
     let next_in_lane = format!(
         "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
           ORDER BY id LIMIT 1{})",
-        tx.d.lock_rows_skip_locked()
+        d.lock_rows_skip_locked()
     );
     let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
     let room = if count_window {
@@ -372,14 +375,22 @@ pub(super) async fn admit_next_in(
     } else {
         ""
     };
-    let sql =
-        tx.d.sql(&format!(
-            "UPDATE jobs SET rung_at = ? \
+    d.sql(&format!(
+        "UPDATE jobs SET rung_at = ? \
          WHERE {room}id = COALESCE({lanes}) \
            AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
          RETURNING id, priority"
-        ))
-        .into_owned();
+    ))
+    .into_owned()
+}
+
+pub(super) async fn admit_next_in(
+    tx: &mut Tx,
+    tenant: &str,
+    at: i64,
+    count_window: bool,
+) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
+    let sql = admission_sql(tx.d, count_window);
     let mut query = sqlx::query(&sql).bind(at);
     if count_window {
         let window = i64::from(tx.window);

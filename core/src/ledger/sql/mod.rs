@@ -376,6 +376,69 @@ mod tests {
             assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
+        /// The claim and the held-job admission find their job by primary key whatever the
+        /// planner knows: a burst of queued jobs (half admitted, half held) in a table never
+        /// analyzed, and the generic plan, the one a pooled prepared statement settles on. With
+        /// a plain state test the claim's plan walked `jobs_due` for the id.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn hot_statements_find_their_job_by_primary_key_in_a_burst() {
+            use sqlx::{Connection, Row};
+            let db = PostgresDatabase::create().await;
+            drop(SqlLedger::open(&db.url).await.unwrap());
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(
+                "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
+                 SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
+                        CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
+                 FROM generate_series(1, 5000) g",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::query("SET plan_cache_mode = force_generic_plan")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let claim = Dialect::Postgres
+                .sql(&jobs::claim_update_sql())
+                .into_owned();
+            let admission = jobs::admission_sql(Dialect::Postgres, false);
+            for (name, statement, arguments) in [
+                ("claim", claim, "0, 'w', 't', 0, 'x', 0"),
+                (
+                    "admission",
+                    admission,
+                    "0, 't', 'high', 't', 'normal', 't', 'low'",
+                ),
+            ] {
+                sqlx::raw_sql(&format!("PREPARE hot AS {statement}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let plan: String = sqlx::query(&format!("EXPLAIN EXECUTE hot({arguments})"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get::<String, _>(0))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs jobs_1`).
+                let target = plan
+                    .lines()
+                    .find(|line| line.contains("Scan") && line.contains(" on jobs  ("))
+                    .unwrap_or_default();
+                assert!(
+                    target.contains("jobs_pkey"),
+                    "the {name} does not find its job by primary key:\n{plan}"
+                );
+                sqlx::raw_sql("DEALLOCATE hot")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+
         crate::ledger_contract_tests!(fresh());
     }
 }
