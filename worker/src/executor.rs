@@ -9,7 +9,7 @@ use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, Ups
 use futures::{FutureExt, StreamExt};
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
-use kiln_core::ledger::{AttemptNote, Claim, Lease};
+use kiln_core::ledger::{AttemptNote, Claim, Lease, RouteChooser};
 use kiln_core::routes::RouteConfig;
 use kiln_core::{AttemptOutcome, ErrorInfo, JobId, Ledger, NewOutput, Status};
 use kiln_storage::ObjectStore;
@@ -34,7 +34,7 @@ pub struct ExecutorConfig {
     pub job_timeout: Duration,
 }
 
-/// The route an attempt shows between its claim and the choice of its route.
+/// The route an attempt shows when its model has none (it then fails at once).
 const UNROUTED: &str = "unrouted";
 /// How long an ended attempt waits for its blocking work to notice the stop. Demo work checks
 /// between frames and bands (milliseconds apart); this bound only guards against work that
@@ -55,6 +55,9 @@ pub struct Executor {
     providers: Providers,
     catalog: Catalog,
     config: ExecutorConfig,
+    /// Chooses each claimed attempt's route in the claim itself (`route_position`), so the
+    /// attempt is opened with its route and no write of its own follows the claim.
+    choose_route: RouteChooser,
     /// Fired when the shutdown grace period is over: running jobs are released.
     hard_stop: CancellationToken,
 }
@@ -75,6 +78,16 @@ impl Executor {
         config: ExecutorConfig,
         hard_stop: CancellationToken,
     ) -> Self {
+        let choose_route: RouteChooser = {
+            let (catalog, max_attempts) = (catalog.clone(), config.max_attempts);
+            std::sync::Arc::new(move |job: &kiln_core::Job| {
+                let routes = catalog.routes(&job.model);
+                let (index, _) = route_position(&routes, max_attempts, job);
+                routes
+                    .get(index)
+                    .map_or_else(|| UNROUTED.to_owned(), RouteConfig::label)
+            })
+        };
         Executor {
             ledger,
             doorbell,
@@ -82,6 +95,7 @@ impl Executor {
             providers,
             catalog,
             config,
+            choose_route,
             hard_stop,
         }
     }
@@ -94,9 +108,12 @@ impl Executor {
         }
         let claim = self
             .ledger
-            // The route is decided from the claimed job's attempt history and recorded on the
-            // attempt just after (`generate_and_store`); until then the attempt says so.
-            .claim(job_id, &self.config.identity, UNROUTED, self.config.lease)
+            .claim_routed(
+                job_id,
+                &self.config.identity,
+                &self.choose_route,
+                self.config.lease,
+            )
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
@@ -470,25 +487,7 @@ impl Executor {
 
     fn route_position(&self, claim: &Claim) -> (usize, u32) {
         let routes = self.catalog.routes(&claim.job.model);
-        let (mut index, mut failed) = (0usize, 0u32);
-        for attempt in &claim.job.attempts {
-            if attempt.outcome != Some(AttemptOutcome::Failed)
-                || attempt.route != routes[index].label()
-            {
-                continue;
-            }
-            failed += 1;
-            let budget = routes[index]
-                .max_attempts
-                .unwrap_or(self.config.max_attempts);
-            if (attempt.error_class == Some(FailureClass::FallBack) || failed >= budget)
-                && index + 1 < routes.len()
-            {
-                index += 1;
-                failed = 0;
-            }
-        }
-        (index, failed)
+        route_position(&routes, self.config.max_attempts, &claim.job)
     }
 
     /// Honours the upstream's `Retry-After` within `retry_max`; otherwise backoff.
@@ -551,17 +550,28 @@ impl Executor {
             .catalog
             .validate(&job.model, &full_input)
             .map_err(|e| ProviderError::fail(e.code, format!("{}: {}", e.field, e.message)))?;
+        // The claim opened the attempt on the route it chose from the same job; a catalog
+        // changed in between (a reload) is the only way they differ.
         let label = route.label();
-        let note = AttemptNote {
-            route: Some(&label),
-            ..Default::default()
-        };
-        self.ledger
-            .annotate_attempt(&claim.lease, note)
-            .await
-            .map_err(|e| {
-                ProviderError::retry("internal_error", format!("the ledger is unavailable: {e}"))
-            })?;
+        let opened_on = job
+            .attempts
+            .iter()
+            .find(|a| a.number == claim.attempt_number);
+        if opened_on.is_none_or(|a| a.route != label) {
+            let note = AttemptNote {
+                route: Some(&label),
+                ..Default::default()
+            };
+            self.ledger
+                .annotate_attempt(&claim.lease, note)
+                .await
+                .map_err(|e| {
+                    ProviderError::retry(
+                        "internal_error",
+                        format!("the ledger is unavailable: {e}"),
+                    )
+                })?;
+        }
         let provider = self.providers.get(&route.provider).ok_or_else(|| {
             ProviderError::fall_back(
                 "provider_unknown",
@@ -681,3 +691,26 @@ async fn heartbeat(
 /// The executor's error is a ledger failure. The job then stays as the ledger has it, and the
 /// reconciler's rules (lease expiry, re-ringing) carry it on.
 pub type ExecResult<T = ()> = Result<T, kiln_core::LedgerError>;
+
+/// Which of `routes` (a model's, in order) a job's next attempt runs on, and how many attempts
+/// have failed on it: each route is retried up to its budget (`max_attempts` where it sets
+/// none), and the job falls back to the next after that or at once on a `FallBack` failure.
+fn route_position(routes: &[RouteConfig], max_attempts: u32, job: &kiln_core::Job) -> (usize, u32) {
+    let (mut index, mut failed) = (0usize, 0u32);
+    for attempt in &job.attempts {
+        if attempt.outcome != Some(AttemptOutcome::Failed)
+            || routes.get(index).is_none_or(|r| attempt.route != r.label())
+        {
+            continue;
+        }
+        failed += 1;
+        let budget = routes[index].max_attempts.unwrap_or(max_attempts);
+        if (attempt.error_class == Some(FailureClass::FallBack) || failed >= budget)
+            && index + 1 < routes.len()
+        {
+            index += 1;
+            failed = 0;
+        }
+    }
+    (index, failed)
+}

@@ -2,7 +2,9 @@
 //! (`{prefix}:dispatch:{lane}`) read by one consumer group shared by all workers. A ring is
 //! `XADD … job <id>`; a worker reads with `XREADGROUP` (new entries) and `XAUTOCLAIM` (entries a
 //! dead consumer held past `reclaim_idle`), and acknowledges with `XACK` + `XDEL` once the ledger
-//! has decided the ring, which keeps the streams as short as the backlog. Lanes are read in a
+//! has decided the ring, which keeps the streams as short as the backlog. Acknowledgements
+//! that arrive together (a read's rings are claimed together) go to Redis as one `XACK` and
+//! one `XDEL` per lane, whatever is waiting when the previous pair returns. Lanes are read in a
 //! weighted round (high, then half as many normal, then a quarter as many low), so high goes
 //! first under load and low is never starved.
 //!
@@ -29,6 +31,13 @@ const RECLAIM_BATCH: usize = 100;
 const RECLAIM_ROUNDS: usize = 10;
 /// How long a producer waits for Redis before reporting the queue unavailable.
 const PRODUCER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most acknowledgements one `XACK` carries.
+const ACK_BATCH_MAX: usize = 256;
+
+type PendingAck = (
+    Receipt,
+    tokio::sync::oneshot::Sender<Result<(), DispatchError>>,
+);
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -58,6 +67,8 @@ pub struct RedisDoorbell {
     client: Client,
     conn: ConnectionManager,
     prefix: String,
+    /// Where `ack` queues its receipt for the next batch (see `acknowledge_batches`).
+    acks: tokio::sync::mpsc::UnboundedSender<PendingAck>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> DispatchError {
@@ -80,10 +91,17 @@ impl RedisDoorbell {
         .await
         .map_err(|_| unavailable("timed out connecting to Redis"))?
         .map_err(unavailable)?;
+        let (acks, waiting) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(acknowledge_batches(
+            conn.clone(),
+            prefix.to_owned(),
+            waiting,
+        ));
         Ok(RedisDoorbell {
             client,
             conn,
             prefix: prefix.to_owned(),
+            acks,
         })
     }
 
@@ -142,22 +160,12 @@ impl Doorbell for RedisDoorbell {
     }
 
     async fn ack(&self, receipt: &Receipt) -> Result<(), DispatchError> {
-        let mut conn = self.conn.clone();
-        let key = self.key(receipt.lane);
-        let mut ack = redis::pipe();
-        ack.cmd("XACK")
-            .arg(&key)
-            .arg(GROUP)
-            .arg(&receipt.message_id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(&receipt.message_id)
-            .ignore();
-        tokio::time::timeout(PRODUCER_TIMEOUT, ack.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| unavailable("timed out acknowledging in Redis"))?
-            .map_err(unavailable)
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let stopped = || unavailable("the acknowledgement batcher stopped");
+        self.acks
+            .send((receipt.clone(), reply))
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 
     async fn epoch(&self) -> Option<String> {
@@ -171,6 +179,56 @@ impl Doorbell for RedisDoorbell {
         info.lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|id| id.trim().to_owned())
+    }
+}
+
+/// Sends the acknowledgements waiting in `waiting` a batch at a time: each batch is one
+/// pipeline of an `XACK` and an `XDEL` per lane that has receipts in it, and every receipt in
+/// the batch gets that pipeline's answer. Ends when the last doorbell handle is dropped.
+async fn acknowledge_batches(
+    conn: ConnectionManager,
+    prefix: String,
+    mut waiting: tokio::sync::mpsc::UnboundedReceiver<PendingAck>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < ACK_BATCH_MAX {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for lane in Lane::ALL {
+            let ids: Vec<&str> = batch
+                .iter()
+                .filter(|(r, _)| r.lane == lane)
+                .map(|(r, _)| r.message_id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let key = stream_key(&prefix, lane);
+            pipe.cmd("XACK")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&key)
+                .arg(&ids)
+                .ignore();
+        }
+        let mut conn = conn.clone();
+        let sent = tokio::time::timeout(PRODUCER_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let answer = match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out acknowledging in Redis".to_owned()),
+        };
+        for (_, reply) in batch {
+            let _ = reply.send(answer.clone().map_err(DispatchError::Unavailable));
+        }
     }
 }
 

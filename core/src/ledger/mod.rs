@@ -414,6 +414,10 @@ pub struct Lease {
     pub attempt_id: String,
 }
 
+/// How a claim names the route of the attempt it opens, from the claimed job: its model, and
+/// for a later attempt the attempts before it (which the claim reads in its transaction).
+pub type RouteChooser = std::sync::Arc<dyn Fn(&Job) -> String + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub job: Job,
@@ -562,13 +566,40 @@ pub trait JobLedger: Send + Sync {
     /// `queued → running` if the job is queued and due; takes a lease for `lease_for` and opens
     /// the next attempt in the same transaction. `None` when someone else has it, it is not
     /// due yet, or it is gone.
+    ///
+    /// `route` names the attempt's route; a worker, which learns the job only from the claim,
+    /// uses `claim_routed`.
     async fn claim(
         &self,
         id: JobId,
         worker: &str,
         route: &str,
         lease_for: Duration,
+    ) -> Result<Option<Claim>> {
+        let route = route.to_owned();
+        let chooser: RouteChooser = std::sync::Arc::new(move |_: &Job| route.clone());
+        self.claim_routed(id, worker, &chooser, lease_for).await
+    }
+    /// `claim`, with the attempt's route chosen from the claimed job (its model and its earlier
+    /// attempts) as it is claimed, so the attempt is opened with its route in the claim's own
+    /// writes. Concurrent claims share their statements (see `claim_batch`).
+    async fn claim_routed(
+        &self,
+        id: JobId,
+        worker: &str,
+        route: &RouteChooser,
+        lease_for: Duration,
     ) -> Result<Option<Claim>>;
+    /// `claim_routed` for many jobs at once, in one transaction whose statements each carry the
+    /// whole batch: the claims that won, in no particular order (a job not claimable, or named
+    /// twice, is claimed at most once and otherwise left out).
+    async fn claim_batch(
+        &self,
+        ids: &[JobId],
+        worker: &str,
+        route: &RouteChooser,
+        lease_for: Duration,
+    ) -> Result<Vec<Claim>>;
     /// Unscoped read, for workers and operators.
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>>;
     /// A job's full input, inline data included (a `Job` holds it elided): for the worker that
@@ -620,8 +651,13 @@ pub trait AttemptLedger: Send + Sync {
     async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>>;
     /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool>;
-    /// `running → succeeded` with the outputs, fenced by the lease.
+    /// `running → succeeded` with the outputs, fenced by the lease. Concurrent successes share
+    /// their statement (see `succeed_batch`).
     async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool>;
+    /// `succeed` for many jobs at once, in one transaction and (on Postgres) one statement,
+    /// each fenced by its own lease: one answer per success, in order, `false` where the lease
+    /// no longer held the job (its outputs are then not recorded).
+    async fn succeed_batch(&self, successes: &[(Lease, Vec<NewOutput>)]) -> Result<Vec<bool>>;
     /// `running → failed`, fenced by the lease.
     async fn fail(&self, lease: &Lease, error: &ErrorInfo) -> Result<bool>;
     /// `running → queued` not before `run_after`, recording the attempt's error.

@@ -1,7 +1,7 @@
 //! The ledger contract: behaviour every `Ledger` implementation must show, written once against
 //! the trait and run against each engine (SQLite here; Postgres runs the same functions). Each
 //! function takes a fresh, empty ledger. The functions live beside the aggregate they exercise
-//! (`jobs`, `attempts`, `pipelines`, `deliveries`, `keys`, `maintenance`); this file holds the
+//! (`jobs`, `attempts`, `batches`, `pipelines`, `deliveries`, `keys`, `maintenance`); this file holds the
 //! shared helpers and the macro that turns every function into a test.
 
 use super::*;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod attempts;
+mod batches;
 mod deliveries;
 mod jobs;
 mod keys;
@@ -19,6 +20,7 @@ mod maintenance;
 mod pipelines;
 
 pub use attempts::*;
+pub use batches::*;
 pub use deliveries::*;
 pub use jobs::*;
 pub use keys::*;
@@ -103,7 +105,9 @@ macro_rules! ledger_contract_tests {
             inline_data_is_kept_apart_from_the_job_row,
             a_queued_job_that_ends_leaves_its_lost_upstream_call_to_be_stopped,
             concurrent_submits_cannot_both_pass_the_spend_cap,
-            usage_rows_come_a_page_of_jobs_at_a_time
+            usage_rows_come_a_page_of_jobs_at_a_time,
+            a_batch_claims_each_claimable_job_once,
+            a_batch_of_successes_refuses_only_its_stale_leases
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

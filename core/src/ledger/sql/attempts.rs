@@ -71,85 +71,148 @@ pub(super) async fn leave_running(
     Ok(true)
 }
 
-/// `succeed_in` on Postgres in one round trip: `leave_running` for a success (the fenced job
-/// update, the attempt's end, the callbacks forgotten, the transition, the `job.succeeded`
-/// delivery) and the outputs, as one statement of data-modifying CTEs, each fed by the row
-/// the fenced update returned (none when the lease was lost: then nothing is written).
-pub(super) async fn succeed_merged(
+/// `running → succeeded` with the outputs for each success whose lease still holds its job
+/// (`Ledger::succeed_batch`), within `tx`: one answer per success, in order. Each success is
+/// fenced by its own lease, so a stale one in the batch (its job canceled or taken over) is
+/// refused alone, and its outputs are not recorded.
+pub(super) async fn succeed_batch_in(
     tx: &mut Tx,
-    lease: &Lease,
-    outputs: &[NewOutput],
-    at: i64,
-) -> Result<bool> {
-    let values =
-        vec!["(?::bigint, ?::text, ?::text, ?::bigint, ?::bigint)"; outputs.len()].join(", ");
-    let outputs_cte = if outputs.is_empty() {
+    successes: &[(&Lease, &[NewOutput], i64)],
+) -> Result<Vec<bool>> {
+    if tx.d == Dialect::Postgres {
+        return succeed_merged(tx, successes).await;
+    }
+    let mut won = Vec::with_capacity(successes.len());
+    for (lease, outputs, at) in successes {
+        won.push(succeed_one(tx, lease, outputs, *at).await?);
+    }
+    Ok(won)
+}
+
+/// `succeed_batch_in` on Postgres in one statement of data-modifying CTEs, whatever the batch's
+/// size: the fenced job updates (the leases as `VALUES` rows joined by id; a row whose token no
+/// longer matches joins nothing), then, fed by the rows they return, the attempts' ends, the
+/// callbacks forgotten, the transitions, the `job.succeeded` deliveries and the outputs (joined
+/// to the lease that won, so a stale lease's outputs are dropped). The leases are padded to a
+/// power of two with repeats of the last, the outputs with null rows.
+async fn succeed_merged(
+    tx: &mut Tx,
+    successes: &[(&Lease, &[NewOutput], i64)],
+) -> Result<Vec<bool>> {
+    if successes.is_empty() {
+        return Ok(vec![]);
+    }
+    let shape = successes.len().next_power_of_two();
+    let leases = padded_values(
+        "(?::text, ?::text, ?::text, ?::bigint)",
+        "(?, ?, ?, ?)",
+        shape,
+    );
+    let output_count: usize = successes.iter().map(|(_, o, _)| o.len()).sum();
+    let outputs_cte = if output_count == 0 {
         String::new()
     } else {
+        let rows = padded_values(
+            "(?::text, ?::text, ?::bigint, ?::text, ?::text, ?::bigint, ?::bigint)",
+            "(?, ?, ?, ?, ?, ?, ?)",
+            output_count.next_power_of_two(),
+        );
         format!(
             ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) \
-                 SELECT ended.id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
-                 FROM ended CROSS JOIN (VALUES {values}) AS o (idx, object_key, content_type, bytes, expires_at))"
+                 SELECT o.job_id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
+                 FROM (VALUES {rows}) AS o (job_id, token, idx, object_key, content_type, bytes, expires_at) \
+                 JOIN ended ON ended.id = o.job_id AND ended.token = o.token)"
         )
     };
-    // Built once: the statement is written on every success.
     static DELIVERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         delivery_insert(
             EventType::JobSucceeded,
-            &DeliverySource::job_row("FROM ended WHERE TRUE"),
+            &DeliverySource {
+                id: "?::text || substr(md5(id || 'job.succeeded'), 1, 12)",
+                ..DeliverySource::job_row("FROM ended WHERE TRUE")
+            },
         )
     });
-    let delivery = DELIVERY.as_str();
     let statement = tx.d.sql(&format!(
-        "WITH ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
-                 completed_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-             WHERE id = ? AND status = 'running' AND lease_token = ? \
-             RETURNING id, webhook_url, webhook_events), \
-         attempt AS (UPDATE attempts SET finished_at = ?, outcome = ?, error_code = NULL, error_message = NULL \
-             WHERE id = ? AND finished_at IS NULL AND EXISTS (SELECT 1 FROM ended)), \
+        "WITH leases (id, token, attempt_id, at) AS (VALUES {leases}), \
+         ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
+                 completed_at = leases.at, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             FROM leases \
+             WHERE jobs.id = leases.id \
+               AND CASE WHEN jobs.status = 'running' AND jobs.lease_token = leases.token THEN TRUE ELSE FALSE END \
+             RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events, leases.token, leases.attempt_id, leases.at), \
+         attempt AS (UPDATE attempts SET finished_at = ended.at, outcome = 'succeeded', error_code = NULL, error_message = NULL \
+             FROM ended WHERE attempts.id = ended.attempt_id AND attempts.finished_at IS NULL), \
          callbacks AS (DELETE FROM upstream_callbacks WHERE job_id IN (SELECT id FROM ended)), \
          transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-             SELECT id, 'running', 'succeeded', NULL, ? FROM ended), \
+             SELECT id, 'running', 'succeeded', NULL, at FROM ended), \
          delivery AS ({delivery}){outputs_cte} \
-         SELECT COUNT(*) AS won FROM ended"
+         SELECT id, token FROM ended",
+        delivery = DELIVERY.as_str(),
     ))
     .into_owned();
-    let mut query = sqlx::query(&statement)
-        .bind(at)
-        .bind(lease.job_id.to_string())
-        .bind(&lease.token)
-        .bind(at)
-        .bind(AttemptOutcome::Succeeded.as_str())
-        .bind(&lease.attempt_id)
-        .bind(at)
-        .bind(DeliveryId::new().0)
+    let mut query = sqlx::query(&statement);
+    for i in 0..shape {
+        let (lease, _, at) = successes[i.min(successes.len() - 1)];
+        query = query
+            .bind(lease.job_id.to_string())
+            .bind(&lease.token)
+            .bind(&lease.attempt_id)
+            .bind(at);
+    }
+    // The deliveries' time: the batch's latest (each job's own is on its transition).
+    let at = successes
+        .iter()
+        .map(|(_, _, at)| *at)
+        .max()
+        .unwrap_or_default();
+    query = query
+        .bind(DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned())
         .bind(at)
         .bind(at);
-    for o in outputs {
-        query = query
-            .bind(o.index as i64)
-            .bind(&o.object_key)
-            .bind(&o.content_type)
-            .bind(o.bytes as i64)
-            .bind(to_millis(o.expires_at));
+    if output_count > 0 {
+        let mut bound = 0;
+        for (lease, outputs, _) in successes {
+            for o in *outputs {
+                query = query
+                    .bind(lease.job_id.to_string())
+                    .bind(&lease.token)
+                    .bind(o.index as i64)
+                    .bind(&o.object_key)
+                    .bind(&o.content_type)
+                    .bind(o.bytes as i64)
+                    .bind(to_millis(o.expires_at));
+                bound += 1;
+            }
+        }
+        for _ in bound..output_count.next_power_of_two() {
+            query = query
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<i64>);
+        }
     }
-    let won: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("won")?;
-    if won > 0 {
-        tx.transitions.push(Status::Succeeded.as_str());
+    let mut held = std::collections::HashSet::new();
+    for row in query.fetch_all(&mut *tx.tx).await? {
+        held.insert((
+            row.try_get::<String, _>("id")?,
+            row.try_get::<String, _>("token")?,
+        ));
     }
-    Ok(won > 0)
+    tx.transitions
+        .extend(std::iter::repeat_n(Status::Succeeded.as_str(), held.len()));
+    Ok(successes
+        .iter()
+        .map(|(lease, _, _)| held.contains(&(lease.job_id.to_string(), lease.token.clone())))
+        .collect())
 }
 
-/// `running → succeeded` with the outputs, if `lease` still holds the job (`Ledger::succeed`).
-pub(super) async fn succeed_in(
-    tx: &mut Tx,
-    lease: &Lease,
-    outputs: &[NewOutput],
-    at: i64,
-) -> Result<bool> {
-    if tx.d == Dialect::Postgres {
-        return succeed_merged(tx, lease, outputs, at).await;
-    }
+/// One success on SQLite: `leave_running`, then the outputs.
+async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) -> Result<bool> {
     if !leave_running(
         tx,
         lease,
@@ -321,6 +384,18 @@ impl AttemptLedger for SqlLedger {
         let GroupWritten::Succeeded(won) = written else {
             unreachable!("a success is answered with a success")
         };
+        Ok(won)
+    }
+
+    async fn succeed_batch(&self, successes: &[(Lease, Vec<NewOutput>)]) -> Result<Vec<bool>> {
+        let at = to_millis(now());
+        let batch: Vec<(&Lease, &[NewOutput], i64)> = successes
+            .iter()
+            .map(|(lease, outputs)| (lease, outputs.as_slice(), at))
+            .collect();
+        let mut tx = self.write_tx().await?;
+        let won = succeed_batch_in(&mut tx, &batch).await?;
+        tx.commit().await?;
         Ok(won)
     }
 

@@ -7,6 +7,8 @@ use super::*;
 /// the event filter (a comma list, or NULL for every event), the `FROM … WHERE …` that yields
 /// them, and, for a first start, the expression of the job's `started_at`.
 pub(super) struct DeliverySource<'a> {
+    /// The delivery's id: `?` (one bound id), or an expression that makes one per row.
+    pub id: &'a str,
     pub job_id: &'a str,
     pub url: &'a str,
     pub events: &'a str,
@@ -20,6 +22,7 @@ impl DeliverySource<'_> {
     /// A job row (or a CTE of job rows) under the usual column names.
     pub(super) const fn job_row(from_where: &str) -> DeliverySource<'_> {
         DeliverySource {
+            id: "?",
             job_id: "id",
             url: "webhook_url",
             events: "webhook_events",
@@ -35,10 +38,16 @@ impl DeliverySource<'_> {
 /// first start (`EventType::first_start_only`). Every writer of a delivery row builds its
 /// statement here, as a statement of its own or as a CTE of a merged Postgres statement.
 ///
-/// Binds: the delivery id and the time twice; then the source's own binds; then, for a first
+/// Binds: the delivery id (or what its expression binds) and the time twice; then the source's own binds; then, for a first
 /// start only, the time once more.
+/// How much of a `DeliveryId` a batch shares (`msg_` and the time-ordered head of a UUIDv7);
+/// each row of the batch completes it with 12 hex digits of its own, so a batch's ids sort by
+/// time like single ones.
+pub(super) const DELIVERY_PREFIX_LEN: usize = 24;
+
 pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> String {
     let DeliverySource {
+        id,
         job_id,
         url,
         events,
@@ -56,7 +65,7 @@ pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> Stri
     // statement (and the filter's LIKE pattern) rather than bound.
     format!(
         "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-         SELECT ?, {job_id}, '{event}', {url}, ?, '{pending}', ? {from_where} \
+         SELECT {id}, {job_id}, '{event}', {url}, ?, '{pending}', ? {from_where} \
          AND {url} IS NOT NULL AND ({events} IS NULL OR (',' || {events} || ',') LIKE '%,{event},%')\
          {first_start}{tail}"
     )
@@ -82,19 +91,74 @@ pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i
     Ok(())
 }
 
-/// The `job.started` delivery as a CTE of a merged Postgres claim, fed by the `claimed` row.
-/// Binds: the delivery id, then the time three times.
-pub(super) fn started_delivery_cte() -> &'static str {
-    static CTE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "delivery AS ({})",
-            delivery_insert(
-                EventType::JobStarted,
-                &DeliverySource::job_row("FROM claimed WHERE TRUE")
-            )
-        )
-    });
-    &CTE
+/// A try's result for one delivery, within `tx`, if `claim_token` still holds it: the delivery
+/// moved on and the try logged. A 410 also stops the tenant's other pending deliveries to that
+/// endpoint and drops it as any of the tenant's keys' default webhook.
+pub(super) async fn finish_in(
+    tx: &mut Tx,
+    id: &DeliveryId,
+    claim_token: &str,
+    tried: &DeliveryTry,
+    next: DeliveryNext,
+) -> Result<bool> {
+    let (status, next_try_at, delivered_at) = finished_columns(tried, next);
+    // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
+    // nothing.
+    let changed = sqlx::query(&tx.d.sql(
+        "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
+         WHERE id = ? AND claim_token = ?",
+    ))
+    .bind(status)
+    .bind(tried.number as i64)
+    .bind(next_try_at)
+    .bind(delivered_at)
+    .bind(id.as_str())
+    .bind(claim_token)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    sqlx::query(&tx.d.sql(
+        "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(id.as_str())
+    .bind(tried.number as i64)
+    .bind(to_millis(tried.at))
+    .bind(tried.status_code.map(i64::from))
+    .bind(tried.latency_ms as i64)
+    .bind(tried.error.as_deref())
+    .execute(&mut *tx.tx)
+    .await?;
+    if next == DeliveryNext::Gone {
+        // 410: the endpoint wants nothing more from this tenant. The tenant's other pending
+        // deliveries to it stop too, and none of its keys keeps it as the default webhook.
+        let row = sqlx::query(&tx.d.sql(
+            "SELECT d.url, j.tenant FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id = ?",
+        ))
+        .bind(id.as_str())
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        let (url, tenant): (String, String) = (row.try_get("url")?, row.try_get("tenant")?);
+        sqlx::query(&tx.d.sql(
+            "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL \
+             WHERE url = ? AND status = 'pending' AND claim_token IS NULL \
+               AND job_id IN (SELECT id FROM jobs WHERE tenant = ?)",
+        ))
+        .bind(&url)
+        .bind(&tenant)
+        .execute(&mut *tx.tx)
+        .await?;
+        sqlx::query(&tx.d.sql(
+            "UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ? AND tenant = ?",
+        ))
+        .bind(&url)
+        .bind(&tenant)
+        .execute(&mut *tx.tx)
+        .await?;
+    }
+    Ok(true)
 }
 
 #[async_trait]
@@ -187,112 +251,9 @@ impl DeliveryLedger for SqlLedger {
         tried: &DeliveryTry,
         next: DeliveryNext,
     ) -> Result<bool> {
-        let (status, next_try_at, delivered_at) = match next {
-            DeliveryNext::Delivered => (next.status(), None, Some(to_millis(tried.at))),
-            DeliveryNext::RetryAt(at) => (next.status(), Some(to_millis(at)), None),
-            DeliveryNext::Failed | DeliveryNext::Gone => (next.status(), None, None),
-        };
-        let status = status.as_str();
-        // The fenced update's parameters, first in both statements below.
-        let finished = (
-            status,
-            tried.number as i64,
-            next_try_at,
-            delivered_at,
-            id.0.clone(),
-            claim_token.to_owned(),
-        );
-        type Finished = (&'static str, i64, Option<i64>, Option<i64>, String, String);
-        fn bind_finished<'q>(
-            statement: &'q str,
-            (status, tries, next_try_at, delivered_at, id, token): Finished,
-        ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-            sqlx::query(statement)
-                .bind(status)
-                .bind(tries)
-                .bind(next_try_at)
-                .bind(delivered_at)
-                .bind(id)
-                .bind(token)
-        }
-        if self.dialect == Dialect::Postgres && next != DeliveryNext::Gone {
-            // One statement, so one round trip and no explicit transaction: the fenced
-            // update and the try's log row, the row fed by the update (none when the claim
-            // was lost). A 410 takes the transaction below: it stops the tenant's other
-            // deliveries too.
-            let statement = self.sql(
-                "WITH finished AS (UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, \
-                         delivered_at = ?, claim_token = NULL \
-                     WHERE id = ? AND claim_token = ? RETURNING id), \
-                 tried AS (INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
-                     SELECT id, ?, ?, ?, ?, ? FROM finished) \
-                 SELECT COUNT(*) AS won FROM finished",
-            );
-            let won: i64 = bind_finished(&statement, finished)
-                .bind(tried.number as i64)
-                .bind(to_millis(tried.at))
-                .bind(tried.status_code.map(i64::from))
-                .bind(tried.latency_ms as i64)
-                .bind(tried.error.as_deref())
-                .fetch_one(&self.writer)
-                .await?
-                .try_get("won")?;
-            return Ok(won > 0);
-        }
-        let mut tx = self.write_tx().await?;
-        // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
-        // nothing.
-        let statement = self.sql(
-            "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
-             WHERE id = ? AND claim_token = ?",
-        );
-        let changed = bind_finished(&statement, finished)
-            .execute(&mut *tx.tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Ok(false);
-        }
-        sqlx::query(&self.sql(
-            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(id.as_str())
-        .bind(tried.number as i64)
-        .bind(to_millis(tried.at))
-        .bind(tried.status_code.map(i64::from))
-        .bind(tried.latency_ms as i64)
-        .bind(tried.error.as_deref())
-        .execute(&mut *tx.tx)
-        .await?;
-        if next == DeliveryNext::Gone {
-            // 410: the endpoint wants nothing more from this tenant. The tenant's other pending
-            // deliveries to it stop too, and none of its keys keeps it as the default webhook.
-            let row = sqlx::query(&self.sql(
-                "SELECT d.url, j.tenant FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.id = ?",
-            ))
-            .bind(id.as_str())
-            .fetch_one(&mut *tx.tx)
-            .await?;
-            let (url, tenant): (String, String) = (row.try_get("url")?, row.try_get("tenant")?);
-            sqlx::query(&self.sql(
-                "UPDATE webhook_deliveries SET status = 'gone', next_try_at = NULL \
-                 WHERE url = ? AND status = 'pending' AND claim_token IS NULL \
-                   AND job_id IN (SELECT id FROM jobs WHERE tenant = ?)",
-            ))
-            .bind(&url)
-            .bind(&tenant)
-            .execute(&mut *tx.tx)
-            .await?;
-            sqlx::query(&self.sql(
-                "UPDATE api_keys SET default_webhook = NULL WHERE default_webhook = ? AND tenant = ?",
-            ))
-            .bind(&url)
-            .bind(&tenant)
-            .execute(&mut *tx.tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.delivery_results
+            .finish(id, claim_token, tried, next)
+            .await
     }
 
     async fn deliveries(&self, tenant: &TenantId, job_id: JobId) -> Result<Option<Vec<Delivery>>> {

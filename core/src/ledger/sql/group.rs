@@ -1,5 +1,7 @@
 //! Group commit: concurrent inserts, claims and successes of different jobs share one
-//! transaction, so a busy ledger pays one commit for many jobs. A group that fails is written
+//! transaction, and the claims and successes of a group share their statements
+//! (`claim_batch_in`, `succeed_batch_in`), so a busy ledger pays one commit and a few
+//! statements for many jobs. A group that fails is written
 //! again write by write, so one bad write cannot fail its neighbours; transitions are counted
 //! only after a commit (`Tx::commit`), so a group written twice counts once.
 
@@ -20,7 +22,7 @@ pub(super) enum GroupWrite {
     Claim {
         id: JobId,
         worker: String,
-        route: String,
+        route: RouteChooser,
         lease_for: Duration,
     },
     Succeed {
@@ -42,30 +44,6 @@ impl GroupWrite {
             GroupWrite::Claim { id, .. } => (1, id.to_string()),
             GroupWrite::Succeed { lease, .. } => (1, lease.job_id.to_string()),
         }
-    }
-
-    pub(super) async fn apply(&self, tx: &mut Tx) -> Result<GroupWritten> {
-        Ok(match self {
-            // A key's limits (active jobs, spend) are answers, not failures: nothing was
-            // written when one refuses, so the rest of the group goes on.
-            GroupWrite::Insert { job, at } => match insert_job_in(tx, job, None, *at).await {
-                Err(e @ (LedgerError::ActiveJobLimit(_) | LedgerError::SpendCap { .. })) => {
-                    GroupWritten::Inserted(Err(e))
-                }
-                inserted => GroupWritten::Inserted(Ok(inserted?)),
-            },
-            GroupWrite::Claim {
-                id,
-                worker,
-                route,
-                lease_for,
-            } => GroupWritten::Claimed(
-                claim_in(tx, *id, worker, route, *lease_for, to_millis(now())).await?,
-            ),
-            GroupWrite::Succeed { lease, outputs, at } => {
-                GroupWritten::Succeeded(succeed_in(tx, lease, outputs, *at).await?)
-            }
-        })
     }
 }
 
@@ -164,6 +142,10 @@ pub(super) async fn write_group(
     }
 }
 
+/// Writes `writes` in one transaction: the inserts one by one (in lock order), then the
+/// claims a batch per claimer (`claim_batch_in`), then the successes as one batch
+/// (`succeed_batch_in`), so a group of any size costs a few statements. Answers in the order
+/// of `writes`.
 pub(super) async fn write_in_one(
     pool: &AnyPool,
     dialect: Dialect,
@@ -171,10 +153,78 @@ pub(super) async fn write_in_one(
     writes: &[&GroupWrite],
 ) -> Result<Vec<GroupWritten>> {
     let mut tx = begin_write(pool, dialect, window).await?;
-    let mut written = Vec::with_capacity(writes.len());
-    for write in writes {
-        written.push(write.apply(&mut tx).await?);
+    let mut written: Vec<Option<GroupWritten>> = writes.iter().map(|_| None).collect();
+    // Claims batch by claimer: the same worker, route chooser and lease (one per process).
+    type Claimer<'a> = (&'a str, usize, Duration);
+    let mut claims: BTreeMap<Claimer, Vec<usize>> = BTreeMap::new();
+    let mut successes = Vec::new();
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            // A key's limits (active jobs, spend) are answers, not failures: nothing was
+            // written when one refuses, so the rest of the group goes on.
+            GroupWrite::Insert { job, at } => {
+                let inserted = match insert_job_in(&mut tx, job, None, *at).await {
+                    Err(e @ (LedgerError::ActiveJobLimit(_) | LedgerError::SpendCap { .. })) => {
+                        Err(e)
+                    }
+                    inserted => Ok(inserted?),
+                };
+                written[i] = Some(GroupWritten::Inserted(inserted));
+            }
+            GroupWrite::Claim {
+                worker,
+                route,
+                lease_for,
+                ..
+            } => {
+                let chooser = std::sync::Arc::as_ptr(route) as *const () as usize;
+                claims
+                    .entry((worker.as_str(), chooser, *lease_for))
+                    .or_default()
+                    .push(i);
+            }
+            GroupWrite::Succeed { .. } => successes.push(i),
+        }
+    }
+    let at = to_millis(now());
+    for ((worker, _, lease_for), batch) in claims {
+        let GroupWrite::Claim { route, .. } = writes[batch[0]] else {
+            unreachable!("batched by kind")
+        };
+        let ids: Vec<JobId> = batch
+            .iter()
+            .map(|&i| match writes[i] {
+                GroupWrite::Claim { id, .. } => *id,
+                _ => unreachable!("batched by kind"),
+            })
+            .collect();
+        let mut claimed = claim_batch_in(&mut tx, &ids, worker, route, lease_for, at).await?;
+        // Each claimed job answers the first write that asked for it; a second ring of the
+        // same job in the group lost.
+        for (&i, id) in batch.iter().zip(&ids) {
+            let won = claimed
+                .iter()
+                .position(|c| c.job.id == *id)
+                .map(|at| Box::new(claimed.swap_remove(at)));
+            written[i] = Some(GroupWritten::Claimed(won));
+        }
+    }
+    if !successes.is_empty() {
+        let batch: Vec<(&Lease, &[NewOutput], i64)> = successes
+            .iter()
+            .map(|&i| match writes[i] {
+                GroupWrite::Succeed { lease, outputs, at } => (lease, outputs.as_slice(), *at),
+                _ => unreachable!("batched by kind"),
+            })
+            .collect();
+        let won = succeed_batch_in(&mut tx, &batch).await?;
+        for (&i, won) in successes.iter().zip(won) {
+            written[i] = Some(GroupWritten::Succeeded(won));
+        }
     }
     tx.commit().await?;
-    Ok(written)
+    Ok(written
+        .into_iter()
+        .map(|w| w.expect("every write answered"))
+        .collect())
 }

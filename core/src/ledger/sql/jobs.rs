@@ -1,6 +1,6 @@
-//! Jobs and claims: submit (with the key's limits and the tenant's dispatch window checked
-//! in the insert's own transaction), reads and listing pages, cancel, dispatch bookkeeping
-//! (rung, admitted, queue position) and the claim that opens an attempt under a lease.
+//! Jobs: submit (with the key's limits and the tenant's dispatch window checked in the
+//! insert's own transaction), reads and listing pages, cancel and dispatch bookkeeping (rung,
+//! admitted, queue position). The claim's statements are in `claims`.
 
 use super::*;
 
@@ -186,229 +186,6 @@ pub(super) async fn insert_job_in(
         record_transition(tx, &id, None, Status::Queued, None, at).await?;
     }
     Ok(admitted)
-}
-
-/// What a claim wrote: the job as it left it, and the lease.
-pub(super) struct Claimed {
-    job: Job,
-    token: String,
-    attempt_id: String,
-    admitted: Option<(JobId, crate::dispatch::Lane)>,
-}
-
-/// The claim's own `UPDATE`: the job by its id, if it is queued, due and admitted.
-///
-/// The job is found by its primary key alone: its state test is a `CASE`, from which no partial
-/// index's predicate can be proved, so no plan can walk a partial index of queued jobs instead.
-/// Planned with statistics from before a burst, when every queued-only index looked nearly
-/// empty, the plain test let the planner scan `jobs_due` or `jobs_admitted` for the id.
-pub(super) fn claim_update_sql() -> String {
-    format!(
-        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
-             lease_owner = ?, lease_token = ?, lease_expires_at = ?, attempt_count = attempt_count + 1 \
-         WHERE id = ? AND CASE WHEN status = 'queued' AND run_after <= ? AND rung_at >= 0 THEN TRUE ELSE FALSE END \
-         RETURNING {JOB_COLUMNS}"
-    )
-}
-
-/// `queued → running` for `id` if it is queued and due (`Ledger::claim`), within `tx`.
-pub(super) async fn claim_in(
-    tx: &mut Tx,
-    id: JobId,
-    worker: &str,
-    route: &str,
-    lease_for: Duration,
-    at: i64,
-) -> Result<Option<Box<Claimed>>> {
-    let sid = id.to_string();
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let lease_expires_at = at + lease_for.as_millis() as i64;
-    let claim_sql = claim_update_sql();
-    // The claim's own parameters, first in both statements below.
-    let claim_params = (
-        at,
-        worker.to_owned(),
-        token.clone(),
-        lease_expires_at,
-        sid.clone(),
-    );
-    fn bind_claim<'q>(
-        statement: &'q str,
-        (at, worker, token, until, id): (i64, String, String, i64, String),
-    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-        sqlx::query(statement)
-            .bind(at)
-            .bind(worker)
-            .bind(token)
-            .bind(until)
-            .bind(id)
-            .bind(at)
-    }
-    let mut job = if tx.d == Dialect::Postgres {
-        // One round trip: the claim, its attempt, its transition and its `job.started`
-        // delivery as one statement (data-modifying CTEs), each insert fed by the claimed row
-        // (none when the claim lost). SQLite has no such CTEs, and its statements are calls
-        // within the process, not round trips: it takes them one by one below.
-        let merged = format!(
-            "WITH claimed AS ({claim_sql}), \
-             attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
-                 SELECT id, attempt_count, id || '-' || attempt_count, ?, lease_owner, ? FROM claimed), \
-             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-                 SELECT id, 'queued', 'running', NULL, ? FROM claimed), \
-             {} \
-             SELECT * FROM claimed",
-            started_delivery_cte()
-        );
-        let merged = tx.d.sql(&merged);
-        let row = bind_claim(&merged, claim_params)
-            .bind(route)
-            .bind(at)
-            .bind(at)
-            .bind(DeliveryId::new().0)
-            .bind(at)
-            .bind(at)
-            .bind(at)
-            .fetch_optional(&mut *tx.tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        tx.transitions.push(Status::Running.as_str());
-        job_from_row(&row)?
-    } else {
-        let claim_sql = tx.d.sql(&claim_sql);
-        let row = bind_claim(&claim_sql, claim_params)
-            .fetch_optional(&mut *tx.tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let job = job_from_row(&row)?;
-        sqlx::query(&tx.d.sql(
-            "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(&sid)
-        .bind(i64::from(job.attempt_count))
-        .bind(format!("{sid}-{}", job.attempt_count))
-        .bind(route)
-        .bind(worker)
-        .bind(at)
-        .execute(&mut *tx.tx)
-        .await?;
-        record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at).await?;
-        job
-    };
-    let number = job.attempt_count;
-    // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
-    let attempt_id = format!("{sid}-{number}");
-    // The claim freed a place in the tenant's window: the next held job takes it. A first
-    // claim's job was admitted once and counted once, so its place is surely free; a later
-    // attempt's job came back into the window admitted (retried, released or rescued), perhaps
-    // past its size, so then the window is counted.
-    let admitted = admit_next_in(tx, &job.tenant.0, at, number > 1).await?;
-    // A queued job has no outputs (they come with success), and on a first attempt its one
-    // attempt is the row just inserted; a later attempt's route depends on the ones before, so
-    // then the whole job is read back, in this transaction.
-    if number > 1 {
-        let row = sqlx::query(
-            &tx.d
-                .sql(&format!("{} FROM jobs WHERE id = ?", tx.d.job_select())),
-        )
-        .bind(&sid)
-        .fetch_one(&mut *tx.tx)
-        .await?;
-        job = load_job(&row)?;
-    } else {
-        job.attempts = vec![Attempt {
-            number,
-            id: attempt_id.clone(),
-            route: route.to_owned(),
-            worker: worker.to_owned(),
-            started_at: from_millis(at),
-            finished_at: None,
-            outcome: None,
-            error: None,
-            error_class: None,
-            upstream_id: None,
-            cost_micros: None,
-            progress_percent: None,
-        }];
-    }
-    Ok(Some(Box::new(Claimed {
-        job,
-        token,
-        attempt_id,
-        admitted,
-    })))
-}
-
-/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one, into the
-/// place the claim just freed.
-///
-/// A claim only takes an admitted job, so it frees exactly one place in its tenant's window.
-/// On a job's first claim, filling that place keeps the window as full as it was, so the window
-/// is not counted (the count reads up to `window` rows, and it was on every claim). A job that
-/// comes back to the queue (retried, released, rescued) comes back admitted without a place of
-/// its own, so the window may then hold more than its size; its next claim (`count_window`)
-/// admits only if the count has room, which brings the window back to its size.
-///
-/// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
-/// rings it just after the commit and marks it unrung if that fails; if the caller dies in
-/// between, the reconciler rings it once the mark is stale. One write fewer per admission
-/// than marking it after the ring.
-///
-/// One statement: the next held job per lane (each an index probe of `jobs_held`, whose key
-/// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
-/// subquery of the `UPDATE`, which then finds that job by its primary key alone (its state test
-/// is a `CASE`, as the claim's is).
-/// `admit_next_in`'s statement: its parameters are the time, then (`count_window`) the tenant
-/// and the window twice, then the tenant and a lane for each lane, highest first.
-pub(super) fn admission_sql(d: Dialect, count_window: bool) -> String {
-    let next_in_lane = format!(
-        "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
-          ORDER BY id LIMIT 1{})",
-        d.lock_rows_skip_locked()
-    );
-    let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
-    let room = if count_window {
-        concat!(window_has_room!(), " AND ")
-    } else {
-        ""
-    };
-    d.sql(&format!(
-        "UPDATE jobs SET rung_at = ? \
-         WHERE {room}id = COALESCE({lanes}) \
-           AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
-         RETURNING id, priority"
-    ))
-    .into_owned()
-}
-
-pub(super) async fn admit_next_in(
-    tx: &mut Tx,
-    tenant: &str,
-    at: i64,
-    count_window: bool,
-) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
-    let sql = admission_sql(tx.d, count_window);
-    let mut query = sqlx::query(&sql).bind(at);
-    if count_window {
-        let window = i64::from(tx.window);
-        query = query.bind(tenant).bind(window).bind(window);
-    }
-    for lane in crate::dispatch::Lane::ALL {
-        query = query.bind(tenant).bind(lane.as_str());
-    }
-    let Some(row) = query.fetch_optional(&mut *tx.tx).await? else {
-        return Ok(None);
-    };
-    let id: String = row.try_get("id")?;
-    let lane: String = row.try_get("priority")?;
-    let lane = lane
-        .parse()
-        .map_err(|_| LedgerError::Corrupt(format!("priority '{lane}'")))?;
-    let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
-    Ok(Some((job, lane)))
 }
 
 pub(super) async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
@@ -633,11 +410,11 @@ impl JobLedger for SqlLedger {
             .store(window.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn claim(
+    async fn claim_routed(
         &self,
         id: JobId,
         worker: &str,
-        route: &str,
+        route: &RouteChooser,
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
         let written = self
@@ -645,33 +422,28 @@ impl JobLedger for SqlLedger {
             .write(GroupWrite::Claim {
                 id,
                 worker: worker.to_owned(),
-                route: route.to_owned(),
+                route: route.clone(),
                 lease_for,
             })
             .await?;
         let GroupWritten::Claimed(claimed) = written else {
             unreachable!("a claim is answered with a claim")
         };
-        let Some(claimed) = claimed else {
-            return Ok(None);
-        };
-        let Claimed {
-            job,
-            token,
-            attempt_id,
-            admitted,
-        } = *claimed;
-        let number = job.attempt_count;
-        Ok(Some(Claim {
-            job,
-            lease: Lease {
-                job_id: id,
-                token,
-                attempt_id,
-            },
-            attempt_number: number,
-            admitted,
-        }))
+        Ok(claimed.map(|claimed| claimed.into_claim()))
+    }
+
+    async fn claim_batch(
+        &self,
+        ids: &[JobId],
+        worker: &str,
+        route: &RouteChooser,
+        lease_for: Duration,
+    ) -> Result<Vec<Claim>> {
+        let mut tx = self.write_tx().await?;
+        let claimed =
+            claim_batch_in(&mut tx, ids, worker, route, lease_for, to_millis(now())).await?;
+        tx.commit().await?;
+        Ok(claimed.into_iter().map(Claimed::into_claim).collect())
     }
 
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {

@@ -8,20 +8,23 @@
 //! skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never collide.
 //!
 //! The writes every job makes are shaped for throughput (see BENCHMARKS.md): concurrent
-//! inserts, claims and successes share transactions (`GroupCommit`), running jobs' lease
-//! renewals go many to a statement (`LeaseRenewals`), and on Postgres each of a submit, a
-//! claim, a success and a delivery try is one statement of data-modifying CTEs, where SQLite
-//! (whose statements are calls within the process, not round trips) takes the same steps one
-//! by one. The contract tests run every path on both engines.
+//! inserts, claims and successes share transactions (`GroupCommit`), and the claims and
+//! successes of a group share statements too (`claims`, `succeed_batch_in`); running jobs'
+//! lease renewals go many to a statement (`LeaseRenewals`), and so do webhook tries' results
+//! (`DeliveryResults`); and on Postgres each of a submit,
+//! a batch of claims, a batch of successes and a delivery try is one or two statements of
+//! data-modifying CTEs, where SQLite (whose statements are calls within the process, not round
+//! trips) takes the same steps job by job. The contract tests run every path on both engines.
 //!
 //! Times come from the application clock. Leases are tens of seconds and hosts run NTP, so the
 //! clock skew between workers is far below what a lease tolerates.
 //!
 //! One file per aggregate, each implementing that aggregate's trait: `jobs` (submit, reads,
-//! cancel, dispatch bookkeeping, claims), `attempts` (a running attempt's writes and its
+//! cancel, dispatch bookkeeping; the claims' statements in `claims`), `attempts` (a running attempt's writes and its
 //! outputs), `pipelines`, `deliveries`, `keys`, `idempotency`, `usage` and `maintenance`
 //! (worker identities, rescues, overdue jobs). Beside them: `dialect` (placeholders, locks),
-//! `rows` (row decoding), `group` (group commit) and `renewals` (batched lease renewals). This
+//! `rows` (row decoding), `group` (group commit), `renewals` (batched lease renewals) and
+//! `delivery_results` (batched webhook results). This
 //! file holds the ledger's handle, its transactions and the transition record every state
 //! change writes.
 
@@ -56,6 +59,8 @@ pub struct SqlLedger {
     group: GroupCommit,
     /// Where running jobs' leases are renewed (see `LeaseRenewals`).
     renewals: LeaseRenewals,
+    /// Where webhook tries' results are written (see `DeliveryResults`).
+    delivery_results: DeliveryResults,
 }
 
 /// The deepest queue position counted (`Ledger::queue_position`): a job further back reads
@@ -143,13 +148,15 @@ impl SqlLedger {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&writer).await?,
         }
         let window = Arc::new(AtomicU32::new(DEFAULT_TENANT_WINDOW));
-        let slots = match dialect {
-            Dialect::Sqlite => 1,
-            Dialect::Postgres => 4,
-        };
+        // One group in flight per process on both engines: while it is written, the next one
+        // gathers, so batches grow with the load. With four in flight on Postgres a free slot
+        // was nearly always waiting, most groups held one write, and the side-by-side workload
+        // ran about 10 % slower than with one (BENCHMARKS.md, issue 17).
+        let slots = 1;
         Ok(SqlLedger {
             group: GroupCommit::start(writer.clone(), dialect, window.clone(), slots),
             renewals: LeaseRenewals::start(writer.clone(), dialect),
+            delivery_results: DeliveryResults::start(writer.clone(), dialect, window.clone()),
             pool,
             writer,
             dialect,
@@ -235,7 +242,9 @@ macro_rules! window_has_room {
 }
 
 mod attempts;
+mod claims;
 mod deliveries;
+mod delivery_results;
 mod dialect;
 mod group;
 mod idempotency;
@@ -248,7 +257,9 @@ mod rows;
 mod usage;
 
 use attempts::*;
+use claims::*;
 use deliveries::*;
+use delivery_results::*;
 pub use dialect::Dialect;
 use group::*;
 use idempotency::*;
@@ -376,8 +387,8 @@ mod tests {
             assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
-        /// The claim and the held-job admission find their job by primary key whatever the
-        /// planner knows: a burst of queued jobs (half admitted, half held) in a table never
+        /// The claim and the held-job admission (alone and batched) find their jobs by primary
+        /// key whatever the planner knows: a burst of queued jobs (half admitted, half held) in a table never
         /// analyzed, and the generic plan, the one a pooled prepared statement settles on. With
         /// a plain state test the claim's plan walked `jobs_due` for the id.
         #[tokio::test(flavor = "multi_thread")]
@@ -399,16 +410,29 @@ mod tests {
                 .execute(&mut conn)
                 .await
                 .unwrap();
-            let claim = Dialect::Postgres
-                .sql(&jobs::claim_update_sql())
-                .into_owned();
-            let admission = jobs::admission_sql(Dialect::Postgres, false);
+            let ids = |n: usize| vec!["'x'"; n].join(", ");
             for (name, statement, arguments) in [
-                ("claim", claim, "0, 'w', 't', 0, 'x', 0"),
+                (
+                    "claim",
+                    claims::claim_update_sql(Dialect::Postgres, 1),
+                    format!("0, 'w', 0, {}, 0", ids(1)),
+                ),
+                (
+                    "claim of a full batch",
+                    claims::claim_update_sql(Dialect::Postgres, claims::CLAIM_BATCH_MAX),
+                    format!("0, 'w', 0, {}, 0", ids(claims::CLAIM_BATCH_MAX)),
+                ),
                 (
                     "admission",
-                    admission,
-                    "0, 't', 'high', 't', 'normal', 't', 'low'",
+                    claims::admission_sql(Dialect::Postgres, false),
+                    "0, 't', 'high', 't', 'normal', 't', 'low'".to_owned(),
+                ),
+                (
+                    "admission of a batch",
+                    Dialect::Postgres
+                        .sql(&claims::admission_batch_sql(2))
+                        .into_owned(),
+                    "0, 't', 8, 'u', 2".to_owned(),
                 ),
             ] {
                 sqlx::raw_sql(&format!("PREPARE hot AS {statement}"))
@@ -423,13 +447,21 @@ mod tests {
                     .map(|row| row.get::<String, _>(0))
                     .collect::<Vec<_>>()
                     .join("\n");
-                // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs jobs_1`).
-                let target = plan
-                    .lines()
-                    .find(|line| line.contains("Scan") && line.contains(" on jobs  ("))
+                // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs jobs_1`):
+                // the primary key's index, probed directly or through a bitmap.
+                let lines: Vec<&str> = plan.lines().collect();
+                let target = lines
+                    .iter()
+                    .position(|line| line.contains("Scan") && line.contains(" on jobs  ("))
                     .unwrap_or_default();
+                let by_key = lines[target].contains("jobs_pkey")
+                    || (lines[target].contains("Bitmap Heap Scan")
+                        && lines[target + 1..]
+                            .iter()
+                            .find(|l| l.contains("Scan"))
+                            .is_some_and(|l| l.contains("Bitmap Index Scan on jobs_pkey")));
                 assert!(
-                    target.contains("jobs_pkey"),
+                    by_key,
                     "the {name} does not find its job by primary key:\n{plan}"
                 );
                 sqlx::raw_sql("DEALLOCATE hot")

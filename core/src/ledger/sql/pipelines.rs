@@ -35,6 +35,7 @@ pub(super) async fn end_pipeline(
         let statement = delivery_insert(
             event,
             &DeliverySource {
+                id: "?",
                 job_id: "s.job_id",
                 url: "p.webhook_url",
                 events: "p.webhook_events",

@@ -1,0 +1,225 @@
+//! Batches: many claims in one claim's writes, many successes in one success's, and what each
+//! member of a batch is owed alone: a job claimed once, a route of its own, a held job admitted
+//! for each place freed, and every success fenced by its own lease, so that a stale lease in a
+//! batch is refused while its neighbours commit.
+
+use super::*;
+use crate::ledger::RouteChooser;
+
+fn route_by_model() -> RouteChooser {
+    Arc::new(|job: &crate::job::Job| format!("route-{}-{}", job.model, job.attempts.len() + 1))
+}
+
+fn output(name: &str) -> NewOutput {
+    NewOutput {
+        index: 0,
+        object_key: name.to_owned(),
+        content_type: "image/png".into(),
+        bytes: 3,
+        expires_at: now() + chrono::Duration::days(7),
+    }
+}
+
+pub async fn a_batch_claims_each_claimable_job_once(ledger: Arc<dyn Ledger>) {
+    ledger.set_dispatch_window(3);
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(new_job(ledger.as_ref(), "a").await);
+    }
+    // Two of the tenant's jobs wait behind its window of three.
+    let held_first = new_job(ledger.as_ref(), "a").await;
+    let held_second = new_job(ledger.as_ref(), "a").await;
+    let watched = ledger
+        .insert_job(NewJob {
+            webhook_url: Some("https://hooks.example/kiln".into()),
+            webhook_events: Some(vec!["job.started".into()]),
+            ..job_of("b")
+        })
+        .await
+        .unwrap()
+        .id;
+    let running = new_job(ledger.as_ref(), "c").await;
+    let taken = ledger
+        .claim(running, "w0", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let unknown = JobId::new();
+
+    let mut asked = queued.clone();
+    asked.extend([watched, running, unknown, held_first, queued[0]]);
+    let claims = ledger
+        .claim_batch(&asked, "w1", &route_by_model(), LEASE)
+        .await
+        .unwrap();
+
+    let mut claimed: Vec<JobId> = claims.iter().map(|c| c.job.id).collect();
+    claimed.sort();
+    let mut expected = queued.clone();
+    expected.push(watched);
+    expected.sort();
+    assert_eq!(
+        claimed, expected,
+        "the queued and admitted jobs, once each; not the running, unknown or held ones"
+    );
+    let tokens: std::collections::HashSet<_> = claims.iter().map(|c| &c.lease.token).collect();
+    assert_eq!(tokens.len(), claims.len(), "each claim its own lease");
+    assert!(!tokens.contains(&taken.lease.token));
+    for claim in &claims {
+        assert_eq!(claim.attempt_number, 1);
+        assert_eq!(claim.job.status, Status::Running);
+        assert_eq!(claim.job.attempts.len(), 1);
+        assert_eq!(claim.job.attempts[0].route, "route-demo/image-1");
+        assert!(ledger.renew_lease(&claim.lease, LEASE).await.unwrap());
+        let stored = ledger.job_by_id(claim.job.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, Status::Running);
+        assert_eq!(stored.lease_owner.as_deref(), Some("w1"));
+        assert_eq!(stored.attempts.len(), 1, "one attempt opened");
+        assert_eq!(stored.attempts[0].route, "route-demo/image-1");
+        assert_eq!(stored.attempts[0].id, claim.lease.attempt_id);
+        let path: Vec<_> = ledger
+            .transitions(claim.job.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(path, vec![Status::Queued, Status::Running]);
+    }
+    // The running job kept its own lease.
+    assert!(ledger.renew_lease(&taken.lease, LEASE).await.unwrap());
+    // Three of tenant a's admitted jobs were claimed: its two held jobs took two of the places,
+    // in their order, each handed to one claim to ring.
+    let mut admitted: Vec<(JobId, Lane)> = claims.iter().filter_map(|c| c.admitted).collect();
+    admitted.sort();
+    assert_eq!(
+        admitted,
+        vec![(held_first, Lane::Normal), (held_second, Lane::Normal)]
+    );
+    for held in [held_first, held_second] {
+        let job = ledger.job_by_id(held).await.unwrap().unwrap();
+        assert!(!job.held, "admitted");
+    }
+    // The watched job's webhook hears that it started, once.
+    let deliveries = ledger
+        .deliveries(&tenant("b"), watched)
+        .await
+        .unwrap()
+        .unwrap();
+    let started: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.event_type == EventType::JobStarted)
+        .collect();
+    assert_eq!(started.len(), 1, "{deliveries:?}");
+    assert!(crate::ledger::DeliveryId::parse(started[0].id.as_str()).is_some());
+    // A batch of nothing claims nothing.
+    assert!(ledger
+        .claim_batch(&[], "w1", &route_by_model(), LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn a_batch_of_successes_refuses_only_its_stale_leases(ledger: Arc<dyn Ledger>) {
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(new_job(ledger.as_ref(), "a").await);
+    }
+    let watched = ledger
+        .insert_job(NewJob {
+            webhook_url: Some("https://hooks.example/kiln".into()),
+            webhook_events: Some(vec!["job.succeeded".into()]),
+            ..job_of("a")
+        })
+        .await
+        .unwrap()
+        .id;
+    ids.push(watched);
+    let claims = ledger
+        .claim_batch(&ids, "w1", &route_by_model(), LEASE)
+        .await
+        .unwrap();
+    let lease_of = |id: JobId| {
+        claims
+            .iter()
+            .find(|c| c.job.id == id)
+            .expect("claimed")
+            .lease
+            .clone()
+    };
+    let (live, canceled, released, empty) = (ids[0], ids[1], ids[2], ids[3]);
+    // One job was canceled under its worker; another was released and claimed again, so its
+    // first lease is stale while its second holds.
+    ledger.cancel_job(&tenant("a"), canceled).await.unwrap();
+    assert!(ledger.release(&lease_of(released)).await.unwrap());
+    let again = ledger
+        .claim(released, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let won = ledger
+        .succeed_batch(&[
+            (lease_of(live), vec![output("live.png")]),
+            (lease_of(canceled), vec![output("canceled.png")]),
+            (lease_of(released), vec![output("stale.png")]),
+            (again.lease.clone(), vec![output("again.png")]),
+            (lease_of(empty), vec![]),
+            (lease_of(watched), vec![output("watched.png")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(won, vec![true, false, false, true, true, true]);
+
+    let outputs = |id: JobId| {
+        let ledger = ledger.clone();
+        async move {
+            let job = ledger.job_by_id(id).await.unwrap().unwrap();
+            let keys: Vec<String> = job.outputs.iter().map(|o| o.object_key.clone()).collect();
+            (job, keys)
+        }
+    };
+    let (job, keys) = outputs(live).await;
+    assert_eq!(job.status, Status::Succeeded);
+    assert_eq!(keys, vec!["live.png"]);
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    assert!(job.lease_owner.is_none());
+    let (job, keys) = outputs(canceled).await;
+    assert_eq!(job.status, Status::Canceled);
+    assert!(keys.is_empty(), "a refused success stores nothing");
+    let (job, keys) = outputs(released).await;
+    assert_eq!(job.status, Status::Succeeded);
+    assert_eq!(keys, vec!["again.png"], "only the live lease's outputs");
+    let outcomes: Vec<_> = job.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some(AttemptOutcome::Released),
+            Some(AttemptOutcome::Succeeded)
+        ]
+    );
+    let (job, keys) = outputs(empty).await;
+    assert_eq!(job.status, Status::Succeeded);
+    assert!(keys.is_empty());
+    for id in [live, canceled, released, empty, watched] {
+        assert_eq!(terminal_transitions(ledger.as_ref(), id).await, 1);
+    }
+    let deliveries = ledger
+        .deliveries(&tenant("a"), watched)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        deliveries
+            .iter()
+            .filter(|d| d.event_type == EventType::JobSucceeded)
+            .count(),
+        1
+    );
+    // Committed once: a second batch of the same leases loses every one.
+    let again = ledger
+        .succeed_batch(&[(lease_of(live), vec![]), (lease_of(watched), vec![])])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false, false]);
+}

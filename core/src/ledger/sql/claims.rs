@@ -1,0 +1,392 @@
+//! Claims: `queued → running` for a batch of rung jobs at once, each under a lease of its own,
+//! with their attempts opened on the routes chosen for them, their transitions and
+//! `job.started` deliveries written, and as many of their tenants' held jobs admitted as the
+//! claims freed places. A batch is what a group commit holds (`GroupCommit`: the claims that
+//! arrived together) or what a caller hands over (`Ledger::claim_batch`); a lone claim is a
+//! batch of one, so one path serves both and a lone job waits for nothing.
+//!
+//! On Postgres a batch costs two statements (up to `CLAIM_BATCH_MAX` jobs; more take one more
+//! claim statement per that many): the claim's `UPDATE … WHERE id IN (…)` returning the
+//! claimed rows, then, once each attempt's route is chosen from its job,
+//! one statement of data-modifying CTEs fed by `VALUES` rows (sqlx's `Any` driver binds no
+//! arrays) that opens the attempts, writes the transitions and deliveries and admits held jobs.
+//! SQLite's statements are calls within the process, not round trips: after the same claim
+//! `UPDATE` it writes the rest job by job. Statement shapes are padded to powers of two (ids
+//! repeated, `VALUES` rows of nulls that no join keeps), so each connection caches a few plans
+//! instead of one per batch size.
+
+use super::*;
+use crate::dispatch::Lane;
+use crate::ledger::RouteChooser;
+
+/// What a claim wrote: the job as it left it (its new attempt included), and the lease.
+pub(super) struct Claimed {
+    pub(super) job: Job,
+    pub(super) token: String,
+    pub(super) attempt_id: String,
+    pub(super) admitted: Option<(JobId, Lane)>,
+}
+
+impl Claimed {
+    pub(super) fn into_claim(self) -> Claim {
+        let Claimed {
+            job,
+            token,
+            attempt_id,
+            admitted,
+        } = self;
+        Claim {
+            lease: Lease {
+                job_id: job.id,
+                token,
+                attempt_id,
+            },
+            attempt_number: job.attempt_count,
+            admitted,
+            job,
+        }
+    }
+}
+
+/// Most jobs one claim statement takes; a larger batch is claimed in statements of this many.
+/// The ids are probed in the primary key's index only while the planner finds that cheaper
+/// than reading the table: at 64 ids a generic plan read all of a 5,000-job table, at 16 it
+/// probes (the plan test in `sql::tests` holds it to that).
+pub(super) const CLAIM_BATCH_MAX: usize = 16;
+
+/// The claim's own `UPDATE` for `shape` ids: each job by its id, if it is queued, due and
+/// admitted, with a lease token of its own drawn by the database.
+///
+/// The jobs are found by their primary key alone: the state test is a `CASE`, from which no
+/// partial index's predicate can be proved, so no plan can walk a partial index of queued jobs
+/// instead. Planned with statistics from before a burst, when every queued-only index looked
+/// nearly empty, the plain test let the planner scan `jobs_due` or `jobs_admitted` for the id.
+///
+/// Binds: the time, the worker, the lease's end, the ids, the time.
+pub(super) fn claim_update_sql(d: Dialect, shape: usize) -> String {
+    let ids = vec!["?"; shape].join(", ");
+    let token = match d {
+        Dialect::Postgres => "replace(gen_random_uuid()::text, '-', '')",
+        Dialect::Sqlite => "lower(hex(randomblob(16)))",
+    };
+    d.sql(&format!(
+        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), \
+             lease_owner = ?, lease_token = {token}, lease_expires_at = ?, attempt_count = attempt_count + 1 \
+         WHERE id IN ({ids}) \
+           AND CASE WHEN status = 'queued' AND run_after <= ? AND rung_at >= 0 THEN TRUE ELSE FALSE END \
+         RETURNING {JOB_COLUMNS}, lease_token"
+    ))
+    .into_owned()
+}
+
+/// `queued → running` for those of `ids` that are queued and due (`Ledger::claim_batch`),
+/// within `tx`. A job named twice is claimed once.
+pub(super) async fn claim_batch_in(
+    tx: &mut Tx,
+    ids: &[JobId],
+    worker: &str,
+    route: &RouteChooser,
+    lease_for: Duration,
+    at: i64,
+) -> Result<Vec<Claimed>> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CLAIM_BATCH_MAX) {
+        let shape = chunk.len().next_power_of_two();
+        let sql = claim_update_sql(tx.d, shape);
+        let mut query = sqlx::query(&sql)
+            .bind(at)
+            .bind(worker)
+            .bind(at + lease_for.as_millis() as i64);
+        for i in 0..shape {
+            query = query.bind(chunk[i.min(chunk.len() - 1)].to_string());
+        }
+        rows.extend(query.bind(at).fetch_all(&mut *tx.tx).await?);
+    }
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut job = job_from_row(row)?;
+        let token: String = row.try_get("lease_token")?;
+        let number = job.attempt_count;
+        let sid = job.id.to_string();
+        // A first attempt has none before it; a later attempt's route depends on the ones
+        // before (fallback), so they are read, in this transaction.
+        if number > 1 {
+            let row = sqlx::query(
+                &tx.d
+                    .sql(&format!("{} FROM jobs WHERE id = ?", tx.d.job_select())),
+            )
+            .bind(&sid)
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            job.attempts = load_job(&row)?.attempts;
+        }
+        // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
+        let attempt_id = format!("{sid}-{number}");
+        job.attempts.push(Attempt {
+            number,
+            id: attempt_id.clone(),
+            route: route(&job),
+            worker: worker.to_owned(),
+            started_at: from_millis(at),
+            finished_at: None,
+            outcome: None,
+            error: None,
+            error_class: None,
+            upstream_id: None,
+            cost_micros: None,
+            progress_percent: None,
+        });
+        claimed.push(Claimed {
+            job,
+            token,
+            attempt_id,
+            admitted: None,
+        });
+    }
+    match tx.d {
+        Dialect::Postgres => open_attempts_merged(tx, &mut claimed, worker, at).await?,
+        Dialect::Sqlite => {
+            for c in &mut claimed {
+                let sid = c.job.id.to_string();
+                let attempt = c.job.attempts.last().expect("just pushed");
+                sqlx::query(
+                    "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&sid)
+                .bind(i64::from(attempt.number))
+                .bind(&attempt.id)
+                .bind(&attempt.route)
+                .bind(worker)
+                .bind(at)
+                .execute(&mut *tx.tx)
+                .await?;
+                record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at)
+                    .await?;
+                let later = c.job.attempt_count > 1;
+                c.admitted = admit_next_in(tx, &c.job.tenant.0, at, later).await?;
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// The second of a Postgres batch's two statements: the claimed jobs' attempts, transitions and
+/// `job.started` deliveries, and the admission of a held job for each place a first claim freed
+/// (`admit_next_in` says why a first claim needs no count of the window), all as one statement
+/// of data-modifying CTEs. A later attempt's claim admits only where the window has room, which
+/// takes a count: `admit_next_in` for each of those, after (they are rare: retries, releases,
+/// rescues).
+async fn open_attempts_merged(
+    tx: &mut Tx,
+    claimed: &mut [Claimed],
+    worker: &str,
+    at: i64,
+) -> Result<()> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let shape = claimed.len().next_power_of_two();
+    let opened = padded_values(
+        "(?::text, ?::bigint, ?::text, ?::text, ?::text, ?::bigint)",
+        "(?, ?, ?, ?, ?, ?)",
+        shape,
+    );
+    // Places freed per tenant by first claims, in a stable order.
+    let mut places: BTreeMap<&str, i64> = BTreeMap::new();
+    for c in claimed.iter().filter(|c| c.job.attempt_count == 1) {
+        *places.entry(c.job.tenant.0.as_str()).or_default() += 1;
+    }
+    let tenant_shape = places.len().max(1).next_power_of_two();
+    static DELIVERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        delivery_insert(
+            EventType::JobStarted,
+            &DeliverySource {
+                id: "?::text || substr(md5(job_id || 'job.started'), 1, 12)",
+                job_id: "job_id",
+                url: "webhook_url",
+                events: "webhook_events",
+                started_at: "started_at",
+                from_where: "FROM opened WHERE job_id IS NOT NULL",
+                tail: "",
+            },
+        )
+    });
+    let statement = tx.d.sql(&format!(
+        "WITH opened (job_id, number, route, webhook_url, webhook_events, started_at) AS (VALUES {opened}), \
+         attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
+             SELECT job_id, number, job_id || '-' || number, route, ?, ? FROM opened WHERE job_id IS NOT NULL), \
+         transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+             SELECT job_id, 'queued', 'running', NULL, ? FROM opened WHERE job_id IS NOT NULL), \
+         delivery AS ({delivery}), \
+         admitted AS ({admission}) \
+         SELECT id, tenant, priority FROM admitted",
+        delivery = DELIVERY.as_str(),
+        admission = admission_batch_sql(tenant_shape),
+    ))
+    .into_owned();
+    let mut query = sqlx::query(&statement);
+    for i in 0..shape {
+        match claimed.get(i) {
+            Some(c) => {
+                let attempt = c.job.attempts.last().expect("a claim opens an attempt");
+                query = query
+                    .bind(c.job.id.to_string())
+                    .bind(i64::from(attempt.number))
+                    .bind(attempt.route.clone())
+                    .bind(c.job.webhook_url.clone())
+                    .bind(c.job.webhook_events.as_ref().map(|e| e.join(",")))
+                    .bind(c.job.started_at.map(to_millis));
+            }
+            None => {
+                query = query
+                    .bind(None::<String>)
+                    .bind(None::<i64>)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(None::<i64>);
+            }
+        }
+    }
+    let delivery_prefix = DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned();
+    query = query
+        .bind(worker)
+        .bind(at)
+        .bind(at)
+        .bind(delivery_prefix)
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .bind(at);
+    let mut freed = places.iter();
+    for _ in 0..tenant_shape {
+        query = match freed.next() {
+            Some((tenant, places)) => query.bind(tenant.to_string()).bind(*places),
+            None => query.bind(None::<String>).bind(0i64),
+        };
+    }
+    let rows = query.fetch_all(&mut *tx.tx).await?;
+    tx.transitions
+        .extend(std::iter::repeat_n(Status::Running.as_str(), claimed.len()));
+    // Each admitted job goes to one first claim of its tenant, whose claimer rings it.
+    for row in &rows {
+        let (id, lane) = id_and_lane(row)?;
+        let tenant: String = row.try_get("tenant")?;
+        if let Some(c) = claimed
+            .iter_mut()
+            .find(|c| c.job.attempt_count == 1 && c.admitted.is_none() && c.job.tenant.0 == tenant)
+        {
+            c.admitted = Some((id, lane));
+        }
+    }
+    for c in claimed.iter_mut().filter(|c| c.job.attempt_count > 1) {
+        c.admitted = admit_next_in(tx, &c.job.tenant.0, at, true).await?;
+    }
+    Ok(())
+}
+
+/// The admission of held jobs into the places first claims freed (Postgres): for each of
+/// `tenant_shape` (tenant, places) rows, the tenant's next held jobs, up to its places, highest
+/// lane first and oldest first within a lane (each lane one probe of `jobs_held`, whose key
+/// leads with the tenant and the lane), skipping jobs another transaction is admitting. The
+/// `UPDATE` then finds each by primary key alone (its state test is a `CASE`, as the claim's
+/// is). Binds: the time, then the (tenant, places) rows.
+pub(super) fn admission_batch_sql(tenant_shape: usize) -> String {
+    let freed = padded_values("(?::text, ?::bigint)", "(?, ?)", tenant_shape);
+    let lanes = Lane::ALL
+        .iter()
+        .enumerate()
+        .map(|(rank, lane)| format!("({rank}, '{}')", lane.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE jobs SET rung_at = ? WHERE id IN ( \
+             SELECT h.id FROM (VALUES {freed}) AS freed (tenant, places) \
+             CROSS JOIN LATERAL ( \
+                 SELECT l.id FROM (VALUES {lanes}) AS lanes (rank, lane) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id FROM jobs WHERE tenant = freed.tenant AND priority = lanes.lane \
+                         AND status = 'queued' AND rung_at = -1 \
+                     ORDER BY id LIMIT freed.places FOR UPDATE SKIP LOCKED) AS l \
+                 ORDER BY lanes.rank, l.id LIMIT freed.places) AS h) \
+           AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
+         RETURNING id, tenant, priority"
+    )
+}
+
+/// `shape` rows of `VALUES`: the first typed (Postgres infers the columns' types from it), the
+/// rest plain. Rows past the data are bound as nulls and left out by `IS NOT NULL` or a join.
+pub(super) fn padded_values(first: &str, rest: &str, shape: usize) -> String {
+    let mut rows = vec![first];
+    rows.extend(std::iter::repeat_n(rest, shape.saturating_sub(1)));
+    rows.join(", ")
+}
+
+/// Admits `tenant`'s next held job (highest priority, oldest first), if it has one, into the
+/// place the claim just freed.
+///
+/// A claim only takes an admitted job, so it frees exactly one place in its tenant's window.
+/// On a job's first claim, filling that place keeps the window as full as it was, so the window
+/// is not counted (the count reads up to `window` rows, and it was on every claim). A job that
+/// comes back to the queue (retried, released, rescued) comes back admitted without a place of
+/// its own, so the window may then hold more than its size; its next claim (`count_window`)
+/// admits only if the count has room, which brings the window back to its size.
+///
+/// It is marked rung as it is admitted, as a submitted job is as it is inserted: the caller
+/// rings it just after the commit and marks it unrung if that fails; if the caller dies in
+/// between, the reconciler rings it once the mark is stale. One write fewer per admission
+/// than marking it after the ring.
+///
+/// One statement: the next held job per lane (each an index probe of `jobs_held`, whose key
+/// leads with the tenant and the lane; `COALESCE` stops at the first lane that has one) is a
+/// subquery of the `UPDATE`, which then finds that job by its primary key alone (its state test
+/// is a `CASE`, as the claim's is).
+/// `admit_next_in`'s statement: its parameters are the time, then (`count_window`) the tenant
+/// and the window twice, then the tenant and a lane for each lane, highest first.
+pub(super) fn admission_sql(d: Dialect, count_window: bool) -> String {
+    let next_in_lane = format!(
+        "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
+          ORDER BY id LIMIT 1{})",
+        d.lock_rows_skip_locked()
+    );
+    let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");
+    let room = if count_window {
+        concat!(window_has_room!(), " AND ")
+    } else {
+        ""
+    };
+    d.sql(&format!(
+        "UPDATE jobs SET rung_at = ? \
+         WHERE {room}id = COALESCE({lanes}) \
+           AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
+         RETURNING id, priority"
+    ))
+    .into_owned()
+}
+
+pub(super) async fn admit_next_in(
+    tx: &mut Tx,
+    tenant: &str,
+    at: i64,
+    count_window: bool,
+) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
+    let sql = admission_sql(tx.d, count_window);
+    let mut query = sqlx::query(&sql).bind(at);
+    if count_window {
+        let window = i64::from(tx.window);
+        query = query.bind(tenant).bind(window).bind(window);
+    }
+    for lane in crate::dispatch::Lane::ALL {
+        query = query.bind(tenant).bind(lane.as_str());
+    }
+    let Some(row) = query.fetch_optional(&mut *tx.tx).await? else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let lane: String = row.try_get("priority")?;
+    let lane = lane
+        .parse()
+        .map_err(|_| LedgerError::Corrupt(format!("priority '{lane}'")))?;
+    let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
+    Ok(Some((job, lane)))
+}

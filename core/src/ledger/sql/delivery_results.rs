@@ -1,0 +1,180 @@
+//! Delivery results: the outcome of each webhook try, written a batch at a time. A pass of the
+//! deliverer tries up to 32 deliveries at once and their results come back together; whatever
+//! results are waiting when the previous batch is written go together, so a busy deliverer
+//! pays one statement (Postgres) or one transaction (SQLite) per batch instead of one per try.
+//! Each result is still fenced by its delivery's claim token, and gets its own answer. If a
+//! batch fails, each of its results is written alone, so one result's error is its own.
+
+use super::*;
+
+/// Most results one batch carries.
+const RESULTS_MAX: usize = 64;
+
+pub(super) struct PendingResult {
+    id: DeliveryId,
+    claim_token: String,
+    tried: DeliveryTry,
+    next: DeliveryNext,
+    reply: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+pub(super) struct DeliveryResults {
+    queue: tokio::sync::mpsc::UnboundedSender<PendingResult>,
+}
+
+impl DeliveryResults {
+    pub(super) fn start(pool: AnyPool, dialect: Dialect, window: Arc<AtomicU32>) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingResult>();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < RESULTS_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                write_results(&pool, dialect, &window, batch).await;
+            }
+        });
+        DeliveryResults { queue }
+    }
+
+    pub(super) async fn finish(
+        &self,
+        id: &DeliveryId,
+        claim_token: &str,
+        tried: &DeliveryTry,
+        next: DeliveryNext,
+    ) -> Result<bool> {
+        let (reply, written) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(PendingResult {
+                id: id.clone(),
+                claim_token: claim_token.to_owned(),
+                tried: tried.clone(),
+                next,
+                reply,
+            })
+            .map_err(|_| LedgerError::WriterStopped)?;
+        written.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+}
+
+async fn write_results(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    batch: Vec<PendingResult>,
+) {
+    let results: Vec<&PendingResult> = batch.iter().collect();
+    match write_batch(pool, dialect, window, &results).await {
+        Ok(won) => {
+            for (result, won) in batch.into_iter().zip(won) {
+                let _ = result.reply.send(Ok(won));
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::debug!(error = %e, results = batch.len(), "a batch of delivery results failed; writing each alone");
+            for result in batch {
+                let won = write_batch(pool, dialect, window, &[&result]).await;
+                let _ = result.reply.send(won.map(|mut w| w.remove(0)));
+            }
+        }
+        Err(e) => {
+            if let Some(result) = batch.into_iter().next() {
+                let _ = result.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Writes `results`, answering each in order: on Postgres, the ones that need nothing but
+/// their own rows (all but a 410's) as one statement, outside a transaction when that is all
+/// there is; the rest, and SQLite's, one by one in one transaction.
+async fn write_batch(
+    pool: &AnyPool,
+    dialect: Dialect,
+    window: &AtomicU32,
+    results: &[&PendingResult],
+) -> Result<Vec<bool>> {
+    let merged = |r: &&PendingResult| dialect == Dialect::Postgres && r.next != DeliveryNext::Gone;
+    if results.iter().all(merged) {
+        let held = finish_merged(pool, results).await?;
+        return Ok(results
+            .iter()
+            .map(|r| held.contains(r.id.as_str()))
+            .collect());
+    }
+    let mut tx = begin_write(pool, dialect, window).await?;
+    let mut won = Vec::with_capacity(results.len());
+    for r in results {
+        won.push(finish_in(&mut tx, &r.id, &r.claim_token, &r.tried, r.next).await?);
+    }
+    tx.commit().await?;
+    Ok(won)
+}
+
+/// The fenced updates of many deliveries and their tries' log rows, as one Postgres statement:
+/// the results as `VALUES` rows (padded to a power of two with repeats of the last) joined to
+/// their deliveries by id and claim token, each log row fed by the update that won. Returns
+/// the ids whose claim still held.
+async fn finish_merged(
+    pool: &AnyPool,
+    results: &[&PendingResult],
+) -> Result<std::collections::HashSet<String>> {
+    let shape = results.len().next_power_of_two();
+    let rows = padded_values(
+        "(?::text, ?::text, ?::text, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::text)",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        shape,
+    );
+    let statement = Dialect::Postgres
+        .sql(&format!(
+            "WITH results (id, token, status, tries, next_try_at, delivered_at, at, status_code, latency_ms, error) \
+                 AS (VALUES {rows}), \
+             finished AS (UPDATE webhook_deliveries d SET status = r.status, tries = r.tries, \
+                     next_try_at = r.next_try_at, delivered_at = r.delivered_at, claim_token = NULL \
+                 FROM results r WHERE d.id = r.id AND d.claim_token = r.token \
+                 RETURNING d.id, r.tries, r.at, r.status_code, r.latency_ms, r.error), \
+             tried AS (INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
+                 SELECT id, tries, at, status_code, latency_ms, error FROM finished) \
+             SELECT id FROM finished"
+        ))
+        .into_owned();
+    let mut query = sqlx::query(&statement);
+    for i in 0..shape {
+        let r = results[i.min(results.len() - 1)];
+        let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
+        query = query
+            .bind(r.id.as_str())
+            .bind(r.claim_token.as_str())
+            .bind(status)
+            .bind(r.tried.number as i64)
+            .bind(next_try_at)
+            .bind(delivered_at)
+            .bind(to_millis(r.tried.at))
+            .bind(r.tried.status_code.map(i64::from))
+            .bind(r.tried.latency_ms as i64)
+            .bind(r.tried.error.as_deref());
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get("id")?))
+        .collect()
+}
+
+/// A delivery's state after a try: its status, when it is next due, when it was delivered.
+pub(super) fn finished_columns(
+    tried: &DeliveryTry,
+    next: DeliveryNext,
+) -> (&'static str, Option<i64>, Option<i64>) {
+    let status = next.status().as_str();
+    match next {
+        DeliveryNext::Delivered => (status, None, Some(to_millis(tried.at))),
+        DeliveryNext::RetryAt(at) => (status, Some(to_millis(at)), None),
+        DeliveryNext::Failed | DeliveryNext::Gone => (status, None, None),
+    }
+}
