@@ -223,3 +223,48 @@ pub async fn a_batch_of_successes_refuses_only_its_stale_leases(ledger: Arc<dyn 
         .unwrap();
     assert_eq!(again, vec![false, false]);
 }
+
+pub async fn a_burst_of_submits_fills_each_window_exactly(ledger: Arc<dyn Ledger>) {
+    ledger.set_dispatch_window(3);
+    // Twenty submits of two tenants at once: however they are grouped into statements, each
+    // tenant's window admits exactly three and holds the rest.
+    let submits = (0..20).map(|i| {
+        let ledger = ledger.clone();
+        async move {
+            let owner = if i % 2 == 0 { "a" } else { "b" };
+            ledger.insert_job(job_of(owner)).await.unwrap()
+        }
+    });
+    let jobs = futures::future::join_all(submits).await;
+    for owner in ["a", "b"] {
+        let admitted = jobs
+            .iter()
+            .filter(|j| j.tenant == tenant(owner) && !j.held)
+            .count();
+        assert_eq!(admitted, 3, "tenant {owner}'s window");
+    }
+    for job in &jobs {
+        let stored = ledger.job_by_id(job.id).await.unwrap().unwrap();
+        assert_eq!(stored.held, job.held, "the answer is what was written");
+        assert_eq!(stored.status, Status::Queued);
+        let path: Vec<_> = ledger
+            .transitions(job.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(path, vec![Status::Queued]);
+    }
+    // A claim frees a place, and one held job takes it.
+    let first = jobs
+        .iter()
+        .find(|j| j.tenant == tenant("a") && !j.held)
+        .unwrap();
+    let claim = ledger
+        .claim(first.id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(claim.admitted.is_some());
+}

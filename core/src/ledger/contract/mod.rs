@@ -107,7 +107,8 @@ macro_rules! ledger_contract_tests {
             concurrent_submits_cannot_both_pass_the_spend_cap,
             usage_rows_come_a_page_of_jobs_at_a_time,
             a_batch_claims_each_claimable_job_once,
-            a_batch_of_successes_refuses_only_its_stale_leases
+            a_batch_of_successes_refuses_only_its_stale_leases,
+            a_burst_of_submits_fills_each_window_exactly
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -1,6 +1,6 @@
 //! Group commit: concurrent inserts, claims and successes of different jobs share one
-//! transaction, and the claims and successes of a group share their statements
-//! (`claim_batch_in`, `succeed_batch_in`), so a busy ledger pays one commit and a few
+//! transaction, and the plain inserts, the claims and the successes of a group share their
+//! statements (`insert_batch_in`, `claim_batch_in`, `succeed_batch_in`), so a busy ledger pays one commit and a few
 //! statements for many jobs. A group that fails is written
 //! again write by write, so one bad write cannot fail its neighbours; transitions are counted
 //! only after a commit (`Tx::commit`), so a group written twice counts once.
@@ -142,8 +142,9 @@ pub(super) async fn write_group(
     }
 }
 
-/// Writes `writes` in one transaction: the inserts one by one (in lock order), then the
-/// claims a batch per claimer (`claim_batch_in`), then the successes as one batch
+/// Writes `writes` in one transaction: the inserts that check a key's limits or write more than
+/// their row one by one (in lock order), the other inserts as one batch (`insert_batch_in`),
+/// then the claims a batch per claimer (`claim_batch_in`), then the successes as one batch
 /// (`succeed_batch_in`), so a group of any size costs a few statements. Answers in the order
 /// of `writes`.
 pub(super) async fn write_in_one(
@@ -158,8 +159,14 @@ pub(super) async fn write_in_one(
     type Claimer<'a> = (&'a str, usize, Duration);
     let mut claims: BTreeMap<Claimer, Vec<usize>> = BTreeMap::new();
     let mut successes = Vec::new();
+    // Inserts with nothing of their own to check go together (Postgres; SQLite's statements
+    // are calls within the process, and it takes them one by one).
+    let mut inserts = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
+            GroupWrite::Insert { job, .. } if dialect == Dialect::Postgres && batchable(job) => {
+                inserts.push(i)
+            }
             // A key's limits (active jobs, spend) are answers, not failures: nothing was
             // written when one refuses, so the rest of the group goes on.
             GroupWrite::Insert { job, at } => {
@@ -184,6 +191,19 @@ pub(super) async fn write_in_one(
                     .push(i);
             }
             GroupWrite::Succeed { .. } => successes.push(i),
+        }
+    }
+    if !inserts.is_empty() {
+        let batch: Vec<(&NewJob, i64)> = inserts
+            .iter()
+            .map(|&i| match writes[i] {
+                GroupWrite::Insert { job, at } => (job.as_ref(), *at),
+                _ => unreachable!("batched by kind"),
+            })
+            .collect();
+        let admitted = insert_batch_in(&mut tx, &batch).await?;
+        for (&i, admitted) in inserts.iter().zip(admitted) {
+            written[i] = Some(GroupWritten::Inserted(Ok(admitted)));
         }
     }
     let at = to_millis(now());

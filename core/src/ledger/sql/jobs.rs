@@ -188,6 +188,113 @@ pub(super) async fn insert_job_in(
     Ok(admitted)
 }
 
+/// Whether `job` can be written by `insert_batch_in`: nothing of its own to check or write
+/// beyond its row and its transition (no key limit, no idempotency key, no input kept apart).
+pub(super) fn batchable(job: &NewJob) -> bool {
+    job.max_active.is_none()
+        && job.spend.is_none()
+        && job.idempotency.is_none()
+        && crate::job::elide_inline_data(&job.input) == job.input
+}
+
+/// Writes many new queued jobs as one Postgres statement (`insert_job_in` one at a time, for
+/// jobs that are `batchable`), with their transitions: the jobs as `VALUES` rows (padded with
+/// null rows that no join keeps). Returns, in order, whether each was admitted to the queue.
+///
+/// The tenant's dispatch window decides as it does for one insert, counting the batch: a job is
+/// admitted if its tenant holds no job back and the tenant's admitted jobs, with the batch's
+/// jobs of that tenant up to and including this one (`place`, numbered in the batch's order),
+/// still fit the window. The tenant's held line and its window are each read once per tenant.
+pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Result<Vec<bool>> {
+    if jobs.is_empty() {
+        return Ok(vec![]);
+    }
+    let shape = jobs.len().next_power_of_two();
+    let rows = padded_values(
+        "(?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint)",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        shape,
+    );
+    let statement = tx
+        .d
+        .sql(&format!(
+            "WITH new (id, tenant, model, input, deadline_at, start_by, key_id, webhook_url, webhook_events, priority, place, at) \
+                 AS (VALUES {rows}), \
+             tenants AS (SELECT t.tenant, \
+                     EXISTS (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at = -1) AS holding, \
+                     (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) AS admitted \
+                 FROM (SELECT DISTINCT tenant FROM new WHERE id IS NOT NULL) t), \
+             inserted AS (INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+                     key_id, webhook_url, webhook_events, pipeline_id, priority) \
+                 SELECT n.id, n.tenant, n.model, n.input, 'queued', n.at, n.at, \
+                     CASE WHEN NOT t.holding AND t.admitted + n.place <= ? THEN n.at ELSE -1 END, \
+                     n.deadline_at, n.start_by, n.key_id, n.webhook_url, n.webhook_events, NULL, n.priority \
+                 FROM new n JOIN tenants t ON t.tenant = n.tenant \
+                 RETURNING id, rung_at, created_at), \
+             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                 SELECT id, NULL, 'queued', NULL, created_at FROM inserted) \
+             SELECT id, rung_at FROM inserted"
+        ))
+        .into_owned();
+    let mut places: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut query = sqlx::query(&statement);
+    for i in 0..shape {
+        query = match jobs.get(i) {
+            Some((job, at)) => {
+                let place = places.entry(job.tenant.0.as_str()).or_default();
+                *place += 1;
+                query
+                    .bind(job.id.to_string())
+                    .bind(&job.tenant.0)
+                    .bind(&job.model)
+                    .bind(job.input.to_string())
+                    .bind(job.deadline_at.map(to_millis))
+                    .bind(job.start_by.map(to_millis))
+                    .bind(job.key_id.as_ref().map(KeyId::as_str))
+                    .bind(job.webhook_url.as_deref())
+                    .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
+                    .bind(job.priority.as_str())
+                    .bind(*place)
+                    .bind(*at)
+            }
+            None => query
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<i64>),
+        };
+    }
+    let window = i64::from(tx.window);
+    let rows = query
+        .bind(window)
+        .bind(window)
+        .fetch_all(&mut *tx.tx)
+        .await?;
+    let mut admitted = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        admitted.insert(id, row.try_get::<i64, _>("rung_at")? >= 0);
+    }
+    tx.transitions
+        .extend(std::iter::repeat_n(Status::Queued.as_str(), rows.len()));
+    jobs.iter()
+        .map(|(job, _)| {
+            admitted
+                .get(&job.id.to_string())
+                .copied()
+                .ok_or_else(|| LedgerError::Corrupt(format!("job {} was not inserted", job.id)))
+        })
+        .collect()
+}
+
 pub(super) async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
     sqlx::query(&tx.d.sql(
         "UPDATE jobs SET status = 'canceled', completed_at = ?, error_code = 'canceled', \
