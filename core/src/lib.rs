@@ -4,6 +4,7 @@
 //! events; and the dispatch doorbell. Everything above this crate (api, worker) speaks these
 //! types, so a value is parsed once at the edge and trusted afterwards.
 
+pub mod batch;
 pub mod callbacks;
 pub mod catalog;
 pub mod dispatch;

@@ -191,13 +191,7 @@ async fn acknowledge_batches(
     mut waiting: tokio::sync::mpsc::UnboundedReceiver<PendingAck>,
 ) {
     while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ACK_BATCH_MAX {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        let batch = crate::batch::take_waiting(first, &mut waiting, ACK_BATCH_MAX);
         let mut pipe = redis::pipe();
         for lane in Lane::ALL {
             let ids: Vec<&str> = batch

@@ -27,13 +27,7 @@ impl DeliveryResults {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingResult>();
         tokio::spawn(async move {
             while let Some(first) = waiting.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < RESULTS_MAX {
-                    match waiting.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let batch = crate::batch::take_waiting(first, &mut waiting, RESULTS_MAX);
                 write_results(&pool, dialect, &window, batch).await;
             }
         });

@@ -85,13 +85,7 @@ impl GroupCommit {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let mut group = vec![first];
-                while group.len() < GROUP_MAX {
-                    match waiting.try_recv() {
-                        Ok(next) => group.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let group = crate::batch::take_waiting(first, &mut waiting, GROUP_MAX);
                 let (pool, window) = (pool.clone(), window.clone());
                 tokio::spawn(async move {
                     write_group(&pool, dialect, &window, group).await;

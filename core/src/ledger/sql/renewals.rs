@@ -23,13 +23,7 @@ impl LeaseRenewals {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingRenewal>();
         tokio::spawn(async move {
             while let Some(first) = waiting.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < RENEWALS_MAX {
-                    match waiting.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let mut batch = crate::batch::take_waiting(first, &mut waiting, RENEWALS_MAX);
                 // Callers gone (their job ended meanwhile) need no renewal.
                 batch.retain(|(_, _, reply)| !reply.is_closed());
                 renew_batch(&pool, dialect, batch).await;
