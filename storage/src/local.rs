@@ -11,8 +11,8 @@ use crate::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 use url::Url;
 
 /// The path under which the api serves local objects.
@@ -71,6 +71,56 @@ impl LocalStore {
     }
 }
 
+/// How much of a body is gathered before it is handed to the blocking pool in one write.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A file written from async code a buffer at a time, each write one hop to the blocking pool.
+struct BlockingWriter {
+    /// `None` only while a hop holds it.
+    file: Option<std::fs::File>,
+    pending: Vec<u8>,
+    written: u64,
+}
+
+impl BlockingWriter {
+    async fn push(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(chunk);
+        self.written += chunk.len() as u64;
+        if self.pending.len() >= WRITE_BUFFER {
+            let bytes = std::mem::take(&mut self.pending);
+            self.hop(move |file| file.write_all(&bytes)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, makes it durable and renames it into place: one hop.
+    async fn finish(mut self, tmp: PathBuf, path: PathBuf) -> std::io::Result<u64> {
+        let bytes = std::mem::take(&mut self.pending);
+        self.hop(move |file| {
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await?;
+        Ok(self.written)
+    }
+
+    async fn hop(
+        &mut self,
+        work: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut file = self.file.take().expect("one hop at a time");
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result = work(&mut file);
+            (file, result)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        result
+    }
+}
+
 #[async_trait]
 impl ObjectStore for LocalStore {
     async fn put(
@@ -80,26 +130,38 @@ impl ObjectStore for LocalStore {
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
         let path = self.path_of(key)?;
-        let dir = path
-            .parent()
-            .expect("a validated key has a parent directory");
-        tokio::fs::create_dir_all(dir).await?;
-        let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
+        // Each filesystem call is a hop to tokio's blocking pool and back (a thread wake-up
+        // each way); one object used to take five or more. Now the directory and the temporary
+        // file are made in one hop, the body is written a buffer at a time (bounded), and the
+        // last write, the fsync and the rename share the final hop: a small output, the usual
+        // case, takes two.
+        let (file, tmp) = tokio::task::spawn_blocking(move || {
+            let dir = path
+                .parent()
+                .expect("a validated key has a parent directory")
+                .to_owned();
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
+            let file = std::fs::File::create(&tmp)?;
+            Ok::<_, std::io::Error>((file, (tmp, path)))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let (tmp_path, final_path) = tmp;
+        let mut writer = BlockingWriter {
+            file: Some(file),
+            pending: Vec::new(),
+            written: 0,
+        };
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
-            let mut written = 0u64;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                file.write_all(&chunk).await?;
-                written += chunk.len() as u64;
+                writer.push(&chunk?).await?;
             }
-            file.sync_all().await?;
-            tokio::fs::rename(&tmp, &path).await?;
-            Ok::<_, std::io::Error>(written)
+            writer.finish(tmp_path.clone(), final_path).await
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            let _ = tokio::fs::remove_file(&tmp_path).await;
         }
         Ok(result?)
     }

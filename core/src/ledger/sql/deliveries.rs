@@ -161,6 +161,30 @@ pub(super) async fn finish_in(
     Ok(true)
 }
 
+/// The due deliveries' claim, oldest first, up to `limit`. The batch is chosen first, walking the
+/// due index in its order (next_try_at, id) and stopping at the limit; only the chosen deliveries
+/// are joined to their jobs and keys. Joined first, every due delivery was read, joined and
+/// sorted on each claim (the plan test holds this shape).
+pub(super) fn delivery_claim_sql(dialect: Dialect, limit: u32) -> String {
+    dialect
+        .sql(&format!(
+            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
+                    k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
+             FROM (SELECT id, job_id, event_type, url, created_at, tries, schedule_base, next_try_at \
+                   FROM webhook_deliveries \
+                   WHERE status = 'pending' AND next_try_at <= ? AND (tries > 0 OR next_try_at <= ?) \
+                   ORDER BY next_try_at, id LIMIT {limit}{}) d \
+             JOIN jobs j ON j.id = d.job_id \
+             LEFT JOIN api_keys k ON k.id = j.key_id \
+             ORDER BY d.next_try_at, d.id",
+            match dialect {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            }
+        ))
+        .into_owned()
+}
+
 #[async_trait]
 impl DeliveryLedger for SqlLedger {
     async fn claim_deliveries(
@@ -173,23 +197,11 @@ impl DeliveryLedger for SqlLedger {
         let at = to_millis(now);
         let first_due = at - first_delay.as_millis() as i64;
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(&self.sql(&format!(
-            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
-                    k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
-             FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
-             LEFT JOIN api_keys k ON k.id = j.key_id \
-             WHERE d.status = 'pending' AND d.next_try_at <= ? \
-               AND (d.tries > 0 OR d.next_try_at <= ?) \
-             ORDER BY d.next_try_at, d.id LIMIT {limit}{}",
-            match self.dialect {
-                Dialect::Sqlite => "",
-                Dialect::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-            }
-        )))
-        .bind(at)
-        .bind(first_due)
-        .fetch_all(&mut *tx.tx)
-        .await?;
+        let rows = sqlx::query(&delivery_claim_sql(self.dialect, limit))
+            .bind(at)
+            .bind(first_due)
+            .fetch_all(&mut *tx.tx)
+            .await?;
         // One token for the whole claim, written in one statement: each delivery's row is
         // fenced by it alone, and a redelivery or a later claim writes a new one.
         let claim_token = uuid::Uuid::new_v4().simple().to_string();

@@ -471,6 +471,63 @@ mod tests {
             }
         }
 
+        /// The deliverer's claim picks its batch before it joins jobs and keys, whatever the
+        /// planner knows of a backlog of pending deliveries (no statistics, as mid-burst, or
+        /// fresh ones) and with custom and generic plans alike: joined first, every due
+        /// delivery was joined and sorted on each claim, ~600 buffers per claim mid-burst.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn the_delivery_claim_joins_only_its_batch() {
+            use sqlx::{Connection, Row};
+            let db = PostgresDatabase::create().await;
+            drop(SqlLedger::open(&db.url).await.unwrap());
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
+                 SELECT lpad(g::text, 36, '0'), lpad(g::text, 36, '0'), 'job.succeeded', 'http://x', 0, \
+                        CASE WHEN g % 2 = 0 THEN 'pending' ELSE 'delivered' END, g \
+                 FROM generate_series(1, 5000) g",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            let statement = deliveries::delivery_claim_sql(Dialect::Postgres, 32);
+            for statistics in ["none", "fresh"] {
+                if statistics == "fresh" {
+                    sqlx::raw_sql("ANALYZE").execute(&mut conn).await.unwrap();
+                }
+                for mode in ["auto", "force_generic_plan"] {
+                    sqlx::raw_sql(&format!(
+                        "SET plan_cache_mode = {mode}; PREPARE claim AS {statement}"
+                    ))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                    let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE claim(100000, 100000)")
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|row| row.get::<String, _>(0))
+                        .collect();
+                    // Plan lines go from the root down: the batch's `Limit` must sit below the
+                    // join with `jobs`, not above it.
+                    let join = plan
+                        .iter()
+                        .position(|l| l.contains("Join") || l.contains("Nested Loop"));
+                    let limit = plan.iter().position(|l| l.contains("Limit"));
+                    assert!(
+                        matches!((join, limit), (Some(j), Some(l)) if l > j),
+                        "the delivery claim ({statistics} statistics, {mode}) joins before it limits:\n{}",
+                        plan.join("\n")
+                    );
+                    sqlx::raw_sql("DEALLOCATE claim")
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+
         crate::ledger_contract_tests!(fresh());
     }
 }
