@@ -10,13 +10,6 @@ use kiln_core::{keys, TenantId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// mimalloc instead of the system allocator. The hot path allocates and frees small buffers on
-/// every request, row and JSON value across tokio's threads; under the side-by-side workload
-/// glibc's malloc and free (with their consolidation and cross-thread frees) were a fifth of the
-/// worker and api processes' CPU (BENCHMARKS.md, issue 17, third pass).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "kiln",
