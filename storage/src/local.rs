@@ -135,7 +135,7 @@ impl ObjectStore for LocalStore {
         // file are made in one hop, the body is written a buffer at a time (bounded), and the
         // last write, the fsync and the rename share the final hop: a small output, the usual
         // case, takes two.
-        let (file, tmp) = tokio::task::spawn_blocking(move || {
+        let (file, tmp_path, final_path) = tokio::task::spawn_blocking(move || {
             let dir = path
                 .parent()
                 .expect("a validated key has a parent directory")
@@ -143,11 +143,10 @@ impl ObjectStore for LocalStore {
             std::fs::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
             let file = std::fs::File::create(&tmp)?;
-            Ok::<_, std::io::Error>((file, (tmp, path)))
+            Ok::<_, std::io::Error>((file, tmp, path))
         })
         .await
         .map_err(std::io::Error::other)??;
-        let (tmp_path, final_path) = tmp;
         let mut writer = BlockingWriter {
             file: Some(file),
             pending: Vec::new(),

@@ -20,6 +20,19 @@ fn output(name: &str) -> NewOutput {
     }
 }
 
+/// A new job of `owner`'s whose webhook asks for `event` alone.
+async fn watched_job(ledger: &dyn Ledger, owner: &str, event: &str) -> JobId {
+    ledger
+        .insert_job(NewJob {
+            webhook_url: Some("https://hooks.example/kiln".into()),
+            webhook_events: Some(vec![event.into()]),
+            ..job_of(owner)
+        })
+        .await
+        .unwrap()
+        .id
+}
+
 pub async fn a_batch_claims_each_claimable_job_once(ledger: Arc<dyn Ledger>) {
     ledger.set_dispatch_window(3);
     let mut queued = Vec::new();
@@ -29,15 +42,7 @@ pub async fn a_batch_claims_each_claimable_job_once(ledger: Arc<dyn Ledger>) {
     // Two of the tenant's jobs wait behind its window of three.
     let held_first = new_job(ledger.as_ref(), "a").await;
     let held_second = new_job(ledger.as_ref(), "a").await;
-    let watched = ledger
-        .insert_job(NewJob {
-            webhook_url: Some("https://hooks.example/kiln".into()),
-            webhook_events: Some(vec!["job.started".into()]),
-            ..job_of("b")
-        })
-        .await
-        .unwrap()
-        .id;
+    let watched = watched_job(ledger.as_ref(), "b", "job.started").await;
     let running = new_job(ledger.as_ref(), "c").await;
     let taken = ledger
         .claim(running, "w0", "demo", LEASE)
@@ -125,15 +130,7 @@ pub async fn a_batch_of_successes_refuses_only_its_stale_leases(ledger: Arc<dyn 
     for _ in 0..4 {
         ids.push(new_job(ledger.as_ref(), "a").await);
     }
-    let watched = ledger
-        .insert_job(NewJob {
-            webhook_url: Some("https://hooks.example/kiln".into()),
-            webhook_events: Some(vec!["job.succeeded".into()]),
-            ..job_of("a")
-        })
-        .await
-        .unwrap()
-        .id;
+    let watched = watched_job(ledger.as_ref(), "a", "job.succeeded").await;
     ids.push(watched);
     let claims = ledger
         .claim_batch(&ids, "w1", &route_by_model(), LEASE)

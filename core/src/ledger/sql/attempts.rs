@@ -89,6 +89,10 @@ pub(super) async fn succeed_batch_in(
     Ok(won)
 }
 
+/// The types of `succeed_merged`'s output `VALUES` columns: job_id, token, idx, object_key,
+/// content_type, bytes, expires_at.
+const OUTPUT_COLUMNS: [&str; 7] = ["text", "text", "bigint", "text", "text", "bigint", "bigint"];
+
 /// `succeed_batch_in` on Postgres in one statement of data-modifying CTEs, whatever the batch's
 /// size: the fenced job updates (the leases as `VALUES` rows joined by id; a row whose token no
 /// longer matches joins nothing), then, fed by the rows they return, the attempts' ends, the
@@ -103,20 +107,12 @@ async fn succeed_merged(
         return Ok(vec![]);
     }
     let shape = successes.len().next_power_of_two();
-    let leases = padded_values(
-        "(?::text, ?::text, ?::text, ?::bigint)",
-        "(?, ?, ?, ?)",
-        shape,
-    );
+    let leases = padded_values(&["text", "text", "text", "bigint"], shape);
     let output_count: usize = successes.iter().map(|(_, o, _)| o.len()).sum();
     let outputs_cte = if output_count == 0 {
         String::new()
     } else {
-        let rows = padded_values(
-            "(?::text, ?::text, ?::bigint, ?::text, ?::text, ?::bigint, ?::bigint)",
-            "(?, ?, ?, ?, ?, ?, ?)",
-            output_count.next_power_of_two(),
-        );
+        let rows = padded_values(&OUTPUT_COLUMNS, output_count.next_power_of_two());
         format!(
             ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) \
                  SELECT o.job_id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
@@ -186,14 +182,7 @@ async fn succeed_merged(
             }
         }
         for _ in bound..output_count.next_power_of_two() {
-            query = query
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<i64>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<i64>)
-                .bind(None::<i64>);
+            query = bind_null_row(query, &OUTPUT_COLUMNS);
         }
     }
     let mut held = std::collections::HashSet::new();

@@ -170,6 +170,10 @@ pub(super) async fn claim_batch_in(
     Ok(claimed)
 }
 
+/// The types of `open_attempts_merged`'s `VALUES` columns: job_id, number, route, webhook_url,
+/// webhook_events, started_at.
+const OPENED_COLUMNS: [&str; 6] = ["text", "bigint", "text", "text", "text", "bigint"];
+
 /// The second of a Postgres batch's two statements: the claimed jobs' attempts, transitions and
 /// `job.started` deliveries, and the admission of a held job for each place a first claim freed
 /// (`admit_next_in` says why a first claim needs no count of the window), all as one statement
@@ -186,11 +190,7 @@ async fn open_attempts_merged(
         return Ok(());
     }
     let shape = claimed.len().next_power_of_two();
-    let opened = padded_values(
-        "(?::text, ?::bigint, ?::text, ?::text, ?::text, ?::bigint)",
-        "(?, ?, ?, ?, ?, ?)",
-        shape,
-    );
+    let opened = padded_values(&OPENED_COLUMNS, shape);
     // Places freed per tenant by first claims, in a stable order.
     let mut places: BTreeMap<&str, i64> = BTreeMap::new();
     for c in claimed.iter().filter(|c| c.job.attempt_count == 1) {
@@ -237,15 +237,7 @@ async fn open_attempts_merged(
                     .bind(c.job.webhook_events.as_ref().map(|e| e.join(",")))
                     .bind(c.job.started_at.map(to_millis));
             }
-            None => {
-                query = query
-                    .bind(None::<String>)
-                    .bind(None::<i64>)
-                    .bind(None::<String>)
-                    .bind(None::<String>)
-                    .bind(None::<String>)
-                    .bind(None::<i64>);
-            }
+            None => query = bind_null_row(query, &OPENED_COLUMNS),
         }
     }
     let delivery_prefix = DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned();
@@ -292,7 +284,7 @@ async fn open_attempts_merged(
 /// `UPDATE` then finds each by primary key alone (its state test is a `CASE`, as the claim's
 /// is). Binds: the time, then the (tenant, places) rows.
 pub(super) fn admission_batch_sql(tenant_shape: usize) -> String {
-    let freed = padded_values("(?::text, ?::bigint)", "(?, ?)", tenant_shape);
+    let freed = padded_values(&["text", "bigint"], tenant_shape);
     let lanes = Lane::ALL
         .iter()
         .enumerate()
@@ -314,9 +306,28 @@ pub(super) fn admission_batch_sql(tenant_shape: usize) -> String {
     )
 }
 
-/// `shape` rows of `VALUES`: the first typed (Postgres infers the columns' types from it), the
-/// rest plain. Rows past the data are bound as nulls and left out by `IS NOT NULL` or a join.
-pub(super) fn padded_values(first: &str, rest: &str, shape: usize) -> String {
+/// A null row of `VALUES` for the columns `types` (as `padded_values` names them), bound to
+/// `query`: the padding that no join keeps.
+pub(super) fn bind_null_row<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    types: &[&str],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for column in types {
+        query = match *column {
+            "bigint" => query.bind(None::<i64>),
+            _ => query.bind(None::<String>),
+        };
+    }
+    query
+}
+
+/// `shape` rows of `VALUES` with one parameter per column of `types`: the first row typed
+/// (`?::text`; Postgres infers the columns' types from it), the rest plain. Rows past the data
+/// are bound as nulls and left out by `IS NOT NULL` or a join.
+pub(super) fn padded_values(types: &[&str], shape: usize) -> String {
+    let typed: Vec<String> = types.iter().map(|t| format!("?::{t}")).collect();
+    let first = format!("({})", typed.join(", "));
+    let rest = format!("({})", vec!["?"; types.len()].join(", "));
     let mut rows = vec![first];
     rows.extend(std::iter::repeat_n(rest, shape.saturating_sub(1)));
     rows.join(", ")

@@ -119,8 +119,10 @@ async fn finish_merged(
 ) -> Result<std::collections::HashSet<String>> {
     let shape = results.len().next_power_of_two();
     let rows = padded_values(
-        "(?::text, ?::text, ?::text, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::text)",
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
+            "text",
+        ],
         shape,
     );
     let statement = Dialect::Postgres

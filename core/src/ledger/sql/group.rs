@@ -1,9 +1,9 @@
 //! Group commit: concurrent inserts, claims and successes of different jobs share one
 //! transaction, and the plain inserts, the claims and the successes of a group share their
-//! statements (`insert_batch_in`, `claim_batch_in`, `succeed_batch_in`), so a busy ledger pays one commit and a few
-//! statements for many jobs. A group that fails is written
-//! again write by write, so one bad write cannot fail its neighbours; transitions are counted
-//! only after a commit (`Tx::commit`), so a group written twice counts once.
+//! statements (`insert_batch_in`, `claim_batch_in`, `succeed_batch_in`), so a busy ledger pays
+//! one commit and a few statements for many jobs. A group that fails is written again write by
+//! write, so one bad write cannot fail its neighbours; transitions are counted only after a
+//! commit (`Tx::commit`), so a group written twice counts once.
 
 use super::*;
 

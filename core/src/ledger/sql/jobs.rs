@@ -197,6 +197,13 @@ pub(super) fn batchable(job: &NewJob) -> bool {
         && crate::job::elide_inline_data(&job.input) == job.input
 }
 
+/// The types of `insert_batch_in`'s `VALUES` columns: id, tenant, model, input, deadline_at,
+/// start_by, key_id, webhook_url, webhook_events, priority, place, at.
+const NEW_JOB_COLUMNS: [&str; 12] = [
+    "text", "text", "text", "text", "bigint", "bigint", "text", "text", "text", "text", "bigint",
+    "bigint",
+];
+
 /// Writes many new queued jobs as one Postgres statement (`insert_job_in` one at a time, for
 /// jobs that are `batchable`), with their transitions: the jobs as `VALUES` rows (padded with
 /// null rows that no join keeps). Returns, in order, whether each was admitted to the queue.
@@ -210,11 +217,7 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
         return Ok(vec![]);
     }
     let shape = jobs.len().next_power_of_two();
-    let rows = padded_values(
-        "(?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint)",
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        shape,
-    );
+    let rows = padded_values(&NEW_JOB_COLUMNS, shape);
     let statement = tx
         .d
         .sql(&format!(
@@ -257,19 +260,7 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
                     .bind(*place)
                     .bind(*at)
             }
-            None => query
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<i64>)
-                .bind(None::<i64>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(None::<i64>)
-                .bind(None::<i64>),
+            None => bind_null_row(query, &NEW_JOB_COLUMNS),
         };
     }
     let window = i64::from(tx.window);

@@ -387,29 +387,57 @@ mod tests {
             assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
+        /// A migrated database holding `burst` (SQL run as is: no `ANALYZE`, as mid-burst), and
+        /// a plain connection to it for `EXPLAIN`.
+        async fn database_after(burst: &str) -> (PostgresDatabase, sqlx::PgConnection) {
+            use sqlx::Connection;
+            let db = PostgresDatabase::create().await;
+            drop(SqlLedger::open(&db.url).await.unwrap());
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql(burst).execute(&mut conn).await.unwrap();
+            (db, conn)
+        }
+
+        /// The plan of `statement` prepared on `conn` and executed with `arguments`, the way a
+        /// pooled connection runs it (under the session's `plan_cache_mode`), one line per node.
+        async fn prepared_plan(
+            conn: &mut sqlx::PgConnection,
+            statement: &str,
+            arguments: &str,
+        ) -> Vec<String> {
+            use sqlx::Row;
+            sqlx::raw_sql(&format!("PREPARE planned AS {statement}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let plan = sqlx::query(&format!("EXPLAIN EXECUTE planned({arguments})"))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+            sqlx::raw_sql("DEALLOCATE planned")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            plan
+        }
+
         /// The claim and the held-job admission (alone and batched) find their jobs by primary
         /// key whatever the planner knows: a burst of queued jobs (half admitted, half held) in a table never
         /// analyzed, and the generic plan, the one a pooled prepared statement settles on. With
         /// a plain state test the claim's plan walked `jobs_due` for the id.
         #[tokio::test(flavor = "multi_thread")]
         async fn hot_statements_find_their_job_by_primary_key_in_a_burst() {
-            use sqlx::{Connection, Row};
-            let db = PostgresDatabase::create().await;
-            drop(SqlLedger::open(&db.url).await.unwrap());
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query(
+            let (_db, mut conn) = database_after(
                 "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
                  SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
                         CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
-                 FROM generate_series(1, 5000) g",
+                 FROM generate_series(1, 5000) g; \
+                 SET plan_cache_mode = force_generic_plan",
             )
-            .execute(&mut conn)
-            .await
-            .unwrap();
-            sqlx::query("SET plan_cache_mode = force_generic_plan")
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            .await;
             let ids = |n: usize| vec!["'x'"; n].join(", ");
             for (name, statement, arguments) in [
                 (
@@ -435,17 +463,8 @@ mod tests {
                     "0, 't', 8, 'u', 2".to_owned(),
                 ),
             ] {
-                sqlx::raw_sql(&format!("PREPARE hot AS {statement}"))
-                    .execute(&mut conn)
+                let plan = prepared_plan(&mut conn, &statement, &arguments)
                     .await
-                    .unwrap();
-                let plan: String = sqlx::query(&format!("EXPLAIN EXECUTE hot({arguments})"))
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|row| row.get::<String, _>(0))
-                    .collect::<Vec<_>>()
                     .join("\n");
                 // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs jobs_1`):
                 // the primary key's index, probed directly or through a bitmap.
@@ -464,10 +483,6 @@ mod tests {
                     by_key,
                     "the {name} does not find its job by primary key:\n{plan}"
                 );
-                sqlx::raw_sql("DEALLOCATE hot")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
             }
         }
 
@@ -477,38 +492,24 @@ mod tests {
         /// delivery was joined and sorted on each claim, ~600 buffers per claim mid-burst.
         #[tokio::test(flavor = "multi_thread")]
         async fn the_delivery_claim_joins_only_its_batch() {
-            use sqlx::{Connection, Row};
-            let db = PostgresDatabase::create().await;
-            drop(SqlLedger::open(&db.url).await.unwrap());
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::raw_sql(
+            let (_db, mut conn) = database_after(
                 "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
                  SELECT lpad(g::text, 36, '0'), lpad(g::text, 36, '0'), 'job.succeeded', 'http://x', 0, \
                         CASE WHEN g % 2 = 0 THEN 'pending' ELSE 'delivered' END, g \
                  FROM generate_series(1, 5000) g",
             )
-            .execute(&mut conn)
-            .await
-            .unwrap();
+            .await;
             let statement = deliveries::delivery_claim_sql(Dialect::Postgres, 32);
             for statistics in ["none", "fresh"] {
                 if statistics == "fresh" {
                     sqlx::raw_sql("ANALYZE").execute(&mut conn).await.unwrap();
                 }
                 for mode in ["auto", "force_generic_plan"] {
-                    sqlx::raw_sql(&format!(
-                        "SET plan_cache_mode = {mode}; PREPARE claim AS {statement}"
-                    ))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                    let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE claim(100000, 100000)")
-                        .fetch_all(&mut conn)
+                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                        .execute(&mut conn)
                         .await
-                        .unwrap()
-                        .iter()
-                        .map(|row| row.get::<String, _>(0))
-                        .collect();
+                        .unwrap();
+                    let plan = prepared_plan(&mut conn, &statement, "100000, 100000").await;
                     // Plan lines go from the root down: the batch's `Limit` must sit below the
                     // join with `jobs`, not above it.
                     let join = plan
@@ -520,10 +521,6 @@ mod tests {
                         "the delivery claim ({statistics} statistics, {mode}) joins before it limits:\n{}",
                         plan.join("\n")
                     );
-                    sqlx::raw_sql("DEALLOCATE claim")
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
                 }
             }
         }
