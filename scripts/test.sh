@@ -57,6 +57,23 @@ if [ -z "${TEST_KILN_PYTHON:-}" ]; then
   export TEST_KILN_PYTHON="$VENV/bin/python"
 fi
 
+# Other people's clients, which the compatibility tests drive against Kiln exactly as users'
+# code does: Replicate's and OpenAI's Python clients, pinned, in a venv of their own. They reach
+# Kiln through a TLS front (socat, with a certificate openssl makes per test).
+ensure socat socat
+ensure openssl openssl
+if [ -z "${TEST_KILN_CLIENTS_PYTHON:-}" ]; then
+  ensure python3 python3
+  CL_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-test/clients-1"
+  if ! "$CL_VENV/bin/python" -c 'import replicate, openai' >/dev/null 2>&1; then
+    echo "test.sh: installing replicate and openai into $CL_VENV (once)" >&2
+    rm -rf "$CL_VENV"
+    python3 -m venv "$CL_VENV" 2>/dev/null || { ensure_pkg python3-venv; python3 -m venv "$CL_VENV"; }
+    "$CL_VENV/bin/pip" install --quiet --disable-pip-version-check 'replicate==1.0.7' 'openai==3.57.0'
+  fi
+  export TEST_KILN_CLIENTS_PYTHON="$CL_VENV/bin/python"
+fi
+
 # schemathesis, which fuzzes the api against its own OpenAPI document; in a venv of its own,
 # since its dependencies and Cog's need not agree.
 if [ -z "${TEST_KILN_SCHEMATHESIS:-}" ]; then

@@ -11,7 +11,9 @@ use kiln_core::dispatch::{self, Doorbell};
 use kiln_core::permits::{LocalPermits, SharedPermits};
 use kiln_core::routes::{ProviderKind, DEMO_PROVIDER};
 use kiln_core::{keys, Ledger, TenantId};
-use kiln_storage::{LocalStore, ObjectStore, S3Settings, S3Store, StorageUrl, UrlSigner};
+use kiln_storage::{
+    LocalStore, ObjectStore, S3Settings, S3Store, SignedDownloads, StorageUrl, UrlSigner,
+};
 use kiln_webhooks::{SafeClient, SsrfPolicy};
 use kiln_worker::circuit::CircuitBreaker;
 use kiln_worker::cog::{CallbackSettings, CogProvider};
@@ -404,15 +406,15 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             || config.public_url.is_some(),
         "a worker without an api of its own needs callback_url (or public_url): Cog servers post their results to the api there"
     );
-    let (store, local): (Arc<dyn ObjectStore>, Option<Arc<LocalStore>>) = match config.storage()? {
-        StorageUrl::Local(dir) => {
-            let local = Arc::new(LocalStore::new(
-                dir,
-                public_url.clone(),
-                UrlSigner::new(secret.to_vec()),
-            ));
-            (local.clone(), Some(local))
-        }
+    // The api's own download URLs: every local output's, and on S3 the relay for clients that
+    // cannot use a presigned URL (`kiln_storage::SignedDownloads`).
+    let downloads = SignedDownloads::new(public_url.clone(), UrlSigner::new(secret.to_vec()));
+    let store: Arc<dyn ObjectStore> = match config.storage()? {
+        StorageUrl::Local(dir) => Arc::new(LocalStore::new(
+            dir,
+            public_url.clone(),
+            UrlSigner::new(secret.to_vec()),
+        )),
         StorageUrl::S3 { bucket, prefix } => {
             let s3 = S3Store::connect(&S3Settings {
                 bucket,
@@ -427,7 +429,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     .zip(config.s3_secret_access_key.as_ref())
                     .map(|(id, secret)| (id.expose().to_owned(), secret.expose().to_owned())),
             })
-            .await?;
+            .await?
+            .relayed_by(downloads.clone());
             s3.check()
                 .await
                 .context("cannot reach the S3 bucket (storage_url)")?;
@@ -440,7 +443,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     tracing::warn!(error = %e, "the store does not take a lifecycle rule; the janitor alone deletes expired outputs")
                 }
             }
-            (Arc::new(s3), None)
+            Arc::new(s3)
         }
     };
     // Worker identities are slots in the ledger (`{base}-{n}`): unique among live processes,
@@ -494,7 +497,9 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 (doorbell, rings, !(roles.api && roles.worker), permits)
             }
         };
-    let catalog = Catalog::new(config.demo.allow_crash).with_models(config.models.clone());
+    let catalog = Catalog::new(config.demo.allow_crash)
+        .with_models(config.models.clone())
+        .with_max_latency(config.demo.max_latency);
     let ssrf = SsrfPolicy::new(config.ssrf.allow.clone());
     let embedded = config.redis_url.is_none()
         && kiln_core::ledger::Dialect::of_url(&config.database_url())
@@ -591,10 +596,17 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
     if roles.worker {
         let view_store = store.clone();
         let view_ledger = ledger.clone();
+        let prediction = (catalog.clone(), downloads.clone(), public_url.clone());
         let view: kiln_worker::deliverer::JobView = Arc::new(move |job, pipeline_event| {
             let (store, ledger) = (view_store.clone(), view_ledger.clone());
+            let (catalog, downloads, public_url) = prediction.clone();
             Box::pin(async move {
                 let fallback = serde_json::json!({"id": job.id, "status": job.status});
+                // A prediction's webhook carries the prediction, as Replicate's clients expect.
+                if job.surface == kiln_core::Surface::Replicate {
+                    return kiln_api::webhook_prediction(&catalog, &downloads, &public_url, &job)
+                        .unwrap_or(fallback);
+                }
                 let view = match (pipeline_event, job.pipeline_id) {
                     (true, Some(pipeline)) => kiln_api::view_pipeline(
                         ledger.as_ref(),
@@ -633,7 +645,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             ledger: ledger.clone(),
             doorbell: doorbell.clone(),
             store: store.clone(),
-            local: local.clone(),
+            downloads: downloads.clone(),
             catalog,
             ssrf,
             webhook_ssrf,
@@ -645,6 +657,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             callback_secret: secret,
             secret_seal: seal,
             key_cache: kiln_api::KeyCache::new(kiln_api::KEY_CACHE_TTL),
+            public_url: public_url.clone(),
         });
         let app = kiln_api::router(state);
         let stop = stop_api.clone();

@@ -185,11 +185,23 @@ pub struct OutputsConfig {
     pub max_input_bytes: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
     /// Lets demo inputs ask the worker process to abort (fault tests only).
     pub allow_crash: bool,
+    /// The most extra time a demo input's `latency_ms` may ask for (at most 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub max_latency: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            allow_crash: false,
+            max_latency: Duration::from_millis(kiln_core::catalog::MAX_LATENCY_MS),
+        }
+    }
 }
 
 /// Every key's limits, where the key sets none of its own (`kiln keys limits`). Unset: none.

@@ -80,6 +80,7 @@ impl KeyCache {
 
 pub struct Tenant(pub TenantId);
 
+#[derive(Clone)]
 pub struct Caller {
     pub tenant: TenantId,
     pub key_id: keys::KeyId,

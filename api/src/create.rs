@@ -24,14 +24,7 @@ pub(crate) fn json_object(
     fields: &[&str],
     what: &str,
 ) -> Result<Map<String, Value>, Problem> {
-    let body = body.map_err(body_problem)?;
-    let invalid_json =
-        |detail: String| Problem::new(StatusCode::BAD_REQUEST, "invalid_json", detail);
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| invalid_json(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(request) = request else {
-        return Err(invalid_json("the body must be a JSON object".into()));
-    };
+    let request = any_json_object(body)?;
     if let Some(extra) = request.keys().find(|k| !fields.contains(&k.as_str())) {
         return Err(Problem::unprocessable(
             "unknown_field",
@@ -40,6 +33,21 @@ pub(crate) fn json_object(
         ));
     }
     Ok(request)
+}
+
+/// The body as one JSON object, whatever its fields (the caller judges them).
+pub(crate) fn any_json_object(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, Problem> {
+    let body = body.map_err(body_problem)?;
+    let invalid_json =
+        |detail: String| Problem::new(StatusCode::BAD_REQUEST, "invalid_json", detail);
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| invalid_json(format!("the body is not valid JSON: {e}")))?;
+    match request {
+        Value::Object(request) => Ok(request),
+        _ => Err(invalid_json("the body must be a JSON object".into())),
+    }
 }
 
 fn body_problem(rejection: BytesRejection) -> Problem {

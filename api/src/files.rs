@@ -1,6 +1,7 @@
-//! Downloads of outputs kept in the local directory, behind signed URLs (the local equivalent of
-//! an S3 presigned URL). The URL is the credential: no API key is needed, and a tampered or
-//! expired URL is refused with 403 before the store is touched.
+//! Downloads behind the api's own signed URLs (`kiln_storage::SignedDownloads`): every object of
+//! the local store, and on S3 the objects relayed for clients that cannot use a presigned URL.
+//! The URL is the credential: no API key is needed (an `Authorization` header beside it is
+//! ignored), and a tampered or expired URL is refused with 403 before the store is touched.
 
 use crate::problem::Problem;
 use crate::ApiState;
@@ -33,7 +34,7 @@ pub struct Signature {
     responses(
         (status = 200, description = "The output's bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 403, description = "Not signed, tampered or expired", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such output, or outputs are not served by this api", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The object expired and was deleted", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn download(
@@ -41,12 +42,6 @@ pub async fn download(
     Path(key): Path<String>,
     Query(q): Query<Signature>,
 ) -> Result<Response, Problem> {
-    let Some(local) = &state.local else {
-        return Err(Problem::not_found(
-            "not_found",
-            "outputs are not served by this api",
-        ));
-    };
     let expires = q.expires.and_then(|e| e.parse::<i64>().ok());
     let (Some(expires), Some(sig)) = (expires, q.sig) else {
         return Err(Problem::new(
@@ -55,14 +50,17 @@ pub async fn download(
             "the download URL is not signed",
         ));
     };
-    local.verify(&key, expires, &sig).map_err(|e| match e {
-        SignatureError::Invalid => {
-            Problem::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string())
-        }
-        SignatureError::Expired => {
-            Problem::new(StatusCode::FORBIDDEN, "url_expired", e.to_string())
-        }
-    })?;
+    state
+        .downloads
+        .verify(&key, expires, &sig)
+        .map_err(|e| match e {
+            SignatureError::Invalid => {
+                Problem::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string())
+            }
+            SignatureError::Expired => {
+                Problem::new(StatusCode::FORBIDDEN, "url_expired", e.to_string())
+            }
+        })?;
     let body = match state.store.get(&key).await {
         Ok(stream) => stream,
         Err(StorageError::NotFound(_)) => {

@@ -65,6 +65,31 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let request = crate::create::json_object(body, SUBMISSION_FIELDS, "a job submission")?;
+    let submission = parse_submit(&request, &headers, &caller)?;
+    let surface = kiln_core::Surface::Kiln;
+    let job = create(
+        &state,
+        caller,
+        idempotency.map(|e| e.0),
+        submission,
+        surface,
+    )
+    .await?;
+    let tenant = job.tenant.clone();
+    crate::wait::created(&state, &tenant, job, &headers).await
+}
+
+/// Creates the job a submission asks for, whichever surface it came through (`/v1/jobs`, a
+/// Replicate-style prediction): the checks every job passes (its webhook target, its input,
+/// the key's spend), the ledger's insert, and the doorbell's ring. Nothing is written until
+/// every check has passed.
+pub(crate) async fn create(
+    state: &ApiState,
+    caller: Caller,
+    idempotency: Option<kiln_core::ledger::IdempotencyRef>,
+    submission: JobSubmission,
+    surface: kiln_core::Surface,
+) -> Result<Job, Problem> {
     let JobSubmission {
         model,
         input,
@@ -73,23 +98,24 @@ pub async fn submit(
         webhook,
         webhook_events,
         priority,
-    } = parse_submit(&request, &headers, &caller)?;
+    } = submission;
     // A job that names no webhook uses its key's default, if the key has one.
     let webhook = match (webhook, &caller.default_webhook) {
         (None, Some(default)) => url::Url::parse(default).ok(),
         (given, _) => given,
     };
     if let Some(url) = &webhook {
-        crate::create::check_webhook_target(&state, url).await?;
+        crate::create::check_webhook_target(state, url).await?;
     }
-    check_input(&state, &caller.tenant, &model, &input, "", false).await?;
-    crate::limits::check_spend(&state, &caller, &[model.as_str()]).await?;
-    let spend = crate::limits::spend_check(&state, &caller, &model);
+    check_input(state, &caller.tenant, &model, &input, "", false).await?;
+    crate::limits::check_spend(state, &caller, &[model.as_str()]).await?;
+    let spend = crate::limits::spend_check(state, &caller, &model);
     let job = state
         .ledger
         .insert_job(NewJob {
-            idempotency: idempotency.map(|e| e.0),
+            idempotency,
             priority,
+            surface,
             max_active: caller.limits.max_active_jobs,
             spend,
             id: JobId::new(),
@@ -114,8 +140,7 @@ pub async fn submit(
         )
         .await;
     }
-    let tenant = job.tenant.clone();
-    crate::wait::created(&state, &tenant, job, &headers).await
+    Ok(job)
 }
 
 /// The fields of a job submission.

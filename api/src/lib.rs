@@ -12,9 +12,11 @@ mod idempotency;
 mod jobs;
 mod limits;
 mod lists;
+mod openai;
 mod openapi;
 mod pipelines;
 mod problem;
+mod replicate;
 mod responses;
 pub mod server;
 mod usage;
@@ -23,6 +25,7 @@ mod webhooks;
 pub mod wire;
 
 pub use pipelines::view_pipeline;
+pub use replicate::webhook_prediction;
 
 pub use auth::{KeyCache, KEY_CACHE_TTL};
 pub use problem::Problem;
@@ -35,7 +38,7 @@ use axum::{Json, Router};
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
 use kiln_core::Ledger;
-use kiln_storage::{LocalStore, ObjectStore};
+use kiln_storage::{ObjectStore, SignedDownloads};
 use kiln_webhooks::SsrfPolicy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +52,9 @@ pub struct ApiState {
     pub ledger: Arc<dyn Ledger>,
     pub doorbell: Arc<dyn Doorbell>,
     pub store: Arc<dyn ObjectStore>,
-    /// Present when outputs live in a local directory that this api serves at `/v1/files`.
-    pub local: Option<Arc<LocalStore>>,
+    /// The download URLs this api serves at `/v1/files` (every object of a local store; on S3,
+    /// relayed for clients that send an `Authorization` header with every download).
+    pub downloads: SignedDownloads,
     pub catalog: Catalog,
     pub ssrf: SsrfPolicy,
     /// Where webhooks may go: `ssrf`, plus loopback on the embedded default.
@@ -70,6 +74,8 @@ pub struct ApiState {
     pub secret_seal: kiln_webhooks::SecretSeal,
     /// Live keys read in the last second (`auth::KEY_CACHE_TTL`).
     pub key_cache: KeyCache,
+    /// Where clients reach this api: the base of the absolute links in Replicate-style answers.
+    pub public_url: url::Url,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -86,7 +92,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs/{id}/events", get(wait::job_events))
         .route(
             "/v1/pipelines",
-            post(pipelines::submit.layer(idempotent)).get(pipelines::list),
+            post(pipelines::submit.layer(idempotent.clone())).get(pipelines::list),
         )
         .route("/v1/pipelines/{id}", get(pipelines::get))
         .route("/v1/pipelines/{id}/events", get(wait::pipeline_events))
@@ -99,6 +105,30 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/webhooks/default/secret", get(webhooks::secret))
         .route("/v1/webhooks/default/secret/rotate", post(webhooks::rotate))
         .route("/v1/models", get(models))
+        .route(
+            "/v1/models/{owner}/{name}/predictions",
+            post(replicate::create_for_model.layer(idempotent.clone())),
+        )
+        .route("/v1/models/{owner}/{name}", get(replicate::model))
+        .route("/v1/models/{owner}/{name}/versions", get(replicate::versions))
+        .route(
+            "/v1/models/{owner}/{name}/versions/{id}",
+            get(replicate::version),
+        )
+        .route(
+            "/v1/predictions",
+            post(replicate::create_for_version.layer(idempotent.clone())).get(replicate::list),
+        )
+        .route("/v1/predictions/{id}", get(replicate::get))
+        .route("/v1/predictions/{id}/cancel", post(replicate::cancel))
+        .route(
+            "/v1/images/generations",
+            post(
+                openai::generate
+                    .layer(idempotent.clone())
+                    .layer(axum::middleware::from_fn(openai::openai_errors)),
+            ),
+        )
         .route("/v1/usage", get(usage::usage))
         .route("/v1/files/{*key}", get(files::download))
         .route(

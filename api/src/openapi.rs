@@ -57,6 +57,15 @@ impl Modify for BearerKey {
         crate::webhooks::rotate,
         crate::usage::usage,
         crate::models,
+        crate::replicate::create_for_model,
+        crate::replicate::create_for_version,
+        crate::replicate::get,
+        crate::replicate::cancel,
+        crate::replicate::list,
+        crate::replicate::model,
+        crate::replicate::versions,
+        crate::replicate::version,
+        crate::openai::generate,
         crate::files::download,
         crate::callbacks::receive,
         crate::healthz,
@@ -148,6 +157,9 @@ pub fn document(catalog: &kiln_core::catalog::Catalog) -> Value {
         }
     }
     add_event_streams(&mut doc);
+    crate::replicate::document_models(&mut doc, &models);
+    doc["paths"]["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"] = crate::openai::request_schema(&models);
     headers_are_strings(&mut doc);
     doc
 }
@@ -233,6 +245,10 @@ fn add_links(doc: &mut Value) {
             &["getJob", "cancelJob", "listJobDeliveries"][..],
         ),
         ("/v1/pipelines", &["getPipeline", "cancelPipeline"][..]),
+        (
+            "/v1/predictions",
+            &["getPrediction", "cancelPrediction"][..],
+        ),
     ];
     for (path, targets) in follow {
         for code in ["201", "202"] {

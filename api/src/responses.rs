@@ -195,7 +195,7 @@ impl IntoParams for WaitPreference {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         vec![header_param(
             "Prefer",
-            "`wait=N` (N ≤ 60): answer once it has ended, or after N seconds",
+            "`wait=N` (N ≤ 60): answer once it has ended, or after N seconds; a bare `wait` waits up to 55 s",
         )]
     }
 }

@@ -37,17 +37,28 @@ use tokio::time::Instant;
 /// The longest `Prefer: wait` honoured.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// `Prefer: wait=N` (among other preferences), capped at `MAX_WAIT`; `None` when absent or
-/// malformed (a preference a server cannot apply is ignored, per RFC 7240).
+/// The wait a bare `Prefer: wait` asks for: the longest there is, less a margin, because the
+/// client that sends it (Replicate's `run`) reads with a 60.5 s timeout and an answer held for
+/// the whole 60 s would reach it too late.
+pub const BARE_WAIT: Duration = Duration::from_secs(55);
+
+/// `Prefer: wait=N` (among other preferences), capped at `MAX_WAIT`, or a bare `Prefer: wait`
+/// (`BARE_WAIT`); `None` when absent or malformed (a preference a server cannot apply is
+/// ignored, per RFC 7240).
 pub fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
-        .filter_map(|p| p.trim().strip_prefix("wait="))
-        .filter_map(|n| n.trim().parse::<u64>().ok())
-        .map(|n| Duration::from_secs(n).min(MAX_WAIT))
+        .filter_map(|p| {
+            let p = p.trim();
+            if p.eq_ignore_ascii_case("wait") {
+                return Some(BARE_WAIT);
+            }
+            let n = p.strip_prefix("wait=")?.trim().parse::<u64>().ok()?;
+            Some(Duration::from_secs(n).min(MAX_WAIT))
+        })
         .next()
 }
 
@@ -406,4 +417,37 @@ fn changes<W: Watched>(
             Some((Ok(event), next))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("prefer", HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_bare_wait_leaves_the_clients_read_timeout_a_margin() {
+        assert_eq!(requested_wait(&prefer("wait")), Some(BARE_WAIT));
+        assert_eq!(
+            requested_wait(&prefer("respond-async, Wait")),
+            Some(BARE_WAIT)
+        );
+        assert!(BARE_WAIT < MAX_WAIT);
+    }
+
+    #[test]
+    fn a_counted_wait_is_capped_and_a_malformed_one_ignored() {
+        assert_eq!(
+            requested_wait(&prefer("wait=5")),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(requested_wait(&prefer("wait=600")), Some(MAX_WAIT));
+        assert_eq!(requested_wait(&prefer("wait=soon")), None);
+        assert_eq!(requested_wait(&prefer("waiting")), None);
+        assert_eq!(requested_wait(&HeaderMap::new()), None);
+    }
 }

@@ -246,6 +246,36 @@ impl FromStr for FailureClass {
     }
 }
 
+/// Which API a job was created through. A job is the same whatever its surface; the surface
+/// decides only the shape its webhooks are posted in (`None` in the ledger is Kiln's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Surface {
+    /// `/v1/jobs` (and pipelines' steps): webhooks carry Kiln's `{type, timestamp, data}`.
+    #[default]
+    Kiln,
+    /// Replicate's `/v1/predictions`: webhooks carry the prediction itself.
+    Replicate,
+}
+
+impl Surface {
+    /// The ledger's `surface` column: null for Kiln's own.
+    pub fn column(self) -> Option<&'static str> {
+        match self {
+            Surface::Kiln => None,
+            Surface::Replicate => Some("replicate"),
+        }
+    }
+
+    pub fn from_column(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None => Ok(Surface::Kiln),
+            Some("replicate") => Ok(Surface::Replicate),
+            Some(other) => Err(format!("unknown job surface '{other}'")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
@@ -325,6 +355,8 @@ pub struct Job {
     pub priority: crate::dispatch::Lane,
     /// Queued but held back by its tenant's dispatch window (not yet in the shared queue).
     pub held: bool,
+    /// The API it was created through.
+    pub surface: Surface,
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<Output>,
 }

@@ -4,10 +4,12 @@
 //! caller and are deterministic (`jobs/{job_id}/{index}.{ext}`), so a retried write overwrites the
 //! same object instead of leaving a second copy.
 
+mod downloads;
 mod local;
 pub mod s3;
 mod signing;
 
+pub use downloads::{SignedDownloads, FILES_PATH};
 pub use local::LocalStore;
 pub use s3::{S3Settings, S3Store};
 pub use signing::{SignatureError, UrlSigner};

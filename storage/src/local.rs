@@ -5,8 +5,7 @@
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
 
 use crate::{
-    validate_key, ByteStream, ObjectStore, SignatureError, StorageError, UrlSigner,
-    MAX_URL_LIFETIME,
+    validate_key, ByteStream, ObjectStore, SignatureError, SignedDownloads, StorageError, UrlSigner,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,13 +14,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use url::Url;
 
-/// The path under which the api serves local objects.
-pub const FILES_PATH: &str = "/v1/files/";
-
 pub struct LocalStore {
     root: PathBuf,
-    public_base: Url,
-    signer: UrlSigner,
+    downloads: SignedDownloads,
 }
 
 impl LocalStore {
@@ -29,8 +24,7 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>, public_base: Url, signer: UrlSigner) -> Self {
         LocalStore {
             root: root.into(),
-            public_base,
-            signer,
+            downloads: SignedDownloads::new(public_base, signer),
         }
     }
 
@@ -45,29 +39,7 @@ impl LocalStore {
 
     /// Checks a download request's signature; on success the object may be served.
     pub fn verify(&self, key: &str, expires: i64, signature: &str) -> Result<(), SignatureError> {
-        validate_key(key).map_err(|_| SignatureError::Invalid)?;
-        self.signer.verify(key, expires, signature, Utc::now())
-    }
-
-    /// The object key behind one of this store's own valid download URLs, whatever host it names.
-    fn resolve_signed_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
-        let key = url.path().strip_prefix(FILES_PATH)?;
-        let mut expires = None;
-        let mut signature = None;
-        for (name, value) in url.query_pairs() {
-            match name.as_ref() {
-                "expires" => expires = value.parse::<i64>().ok(),
-                "sig" => signature = Some(value.into_owned()),
-                _ => {}
-            }
-        }
-        let (Some(expires), Some(signature)) = (expires, signature) else {
-            return Some(Err(SignatureError::Invalid));
-        };
-        Some(
-            self.verify(key, expires, &signature)
-                .map(|()| key.to_owned()),
-        )
+        self.downloads.verify(key, expires, signature)
     }
 }
 
@@ -186,26 +158,18 @@ impl ObjectStore for LocalStore {
     }
 
     async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
-        self.resolve_signed_url(url)
+        self.downloads.resolve(url)
     }
 
     async fn presign_get(&self, key: &str, until: DateTime<Utc>) -> Result<Url, StorageError> {
-        validate_key(key)?;
-        let expires = until.min(Utc::now() + MAX_URL_LIFETIME).timestamp();
-        let mut url = self
-            .public_base
-            .join(&format!("{}{key}", FILES_PATH.trim_start_matches('/')))
-            .map_err(|_| StorageError::InvalidKey(key.to_owned()))?;
-        url.query_pairs_mut()
-            .append_pair("expires", &expires.to_string())
-            .append_pair("sig", &self.signer.sign(key, expires));
-        Ok(url)
+        self.downloads.url(key, until)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_URL_LIFETIME;
     use bytes::Bytes;
 
     fn store(dir: &Path) -> LocalStore {
@@ -296,7 +260,7 @@ mod tests {
             .as_str()
             .starts_with("http://127.0.0.1:9/v1/files/jobs/j/0.png?expires="));
         assert_eq!(
-            s.resolve_signed_url(&url),
+            s.resolve_own_url(&url).await,
             Some(Ok("jobs/j/0.png".to_owned()))
         );
         let expires: i64 = url
@@ -310,11 +274,12 @@ mod tests {
         let mut tampered = url.clone();
         tampered.set_path("/v1/files/jobs/k/0.png");
         assert_eq!(
-            s.resolve_signed_url(&tampered),
+            s.resolve_own_url(&tampered).await,
             Some(Err(SignatureError::Invalid))
         );
         assert_eq!(
-            s.resolve_signed_url(&Url::parse("http://x/elsewhere").unwrap()),
+            s.resolve_own_url(&Url::parse("http://x/elsewhere").unwrap())
+                .await,
             None
         );
     }

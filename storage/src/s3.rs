@@ -6,7 +6,8 @@
 //! no orphaned parts are billed.
 
 use crate::{
-    validate_key, ByteStream, ObjectStore, SignatureError, StorageError, MAX_URL_LIFETIME,
+    validate_key, ByteStream, ObjectStore, SignatureError, SignedDownloads, StorageError,
+    MAX_URL_LIFETIME,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -55,6 +56,9 @@ pub struct S3Store {
     prefix: String,
     /// Download URLs already signed, by key and end of validity (see `presign_get`).
     signed: std::sync::Mutex<HashMap<(String, i64), Url>>,
+    /// The api's own download URLs, which relay this store's objects; recognised as this
+    /// store's URLs when a job takes one as input.
+    relay: Option<SignedDownloads>,
 }
 
 /// Signed URLs kept for reuse; past this many the cache starts again empty.
@@ -126,7 +130,14 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             prefix,
             signed: Default::default(),
+            relay: None,
         })
+    }
+
+    /// Recognises the api's relaying download URLs (`SignedDownloads`) as this store's own.
+    pub fn relayed_by(mut self, downloads: SignedDownloads) -> Self {
+        self.relay = Some(downloads);
+        self
     }
 
     fn object_key(&self, key: &str) -> Result<String, StorageError> {
@@ -392,6 +403,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
+        if let Some(relayed) = self.relay.as_ref().and_then(|r| r.resolve(url)) {
+            return Some(relayed);
+        }
         let param = |name: &str| {
             url.query_pairs()
                 .find(|(k, _)| k == name)

@@ -4,6 +4,7 @@
 //! the api (its documented contract) against a deadline, never by sleeping a fixed time.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod cluster;
 
 use kiln::config::Config;

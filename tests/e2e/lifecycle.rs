@@ -363,6 +363,7 @@ async fn a_committed_job_that_was_never_rung_still_runs() {
         .insert_job(kiln_core::ledger::NewJob {
             idempotency: None,
             priority: Default::default(),
+            surface: Default::default(),
             max_active: None,
             spend: None,
             id: kiln_core::JobId::new(),

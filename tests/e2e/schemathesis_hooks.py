@@ -30,6 +30,9 @@ def _stateful_refusal(response) -> bool:
         return False
     if not isinstance(problem, dict):
         return False
+    # The OpenAI-compatible routes carry the same code and field as `{"error": {code, param}}`.
+    if isinstance(problem.get("error"), dict):
+        problem = {"code": problem["error"].get("code"), "field": problem["error"].get("param")}
     code, field = problem.get("code"), problem.get("field")
     return (
         (code == "idempotency_key_reused" and field == "Idempotency-Key")

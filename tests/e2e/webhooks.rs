@@ -450,6 +450,7 @@ async fn webhooks_to_private_addresses_are_refused_at_submit_and_at_send() {
         .insert_job(kiln_core::ledger::NewJob {
             idempotency: None,
             priority: Default::default(),
+            surface: Default::default(),
             max_active: None,
             spend: None,
             id: kiln_core::JobId::new(),

@@ -251,10 +251,20 @@ impl Deliverer {
         )
     }
 
-    /// `{type, timestamp, data}` with the job as `GET` shows it, bounded in size.
+    /// `{type, timestamp, data}` with the job as `GET` shows it, bounded in size; for a
+    /// Replicate prediction, the prediction itself (the body its clients' handlers parse).
     async fn payload(&self, delivery: &DueDelivery, job: Job) -> Vec<u8> {
         let pipeline_event = delivery.event_type.is_pipeline_event();
+        let bare = job.surface == kiln_core::Surface::Replicate && !pipeline_event;
         let mut data = (self.view)(job, pipeline_event).await;
+        if bare {
+            let mut bytes = serde_json::to_vec(&data).expect("JSON values serialize");
+            if bytes.len() > self.settings.max_payload_bytes {
+                data["input"] = serde_json::json!({"elided": "the input is too large for a webhook; GET the prediction"});
+                bytes = serde_json::to_vec(&data).expect("JSON values serialize");
+            }
+            return bytes;
+        }
         let mut body = serde_json::json!({
             "type": delivery.event_type,
             "timestamp": delivery.created_at,

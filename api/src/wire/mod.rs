@@ -11,6 +11,7 @@
 mod account;
 mod jobs;
 mod pipelines;
+pub mod predictions;
 
 pub use account::{UsageGroupView, UsageView, WebhookSecretView};
 pub use jobs::{AttemptView, JobSubmission, JobView, OutputView};

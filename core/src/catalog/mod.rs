@@ -162,6 +162,8 @@ pub struct ModelInfo {
 pub struct Catalog {
     allow_crash: bool,
     configured: Vec<crate::routes::ModelConfig>,
+    /// The most `latency_ms` a demo input may ask for; `MAX_LATENCY_MS` when unset.
+    max_latency_ms: Option<u64>,
 }
 
 impl Catalog {
@@ -170,7 +172,16 @@ impl Catalog {
         Catalog {
             allow_crash,
             configured: vec![],
+            max_latency_ms: None,
         }
+    }
+
+    /// Caps the demo models' `latency_ms` knob below `MAX_LATENCY_MS` (`demo.max_latency`): a
+    /// public demo deployment, or a fuzzer, cannot then hold every worker slot for minutes.
+    pub fn with_max_latency(mut self, max: std::time::Duration) -> Self {
+        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        self.max_latency_ms = Some(ms.min(MAX_LATENCY_MS));
+        self
     }
 
     /// Adds the configured models (validated with `routes::validate`).
@@ -269,7 +280,7 @@ impl Catalog {
                 "latency_ms",
                 Rule::Integer {
                     min: 0,
-                    max: MAX_LATENCY_MS,
+                    max: self.max_latency_ms.unwrap_or(MAX_LATENCY_MS),
                 },
             )
             .described("extra time the generator takes"),

@@ -96,6 +96,8 @@ pub struct NewJob {
     /// The idempotency key of the request that creates it, linked in the same transaction.
     pub idempotency: Option<IdempotencyRef>,
     pub priority: crate::dispatch::Lane,
+    /// The API it is created through (Kiln's own but for Replicate's predictions).
+    pub surface: crate::job::Surface,
     /// Refuse it (`LedgerError::ActiveJobLimit`) if its key already has this many jobs queued
     /// or running; checked in the inserting transaction, so concurrent submits cannot overshoot.
     pub max_active: Option<u32>,

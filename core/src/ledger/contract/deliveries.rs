@@ -11,6 +11,7 @@ pub async fn webhook_events_are_written_with_their_transitions(ledger: Arc<dyn L
                 .insert_job(NewJob {
                     idempotency: None,
                     priority: Default::default(),
+                    surface: Default::default(),
                     max_active: None,
                     spend: None,
                     id: JobId::new(),

@@ -405,3 +405,27 @@ pub async fn inline_data_is_kept_apart_from_the_job_row(ledger: Arc<dyn Ledger>)
     assert_eq!(ledger.job_input(narrow).await.unwrap().unwrap(), job.input);
     assert!(ledger.job_input(JobId::new()).await.unwrap().is_none());
 }
+
+/// A job keeps the API it was created through on every read: the insert's answer, a read by
+/// tenant, the claim's answer and a list; Kiln's own is the default.
+pub async fn a_job_keeps_the_surface_it_was_created_through(ledger: Arc<dyn Ledger>) {
+    let prediction = ledger
+        .insert_job(NewJob {
+            surface: crate::job::Surface::Replicate,
+            ..job_of("a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(prediction.surface, crate::job::Surface::Replicate);
+    let plain = new_job(ledger.as_ref(), "a").await;
+    let read = ledger.get_job(&tenant("a"), prediction.id).await.unwrap();
+    assert_eq!(read.unwrap().surface, crate::job::Surface::Replicate);
+    let claimed = ledger
+        .claim(prediction.id, "w", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.job.surface, crate::job::Surface::Replicate);
+    let plain = ledger.get_job(&tenant("a"), plain).await.unwrap().unwrap();
+    assert_eq!(plain.surface, crate::job::Surface::Kiln);
+}

@@ -44,6 +44,7 @@ pub async fn overdue_jobs_fail_with_the_limit_they_broke(ledger: Arc<dyn Ledger>
                 .insert_job(NewJob {
                     idempotency: None,
                     priority: Default::default(),
+                    surface: Default::default(),
                     max_active: None,
                     spend: None,
                     id: JobId::new(),

@@ -38,6 +38,7 @@ pub(crate) fn job_of(owner: &str) -> NewJob {
     NewJob {
         idempotency: None,
         priority: Default::default(),
+        surface: Default::default(),
         max_active: None,
         spend: None,
         id: JobId::new(),
@@ -108,7 +109,8 @@ macro_rules! ledger_contract_tests {
             usage_rows_come_a_page_of_jobs_at_a_time,
             a_batch_claims_each_claimable_job_once,
             a_batch_of_successes_refuses_only_its_stale_leases,
-            a_burst_of_submits_fills_each_window_exactly
+            a_burst_of_submits_fills_each_window_exactly,
+            a_job_keeps_the_surface_it_was_created_through
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

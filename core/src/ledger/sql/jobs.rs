@@ -117,13 +117,13 @@ pub(super) async fn insert_job_in(
     // the window's count (up to `window` rows) is taken only when it could admit.
     let insert = concat!(
         "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
-             key_id, webhook_url, webhook_events, pipeline_id, priority) \
+             key_id, webhook_url, webhook_events, pipeline_id, priority, surface) \
          VALUES (?, ?, ?, ?, 'queued', ?, ?, \
              CASE WHEN NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
                    AND ",
         window_has_room!(),
         " THEN ? ELSE -1 END, \
-             ?, ?, ?, ?, ?, ?, ?) \
+             ?, ?, ?, ?, ?, ?, ?, ?) \
          RETURNING id, rung_at"
     );
     let statement = match tx.d {
@@ -161,7 +161,8 @@ pub(super) async fn insert_job_in(
         .bind(job.webhook_url.as_deref())
         .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
         .bind(pipeline)
-        .bind(job.priority.as_str());
+        .bind(job.priority.as_str())
+        .bind(job.surface.column());
     if tx.d == Dialect::Postgres {
         query = query.bind(at);
     }
@@ -189,9 +190,11 @@ pub(super) async fn insert_job_in(
 }
 
 /// Whether `job` can be written by `insert_batch_in`: nothing of its own to check or write
-/// beyond its row and its transition (no key limit, no idempotency key, no input kept apart).
+/// beyond its row and its transition (no key limit, no idempotency key, no input kept apart),
+/// and Kiln's own surface (the column the batch statement leaves null).
 pub(super) fn batchable(job: &NewJob) -> bool {
-    job.max_active.is_none()
+    job.surface == crate::job::Surface::Kiln
+        && job.max_active.is_none()
         && job.spend.is_none()
         && job.idempotency.is_none()
         && crate::job::elide_inline_data(&job.input) == job.input
@@ -357,6 +360,7 @@ impl JobLedger for SqlLedger {
             pipeline_id: None,
             priority: job.priority,
             held: !admitted,
+            surface: job.surface,
             attempts: vec![],
             outputs: vec![],
         })

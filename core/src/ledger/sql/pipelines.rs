@@ -195,6 +195,7 @@ pub(super) async fn advance_in(
             webhook_url: None,
             webhook_events: None,
             priority,
+            surface: crate::job::Surface::Kiln,
             max_active,
             spend: None,
         };

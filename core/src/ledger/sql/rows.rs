@@ -7,7 +7,7 @@ use super::*;
 
 pub(super) const JOB_COLUMNS: &str = "id, tenant, model, input, status, error_code, error_message, created_at, \
     started_at, completed_at, run_after, lease_owner, lease_expires_at, attempt_count, rescue_count, \
-    deadline_at, start_by, webhook_url, webhook_events, pipeline_id, priority, rung_at";
+    deadline_at, start_by, webhook_url, webhook_events, pipeline_id, priority, rung_at, surface";
 
 /// An attempt as its JSON array in `job_select`: the columns of `ATTEMPT_FIELDS`, in order.
 pub(super) type AttemptTuple = (
@@ -191,6 +191,10 @@ pub(super) fn job_from_row(row: &AnyRow) -> Result<Job> {
             .parse()
             .map_err(LedgerError::Corrupt)?,
         held: row.try_get::<i64, _>("rung_at")? < 0,
+        surface: crate::job::Surface::from_column(
+            row.try_get::<Option<String>, _>("surface")?.as_deref(),
+        )
+        .map_err(LedgerError::Corrupt)?,
         attempts: vec![],
         outputs: vec![],
     })
