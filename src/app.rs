@@ -658,6 +658,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             secret_seal: seal,
             key_cache: kiln_api::KeyCache::new(kiln_api::KEY_CACHE_TTL),
             public_url: public_url.clone(),
+            max_upload_bytes: config.outputs.max_input_bytes,
+            upload_ttl: config.outputs.ttl,
         });
         let app = kiln_api::router(state);
         let stop = stop_api.clone();

@@ -27,21 +27,33 @@ pub struct Signature {
     tag = "outputs",
     security(()),
     params(
-        ("key" = String, Path, description = "The object key (may contain `/`)"),
+        ("key" = String, Path, description = "An object key (it contains `/`; the URL's signature is the credential), or a file's id (one segment; read with an API key)"),
         ("expires" = Option<String>, Query),
         ("sig" = Option<String>, Query),
     ),
     responses(
-        (status = 200, description = "The output's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The object's bytes; for a file's id, the file", content(
+            (Vec<u8> = "application/octet-stream"),
+            (crate::uploads::FileView = "application/json"),
+        )),
+        (status = 401, description = "A file's id without a valid API key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file (or another tenant's)", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not signed, tampered or expired", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 410, description = "The object expired and was deleted", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn download(
     State(state): State<Arc<ApiState>>,
+    tenant: Result<crate::auth::Tenant, Problem>,
     Path(key): Path<String>,
     Query(q): Query<Signature>,
 ) -> Result<Response, Problem> {
+    // One segment is a file's id (`crate::uploads`), read with the caller's key; an object key
+    // always has more than one.
+    if !key.contains('/') {
+        let crate::auth::Tenant(tenant) = tenant?;
+        return crate::uploads::get(&state, &tenant, &key).await;
+    }
     let expires = q.expires.and_then(|e| e.parse::<i64>().ok());
     let (Some(expires), Some(sig)) = (expires, q.sig) else {
         return Err(Problem::new(

@@ -19,6 +19,7 @@ mod problem;
 mod replicate;
 mod responses;
 pub mod server;
+mod uploads;
 mod usage;
 mod wait;
 mod webhooks;
@@ -76,10 +77,18 @@ pub struct ApiState {
     pub key_cache: KeyCache,
     /// Where clients reach this api: the base of the absolute links in Replicate-style answers.
     pub public_url: url::Url,
+    /// The largest upload (`POST /v1/files`): what a worker fetches as an input at most.
+    pub max_upload_bytes: u64,
+    /// How long an upload is kept: the outputs' time to live.
+    pub upload_ttl: Duration,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let limit = state.max_body_bytes;
+    // An upload streams into the store: its own, larger bound (the file plus the form's framing).
+    let upload_limit = usize::try_from(state.max_upload_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(128 * 1024);
     let idempotent = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
     Router::new()
         .route(
@@ -122,6 +131,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/predictions/{id}", get(replicate::get))
         .route("/v1/predictions/{id}/cancel", post(replicate::cancel))
         .route(
+            "/v1/images/edits",
+            post(
+                openai::edit
+                    .layer(idempotent.clone())
+                    .layer(DefaultBodyLimit::max(upload_limit))
+                    .layer(axum::middleware::from_fn(openai::openai_errors)),
+            ),
+        )
+        .route(
             "/v1/images/generations",
             post(
                 openai::generate
@@ -130,7 +148,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
         )
         .route("/v1/usage", get(usage::usage))
-        .route("/v1/files/{*key}", get(files::download))
+        .route(
+            "/v1/files",
+            post(uploads::create.layer(DefaultBodyLimit::max(upload_limit))).get(uploads::list),
+        )
+        .route(
+            "/v1/files/{*key}",
+            get(files::download).delete(uploads::delete),
+        )
         .route(
             "/v1/callbacks/{job_id}/{upstream_id}",
             post(callbacks::receive),

@@ -66,6 +66,10 @@ impl Modify for BearerKey {
         crate::replicate::versions,
         crate::replicate::version,
         crate::openai::generate,
+        crate::openai::edits::edit,
+        crate::uploads::create,
+        crate::uploads::list,
+        crate::uploads::delete,
         crate::files::download,
         crate::callbacks::receive,
         crate::healthz,
@@ -160,6 +164,10 @@ pub fn document(catalog: &kiln_core::catalog::Catalog) -> Value {
     crate::replicate::document_models(&mut doc, &models);
     doc["paths"]["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
         ["schema"] = crate::openai::request_schema(&models);
+    doc["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"] =
+        crate::uploads::request_body();
+    doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"] =
+        crate::openai::edit_request_body(&models);
     headers_are_strings(&mut doc);
     doc
 }

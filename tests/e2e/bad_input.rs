@@ -229,3 +229,80 @@ async fn unknown_routes_and_jobs_are_problem_404s() {
     }
     kiln.shutdown().await;
 }
+
+/// An upload is bounded before and while it is read: a declared length over the limit is
+/// refused unread, and a body that goes on past it is cut off; neither leaves a file behind.
+#[tokio::test]
+async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
+    let kiln = Kiln::start_with(|c| c.outputs.max_input_bytes = 64 * 1024).await;
+    let key = kiln.key("acme").await;
+    let big = vec![7u8; 300 * 1024];
+    let form = reqwest::multipart::Form::new().part(
+        "content",
+        reqwest::multipart::Part::bytes(big.clone()).file_name("big.bin"),
+    );
+    let declared = kiln
+        .http
+        .post(kiln.url("/v1/files"))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 413);
+    let problem: serde_json::Value = declared.json().await.unwrap();
+    assert_eq!(problem["code"], "file_too_large");
+    // No length declared (a stream): cut off at the limit as it is read.
+    let chunks = futures::stream::iter(
+        big.chunks(16 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let streamed = reqwest::multipart::Form::new().part(
+        "content",
+        reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(chunks)).file_name("big.bin"),
+    );
+    let cut = kiln
+        .http
+        .post(kiln.url("/v1/files"))
+        .bearer_auth(&key)
+        .multipart(streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 413);
+    let listed: serde_json::Value = kiln
+        .http
+        .get(kiln.url("/v1/files"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["results"], serde_json::json!([]));
+    fn files_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        files_under(&path)
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    let uploads = kiln.dir.path().join("outputs/uploads");
+    assert_eq!(
+        files_under(&uploads),
+        0,
+        "nothing is left in {}",
+        uploads.display()
+    );
+    kiln.shutdown().await;
+}

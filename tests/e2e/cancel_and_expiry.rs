@@ -163,3 +163,61 @@ async fn the_janitor_deletes_expired_outputs() {
     assert_eq!(res.status(), 410);
     kiln.shutdown().await;
 }
+
+/// An upload expires like an output: past the outputs' time to live the janitor deletes its
+/// object and marks it, and the file is no longer found.
+#[tokio::test]
+async fn the_janitor_deletes_expired_uploads() {
+    let kiln = Kiln::start_with(|c| {
+        c.outputs.ttl = std::time::Duration::from_secs(1);
+        c.outputs.janitor_interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let key = kiln.key("acme").await;
+    let form = reqwest::multipart::Form::new().part(
+        "content",
+        reqwest::multipart::Part::bytes(b"abc".to_vec()).file_name("a.txt"),
+    );
+    let created = kiln
+        .http
+        .post(kiln.url("/v1/files"))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let file: Value = created.json().await.unwrap();
+    assert_eq!(file["size"], 3);
+    let outputs_dir = kiln.dir.path().join("outputs");
+    assert_eq!(files_under(&outputs_dir), 1);
+    let pool = ledger_pool(&kiln.db_path()).await;
+    let start = std::time::Instant::now();
+    while count(
+        &pool,
+        "SELECT COUNT(*) FROM files WHERE deleted_at IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the janitor never deleted the upload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        files_under(&outputs_dir),
+        0,
+        "the object is gone from storage"
+    );
+    let read = kiln
+        .http
+        .get(kiln.url(&format!("/v1/files/{}", file["id"].as_str().unwrap())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404);
+    kiln.shutdown().await;
+}

@@ -100,3 +100,17 @@ async fn the_jobs_of_a_generation_whose_client_hung_up_are_canceled() {
     assert_eq!(job["model"], "demo/image");
     kiln.shutdown().await;
 }
+
+#[tokio::test]
+async fn images_edit_uploads_the_image_and_runs_a_model_that_takes_one() {
+    let (kiln, front) = kiln_behind_tls(false).await;
+    let env = client_env(&kiln, &front).await;
+    let edited = run_scenario("openai_client.py", "edit", &env).await;
+    assert_eq!(edited["sizes"], json!([[48, 40]]), "{edited}");
+    // Bytes that are no image fail the job as the input's fault: the request's error, 400.
+    let refused = run_scenario("openai_client.py", "edit_not_an_image", &env).await;
+    assert_eq!(refused["raised"], "BadRequestError", "{refused}");
+    assert_eq!(refused["param"], "image", "{refused}");
+    assert_eq!(refused["code"], "input_invalid_image", "{refused}");
+    kiln.shutdown().await;
+}

@@ -122,3 +122,28 @@ async fn a_completed_prediction_posts_the_prediction_once_signed_as_the_client_v
     );
     kiln.shutdown().await;
 }
+
+async fn a_file_handle_input_goes_through_an_upload(production: bool) {
+    let (kiln, front) = kiln_behind_tls(production).await;
+    let env = client_env(&kiln, &front).await;
+    let seen = run_scenario("replicate_client.py", "file_input", &env).await;
+    // The 24×20 drawing, uploaded from an open file and upscaled 2×.
+    assert_eq!(seen["sizes"], json!([[48, 40]]), "{seen}");
+    assert_eq!(seen["files"], 1, "{seen}");
+    assert_eq!(seen["uploaded_size"], seen["source_size"], "{seen}");
+    assert_eq!(seen["content_type"], "image/png", "{seen}");
+    assert_eq!(seen["sha256"].as_str().map(str::len), Some(64), "{seen}");
+    assert_eq!(seen["read_again"], true, "{seen}");
+    assert_eq!(seen["deleted"], true, "{seen}");
+    kiln.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_open_file_as_input_is_uploaded_and_used_on_the_embedded_default() {
+    a_file_handle_input_goes_through_an_upload(false).await;
+}
+
+#[tokio::test]
+async fn an_open_file_as_input_is_uploaded_and_used_on_the_production_stack() {
+    a_file_handle_input_goes_through_an_upload(true).await;
+}

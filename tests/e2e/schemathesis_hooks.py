@@ -10,7 +10,9 @@ rejected" check cannot tell them from a real contract gap:
 - an input image that names an output the caller does not have (or no longer has), and a URL
   the SSRF policy forbids (a private address, or a webhook host that does not resolve): 422;
 - a pipeline step that names a step the pipeline lacks, twice, or in a cycle (422): JSON Schema
-  cannot say that a string must name another item of the same list.
+  cannot say that a string must name another item of the same list;
+- an image to edit whose bytes are no image (`input_invalid_image`, 400 on OpenAI's edit
+  route): `format: binary` cannot say "a PNG".
 
 The document says what a well-formed key, cursor, reference or URL looks like, not which ones
 exist or may be fetched. Exactly those refusals are dropped here, recognised by their problem
@@ -41,12 +43,22 @@ def _stateful_refusal(response) -> bool:
         or code in ("input_reference_invalid", "input_url_invalid", "url_forbidden")
         or code == "webhook_url_forbidden"
         or code in ("unknown_step", "duplicate_step", "cycle")
+        or (code == "input_invalid_image" and field == "image")
     )
+
+
+def _multipart_text(case) -> bool:
+    """A multipart form's text parts are text whatever JSON type a case meant them to be: the
+    'wrong type' negative cases reach the server as text a valid request could send too."""
+    return (getattr(case, "media_type", None) or "").startswith("multipart/form-data")
 
 
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
-    """Keeps every failure but the positive-data rejections that are stateful refusals."""
+    """Keeps every failure but the positive-data rejections that are stateful refusals, and the
+    negative multipart cases that only a JSON type told apart from a valid one."""
     if type(failure).__name__ == "RejectedPositiveData" and _stateful_refusal(response):
+        return False
+    if type(failure).__name__ == "AcceptedNegativeData" and _multipart_text(case):
         return False
     return True

@@ -1,7 +1,8 @@
 //! The janitor deletes outputs whose `expires_at` has passed and marks them deleted on the job, so
 //! the api shows them as expired instead of handing out URLs to nothing. Object deletion comes
 //! first and is idempotent: if the process dies between the two steps, the next pass deletes a
-//! missing object (a no-op) and then marks it. It also purges idempotency keys past their 24 h.
+//! missing object (a no-op) and then marks it. Uploads (`POST /v1/files`) expire the same way.
+//! It also purges idempotency keys past their 24 h.
 
 use kiln_core::{Ledger, LedgerError};
 use kiln_storage::ObjectStore;
@@ -15,7 +16,7 @@ pub struct Janitor {
 }
 
 impl Janitor {
-    /// One pass; returns how many outputs were deleted.
+    /// One pass; returns how many outputs and uploads were deleted.
     pub async fn pass(&self) -> Result<usize, LedgerError> {
         let expired = self
             .ledger
@@ -37,6 +38,22 @@ impl Janitor {
         }
         if deleted > 0 {
             tracing::info!(deleted, "expired outputs deleted");
+        }
+        // Uploads (`POST /v1/files`) expire like outputs, object first.
+        let files = self
+            .ledger
+            .expired_files(kiln_core::time::now(), BATCH)
+            .await?;
+        for (id, key) in files {
+            match self.store.delete(&key).await {
+                Ok(()) => {
+                    self.ledger.mark_file_deleted(None, &id).await?;
+                    deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "could not delete an expired upload")
+                }
+            }
         }
         let purged = self
             .ledger

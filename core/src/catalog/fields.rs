@@ -226,16 +226,22 @@ impl Field {
     /// A whole, non-negative number; `range` says what it must be, for a negative one.
     fn whole(&self, value: &Value, range: &str) -> Result<u64, InputError> {
         let n = match value {
-            // Accept 512.0 but not 512.5.
+            // Accept 512.0 but not 512.5. `u64::MAX as f64` is 2^64, one past the largest
+            // `u64`: a float that large would saturate to `u64::MAX` and pass the range check.
             Value::Number(n) => n.as_u64().or_else(|| {
                 n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
                     .map(|f| f as u64)
             }),
             _ => None,
         };
         n.ok_or_else(|| {
-            if value.as_f64().is_some_and(|f| f < 0.0 && f.fract() == 0.0) {
+            let whole = value.as_f64().is_some_and(|f| f.fract() == 0.0);
+            if whole
+                && value
+                    .as_f64()
+                    .is_some_and(|f| f < 0.0 || f >= u64::MAX as f64)
+            {
                 self.refuse("out_of_range", format!("must be {range}"))
             } else {
                 self.refuse("invalid_type", "must be a whole number".into())

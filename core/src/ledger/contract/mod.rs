@@ -14,6 +14,7 @@ use std::time::Duration;
 mod attempts;
 mod batches;
 mod deliveries;
+mod files;
 mod jobs;
 mod keys;
 mod maintenance;
@@ -22,6 +23,7 @@ mod pipelines;
 pub use attempts::*;
 pub use batches::*;
 pub use deliveries::*;
+pub use files::*;
 pub use jobs::*;
 pub use keys::*;
 pub use maintenance::*;
@@ -110,7 +112,8 @@ macro_rules! ledger_contract_tests {
             a_batch_claims_each_claimable_job_once,
             a_batch_of_successes_refuses_only_its_stale_leases,
             a_burst_of_submits_fills_each_window_exactly,
-            a_job_keeps_the_surface_it_was_created_through
+            a_job_keeps_the_surface_it_was_created_through,
+            files_are_scoped_listed_deleted_and_expire
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -246,6 +246,7 @@ mod claims;
 mod deliveries;
 mod delivery_results;
 mod dialect;
+mod files;
 mod group;
 mod idempotency;
 mod jobs;

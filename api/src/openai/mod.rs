@@ -20,6 +20,12 @@
 //! jobs of a request whose client went away (a timeout before its retry) are canceled, so the
 //! retry's jobs are the only ones that run to the end.
 
+pub(crate) mod edits;
+mod schema;
+
+pub use edits::edit;
+pub(crate) use schema::{edit_request_body, request_schema};
+
 use crate::auth::Caller;
 use crate::problem::Problem;
 use crate::wire::JobSubmission;
@@ -107,7 +113,14 @@ struct Generation {
     format: Format,
 }
 
-fn parse(state: &ApiState, request: &Map<String, Value>) -> Result<Generation, Problem> {
+/// The request as jobs to run. `image`: for an edit, the URL of the uploaded image, which
+/// goes into the model's image field (a model without one cannot edit); an edit's prompt goes
+/// to the model only if it takes one.
+fn parse(
+    state: &ApiState,
+    request: &Map<String, Value>,
+    image: Option<&str>,
+) -> Result<Generation, Problem> {
     let text = |name: &str| match request.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -140,15 +153,32 @@ fn parse(state: &ApiState, request: &Map<String, Value>) -> Result<Generation, P
             .with_field("model")
         })?;
     let takes = |field: &str| info.input_schema["properties"].get(field).is_some();
-    if !takes("prompt") {
-        return Err(refused(
-            "unsupported_model",
-            "model",
-            format!("model '{model}' takes no prompt; run it through POST /v1/jobs"),
-        ));
-    }
     let mut input = Map::new();
-    input.insert("prompt".into(), Value::String(prompt));
+    match image {
+        None if !takes("prompt") => {
+            return Err(refused(
+                "unsupported_model",
+                "model",
+                format!("model '{model}' takes no prompt; run it through POST /v1/jobs"),
+            ))
+        }
+        None => {
+            input.insert("prompt".into(), Value::String(prompt));
+        }
+        Some(url) => {
+            let field = image_field(&info).ok_or_else(|| {
+                refused(
+                    "unsupported_model",
+                    "model",
+                    format!("model '{model}' takes no image to edit"),
+                )
+            })?;
+            input.insert(field, Value::String(url.to_owned()));
+            if takes("prompt") {
+                input.insert("prompt".into(), Value::String(prompt));
+            }
+        }
+    }
     match text("size")?.as_deref() {
         None | Some("auto") => {
             // OpenAI's default size, within the model's own ranges, where the model needs one.
@@ -250,145 +280,21 @@ fn parse(state: &ApiState, request: &Map<String, Value>) -> Result<Generation, P
     })
 }
 
+/// The model's input field that takes an image (the first, where it takes several).
+fn image_field(model: &kiln_core::catalog::ModelInfo) -> Option<String> {
+    model.input_schema["properties"]
+        .as_object()?
+        .iter()
+        .find(|(_, rule)| rule["pattern"] == kiln_core::catalog::IMAGE_SOURCE_PATTERN)
+        .map(|(name, _)| name.clone())
+}
+
 /// A size's side: digits only, without a leading zero (what the document's pattern says).
 fn whole_number(text: &str) -> Option<u32> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     (digits && !text.starts_with('0'))
         .then(|| text.parse().ok())
         .flatten()
-}
-
-/// A regular expression of exactly the whole numbers from `min` to `max` (no leading zeros),
-/// so the document can say which `size`s a model takes.
-fn range_pattern(min: u64, max: u64) -> String {
-    fn same_length(low: &[u8], high: &[u8]) -> Vec<String> {
-        let Some((&l, low_rest)) = low.split_first() else {
-            return vec![String::new()];
-        };
-        let (&h, high_rest) = high.split_first().expect("of the same length");
-        let (l, h) = (char::from(l), char::from(h));
-        if l == h {
-            return same_length(low_rest, high_rest)
-                .into_iter()
-                .map(|p| format!("{l}{p}"))
-                .collect();
-        }
-        let width = low_rest.len();
-        let nines = vec![b'9'; width];
-        let zeros = vec![b'0'; width];
-        let mut out: Vec<String> = same_length(low_rest, &nines)
-            .into_iter()
-            .map(|p| format!("{l}{p}"))
-            .collect();
-        let (next, before) = (char::from(l as u8 + 1), char::from(h as u8 - 1));
-        if next <= before {
-            let any = if width == 0 {
-                String::new()
-            } else {
-                format!("[0-9]{{{width}}}")
-            };
-            out.push(format!("[{next}-{before}]{any}"));
-        }
-        out.extend(
-            same_length(&zeros, high_rest)
-                .into_iter()
-                .map(|p| format!("{h}{p}")),
-        );
-        out
-    }
-    let mut alternatives = Vec::new();
-    let (low_len, high_len) = (min.to_string().len(), max.to_string().len());
-    for len in low_len..=high_len {
-        let low = if len == low_len {
-            min
-        } else {
-            10u64.pow(len as u32 - 1)
-        };
-        let high = if len == high_len {
-            max
-        } else {
-            10u64.pow(len as u32) - 1
-        };
-        if low <= high {
-            alternatives.extend(same_length(
-                low.to_string().as_bytes(),
-                high.to_string().as_bytes(),
-            ));
-        }
-    }
-    format!("(?:{})", alternatives.join("|"))
-}
-
-/// The OpenAPI request schema of `POST /v1/images/generations` for this deployment's models:
-/// one variant per model that takes a prompt, with its own prompt rule, the sizes it takes
-/// (a `WxH` pattern from its width and height ranges) and its other input fields. The demo
-/// models' fault knobs (`latency_ms`, `fail_rate`) are taken but not offered here.
-pub(crate) fn request_schema(models: &[kiln_core::catalog::ModelInfo]) -> Value {
-    const KNOBS: [&str; 2] = ["latency_ms", "fail_rate"];
-    let mut all = Map::new();
-    let mut variants = Vec::new();
-    let mut names = Vec::new();
-    for model in models {
-        let fields = &model.input_schema["properties"];
-        let Some(prompt) = fields.get("prompt") else {
-            continue;
-        };
-        names.push(model.name.clone());
-        let side = |name: &str| {
-            let f = fields.get(name)?;
-            Some((f["minimum"].as_u64()?, f["maximum"].as_u64()?))
-        };
-        let size = match (side("width"), side("height")) {
-            (Some((wl, wh)), Some((hl, hh))) => serde_json::json!({"anyOf": [
-                {
-                    "type": "string",
-                    "pattern": format!("^(?:{}x{}|auto)$", range_pattern(wl, wh), range_pattern(hl, hh)),
-                },
-                {"type": "null"},
-            ]}),
-            _ => serde_json::json!({"enum": ["auto", null]}),
-        };
-        let mut properties = Map::new();
-        properties.insert("model".into(), serde_json::json!({"const": model.name}));
-        properties.insert("prompt".into(), prompt.clone());
-        properties.insert("size".into(), size);
-        if let Some(extra) = fields.as_object() {
-            for (name, rule) in extra {
-                if ["prompt", "width", "height"].contains(&name.as_str())
-                    || KNOBS.contains(&name.as_str())
-                {
-                    continue;
-                }
-                properties.insert(name.clone(), rule.clone());
-                all.insert(name.clone(), serde_json::json!({}));
-            }
-        }
-        variants
-            .push(serde_json::json!({"properties": properties, "required": ["model", "prompt"]}));
-    }
-    all.insert("model".into(), serde_json::json!({"type": "string", "enum": names, "description": "A Kiln model that takes a prompt"}));
-    all.insert("prompt".into(), serde_json::json!({"type": "string"}));
-    all.insert("size".into(), serde_json::json!({"type": ["string", "null"], "description": "WIDTHxHEIGHT within the model's ranges, or auto (the default)"}));
-    all.insert("n".into(), serde_json::json!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_IMAGES, "description": "How many images (one job each)"}));
-    all.insert(
-        "response_format".into(),
-        serde_json::json!({"type": ["string", "null"], "enum": ["url", "b64_json", null]}),
-    );
-    all.insert("stream".into(), serde_json::json!({"type": ["boolean", "null"], "enum": [false, null], "description": "Not offered"}));
-    all.insert("partial_images".into(), serde_json::json!({"type": ["integer", "boolean", "null"], "enum": [false, null], "description": "Not offered"}));
-    for ignored in IGNORED {
-        all.insert(
-            (*ignored).into(),
-            serde_json::json!({"description": "Taken and not applied"}),
-        );
-    }
-    serde_json::json!({
-        "type": "object",
-        "required": ["model", "prompt"],
-        "additionalProperties": false,
-        "properties": all,
-        "oneOf": variants,
-    })
 }
 
 /// A refusal of the jobs' input, named as the request named it: the input's `width` and
@@ -473,14 +379,32 @@ pub async fn generate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let request = crate::create::any_json_object(body)?;
-    let generation = parse(&state, &request)?;
+    let generation = parse(&state, &request, None)?;
+    run(
+        state,
+        caller,
+        idempotency.map(|e| e.0),
+        &headers,
+        generation,
+    )
+    .await
+}
+
+/// Runs a generation's jobs and answers once they have all ended (or the wait ran out),
+/// canceling them if the client goes away before the answer.
+async fn run(
+    state: Arc<ApiState>,
+    caller: Caller,
+    mut idempotency: Option<IdempotencyRef>,
+    headers: &HeaderMap,
+    generation: Generation,
+) -> Result<Response, Problem> {
     let mut guard = CancelUnlessAnswered {
         state: state.clone(),
         tenant: caller.tenant.clone(),
         jobs: Vec::new(),
         answered: false,
     };
-    let mut idempotency = idempotency.map(|e| e.0);
     for index in 0..generation.images {
         let mut input = generation.input.clone();
         // Several images of one prompt differ by seed, where the model takes one and the
@@ -512,7 +436,7 @@ pub async fn generate(
         .map_err(as_request_field)?;
         guard.jobs.push(job.id);
     }
-    let wait = generation_wait(&headers);
+    let wait = generation_wait(headers);
     let deadline = tokio::time::Instant::now() + wait;
     let mut finished = Vec::with_capacity(guard.jobs.len());
     for id in guard.jobs.clone() {
@@ -564,11 +488,20 @@ async fn answer(state: &ApiState, jobs: &[Job], format: Format) -> Result<Respon
                 format!("the job was {}", job.status),
             ),
         };
-        return Err(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code,
-            format!("job {}: {message}", job.id),
-        ));
+        // A failure that is the input's fault (an image that is none, a refused prompt) is
+        // the request's, as OpenAI answers it; any other is the server's.
+        let input_fault = code.starts_with("input_") || code == "content_policy_violation";
+        let status = if input_fault {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let problem = Problem::new(status, code.clone(), format!("job {}: {message}", job.id));
+        return Err(if code.starts_with("input_") {
+            problem.with_field("image")
+        } else {
+            problem
+        });
     }
     let mut data = Vec::new();
     for job in jobs {
@@ -671,77 +604,4 @@ pub async fn openai_errors(request: Request, next: Next) -> Response {
     }
     let body = serde_json::to_vec(&error).expect("JSON values serialize");
     Response::from_parts(parts, Body::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn matches(pattern: &str, text: &str) -> bool {
-        // Tried by brute force: every alternative is digits and classes, no nesting.
-        let body = pattern.trim_start_matches("(?:").trim_end_matches(')');
-        body.split('|')
-            .any(|alternative| simple_match(alternative, text))
-    }
-
-    /// Matches one alternative of `range_pattern`'s: literal digits, `[a-b]`, `[0-9]{n}`.
-    fn simple_match(pattern: &str, text: &str) -> bool {
-        let (mut p, mut t) = (pattern.as_bytes(), text.as_bytes());
-        while !p.is_empty() {
-            let Some((&c, rest)) = t.split_first() else {
-                return false;
-            };
-            if p[0] == b'[' {
-                let (low, high) = (p[1], p[3]);
-                let mut count = 1;
-                let mut after = &p[5..];
-                if after.first() == Some(&b'{') {
-                    let close = after.iter().position(|&b| b == b'}').unwrap();
-                    count = std::str::from_utf8(&after[1..close])
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    after = &after[close + 1..];
-                }
-                if t.len() < count || !t[..count].iter().all(|&d| (low..=high).contains(&d)) {
-                    return false;
-                }
-                t = &t[count..];
-                p = after;
-            } else {
-                if p[0] != c {
-                    return false;
-                }
-                p = &p[1..];
-                t = rest;
-            }
-        }
-        t.is_empty()
-    }
-
-    #[test]
-    fn a_range_pattern_takes_exactly_its_numbers() {
-        for (min, max) in [(16, 2048), (1, 9), (7, 130), (100, 100), (64, 512)] {
-            let pattern = range_pattern(min, max);
-            for n in 0..3000u64 {
-                assert_eq!(
-                    matches(&pattern, &n.to_string()),
-                    (min..=max).contains(&n),
-                    "{n} against {min}..={max}: {pattern}"
-                );
-            }
-            assert!(
-                !matches(&pattern, &format!("0{min}")),
-                "no leading zero: {pattern}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_size_side_is_digits_without_a_leading_zero() {
-        assert_eq!(whole_number("64"), Some(64));
-        for bad in ["", "064", "+64", "-1", "6 4", "x"] {
-            assert_eq!(whole_number(bad), None, "{bad}");
-        }
-    }
 }
