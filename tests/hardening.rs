@@ -287,9 +287,16 @@ async fn an_image_that_declares_too_many_pixels_is_refused_before_decoding() {
     let pid = kiln.child.id();
     let key = api_key(dir.path());
     let http = http();
-    // Warm the process up (first requests, first job) before its peak is taken.
+    // Warm the process up before its peak is taken: first requests, a first job, and a first
+    // input of this size (its JSON, its row in the ledger and the ledger's page caches, the
+    // allocator's arenas), so the peak measures what refusing a bomb costs, not what a
+    // process's first 5 MB request costs. A bomb that were decoded would cost 512 MiB.
     let warm = submit_ok(&http, &kiln.base, &key, image_job(16, 16)).await;
     wait_terminal(&http, &kiln.base, &key, &warm).await;
+    let first = json!({"model": "demo/upscale", "input": {"image": uri, "scale": 2}});
+    let first = submit_ok(&http, &kiln.base, &key, first).await;
+    let first = wait_terminal(&http, &kiln.base, &key, &first).await;
+    assert_eq!(first["error"]["code"], "input_too_large", "{first:#}");
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS");
     for model in [
