@@ -31,6 +31,8 @@ const MAX_TEXT_PART: usize = 64 * 1024;
         (status = 400, description = "Refused (OpenAI's error shape; `param` names the field)", body = Object),
         (status = 401, description = "No valid API key (OpenAI's error shape)", body = Object),
         (status = 404, description = "No such model (OpenAI's error shape)", body = Object),
+        (status = 409, description = "A request with this Idempotency-Key is still being answered (OpenAI's error shape; retry)", body = Object),
+        (status = 429, description = "The key's request rate is spent (OpenAI's error shape; `Retry-After`)", body = Object),
         (status = 413, description = "The image is larger than an upload may be (OpenAI's error shape)", body = Object),
         (status = 500, description = "A job failed; `code` is its error code (OpenAI's error shape, not to be retried)", body = Object),
         (status = 504, description = "Not finished within the wait; the jobs go on (OpenAI's error shape)", body = Object),
