@@ -48,7 +48,7 @@ pub(crate) async fn render(state: &ApiState, job: &Job) -> Result<JobView, Probl
     request_body = JobSubmission,
     params(
         crate::responses::WaitPreference,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
+        crate::responses::IdempotencyKey,
         ("Cancel-After" = Option<String>, Header, description = "Like `cancel_after` (a whole number of seconds, minutes or hours, 1 s to 24 h); the sooner of the two holds"),
     ),
     responses(

@@ -79,7 +79,7 @@ fn parse_submit(
     request_body = PipelineSubmission,
     params(
         crate::responses::WaitPreference,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
+        crate::responses::IdempotencyKey,
     ),
     responses(
         crate::responses::Created<PipelineView>,

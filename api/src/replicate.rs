@@ -53,7 +53,7 @@ fn model_not_found(name: &str) -> Problem {
 
 /// The catalog's model named `name`.
 fn find_model(state: &ApiState, name: &str) -> Option<ModelInfo> {
-    state.catalog.models().into_iter().find(|m| m.name == name)
+    state.catalog.model(name)
 }
 
 /// The version a prediction of `model` shows.
@@ -63,9 +63,7 @@ fn version_of(state: &ApiState, model: &str) -> String {
 
 fn version_in(catalog: &kiln_core::catalog::Catalog, model: &str) -> String {
     catalog
-        .models()
-        .into_iter()
-        .find(|m| m.name == model)
+        .model(model)
         .map(|m| version_id(&m))
         .unwrap_or_else(|| retired_version_id(model))
 }
@@ -236,7 +234,7 @@ async fn answer(
     params(
         ("owner" = String, Path), ("name" = String, Path),
         crate::responses::WaitPreference,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
+        crate::responses::IdempotencyKey,
     ),
     responses(
         (status = 201, description = "Created (`starting` until it ends within the wait)", body = PredictionView),
@@ -292,7 +290,7 @@ fn model_of_version(state: &ApiState, version: &str) -> Result<ModelInfo, Proble
     request_body(content = Object, description = "`{version, input, webhook?, webhook_events_filter?}`"),
     params(
         crate::responses::WaitPreference,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
+        crate::responses::IdempotencyKey,
     ),
     responses(
         (status = 201, description = "Created (`starting` until it ends within the wait)", body = PredictionView),

@@ -200,6 +200,27 @@ impl IntoParams for WaitPreference {
     }
 }
 
+/// `Idempotency-Key`, on every create that replays a retry's first answer
+/// (`crate::idempotency`).
+pub struct IdempotencyKey;
+
+impl IntoParams for IdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut param = header_param(
+            "Idempotency-Key",
+            "Makes a retry safe: the same key and body replay the first answer",
+        );
+        param.schema = Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255))
+                .into(),
+        );
+        vec![param]
+    }
+}
+
 /// `Last-Event-ID`, on an event stream.
 pub struct ResumeFrom;
 

@@ -112,13 +112,7 @@ fn typed(state: &ApiState, texts: Vec<(String, String)>) -> Map<String, Value> {
     let model = texts
         .iter()
         .find(|(name, _)| name == "model")
-        .and_then(|(_, m)| {
-            state
-                .catalog
-                .models()
-                .into_iter()
-                .find(|info| &info.name == m)
-        });
+        .and_then(|(_, m)| state.catalog.model(m));
     let kind = |name: &str| -> Option<String> {
         if name == "n" {
             return Some("integer".into());

@@ -111,6 +111,8 @@ struct Generation {
     input: Map<String, Value>,
     images: u64,
     format: Format,
+    /// Whether the model takes a `seed` (several images of one prompt then differ by it).
+    takes_seed: bool,
 }
 
 /// The request as jobs to run. `image`: for an edit, the URL of the uploaded image, which
@@ -139,19 +141,14 @@ fn parse(
             "model is required: a Kiln model name (GET /v1/models)",
         )
     })?;
-    let info = state
-        .catalog
-        .models()
-        .into_iter()
-        .find(|m| m.name == model)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "model_not_found",
-                format!("there is no model named '{model}'; GET /v1/models lists them"),
-            )
-            .with_field("model")
-        })?;
+    let info = state.catalog.model(&model).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("there is no model named '{model}'; GET /v1/models lists them"),
+        )
+        .with_field("model")
+    })?;
     let takes = |field: &str| info.input_schema["properties"].get(field).is_some();
     let mut input = Map::new();
     match image {
@@ -273,6 +270,7 @@ fn parse(
         }
     }
     Ok(Generation {
+        takes_seed: takes("seed"),
         model,
         input,
         images,
@@ -360,7 +358,7 @@ fn generation_wait(headers: &HeaderMap) -> Duration {
     tag = "openai",
     request_body(content = Object, description = "`{prompt, model, n?, size?, response_format?}` and any input field of the model"),
     params(
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: the same key and body replay the first answer"),
+        crate::responses::IdempotencyKey,
     ),
     responses(
         (status = 200, description = "The images, once every job succeeded", body = ImagesResponse),
@@ -412,10 +410,7 @@ async fn run(
         let mut input = generation.input.clone();
         // Several images of one prompt differ by seed, where the model takes one and the
         // request set none.
-        if generation.images > 1
-            && !input.contains_key("seed")
-            && takes_seed(&state, &generation.model)
-        {
+        if generation.images > 1 && !input.contains_key("seed") && generation.takes_seed {
             input.insert("seed".into(), index.into());
         }
         let submission = JobSubmission {
@@ -454,14 +449,6 @@ async fn run(
     let answer = answer(&state, &finished, generation.format).await;
     guard.answered = true;
     answer
-}
-
-fn takes_seed(state: &ApiState, model: &str) -> bool {
-    state
-        .catalog
-        .models()
-        .iter()
-        .any(|m| m.name == model && m.input_schema["properties"].get("seed").is_some())
 }
 
 /// The answer once the jobs have ended (or the wait ran out): the images, or why there are none.

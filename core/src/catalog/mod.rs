@@ -290,7 +290,17 @@ impl Catalog {
         Some(fields)
     }
 
+    /// One model's published info, built alone (`models` builds every model's schema).
+    pub fn model(&self, name: &str) -> Option<ModelInfo> {
+        self.models_named(|n| n == name).into_iter().next()
+    }
+
     pub fn models(&self) -> Vec<ModelInfo> {
+        self.models_named(|_| true)
+    }
+
+    /// The models whose names `wanted` takes, each with its schema built.
+    fn models_named(&self, wanted: impl Fn(&str) -> bool) -> Vec<ModelInfo> {
         let demos = [
             (
                 DEMO_IMAGE,
@@ -313,6 +323,7 @@ impl Catalog {
             .map(|m| (m.name.clone(), m.description.clone(), "image/png"));
         demos
             .chain(configured)
+            .filter(|(name, _, _)| wanted(name))
             .map(|(name, description, output)| ModelInfo {
                 input_schema: fields::schema(&self.fields(&name).expect("a listed model")),
                 name,

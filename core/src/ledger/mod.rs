@@ -9,10 +9,12 @@
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+mod files;
 #[cfg(test)]
 mod parity;
 mod sql;
 
+pub use files::{FileLedger, StoredFile};
 pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};
 
 pub use crate::events::EventType;
@@ -685,45 +687,6 @@ pub trait AttemptLedger: Send + Sync {
     async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()>;
     async fn expired_outputs(&self, now: Timestamp, limit: u32) -> Result<Vec<ExpiredOutput>>;
     async fn mark_output_deleted(&self, job_id: JobId, index: u32) -> Result<()>;
-}
-
-/// An upload (`POST /v1/files`), kept in the object store with the outputs' expiry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredFile {
-    /// A UUIDv7, so ids sort by creation (the list's cursor).
-    pub id: String,
-    pub tenant: TenantId,
-    pub object_key: String,
-    pub name: String,
-    pub content_type: String,
-    pub size: u64,
-    /// Hex SHA-256 of the bytes.
-    pub sha256: String,
-    /// The client's own JSON, kept as given.
-    pub metadata: serde_json::Value,
-    pub created_at: Timestamp,
-    pub expires_at: Timestamp,
-}
-
-/// Uploads: recorded when stored, read and listed by their tenant, deleted by it or by the
-/// janitor once expired.
-#[async_trait]
-pub trait FileLedger: Send + Sync {
-    async fn insert_file(&self, file: &StoredFile) -> Result<()>;
-    /// The tenant's file, unless it was deleted or has expired.
-    async fn get_file(&self, tenant: &TenantId, id: &str) -> Result<Option<StoredFile>>;
-    /// The tenant's live files, newest first, older than `before` (a file id) when given.
-    async fn list_files(
-        &self,
-        tenant: &TenantId,
-        before: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<StoredFile>>;
-    /// Files past their expiry and not yet deleted, oldest first: `(id, object_key)`.
-    async fn expired_files(&self, now: Timestamp, limit: u32) -> Result<Vec<(String, String)>>;
-    /// Marks the file deleted (its object is gone); false if it already was, or is not the
-    /// tenant's (`None`: any tenant's, for the janitor).
-    async fn mark_file_deleted(&self, tenant: Option<&TenantId>, id: &str) -> Result<bool>;
 }
 
 /// Pipelines: steps written together, moved on as their steps end.
