@@ -25,6 +25,16 @@ pub const MAX_URL_LIFETIME: chrono::Duration = chrono::Duration::days(7);
 
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// An object as a download describes it before sending a byte: its `Content-Length`, `ETag`
+/// and `Last-Modified`, and the length a byte range is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub bytes: u64,
+    /// A quoted entity tag (RFC 9110 §8.8.3) that changes whenever the object's bytes do.
+    pub etag: String,
+    pub last_modified: DateTime<Utc>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("object '{0}' not found")]
@@ -49,6 +59,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<u64, StorageError>;
     /// Streams the object's bytes.
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
+    /// Describes the object without reading it.
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError>;
+    /// Streams the bytes `range` of the object; the caller has checked the range against the
+    /// object's length (`head`), so `range.end` is at most that length.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StorageError>;
     /// Deletes the object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A URL that downloads the object without other credentials until `min(until, now + 7 days)`.

@@ -5,7 +5,8 @@
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
 
 use crate::{
-    validate_key, ByteStream, ObjectStore, SignatureError, SignedDownloads, StorageError, UrlSigner,
+    validate_key, ByteStream, ObjectInfo, ObjectStore, SignatureError, SignedDownloads,
+    StorageError, UrlSigner,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -93,6 +94,34 @@ impl BlockingWriter {
     }
 }
 
+fn missing_or(e: std::io::Error, key: &str) -> StorageError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StorageError::NotFound(key.to_owned())
+    } else {
+        e.into()
+    }
+}
+
+/// A file as a download describes it. An object is replaced only by renaming a new file over
+/// it, so its length and modification time together change whenever its bytes do: they are
+/// the entity tag.
+fn describe(meta: &std::fs::Metadata) -> ObjectInfo {
+    let modified: DateTime<Utc> = meta.modified().map(DateTime::from).unwrap_or_else(|_| {
+        // Every filesystem Kiln runs on keeps modification times; without one the tag still
+        // changes with the length.
+        DateTime::UNIX_EPOCH
+    });
+    ObjectInfo {
+        bytes: meta.len(),
+        etag: format!(
+            "\"{:x}-{:x}\"",
+            meta.len(),
+            modified.timestamp_nanos_opt().unwrap_or_default()
+        ),
+        last_modified: modified,
+    }
+}
+
 #[async_trait]
 impl ObjectStore for LocalStore {
     async fn put(
@@ -139,13 +168,33 @@ impl ObjectStore for LocalStore {
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
         let path = self.path_of(key)?;
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(tokio_util::io::ReaderStream::new(file).boxed()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NotFound(key.to_owned()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| missing_or(e, key))?;
+        Ok(tokio_util::io::ReaderStream::new(file).boxed())
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError> {
+        let path = self.path_of(key)?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| missing_or(e, key))?;
+        Ok(describe(&meta))
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path_of(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| missing_or(e, key))?;
+        file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        let len = range.end.saturating_sub(range.start);
+        Ok(tokio_util::io::ReaderStream::new(file.take(len)).boxed())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

@@ -6,8 +6,8 @@
 //! no orphaned parts are billed.
 
 use crate::{
-    validate_key, ByteStream, ObjectStore, SignatureError, SignedDownloads, StorageError,
-    MAX_URL_LIFETIME,
+    validate_key, ByteStream, ObjectInfo, ObjectStore, SignatureError, SignedDownloads,
+    StorageError, MAX_URL_LIFETIME,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -341,23 +341,56 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.read(key, None).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError> {
         let object_key = self.object_key(key)?;
-        let object = self
+        let head = self
             .client
-            .get_object()
+            .head_object()
             .bucket(&self.bucket)
             .key(&object_key)
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                if e.as_service_error().is_some_and(|s| s.is_not_found()) {
                     StorageError::NotFound(key.to_owned())
                 } else {
                     backend(describe(&e))
                 }
             })?;
-        let reader = object.body.into_async_read();
-        Ok(tokio_util::io::ReaderStream::new(reader).boxed())
+        let bytes = head.content_length().unwrap_or(0).max(0) as u64;
+        let last_modified = head
+            .last_modified()
+            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+            .unwrap_or(DateTime::UNIX_EPOCH);
+        Ok(ObjectInfo {
+            bytes,
+            // S3 always answers an ETag (already quoted); a server that did not gets one made
+            // of what it did answer.
+            etag: head
+                .e_tag()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("\"{bytes:x}-{:x}\"", last_modified.timestamp())),
+            last_modified,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        if range.is_empty() {
+            // `bytes=a-b` cannot name no bytes.
+            return Ok(futures::stream::empty().boxed());
+        }
+        self.read(
+            key,
+            Some(format!("bytes={}-{}", range.start, range.end - 1)),
+        )
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -462,6 +495,28 @@ impl ObjectStore for S3Store {
 }
 
 impl S3Store {
+    /// Streams the object, or the byte range `range` (an HTTP `Range` value) of it.
+    async fn read(&self, key: &str, range: Option<String>) -> Result<ByteStream, StorageError> {
+        let object_key = self.object_key(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound(key.to_owned())
+                } else {
+                    backend(describe(&e))
+                }
+            })?;
+        let reader = object.body.into_async_read();
+        Ok(tokio_util::io::ReaderStream::new(reader).boxed())
+    }
+
     async fn presign_at(
         &self,
         key: &str,

@@ -677,9 +677,15 @@ pub fn test_python() -> String {
     )
 }
 
-/// Downloads an output and decodes it: its width and height (the first frame of an animation).
+/// Downloads an output and reads its width and height: an image's, or an MP4's video track's.
 pub async fn output_size(http: &reqwest::Client, url: &str) -> (u32, u32) {
     let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+    if bytes.get(4..8) == Some(b"ftyp") {
+        let len = bytes.len() as u64;
+        let mp4 = mp4::Mp4Reader::read_header(std::io::Cursor::new(bytes), len).unwrap();
+        let track = mp4.tracks().values().next().expect("a video track");
+        return (u32::from(track.width()), u32::from(track.height()));
+    }
     let image = image::load_from_memory(&bytes).unwrap();
     (image.width(), image.height())
 }

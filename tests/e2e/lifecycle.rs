@@ -71,7 +71,8 @@ async fn image_then_upscale_then_video() {
     let video = kiln.wait_terminal(&key, &video).await;
     assert_eq!(video["status"], "succeeded", "{video:#}");
     let clip = download(&kiln.http, video["outputs"][0]["url"].as_str().unwrap()).await;
-    let path = kiln.dir.path().join("clip.gif");
+    assert_eq!(video["outputs"][0]["content_type"], "video/mp4");
+    let path = kiln.dir.path().join("clip.mp4");
     std::fs::write(&path, &clip).unwrap();
     let probe = Command::new("ffprobe")
         .args([
@@ -81,7 +82,7 @@ async fn image_then_upscale_then_video() {
             "-select_streams",
             "v:0",
             "-show_entries",
-            "stream=codec_type,nb_read_frames,width,height",
+            "stream=codec_type,codec_name,nb_read_frames,width,height,r_frame_rate,duration:format=format_name",
             "-of",
             "json",
         ])
@@ -96,6 +97,17 @@ async fn image_then_upscale_then_video() {
     let probed: Value = serde_json::from_slice(&probe.stdout).unwrap();
     let stream = &probed["streams"][0];
     assert_eq!(stream["codec_type"], "video");
+    assert_eq!(stream["codec_name"], "h264");
+    assert!(
+        probed["format"]["format_name"]
+            .as_str()
+            .unwrap()
+            .contains("mp4"),
+        "{probed:#}"
+    );
+    // Exactly the asked rate and length: MP4's timescale has no GIF-style rounding.
+    assert_eq!(stream["r_frame_rate"], "6/1");
+    assert_eq!(stream["duration"], "1.000000");
     assert_eq!(
         (stream["width"].as_u64(), stream["height"].as_u64()),
         (Some(128), Some(96))

@@ -1,7 +1,6 @@
 //! The demo generators: real, deterministic image work with no GPU. `demo/image` draws a PNG from
 //! a prompt and a seed, `demo/upscale` resizes an image 2x or 4x, `demo/video` turns an image into
-//! a short zoom clip (an animated GIF: no MP4 encoder builds here without native codec libraries,
-//! and `ffprobe` reads GIF as a video stream). Same input and seed give the same bytes, so tests
+//! a short zoom clip (H.264 in MP4, or an animated GIF when asked; `crate::clip` writes them). Same input and seed give the same bytes, so tests
 //! can compare outputs and a retried attempt reproduces its result exactly.
 //!
 //! These functions are CPU-bound and synchronous; the executor runs them on the blocking pool
@@ -12,12 +11,12 @@
 //! worst allowed input of each model stays within the budget the README states.
 
 use crate::blocking::Stop;
+use crate::clip::ClipWriter;
 use crate::provider::{GeneratedOutput, ProviderError};
-use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
-use image::{Delay, DynamicImage, Frame, ImageEncoder, ImageReader, Limits, Rgba, RgbaImage};
-use kiln_core::catalog::DemoImageInput;
+use image::{DynamicImage, ImageEncoder, ImageReader, Limits, Rgba, RgbaImage};
+use kiln_core::catalog::{DemoImageInput, VideoFormat, MAX_GIF_SIDE, MAX_MP4_SIDE};
 use std::io::Cursor;
 
 /// Largest side of an upscaled output.
@@ -28,8 +27,6 @@ pub const MAX_INPUT_SIDE: u32 = 2048;
 pub const MAX_INPUT_PIXELS: u64 = 2048 * 2048;
 /// Most bytes the decoder may allocate for one input (a 16-bit RGBA image at the pixel limit).
 pub const MAX_DECODE_BYTES: u64 = MAX_INPUT_PIXELS * 8;
-/// Clips are drawn at most this wide or tall; larger sources are scaled down first.
-pub const MAX_CLIP_SIDE: u32 = 512;
 /// Input rows upscaled at once: the unit of memory and of stopping.
 const UPSCALE_BAND: u32 = 64;
 
@@ -225,62 +222,72 @@ pub fn upscale(source: &[u8], scale: u32, stop: &Stop) -> Result<GeneratedOutput
     Ok(png(out))
 }
 
-/// `demo/video`: a slow zoom towards the centre, `seconds * fps` frames, looping GIF. The
-/// source is scaled once to what the frames can show (zooming in by 1.5 at most), so each
-/// frame's work is bounded by the clip's size, not the input's.
+/// `demo/video`: a slow zoom towards the centre, `seconds * fps` frames at the input's size
+/// (rounded down to even sides, which H.264's 4:2:0 chroma needs). An input larger than the
+/// format's cap (`MAX_MP4_SIDE`, `MAX_GIF_SIDE`, published in the model's schema) is refused,
+/// not shrunk behind the caller's back.
 pub fn zoom_clip(
     source: &[u8],
     seconds: u32,
     fps: u32,
+    format: VideoFormat,
     stop: &Stop,
 ) -> Result<GeneratedOutput, ProviderError> {
     let img = decode_input(source)?.to_rgba8();
-    let fit = (MAX_CLIP_SIDE as f32 / img.width().max(img.height()) as f32).min(1.0);
-    // GIF frames must have even-ish, non-zero sizes; keep at least 2 px.
-    let fw = ((img.width() as f32 * fit) as u32).max(2);
-    let fh = ((img.height() as f32 * fit) as u32).max(2);
-    let detail = (fit * 1.5).min(1.0);
-    let img = if detail < 1.0 {
-        stop.check()?;
-        let dw = ((img.width() as f32 * detail) as u32).max(2);
-        let dh = ((img.height() as f32 * detail) as u32).max(2);
-        image::imageops::resize(&img, dw, dh, FilterType::Triangle)
-    } else {
-        img
+    let (largest, name) = match format {
+        VideoFormat::Mp4 => (MAX_MP4_SIDE, "an mp4"),
+        VideoFormat::Gif => (MAX_GIF_SIDE, "a gif"),
     };
-    let frames = (seconds * fps).max(1);
-    let delay = Delay::from_numer_denom_ms(1000, fps);
-    let mut out = Vec::new();
-    {
-        let mut encoder = GifEncoder::new_with_speed(&mut out, 20);
-        encoder
-            .set_repeat(Repeat::Infinite)
-            .map_err(|e| ProviderError::fail("encode_failed", e.to_string()))?;
-        for i in 0..frames {
-            stop.check()?;
-            let t = if frames == 1 {
-                0.0
-            } else {
-                i as f32 / (frames - 1) as f32
-            };
-            let zoom = 1.0 + 0.5 * t;
-            let cw = ((img.width() as f32 / zoom) as u32).max(1);
-            let ch = ((img.height() as f32 / zoom) as u32).max(1);
-            let x = (img.width() - cw) / 2;
-            let y = (img.height() - ch) / 2;
-            let crop = image::imageops::crop_imm(&img, x, y, cw, ch).to_image();
-            let frame = image::imageops::resize(&crop, fw, fh, FilterType::Triangle);
-            encoder
-                .encode_frame(Frame::from_parts(frame, 0, 0, delay))
-                .map_err(|e| {
-                    ProviderError::fail("encode_failed", format!("could not encode the clip: {e}"))
-                })?;
-        }
+    if img.width().max(img.height()) > largest {
+        return Err(ProviderError::fail(
+            "input_too_large",
+            format!(
+                "the image is {}x{}; {name} clip takes at most {largest} px a side",
+                img.width(),
+                img.height()
+            ),
+        ));
     }
-    Ok(GeneratedOutput {
-        content_type: "image/gif",
-        extension: "gif",
-        bytes: out,
+    // H.264 codes 16-pixel macroblocks and OpenH264 takes no frame smaller than one: a tinier
+    // image is drawn onto a 16-pixel side.
+    let least = match format {
+        VideoFormat::Mp4 => 16,
+        VideoFormat::Gif => 2,
+    };
+    let fw = (img.width() & !1).max(least);
+    let fh = (img.height() & !1).max(least);
+    let frames = (seconds * fps).max(1);
+    let mut gif = Vec::new();
+    let mut clip = match format {
+        VideoFormat::Mp4 => ClipWriter::mp4(fw, fh, fps)?,
+        VideoFormat::Gif => ClipWriter::gif(&mut gif, fps)?,
+    };
+    for i in 0..frames {
+        stop.check()?;
+        let t = if frames == 1 {
+            0.0
+        } else {
+            i as f32 / (frames - 1) as f32
+        };
+        let zoom = 1.0 + 0.5 * t;
+        let cw = ((img.width() as f32 / zoom) as u32).max(1);
+        let ch = ((img.height() as f32 / zoom) as u32).max(1);
+        let x = (img.width() - cw) / 2;
+        let y = (img.height() - ch) / 2;
+        let crop = image::imageops::crop_imm(&img, x, y, cw, ch).to_image();
+        clip.push(image::imageops::resize(&crop, fw, fh, FilterType::Triangle))?;
+    }
+    Ok(match clip.finish()? {
+        Some(mp4) => GeneratedOutput {
+            content_type: "video/mp4",
+            extension: "mp4",
+            bytes: mp4,
+        },
+        None => GeneratedOutput {
+            content_type: "image/gif",
+            extension: "gif",
+            bytes: gif,
+        },
     })
 }
 
@@ -325,12 +332,54 @@ mod tests {
     fn clips_have_the_requested_frame_count() {
         let go = Stop::default();
         let src = render_image(&input("x", None), &go).unwrap();
-        let out = zoom_clip(&src.bytes, 1, 5, &go).unwrap();
-        let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(&out.bytes)).unwrap();
+        let gif = zoom_clip(&src.bytes, 1, 5, VideoFormat::Gif, &go).unwrap();
+        assert_eq!(gif.content_type, "image/gif");
+        let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(&gif.bytes)).unwrap();
         use image::AnimationDecoder;
         let frames = decoder.into_frames().collect_frames().unwrap();
         assert_eq!(frames.len(), 5);
         assert_eq!(frames[0].buffer().dimensions(), (96, 64));
+        // 12 fps is no whole number of hundredths: the delays alternate and add up exactly.
+        let gif = zoom_clip(&src.bytes, 2, 12, VideoFormat::Gif, &go).unwrap();
+        let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(&gif.bytes)).unwrap();
+        let frames = decoder.into_frames().collect_frames().unwrap();
+        assert_eq!(frames.len(), 24);
+        let total_ms: u32 = frames
+            .iter()
+            .map(|f| {
+                let (n, d) = f.delay().numer_denom_ms();
+                n / d
+            })
+            .sum();
+        assert_eq!(total_ms, 2000);
+
+        let mp4 = zoom_clip(&src.bytes, 2, 12, VideoFormat::Mp4, &go).unwrap();
+        assert_eq!(mp4.content_type, "video/mp4");
+        let len = mp4.bytes.len() as u64;
+        let reader = mp4::Mp4Reader::read_header(Cursor::new(&mp4.bytes), len).unwrap();
+        let track = reader.tracks().values().next().unwrap();
+        assert_eq!((track.width(), track.height()), (96, 64));
+        assert_eq!(track.sample_count(), 24);
+        assert_eq!(track.duration(), std::time::Duration::from_secs(2));
+
+        // An image smaller than one macroblock still makes a clip, one macroblock in size.
+        let mut tiny = input("tiny", None);
+        (tiny.width, tiny.height) = (1, 1);
+        let tiny = render_image(&tiny, &go).unwrap();
+        let mp4 = zoom_clip(&tiny.bytes, 1, 2, VideoFormat::Mp4, &go).unwrap();
+        let len = mp4.bytes.len() as u64;
+        let reader = mp4::Mp4Reader::read_header(Cursor::new(&mp4.bytes), len).unwrap();
+        let track = reader.tracks().values().next().unwrap();
+        assert_eq!((track.width(), track.height()), (16, 16));
+    }
+
+    #[test]
+    fn a_gif_larger_than_it_can_take_is_refused_not_shrunk() {
+        let mut wide = input("wide", None);
+        wide.width = MAX_GIF_SIDE + 2;
+        let src = render_image(&wide, &Stop::default()).unwrap();
+        let e = zoom_clip(&src.bytes, 1, 5, VideoFormat::Gif, &Stop::default()).unwrap_err();
+        assert_eq!(e.error.code, "input_too_large");
     }
 
     #[test]
@@ -388,7 +437,7 @@ mod tests {
         for result in [
             decode_input(&huge).map(|_| ()),
             upscale(&huge, 2, &Stop::default()).map(|_| ()),
-            zoom_clip(&huge, 1, 1, &Stop::default()).map(|_| ()),
+            zoom_clip(&huge, 1, 1, VideoFormat::Mp4, &Stop::default()).map(|_| ()),
         ] {
             let e = result.unwrap_err();
             assert_eq!(e.error.code, "input_too_large", "{}", e.error.message);
@@ -405,7 +454,7 @@ mod tests {
         let raised = Stop::default();
         raised.raise();
         assert!(upscale(&src.bytes, 2, &raised).is_err());
-        assert!(zoom_clip(&src.bytes, 1, 5, &raised).is_err());
+        assert!(zoom_clip(&src.bytes, 1, 5, VideoFormat::Mp4, &raised).is_err());
         assert!(render_image(&input("x", None), &raised).is_err());
     }
 }

@@ -79,8 +79,8 @@ impl Provider for DemoProvider {
             }
             ModelInput::DemoVideo(i) => {
                 let source = self.inputs.image_bytes(&i.image, attempt.tenant).await?;
-                let (seconds, fps) = (i.seconds, i.fps);
-                work.run(move |stop| demo::zoom_clip(&source, seconds, fps, stop))
+                let (seconds, fps, format) = (i.seconds, i.fps, i.format);
+                work.run(move |stop| demo::zoom_clip(&source, seconds, fps, format, stop))
                     .await?
             }
         };

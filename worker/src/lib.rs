@@ -9,6 +9,7 @@
 
 pub mod blocking;
 pub mod circuit;
+pub mod clip;
 pub mod cog;
 pub mod comfyui;
 pub mod deliverer;

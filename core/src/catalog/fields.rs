@@ -19,6 +19,8 @@ pub enum Rule {
     Integer { min: u64, max: u64 },
     /// One of a few whole numbers.
     OneOf(&'static [u64]),
+    /// One of a few words.
+    Word(&'static [&'static str]),
     /// A number from `min` to `max`.
     Number { min: f64, max: f64 },
     /// An image to fetch: an http(s) URL, a `data:` URI or an earlier output (`ImageSource`).
@@ -76,6 +78,7 @@ impl Field {
                 json!({"type": "integer", "minimum": min, "maximum": max})
             }
             Rule::OneOf(values) => json!({"type": "integer", "enum": values}),
+            Rule::Word(words) => json!({"type": "string", "enum": words}),
             Rule::Number { min, max } => json!({"type": "number", "minimum": min, "maximum": max}),
             Rule::Image => json!({
                 "type": "string",
@@ -105,7 +108,11 @@ impl Field {
             schema["default"] = default.clone();
         }
         if let Some(description) = &self.description {
-            schema["description"] = description.clone().into();
+            // A field's own note follows what its rule already says (an image's accepted forms).
+            schema["description"] = match schema["description"].as_str() {
+                Some(rule) => format!("{rule}; {description}").into(),
+                None => description.clone().into(),
+            };
         }
         schema
     }
@@ -162,6 +169,14 @@ impl Field {
                     return Err(self.refuse("out_of_range", format!("must be {listed}")));
                 }
                 return Ok(n.into());
+            }
+            Rule::Word(words) => {
+                let listed = words.join(" or ");
+                match value.as_str() {
+                    Some(word) if words.contains(&word) => {}
+                    Some(_) => return Err(self.refuse("out_of_range", format!("must be {listed}"))),
+                    None => return Err(self.refuse("invalid_type", format!("must be {listed}"))),
+                }
             }
             Rule::Number { min, max } => {
                 let n = value

@@ -80,8 +80,31 @@ pub struct DemoVideoInput {
     pub image: ImageSource,
     pub seconds: u32,
     pub fps: u32,
+    pub format: VideoFormat,
     pub knobs: DemoKnobs,
 }
+
+/// What `demo/video` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoFormat {
+    /// H.264 in MP4: exact frame timing, any size the input has.
+    Mp4,
+    /// An animated GIF, for places that play nothing else.
+    Gif,
+}
+
+/// The largest side of an MP4 clip: its frames are the input's size, and a minute of CPU for a
+/// 2048-pixel, 300-frame demo clip is more than a demo should take.
+pub const MAX_MP4_SIDE: u32 = 1024;
+/// The largest side of a GIF clip: GIF's palette encoding costs far more per pixel than H.264.
+pub const MAX_GIF_SIDE: u32 = 512;
+
+const VIDEO_IMAGE_NOTE: &str = "the first frame; the clip has its size (rounded down to even \
+    sides), at most 1024 px a side for mp4 and 512 for gif: a larger image fails the job with \
+    input_too_large";
+const VIDEO_FORMAT_NOTE: &str = "mp4 (H.264) by default; gif for an input at most 512 px a \
+    side. A gif's frame delays are whole hundredths of a second, so at a rate that does not \
+    divide 100 they alternate (12 fps: 8, 8 and 9 cs) and the clip still lasts exactly `seconds`";
 
 /// The input of a configured text-to-image model, whatever its routes.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,9 +266,12 @@ impl Catalog {
                 Field::required("scale", Rule::OneOf(&[2, 4])),
             ],
             DEMO_VIDEO => vec![
-                Field::required("image", Rule::Image),
+                Field::required("image", Rule::Image).described(VIDEO_IMAGE_NOTE),
                 Field::optional("seconds", Rule::Integer { min: 1, max: 10 }).defaulting_to(2),
                 Field::optional("fps", Rule::Integer { min: 1, max: 30 }).defaulting_to(12),
+                Field::optional("format", Rule::Word(&["mp4", "gif"]))
+                    .defaulting_to("mp4")
+                    .described(VIDEO_FORMAT_NOTE),
             ],
             configured => {
                 let config = self.configured.iter().find(|m| m.name == configured)?;
@@ -310,8 +336,8 @@ impl Catalog {
             (DEMO_UPSCALE, "Resizes an image by 2x or 4x.", "image/png"),
             (
                 DEMO_VIDEO,
-                "Makes a short zoom clip (animated GIF) from an image.",
-                "image/gif",
+                "Makes a short zoom clip from an image: H.264 in MP4 at the image's size, or an animated GIF.",
+                "video/mp4",
             ),
         ];
         let demos = demos
@@ -374,6 +400,10 @@ impl Catalog {
                 image: checked.image("image"),
                 seconds: checked.whole_u32("seconds"),
                 fps: checked.whole_u32("fps"),
+                format: match checked.text("format").as_str() {
+                    "gif" => VideoFormat::Gif,
+                    _ => VideoFormat::Mp4,
+                },
                 knobs,
             }),
             _ => ModelInput::TextToImage(TextToImageInput {
@@ -526,6 +556,19 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.field, "input.scale");
+    }
+
+    #[test]
+    fn the_video_format_is_one_of_two_words() {
+        let catalog = Catalog::new(false);
+        let clip = |format: &str| json!({"image": "https://example.com/a.png", "format": format});
+        let ModelInput::DemoVideo(gif) = catalog.validate("demo/video", &clip("gif")).unwrap()
+        else {
+            panic!("a demo/video input")
+        };
+        assert_eq!(gif.format, VideoFormat::Gif);
+        let e = catalog.validate("demo/video", &clip("webm")).unwrap_err();
+        assert_eq!((e.code, e.field.as_str()), ("out_of_range", "input.format"));
     }
 
     #[test]
