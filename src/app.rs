@@ -659,6 +659,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             key_cache: kiln_api::KeyCache::new(kiln_api::KEY_CACHE_TTL),
             public_url: public_url.clone(),
             max_upload_bytes: config.outputs.max_input_bytes,
+            max_output_bytes: config.outputs.max_output_bytes,
             upload_ttl: config.outputs.ttl,
         });
         let app = kiln_api::router(state);

@@ -183,6 +183,8 @@ pub struct OutputsConfig {
     pub janitor_interval: Duration,
     /// Largest input file a worker downloads.
     pub max_input_bytes: u64,
+    /// Largest file a generator may upload as an output (Cog's `--upload-url`).
+    pub max_output_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,6 +363,7 @@ impl Default for OutputsConfig {
             ttl: Duration::from_secs(7 * 24 * 3600),
             janitor_interval: Duration::from_secs(60),
             max_input_bytes: 32 * 1024 * 1024,
+            max_output_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

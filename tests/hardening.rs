@@ -477,3 +477,108 @@ async fn each_demo_models_worst_input_stays_within_its_budget() {
         }
     }
 }
+
+/// A Cog output far larger than a result callback may carry (300 MiB) reaches the store through
+/// Kiln's upload route (Cog's `--upload-url`), streamed a buffer at a time: the job succeeds,
+/// the output downloads whole with the size and checksum the predictor wrote, and the api's and
+/// worker's peak RSS (both run in this process, as does the download) grows by less than 64 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_300_mib_cog_output_streams_through_with_bounded_memory() {
+    large_cog_output(false).await;
+}
+
+/// The same on the production stack, where the upload goes to S3 in 8 MiB multipart parts and
+/// the download is S3's presigned URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_300_mib_cog_output_streams_into_s3_with_bounded_memory() {
+    large_cog_output(true).await;
+}
+
+async fn large_cog_output(production: bool) {
+    use sha2::Digest;
+    const MIB: u64 = 1024; // KiB
+    const MEGABYTES: usize = 300;
+    let cog_port = kiln_core::testing::free_port();
+    let configure = move |c: &mut kiln::config::Config| {
+        c.providers = vec![cog_provider(&format!("http://127.0.0.1:{cog_port}/"))];
+        c.models = vec![kiln_core::routes::ModelConfig {
+            name: "acme/large-file".into(),
+            description: "writes a large file".into(),
+            params: vec![kiln_core::routes::ParamConfig {
+                name: "megabytes".into(),
+                kind: kiln_core::routes::ParamKind::Integer,
+                minimum: Some(1.0),
+                maximum: Some(1024.0),
+                description: String::new(),
+            }],
+            fallback_on_refusal: false,
+            routes: vec![kiln_core::routes::RouteConfig {
+                provider: "cog".into(),
+                model: "large-file".into(),
+                ..Default::default()
+            }],
+        }];
+    };
+    let kiln = if production {
+        Kiln::start_production(configure).await
+    } else {
+        Kiln::start_with(configure).await
+    };
+    let _cog =
+        CogServer::start_in("cog-large", cog_port, Some(&kiln.url("/v1/uploads/cog/"))).await;
+    let key = kiln.key("acme").await;
+    let name = format!("f{}", std::process::id());
+    let run = |megabytes: usize| json!({"model": "acme/large-file", "input": {"prompt": name, "megabytes": megabytes}});
+    // Warmed up with a small file first, so the peak measures the large one alone.
+    let small = kiln.submit_ok(&key, run(1)).await;
+    let small = kiln.wait_terminal(&key, &small).await;
+    assert_eq!(small["status"], "succeeded", "{small:#}");
+
+    let pid = std::process::id();
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS");
+    let id = kiln.submit_ok(&key, run(MEGABYTES)).await;
+    let job = kiln.wait_terminal(&key, &id).await;
+    let _ = std::fs::remove_file(format!("/tmp/kiln-cog-large-{name}.bin"));
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let output = &job["outputs"][0];
+    assert_eq!(output["bytes"], (MEGABYTES << 20) as u64);
+    assert_eq!(output["content_type"], "application/octet-stream");
+    let url = output["url"].as_str().unwrap();
+    assert!(url.contains("/uploads/"), "stored from the upload: {url}");
+    assert_eq!(
+        url.contains("/v1/files/"),
+        !production,
+        "Kiln's own download route locally, S3's presigned URL in production: {url}"
+    );
+
+    let download = kiln.http.get(url).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    let mut body = download.bytes_stream();
+    let (mut hasher, mut size) = (sha2::Sha256::new(), 0usize);
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let chunk = chunk.unwrap();
+        size += chunk.len();
+        hasher.update(&chunk);
+    }
+    let grown = status_kib(pid, "VmHWM").saturating_sub(before);
+    eprintln!(
+        "a {MEGABYTES} MiB Cog output (production: {production}): peak RSS grew by {} MiB",
+        grown / MIB
+    );
+    assert_eq!(size, MEGABYTES << 20);
+    // What the predictor wrote: block i is the base block rotated left by i bytes.
+    let base: Vec<u8> = (0..1usize << 20).map(|j| (j % 251) as u8).collect();
+    let mut expected = sha2::Sha256::new();
+    for i in 0..MEGABYTES {
+        expected.update(&base[i..]);
+        expected.update(&base[..i]);
+    }
+    assert_eq!(hasher.finalize(), expected.finalize(), "the checksum");
+    assert!(
+        grown < 64 * MIB,
+        "peak RSS grew by {} MiB passing a {MEGABYTES} MiB output through",
+        grown / MIB
+    );
+    kiln.shutdown().await;
+}

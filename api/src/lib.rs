@@ -5,6 +5,7 @@
 
 mod auth;
 mod callbacks;
+mod cog_uploads;
 mod create;
 mod duration;
 mod files;
@@ -34,7 +35,7 @@ pub use problem::Problem;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
@@ -79,6 +80,8 @@ pub struct ApiState {
     pub public_url: url::Url,
     /// The largest upload (`POST /v1/files`): what a worker fetches as an input at most.
     pub max_upload_bytes: u64,
+    /// The largest file a generator may upload as an output (`outputs.max_output_bytes`).
+    pub max_output_bytes: u64,
     /// How long an upload is kept: the outputs' time to live.
     pub upload_ttl: Duration,
 }
@@ -159,6 +162,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/callbacks/{job_id}/{upstream_id}",
             post(callbacks::receive),
+        )
+        // Bounded by `max_output_bytes` as the body streams, not by the default body limit.
+        .route(
+            "/v1/uploads/cog/{name}",
+            put(cog_uploads::receive.layer(DefaultBodyLimit::disable())),
         )
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::spec))

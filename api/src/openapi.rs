@@ -72,6 +72,7 @@ impl Modify for BearerKey {
         crate::uploads::delete,
         crate::files::download,
         crate::callbacks::receive,
+        crate::cog_uploads::receive,
         crate::healthz,
         crate::ready,
     ),

@@ -105,7 +105,7 @@ fn file_not_found() -> Problem {
 
 /// A file name fit for an object key: its last path segment, in letters, digits, `.`, `_`
 /// and `-` (anything else becomes `_`), at most 100 characters, never empty or dots alone.
-fn safe_name(name: &str) -> String {
+pub(crate) fn safe_name(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = last
         .chars()

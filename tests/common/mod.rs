@@ -585,6 +585,12 @@ pub struct CogServer {
 
 impl CogServer {
     pub async fn start() -> CogServer {
+        Self::start_in("cog", kiln_core::testing::free_port(), None).await
+    }
+
+    /// The predictor in `tests/fixtures/{fixture}` on `port`, uploading its file outputs to
+    /// `upload_url` when one is given (Cog's `--upload-url`) instead of inlining them.
+    pub async fn start_in(fixture: &str, port: u16, upload_url: Option<&str>) -> CogServer {
         let python = test_python();
         let bin = Path::new(&python).parent().unwrap().to_path_buf();
         let path = format!(
@@ -592,13 +598,17 @@ impl CogServer {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let port = kiln_core::testing::free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("predictions.log");
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cog");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
         let mut cmd = Command::new(&python);
-        cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"])
-            .current_dir(&fixture)
+        cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"]);
+        if let Some(url) = upload_url {
+            cmd.args(["--upload-url", url]);
+        }
+        cmd.current_dir(&fixture)
             .env("PATH", path)
             .env("PORT", port.to_string())
             .env("COG_PREDICT_TYPE_STUB", "predict.py:Predictor")
@@ -666,6 +676,25 @@ impl Drop for CogServer {
             .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// A Cog server at `url` as a Kiln provider named `cog`.
+pub fn cog_provider(url: &str) -> kiln_core::routes::ProviderConfig {
+    kiln_core::routes::ProviderConfig {
+        name: "cog".into(),
+        kind: kiln_core::routes::ProviderKind::Cog,
+        base_url: url.parse().unwrap(),
+        api_key_env: None,
+        api_key_file: None,
+        // One prediction at a time, as the server has one slot.
+        max_concurrency: Some(1),
+        rate_limit: None,
+        capacity_wait: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(100),
+        prefer_wait: None,
+        circuit_failures: 5,
+        circuit_cooldown: Duration::from_secs(30),
     }
 }
 

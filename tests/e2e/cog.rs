@@ -4,29 +4,9 @@
 //! re-attaches to the same prediction instead of running the model again.
 
 use crate::common::*;
-use kiln_core::routes::{
-    CostModel, ModelConfig, ParamConfig, ParamKind, ProviderConfig, ProviderKind, RouteConfig,
-};
+use kiln_core::routes::{CostModel, ModelConfig, ParamConfig, ParamKind, RouteConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn cog_provider(url: &str) -> ProviderConfig {
-    ProviderConfig {
-        name: "cog".into(),
-        kind: ProviderKind::Cog,
-        base_url: url.parse().unwrap(),
-        api_key_env: None,
-        api_key_file: None,
-        // One prediction at a time, as the server has one slot.
-        max_concurrency: Some(1),
-        rate_limit: None,
-        capacity_wait: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(100),
-        prefer_wait: None,
-        circuit_failures: 5,
-        circuit_cooldown: Duration::from_secs(30),
-    }
-}
 
 fn draw_model() -> ModelConfig {
     ModelConfig {
@@ -84,7 +64,8 @@ async fn a_cog_model_serves_a_kiln_model_end_to_end() {
     let url = job["outputs"][0]["url"].as_str().unwrap();
     assert_eq!(output_size(&kiln.http, url).await, (96, 80));
 
-    // One attempt, one prediction: its id is the attempt's, and the attempt shows its cost.
+    // One attempt, one prediction: its id is the attempt's (shown without the MAC that admits
+    // its uploads), and the attempt shows its cost.
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0]["provider"], "cog");
@@ -304,4 +285,77 @@ async fn a_callback_with_a_wrong_token_is_refused_and_stores_nothing() {
     let job = kiln.wait_terminal(&key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     kiln.shutdown().await;
+}
+
+/// A Cog server started with `--upload-url` uploads its file outputs to Kiln instead of inlining
+/// them; the job's output is that upload. A forged upload, and one replayed after its attempt
+/// ended, are refused and store nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_from_cog_are_the_output_and_forged_or_replayed_ones_store_nothing() {
+    let cog_port = kiln_core::testing::free_port();
+    let kiln = Kiln::start_with(move |c| {
+        c.providers = vec![cog_provider(&format!("http://127.0.0.1:{cog_port}/"))];
+        c.models = vec![draw_model()];
+    })
+    .await;
+    let _cog = CogServer::start_in("cog", cog_port, Some(&kiln.url("/v1/uploads/cog/"))).await;
+    let key = kiln.key("acme").await;
+    let id = kiln
+        .submit_ok(&key, draw("an uploaded kiln", json!({})))
+        .await;
+    let job = kiln.wait_terminal(&key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let output = &job["outputs"][0];
+    assert_eq!(output["content_type"], "image/png");
+    let url = output["url"].as_str().unwrap();
+    assert!(url.contains(&format!("/jobs/{id}/uploads/1/")), "{url}");
+    assert_eq!(output_size(&kiln.http, url).await, (96, 80));
+
+    let upload = |handle: Option<String>, name: &str| {
+        let mut put = kiln
+            .http
+            .put(kiln.url(&format!("/v1/uploads/cog/{name}")))
+            .body(vec![7u8; 1000]);
+        if let Some(handle) = handle {
+            put = put.header("X-Prediction-Id", handle);
+        }
+        put.send()
+    };
+    let stored = |name: &str| {
+        walk(kiln.dir.path())
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| f == name))
+    };
+    let forged = [
+        None,
+        Some(format!("{id}-1")),
+        Some(format!("{id}-1.{}", "0".repeat(32))),
+    ];
+    for handle in forged {
+        let refused = upload(handle.clone(), "forged.bin").await.unwrap();
+        assert_eq!(refused.status(), 403, "{handle:?}");
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_upload_token");
+    }
+    // The real handle, minted with the deployment's secret, once its attempt has ended.
+    let secret = std::fs::read_to_string(kiln.dir.path().join("signing.key")).unwrap();
+    let handle =
+        kiln_core::callbacks::UploadHandle::mint(secret.trim_end().as_bytes(), &format!("{id}-1"));
+    let replayed = upload(Some(handle), "replayed.bin").await.unwrap();
+    assert_eq!(replayed.status(), 409);
+    assert!(!stored("forged.bin") && !stored("replayed.bin"));
+    kiln.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }

@@ -61,6 +61,7 @@ async fn the_document_is_openapi_3_1_and_covers_every_route() {
         "DELETE /v1/files/{key}",
         "GET /v1/files/{key}",
         "POST /v1/callbacks/{job}/{handle}",
+        "PUT /v1/uploads/cog/{name}",
         "GET /healthz",
         "GET /readyz",
     ]

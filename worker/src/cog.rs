@@ -21,6 +21,7 @@
 use crate::provider::{AttemptContext, GeneratedOutput, Provider, ProviderError};
 use crate::upstream::{self, classify, malformed, mapped_input, output_references};
 use async_trait::async_trait;
+use kiln_core::callbacks::UploadHandle;
 use kiln_core::catalog::ModelInput;
 use kiln_core::routes::RouteConfig;
 use serde_json::{json, Value};
@@ -131,6 +132,7 @@ impl CogProvider {
     async fn finish(
         &self,
         attempt: &AttemptContext<'_>,
+        prediction_id: &str,
         body: &str,
     ) -> Result<Vec<GeneratedOutput>, ProviderError> {
         let prediction: Value = serde_json::from_str(body)
@@ -150,9 +152,14 @@ impl CogProvider {
             Some("succeeded") => {
                 let references = output_references(&prediction["output"])
                     .ok_or_else(|| malformed(WHAT, "a succeeded prediction has no file output"))?;
+                let uploads = UploadHandle::verify(&self.callbacks.secret, prediction_id)
+                    .map(|handle| handle.key_prefix());
                 let mut outputs = Vec::with_capacity(references.len());
                 for r in &references {
-                    outputs.push(upstream::fetch_output(&self.outputs, r, WHAT).await?);
+                    outputs.push(match uploaded_key(r, uploads.as_deref()) {
+                        Some(key) => GeneratedOutput::uploaded(key),
+                        None => upstream::fetch_output(&self.outputs, r, WHAT).await?,
+                    });
                 }
                 Ok(outputs)
             }
@@ -172,6 +179,18 @@ impl CogProvider {
     }
 }
 
+/// The object key of an output Cog uploaded to Kiln for this prediction: its URL is Kiln's
+/// download path of a key under the prediction's own upload prefix (`Location` of the upload,
+/// see `kiln_api`'s `cog_uploads`). Any other URL, another attempt's upload included, is not
+/// ours to take from the store and is fetched like any upstream output.
+fn uploaded_key(reference: &str, prefix: Option<&str>) -> Option<String> {
+    let url = Url::parse(reference).ok()?;
+    let key = url.path().strip_prefix(kiln_storage::FILES_PATH)?;
+    let rest = key.strip_prefix(prefix?)?;
+    (!rest.is_empty() && !rest.contains('/') && kiln_storage::validate_key(key).is_ok())
+        .then(|| key.to_owned())
+}
+
 #[async_trait]
 impl Provider for CogProvider {
     async fn generate(
@@ -179,7 +198,11 @@ impl Provider for CogProvider {
         attempt: &AttemptContext<'_>,
         input: &ModelInput,
     ) -> Result<Vec<GeneratedOutput>, ProviderError> {
-        let id = attempt.resume.unwrap_or(attempt.attempt_id).to_owned();
+        // The prediction id is the credential of its file uploads (see `UploadHandle`).
+        let id = match attempt.resume {
+            Some(id) => id.to_owned(),
+            None => UploadHandle::mint(&self.callbacks.secret, attempt.attempt_id),
+        };
         if attempt.resume.is_none() {
             self.check_health().await?;
         }
@@ -196,7 +219,7 @@ impl Provider for CogProvider {
         // deadline bounds the wait.
         loop {
             if let Some(body) = attempt.callback(&id).await? {
-                return self.finish(attempt, &body).await;
+                return self.finish(attempt, &id, &body).await;
             }
             tokio::time::sleep(self.poll).await;
         }

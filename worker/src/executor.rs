@@ -606,6 +606,10 @@ impl Executor {
             + chrono::Duration::from_std(self.config.output_ttl).unwrap_or_default();
         let mut stored = Vec::with_capacity(outputs.len());
         for (index, output) in outputs.into_iter().enumerate() {
+            if let Some(key) = output.uploaded {
+                stored.push(self.describe_upload(index, key, expires_at).await?);
+                continue;
+            }
             // Deterministic keys: a retried or rescued attempt overwrites, never duplicates.
             let key = format!("jobs/{}/{index}.{}", job.id, output.extension);
             let size = output.bytes.len();
@@ -644,6 +648,46 @@ impl Executor {
             });
         }
         Ok(stored)
+    }
+}
+
+impl Executor {
+    /// An output the generator uploaded into the store itself: its size from the store, its
+    /// media type from its first bytes (sniffed, as for every other output: the uploader's
+    /// `Content-Type` is the generator's guess from a file name), else from its extension.
+    async fn describe_upload(
+        &self,
+        index: usize,
+        key: String,
+        expires_at: kiln_core::time::Timestamp,
+    ) -> Result<NewOutput, ProviderError> {
+        let missing = |e: kiln_storage::StorageError| {
+            tracing::warn!(key, error = %e, "a generator's upload cannot be read");
+            ProviderError::retry(
+                "upload_missing",
+                format!("output {index} was reported uploaded but cannot be read"),
+            )
+        };
+        let info = self.store.head(&key).await.map_err(missing)?;
+        let mut head = Vec::new();
+        let mut stream = self
+            .store
+            .get_range(&key, 0..info.bytes.min(64))
+            .await
+            .map_err(missing)?;
+        while let Some(chunk) = stream.next().await {
+            head.extend_from_slice(&chunk.map_err(|e| missing(e.into()))?);
+        }
+        let content_type = crate::upstream::sniff(&head)
+            .map(|(content_type, _)| content_type)
+            .unwrap_or_else(|| crate::upstream::media_type_of(&key));
+        Ok(NewOutput {
+            index: index as u32,
+            object_key: key,
+            content_type: content_type.to_owned(),
+            bytes: info.bytes,
+            expires_at,
+        })
     }
 }
 

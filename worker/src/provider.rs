@@ -19,12 +19,29 @@ use kiln_core::{ErrorInfo, JobId, Ledger};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One finished output, still in memory; the executor streams it into storage.
+/// One finished output: in memory, which the executor streams into storage, or already in the
+/// store (`uploaded`), which the executor only describes and records.
 #[derive(Debug, Clone)]
 pub struct GeneratedOutput {
     pub content_type: &'static str,
     pub extension: &'static str,
+    /// The output's bytes; empty when `uploaded` names where they are.
     pub bytes: Vec<u8>,
+    /// The key of an object the generator wrote straight into the store (a Cog upload, see
+    /// `kiln_api`'s `cog_uploads`); its media type is read from the object itself.
+    pub uploaded: Option<String>,
+}
+
+impl GeneratedOutput {
+    /// An output the generator already wrote into the store at `key`.
+    pub fn uploaded(key: String) -> GeneratedOutput {
+        GeneratedOutput {
+            content_type: "application/octet-stream",
+            extension: "bin",
+            bytes: Vec::new(),
+            uploaded: Some(key),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

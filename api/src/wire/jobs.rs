@@ -106,6 +106,24 @@ pub struct AttemptView {
     pub progress: Option<f64>,
 }
 
+/// What an attempt shows of its upstream handle. A Cog prediction's id carries the MAC that
+/// admits its uploads (`kiln_core::callbacks::UploadHandle`, `{job}-{n}.{mac}`): a credential
+/// is not shown, only the attempt it names (a re-attached attempt names the earlier one).
+fn shown_upstream_id(attempt: &kiln_core::Attempt, id: &str) -> String {
+    let job_prefix = attempt.id.rsplit_once('-').map_or("", |(job, _)| job);
+    match id.rsplit_once('.') {
+        Some((attempt_id, mac))
+            if !job_prefix.is_empty()
+                && attempt_id.starts_with(job_prefix)
+                && mac.len() == 32
+                && mac.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            attempt_id.to_owned()
+        }
+        _ => id.to_owned(),
+    }
+}
+
 impl AttemptView {
     /// The attempt; `previous` is the attempt before it, whose failure on another route makes
     /// this one a fallback.
@@ -124,7 +142,10 @@ impl AttemptView {
             route: attempt.route.clone(),
             provider: provider.to_owned(),
             upstream_model: upstream_model.to_owned(),
-            upstream_id: attempt.upstream_id.clone(),
+            upstream_id: attempt
+                .upstream_id
+                .as_deref()
+                .map(|id| shown_upstream_id(attempt, id)),
             started_at: attempt.started_at,
             finished_at: attempt.finished_at,
             outcome: attempt.outcome,

@@ -653,6 +653,10 @@ pub trait AttemptLedger: Send + Sync {
     async fn record_progress(&self, job_id: JobId, upstream_id: &str, percent: u8) -> Result<()>;
     /// The stored callback for an upstream handle, if it has come.
     async fn callback(&self, job_id: JobId, upstream_id: &str) -> Result<Option<String>>;
+    /// Whether an open attempt of the job is waiting on this upstream handle: what a
+    /// generator's file upload must find, so that a replay after the attempt ended stores
+    /// nothing.
+    async fn awaits_upstream(&self, job_id: JobId, upstream_id: &str) -> Result<bool>;
     /// Extends the lease; `false` when the lease is no longer ours (canceled, rescued).
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool>;
     /// `running → succeeded` with the outputs, fenced by the lease. Concurrent successes share

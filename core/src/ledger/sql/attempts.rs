@@ -357,6 +357,18 @@ impl AttemptLedger for SqlLedger {
         .await?)
     }
 
+    async fn awaits_upstream(&self, job_id: JobId, upstream_id: &str) -> Result<bool> {
+        let open: Option<i64> = sqlx::query_scalar(&self.sql(
+            "SELECT 1 FROM attempts \
+             WHERE job_id = ? AND upstream_id = ? AND finished_at IS NULL",
+        ))
+        .bind(job_id.to_string())
+        .bind(upstream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(open.is_some())
+    }
+
     async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<bool> {
         self.renewals.renew(lease, lease_for).await
     }
