@@ -306,6 +306,40 @@ pub struct Output {
     pub expires_at: Timestamp,
     /// Set once the janitor has deleted the object.
     pub deleted_at: Option<Timestamp>,
+    pub media: OutputMedia,
+}
+
+/// What an output is, read from the file itself by the worker; a field is absent where the
+/// file does not say (a width for an image or video, a duration and frame rate for a video).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputMedia {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    /// Where the output's preview is, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preview {
+    /// A JPEG stored beside the output, at `preview_key(object_key)`.
+    Stored,
+    /// The output is an image already small enough to be its own preview: nothing more is
+    /// stored (a second object per small output would double the store's writes).
+    Itself,
+}
+
+/// Where an output's preview image is stored: beside it, so that it shares the output's prefix
+/// (and S3 lifecycle rule), and the janitor deletes it with the output.
+pub fn preview_key(object_key: &str) -> String {
+    format!("{object_key}.preview.jpg")
 }
 
 impl Output {
@@ -324,6 +358,7 @@ pub struct NewOutput {
     pub content_type: String,
     pub bytes: u64,
     pub expires_at: Timestamp,
+    pub media: OutputMedia,
 }
 
 #[derive(Debug, Clone)]

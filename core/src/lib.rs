@@ -22,7 +22,7 @@ pub mod testing;
 pub mod time;
 
 pub use job::{
-    Attempt, AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Output, PipelineId, Status, Surface,
-    TenantId,
+    Attempt, AttemptOutcome, ErrorInfo, Job, JobId, NewOutput, Output, OutputMedia, PipelineId,
+    Preview, Status, Surface, TenantId,
 };
 pub use ledger::{Ledger, LedgerError};

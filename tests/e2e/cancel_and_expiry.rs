@@ -118,12 +118,17 @@ async fn the_janitor_deletes_expired_outputs() {
     })
     .await;
     let key = kiln.key("acme").await;
-    let id = kiln.submit_ok(&key, image_job(16, 16)).await;
+    // Larger than a preview, so a preview is stored beside it.
+    let id = kiln.submit_ok(&key, image_job(300, 200)).await;
     let job = kiln.wait_terminal(&key, &id).await;
     let url = job["outputs"][0]["url"].as_str().unwrap().to_owned();
     assert_eq!(kiln.http.get(&url).send().await.unwrap().status(), 200);
     let outputs_dir = kiln.dir.path().join("outputs");
-    assert_eq!(files_under(&outputs_dir), 1);
+    assert_eq!(files_under(&outputs_dir), 2, "the output and its preview");
+    let preview = job["outputs"][0]["preview_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let job = kiln
         .wait_for(&key, &id, "expired", |j| j["outputs"][0]["expired"] == true)
@@ -148,8 +153,9 @@ async fn the_janitor_deletes_expired_outputs() {
     assert_eq!(
         files_under(&outputs_dir),
         0,
-        "the object is gone from storage"
+        "the object and its preview are gone from storage"
     );
+    assert_eq!(kiln.http.get(&preview).send().await.unwrap().status(), 403);
     let res = kiln.http.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "url_expired");

@@ -310,6 +310,12 @@ async fn uploads_from_cog_are_the_output_and_forged_or_replayed_ones_store_nothi
     let url = output["url"].as_str().unwrap();
     assert!(url.contains(&format!("/jobs/{id}/uploads/1/")), "{url}");
     assert_eq!(output_size(&kiln.http, url).await, (96, 80));
+    // Described where it lies in the store, as outputs the worker wrote itself are.
+    assert_eq!(
+        (output["width"].as_u64(), output["height"].as_u64()),
+        (Some(96), Some(80))
+    );
+    assert!(output["preview_url"].is_string(), "{output:#}");
 
     let upload = |handle: Option<String>, name: &str| {
         let mut put = kiln

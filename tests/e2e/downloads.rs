@@ -1,7 +1,7 @@
 //! Downloads a player and a cache can use: one byte range answered `206` with exactly those
 //! bytes, `416` past the end, `304` for a copy the client already holds, and the headers that
 //! go with them, on Kiln's own download route (the local store) and on S3's presigned URLs
-//! alike.
+//! alike. Outputs carry what they are (size, a video's duration and rate) and a preview.
 
 use crate::common::*;
 use serde_json::json;
@@ -19,7 +19,40 @@ async fn video_output(kiln: &Kiln, key: &str) -> (String, Vec<u8>) {
         .await;
     let video = kiln.wait_terminal(key, &video).await;
     assert_eq!(video["status"], "succeeded", "{video:#}");
-    let url = video["outputs"][0]["url"].as_str().unwrap().to_owned();
+    // The output says what it is, read from the file, and offers a small preview.
+    let output = &video["outputs"][0];
+    assert_eq!(output["content_type"], "video/mp4");
+    assert_eq!(
+        (output["width"].as_u64(), output["height"].as_u64()),
+        (Some(96), Some(64))
+    );
+    assert_eq!(output["duration_seconds"], 1.0);
+    assert_eq!(output["fps"], 6.0);
+    let preview = kiln
+        .http
+        .get(output["preview_url"].as_str().expect("a preview_url"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 200);
+    let poster = image::load_from_memory_with_format(
+        &preview.bytes().await.unwrap(),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    assert_eq!((poster.width(), poster.height()), (96, 64));
+    let image_output = &image["outputs"][0];
+    assert_eq!(
+        (
+            image_output["width"].as_u64(),
+            image_output["height"].as_u64()
+        ),
+        (Some(96), Some(64))
+    );
+    assert!(image_output["preview_url"].is_string(), "{image_output:#}");
+    assert!(image_output.get("duration_seconds").is_none());
+
+    let url = output["url"].as_str().unwrap().to_owned();
     let whole = kiln.http.get(&url).send().await.unwrap();
     assert_eq!(whole.status(), 200);
     let bytes = whole.bytes().await.unwrap().to_vec();

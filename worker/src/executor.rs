@@ -6,7 +6,7 @@
 //! failed, so another worker runs it without counting it against the job.
 
 use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, UpstreamLink};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kiln_core::catalog::Catalog;
 use kiln_core::dispatch::Doorbell;
 use kiln_core::ledger::{AttemptNote, Claim, Lease, RouteChooser};
@@ -604,95 +604,9 @@ impl Executor {
         };
         let expires_at = kiln_core::time::now()
             + chrono::Duration::from_std(self.config.output_ttl).unwrap_or_default();
-        let mut stored = Vec::with_capacity(outputs.len());
-        for (index, output) in outputs.into_iter().enumerate() {
-            if let Some(key) = output.uploaded {
-                stored.push(self.describe_upload(index, key, expires_at).await?);
-                continue;
-            }
-            // Deterministic keys: a retried or rescued attempt overwrites, never duplicates.
-            let key = format!("jobs/{}/{index}.{}", job.id, output.extension);
-            let size = output.bytes.len();
-            let bytes = bytes::Bytes::from(output.bytes);
-            // The output is paid for: a storage outage is waited out here, with the bytes in
-            // hand, rather than failing the attempt and generating (and paying) again. The
-            // attempt's deadline bounds the wait; past STORE_TRIES the attempt fails as a retry.
-            let mut pause = Duration::from_millis(200);
-            let mut tries = 0;
-            let written = loop {
-                let body = futures::stream::iter([Ok(bytes.clone())]).boxed();
-                match self.store.put(&key, output.content_type, body).await {
-                    Ok(written) => break written,
-                    Err(e) => {
-                        tries += 1;
-                        // The cause (endpoints, request ids) is for the operator, not the tenant.
-                        tracing::warn!(job = %job.id, error = %e, tries, "storing an output failed");
-                        if tries >= STORE_TRIES {
-                            return Err(ProviderError::retry(
-                                "storage_unavailable",
-                                format!("output {index} could not be stored"),
-                            ));
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            debug_assert_eq!(written as usize, size);
-            stored.push(NewOutput {
-                index: index as u32,
-                object_key: key,
-                content_type: output.content_type.to_owned(),
-                bytes: written,
-                expires_at,
-            });
-        }
-        Ok(stored)
+        crate::outputs::store_all(&self.store, job.id, outputs, expires_at).await
     }
 }
-
-impl Executor {
-    /// An output the generator uploaded into the store itself: its size from the store, its
-    /// media type from its first bytes (sniffed, as for every other output: the uploader's
-    /// `Content-Type` is the generator's guess from a file name), else from its extension.
-    async fn describe_upload(
-        &self,
-        index: usize,
-        key: String,
-        expires_at: kiln_core::time::Timestamp,
-    ) -> Result<NewOutput, ProviderError> {
-        let missing = |e: kiln_storage::StorageError| {
-            tracing::warn!(key, error = %e, "a generator's upload cannot be read");
-            ProviderError::retry(
-                "upload_missing",
-                format!("output {index} was reported uploaded but cannot be read"),
-            )
-        };
-        let info = self.store.head(&key).await.map_err(missing)?;
-        let mut head = Vec::new();
-        let mut stream = self
-            .store
-            .get_range(&key, 0..info.bytes.min(64))
-            .await
-            .map_err(missing)?;
-        while let Some(chunk) = stream.next().await {
-            head.extend_from_slice(&chunk.map_err(|e| missing(e.into()))?);
-        }
-        let content_type = crate::upstream::sniff(&head)
-            .map(|(content_type, _)| content_type)
-            .unwrap_or_else(|| crate::upstream::media_type_of(&key));
-        Ok(NewOutput {
-            index: index as u32,
-            object_key: key,
-            content_type: content_type.to_owned(),
-            bytes: info.bytes,
-            expires_at,
-        })
-    }
-}
-
-/// Uploads of one output tried before the attempt fails (about 20 s of waiting in all).
-const STORE_TRIES: u32 = 7;
 
 /// Moves a pipeline on and rings the steps it started. A failed ring is left to the reconciler
 /// (the step is marked unrung), as for any submitted job.

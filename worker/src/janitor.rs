@@ -24,7 +24,14 @@ impl Janitor {
             .await?;
         let mut deleted = 0;
         for output in expired {
-            match self.store.delete(&output.object_key).await {
+            // The preview first (deleting a missing one is no error): once the output is marked
+            // deleted, nothing would come back for its preview.
+            let preview = kiln_core::job::preview_key(&output.object_key);
+            let removed = match self.store.delete(&preview).await {
+                Ok(()) => self.store.delete(&output.object_key).await,
+                Err(e) => Err(e),
+            };
+            match removed {
                 Ok(()) => {
                     self.ledger
                         .mark_output_deleted(output.job_id, output.index)

@@ -53,6 +53,22 @@ pub struct OutputView {
     pub bytes: u64,
     pub expires_at: DateTime<Utc>,
     pub expired: bool,
+    /// Pixels across, for an image or video (read from the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A video's length in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// A video's frames per second (its average, for a GIF).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    /// A signed URL of a small preview image (at most 256 px a side: a JPEG, a video's first
+    /// frame; an image already that small is its own preview), for images and videos, until the
+    /// output expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_url: Option<String>,
 }
 
 impl OutputView {
@@ -62,22 +78,38 @@ impl OutputView {
         output: &kiln_core::Output,
     ) -> Result<Self, Problem> {
         let expired = output.is_expired(Utc::now());
-        let url = if expired {
-            None
-        } else {
-            Some(
+        let sign = |key: String| async move {
+            Ok::<_, Problem>(Some(
                 store
-                    .presign_get(&output.object_key, output.expires_at)
+                    .presign_get(&key, output.expires_at)
                     .await?
                     .to_string(),
-            )
+            ))
         };
+        let (url, preview_url) = if expired {
+            (None, None)
+        } else {
+            let preview = match output.media.preview {
+                Some(kiln_core::Preview::Stored) => {
+                    sign(kiln_core::job::preview_key(&output.object_key)).await?
+                }
+                Some(kiln_core::Preview::Itself) => sign(output.object_key.clone()).await?,
+                None => None,
+            };
+            (sign(output.object_key.clone()).await?, preview)
+        };
+        let media = &output.media;
         Ok(OutputView {
             index: output.index,
             url,
             content_type: output.content_type.clone(),
             bytes: output.bytes,
             expires_at: output.expires_at,
+            width: media.width,
+            height: media.height,
+            duration_seconds: media.duration_seconds,
+            fps: media.fps,
+            preview_url,
             expired,
         })
     }

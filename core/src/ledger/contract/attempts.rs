@@ -96,7 +96,15 @@ pub async fn terminal_states_never_change(ledger: Arc<dyn Ledger>) {
         content_type: "image/png".into(),
         bytes: 10,
         expires_at: now() + chrono::Duration::days(7),
+        media: crate::OutputMedia {
+            width: Some(64),
+            height: Some(48),
+            duration_seconds: Some(2.0),
+            fps: Some(12.0),
+            preview: Some(crate::Preview::Stored),
+        },
     };
+    let media = output.media.clone();
     assert!(ledger.succeed(&claim.lease, &[output]).await.unwrap());
     assert!(matches!(
         ledger.cancel_job(&tenant("a"), id).await.unwrap(),
@@ -115,6 +123,7 @@ pub async fn terminal_states_never_change(ledger: Arc<dyn Ledger>) {
     let job = ledger.job_by_id(id).await.unwrap().unwrap();
     assert_eq!(job.status, Status::Succeeded);
     assert_eq!(job.outputs.len(), 1);
+    assert_eq!(job.outputs[0].media, media, "the output's metadata is kept");
     assert_eq!(terminal_transitions(ledger.as_ref(), id).await, 1);
 }
 
@@ -386,6 +395,7 @@ pub async fn expired_outputs_are_listed_until_marked(ledger: Arc<dyn Ledger>) {
             } else {
                 now() + chrono::Duration::days(7)
             },
+            media: crate::OutputMedia::default(),
         })
         .collect();
     assert!(ledger.succeed(&claim.lease, &outputs).await.unwrap());

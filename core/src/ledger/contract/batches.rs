@@ -17,6 +17,7 @@ fn output(name: &str) -> NewOutput {
         content_type: "image/png".into(),
         bytes: 3,
         expires_at: now() + chrono::Duration::days(7),
+        media: crate::OutputMedia::default(),
     }
 }
 

@@ -320,6 +320,7 @@ pub async fn concurrent_writes_each_get_their_own_answer(ledger: Arc<dyn Ledger>
                 content_type: "image/png".into(),
                 bytes: 10,
                 expires_at: now() + chrono::Duration::days(7),
+                media: crate::OutputMedia::default(),
             };
             ledger.succeed(&claim.lease, &[output]).await.unwrap()
         }

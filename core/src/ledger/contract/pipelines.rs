@@ -56,6 +56,7 @@ pub async fn pipelines_start_steps_as_their_inputs_exist_and_end_with_them(
         content_type: "image/png".into(),
         bytes: 1,
         expires_at: now() + chrono::Duration::days(7),
+        media: crate::OutputMedia::default(),
     };
     assert!(ledger.succeed(&first.lease, &[output]).await.unwrap());
     let next: Vec<JobId> = ledger

@@ -90,8 +90,10 @@ pub(super) async fn succeed_batch_in(
 }
 
 /// The types of `succeed_merged`'s output `VALUES` columns: job_id, token, idx, object_key,
-/// content_type, bytes, expires_at.
-const OUTPUT_COLUMNS: [&str; 7] = ["text", "text", "bigint", "text", "text", "bigint", "bigint"];
+/// content_type, bytes, expires_at, media.
+const OUTPUT_COLUMNS: [&str; 8] = [
+    "text", "text", "bigint", "text", "text", "bigint", "bigint", "text",
+];
 
 /// `succeed_batch_in` on Postgres in one statement of data-modifying CTEs, whatever the batch's
 /// size: the fenced job updates (the leases as `VALUES` rows joined by id; a row whose token no
@@ -114,9 +116,9 @@ async fn succeed_merged(
     } else {
         let rows = padded_values(&OUTPUT_COLUMNS, output_count.next_power_of_two());
         format!(
-            ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) \
-                 SELECT o.job_id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at \
-                 FROM (VALUES {rows}) AS o (job_id, token, idx, object_key, content_type, bytes, expires_at) \
+            ", stored AS (INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) \
+                 SELECT o.job_id, o.idx, o.object_key, o.content_type, o.bytes, o.expires_at, o.media \
+                 FROM (VALUES {rows}) AS o (job_id, token, idx, object_key, content_type, bytes, expires_at, media) \
                  JOIN ended ON ended.id = o.job_id AND ended.token = o.token)"
         )
     };
@@ -177,7 +179,8 @@ async fn succeed_merged(
                     .bind(&o.object_key)
                     .bind(&o.content_type)
                     .bind(o.bytes as i64)
-                    .bind(to_millis(o.expires_at));
+                    .bind(to_millis(o.expires_at))
+                    .bind(media_json(&o.media));
                 bound += 1;
             }
         }
@@ -200,6 +203,11 @@ async fn succeed_merged(
         .collect())
 }
 
+/// An output's media column: its `OutputMedia` as JSON.
+fn media_json(media: &crate::OutputMedia) -> String {
+    serde_json::to_string(media).expect("plain fields serialize")
+}
+
 /// One success on SQLite: `leave_running`, then the outputs.
 async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) -> Result<bool> {
     if !leave_running(
@@ -217,7 +225,8 @@ async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64)
     }
     for o in outputs {
         sqlx::query(&tx.d.sql(
-            "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(lease.job_id.to_string())
         .bind(o.index as i64)
@@ -225,6 +234,7 @@ async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64)
         .bind(&o.content_type)
         .bind(o.bytes as i64)
         .bind(to_millis(o.expires_at))
+        .bind(media_json(&o.media))
         .execute(&mut *tx.tx)
         .await?;
     }

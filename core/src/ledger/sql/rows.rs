@@ -31,10 +31,10 @@ pub(super) const ATTEMPT_FIELDS: &str =
     error_message, error_class, upstream_id, cost_micros, progress";
 
 /// An output as its JSON array in `job_select`: the columns of `OUTPUT_FIELDS`, in order.
-pub(super) type OutputTuple = (i64, String, String, i64, i64, Option<i64>);
+pub(super) type OutputTuple = (i64, String, String, i64, i64, Option<i64>, Option<String>);
 
 pub(super) const OUTPUT_FIELDS: &str =
-    "idx, object_key, content_type, bytes, expires_at, deleted_at";
+    "idx, object_key, content_type, bytes, expires_at, deleted_at, media";
 
 /// The whole-job `SELECT` per dialect (`SqlLedger::job_select`). The subqueries' unqualified
 /// columns are the inner table's; `jobs.id` is the outer row.
@@ -126,13 +126,18 @@ pub(super) fn load_job(row: &AnyRow) -> Result<Job> {
         job.outputs = outputs
             .into_iter()
             .map(
-                |(index, object_key, content_type, bytes, expires_at, deleted_at)| Output {
+                |(index, object_key, content_type, bytes, expires_at, deleted_at, media)| Output {
                     index: index as u32,
                     object_key,
                     content_type,
                     bytes: bytes as u64,
                     expires_at: from_millis(expires_at),
                     deleted_at: deleted_at.map(from_millis),
+                    // A row from before metadata was kept (or one that no longer parses) knows
+                    // nothing of its file.
+                    media: media
+                        .and_then(|m| serde_json::from_str(&m).ok())
+                        .unwrap_or_default(),
                 },
             )
             .collect();
