@@ -47,11 +47,14 @@ pub async fn store_all(
             })?;
         debug_assert_eq!(written as usize, size);
         let content_type = output.content_type;
-        let described = tokio::task::spawn_blocking(move || {
-            crate::media::describe(std::io::Cursor::new(bytes), written, content_type)
-        })
-        .await
-        .map_err(|e| ProviderError::fail("describe_failed", e.to_string()))?;
+        let described = match crate::media::small_image(&bytes, content_type) {
+            Some(described) => described,
+            None => tokio::task::spawn_blocking(move || {
+                crate::media::describe(std::io::Cursor::new(bytes), written, content_type)
+            })
+            .await
+            .map_err(|e| ProviderError::fail("describe_failed", e.to_string()))?,
+        };
         stored.push(NewOutput {
             index: index as u32,
             media: keep_preview(store, &key, described).await,
