@@ -234,7 +234,11 @@ fn providers(
     for p in &config.providers {
         let api_key = api_key(p)?;
         // Output URLs off the upstream's own origin pass the same checks as users' URLs.
-        let outputs = OutputDownloads::new(&p.base_url, SsrfPolicy::new(config.ssrf.allow.clone()));
+        let outputs = OutputDownloads::new(
+            &p.base_url,
+            SsrfPolicy::new(config.ssrf.allow.clone()),
+            config.outputs.max_output_bytes,
+        );
         let upstream: Arc<dyn Provider> = match p.kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(&p.base_url, api_key, outputs)),
             ProviderKind::Cog => Arc::new(CogProvider::new(

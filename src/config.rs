@@ -183,7 +183,8 @@ pub struct OutputsConfig {
     pub janitor_interval: Duration,
     /// Largest input file a worker downloads.
     pub max_input_bytes: u64,
-    /// Largest file a generator may upload as an output (Cog's `--upload-url`).
+    /// Largest output: a file a generator uploads (Cog's `--upload-url`) or one a provider names
+    /// by URL, counted as it streams into the store.
     pub max_output_bytes: u64,
 }
 

@@ -262,6 +262,28 @@ impl SafeClient {
         max_bytes: u64,
         accept: &[&str],
     ) -> Result<Bytes, FetchError> {
+        let response = self.open(url, max_bytes, accept).await?;
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(transport)?;
+            if body.len() as u64 + chunk.len() as u64 > max_bytes {
+                return Err(FetchError::TooLarge(max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// What `fetch` checks before reading a byte of the body (the address, the status, a
+    /// declared length over `max_bytes`, a declared type outside `accept`); the body is left to
+    /// the caller to stream, counting it against its own limit as it goes.
+    pub async fn open(
+        &self,
+        url: &Url,
+        max_bytes: u64,
+        accept: &[&str],
+    ) -> Result<reqwest::Response, FetchError> {
         self.policy.check_url(url)?;
         let response = self
             .client
@@ -297,16 +319,7 @@ impl SafeClient {
                 return Err(FetchError::ContentType(media));
             }
         }
-        let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(transport)?;
-            if body.len() as u64 + chunk.len() as u64 > max_bytes {
-                return Err(FetchError::TooLarge(max_bytes));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+        Ok(response)
     }
 }
 

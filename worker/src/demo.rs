@@ -75,7 +75,7 @@ fn png(bytes: Vec<u8>) -> GeneratedOutput {
         content_type: "image/png",
         extension: "png",
         bytes,
-        uploaded: None,
+        elsewhere: None,
     }
 }
 
@@ -283,13 +283,13 @@ pub fn zoom_clip(
             content_type: "video/mp4",
             extension: "mp4",
             bytes: mp4,
-            uploaded: None,
+            elsewhere: None,
         },
         None => GeneratedOutput {
             content_type: "image/gif",
             extension: "gif",
             bytes: gif,
-            uploaded: None,
+            elsewhere: None,
         },
     })
 }

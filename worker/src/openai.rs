@@ -185,7 +185,7 @@ impl Provider for OpenAiProvider {
                     content_type,
                     extension,
                     bytes,
-                    uploaded: None,
+                    elsewhere: None,
                 });
             } else if let Some(url) = item["url"].as_str() {
                 outputs.push(upstream::fetch_output(&self.outputs, url, "openai").await?);

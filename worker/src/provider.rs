@@ -19,27 +19,40 @@ use kiln_core::{ErrorInfo, JobId, Ledger};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One finished output: in memory, which the executor streams into storage, or already in the
-/// store (`uploaded`), which the executor only describes and records.
+/// One finished output: in memory, which the executor writes into storage, or somewhere else
+/// (`elsewhere`): already in the store, or at a URL the executor streams into the store. The
+/// media type of an output elsewhere is read from its own first bytes.
 #[derive(Debug, Clone)]
 pub struct GeneratedOutput {
     pub content_type: &'static str,
     pub extension: &'static str,
-    /// The output's bytes; empty when `uploaded` names where they are.
+    /// The output's bytes; empty when `elsewhere` says where they are.
     pub bytes: Vec<u8>,
-    /// The key of an object the generator wrote straight into the store (a Cog upload, see
-    /// `kiln_api`'s `cog_uploads`); its media type is read from the object itself.
-    pub uploaded: Option<String>,
+    pub elsewhere: Option<Elsewhere>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Elsewhere {
+    /// An object the generator wrote straight into the store (a Cog upload, see `kiln_api`'s
+    /// `cog_uploads`), at this key.
+    Uploaded(String),
+    /// A URL the upstream named (a CDN, ComfyUI's `/view`), streamed into the store rather
+    /// than held in memory, and downloaded again if the store fails mid-write.
+    Remote(crate::upstream::RemoteOutput),
 }
 
 impl GeneratedOutput {
     /// An output the generator already wrote into the store at `key`.
     pub fn uploaded(key: String) -> GeneratedOutput {
+        Self::elsewhere(Elsewhere::Uploaded(key))
+    }
+
+    pub fn elsewhere(elsewhere: Elsewhere) -> GeneratedOutput {
         GeneratedOutput {
             content_type: "application/octet-stream",
             extension: "bin",
             bytes: Vec::new(),
-            uploaded: Some(key),
+            elsewhere: Some(elsewhere),
         }
     }
 }

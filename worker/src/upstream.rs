@@ -3,7 +3,7 @@
 //! one way to turn an upstream's output (a data URI or a URL) into bytes with a known media
 //! type. Each adapter keeps only what its protocol says differently.
 
-use crate::provider::{GeneratedOutput, ProviderError};
+use crate::provider::{Elsewhere, GeneratedOutput, ProviderError};
 use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -225,88 +225,163 @@ pub struct OutputDownloads {
     upstream: reqwest::Client,
     origin: url::Origin,
     elsewhere: kiln_webhooks::SafeClient,
+    max_bytes: u64,
 }
 
+/// The longest one output download may take: outputs can be long videos.
+const OUTPUT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl OutputDownloads {
-    /// Downloads for the upstream at `base`; other hosts as `policy` allows.
-    pub fn new(base: &url::Url, policy: kiln_webhooks::SsrfPolicy) -> Self {
+    /// Downloads for the upstream at `base`, each at most `max_bytes`
+    /// (`outputs.max_output_bytes`); other hosts as `policy` allows.
+    pub fn new(base: &url::Url, policy: kiln_webhooks::SsrfPolicy, max_bytes: u64) -> Self {
         OutputDownloads {
             upstream: client(),
             origin: base.origin(),
-            // Outputs can be large videos: the whole download may take minutes.
-            elsewhere: kiln_webhooks::SafeClient::new(policy, Duration::from_secs(600)),
+            elsewhere: kiln_webhooks::SafeClient::new(policy, OUTPUT_DOWNLOAD_TIMEOUT),
+            max_bytes,
         }
     }
 
-    async fn get(&self, url: url::Url, what: &str) -> Result<Bytes, ProviderError> {
-        if url.origin() == self.origin {
-            let answer = send(self.upstream.get(url), what).await?;
-            if !answer.status.is_success() {
+    /// The most bytes one output may have.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Starts downloading an output: its answer, checked (status, a declared length) but with
+    /// its body unread, for the caller to stream into the store.
+    pub async fn open(
+        &self,
+        url: &url::Url,
+        what: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let response = if url.origin() == self.origin {
+            let response = self
+                .upstream
+                .get(url.clone())
+                .timeout(OUTPUT_DOWNLOAD_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| {
+                    ProviderError::retry(
+                        "upstream_output_unavailable",
+                        format!("{what}: downloading an output failed: {}", e.without_url()),
+                    )
+                })?;
+            if !response.status().is_success() {
                 return Err(ProviderError::retry(
                     "upstream_output_unavailable",
-                    format!("{what}: downloading an output answered {}", answer.status),
+                    format!(
+                        "{what}: downloading an output answered {}",
+                        response.status()
+                    ),
                 ));
             }
-            return Ok(answer.body);
+            response
+        } else {
+            self.elsewhere
+                .open(url, self.max_bytes, &[])
+                .await
+                .map_err(|e| download_error(e, what, self.max_bytes))?
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Err(output_too_large(what, self.max_bytes));
         }
-        use kiln_webhooks::FetchError;
-        self.elsewhere
-            .fetch(&url, MAX_ANSWER_BYTES as u64, &[])
-            .await
-            .map_err(|e| match e {
-                FetchError::Forbidden(why) => ProviderError::fail(
-                    "upstream_output_url_forbidden",
-                    format!("{what}: the upstream named an output URL Kiln may not fetch: {why}"),
-                ),
-                FetchError::TooLarge(_) => too_large(what),
-                // A redirect is not followed (it could lead anywhere); asking again would be
-                // answered the same, so the attempt fails with the reason.
-                FetchError::Status(code) => ProviderError::retry(
-                    "upstream_output_unavailable",
-                    format!("{what}: downloading an output answered {code}"),
-                ),
-                other if other.is_transient() => ProviderError::retry(
-                    "upstream_output_unavailable",
-                    format!("{what}: downloading an output failed: {other}"),
-                ),
-                other => ProviderError::fail(
-                    "upstream_output_unavailable",
-                    format!("{what}: downloading an output failed: {other}"),
-                ),
-            })
+        Ok(response)
     }
 }
 
-/// One output as an upstream gives it: a `data:` URI inline, or an http(s) URL to download.
+/// An output larger than `outputs.max_output_bytes`.
+pub fn output_too_large(what: &str, max_bytes: u64) -> ProviderError {
+    ProviderError::fail(
+        "upstream_output_too_large",
+        format!("{what}: an output is larger than {max_bytes} bytes (outputs.max_output_bytes)"),
+    )
+}
+
+fn download_error(e: kiln_webhooks::FetchError, what: &str, max_bytes: u64) -> ProviderError {
+    use kiln_webhooks::FetchError;
+    match e {
+        FetchError::Forbidden(why) => ProviderError::fail(
+            "upstream_output_url_forbidden",
+            format!("{what}: the upstream named an output URL Kiln may not fetch: {why}"),
+        ),
+        FetchError::TooLarge(_) => output_too_large(what, max_bytes),
+        // A redirect is not followed (it could lead anywhere); asking again would be
+        // answered the same, so the attempt fails with the reason.
+        FetchError::Status(code) => ProviderError::retry(
+            "upstream_output_unavailable",
+            format!("{what}: downloading an output answered {code}"),
+        ),
+        other if other.is_transient() => ProviderError::retry(
+            "upstream_output_unavailable",
+            format!("{what}: downloading an output failed: {other}"),
+        ),
+        other => ProviderError::fail(
+            "upstream_output_unavailable",
+            format!("{what}: downloading an output failed: {other}"),
+        ),
+    }
+}
+
+/// An output an upstream named by URL: `crate::outputs` streams it into the store.
+#[derive(Clone)]
+pub struct RemoteOutput {
+    pub downloads: OutputDownloads,
+    pub url: url::Url,
+    /// The upstream's kind, for messages.
+    pub what: String,
+}
+
+impl std::fmt::Debug for RemoteOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteOutput")
+            .field("url", &self.url.as_str())
+            .finish()
+    }
+}
+
+/// One output as an upstream gives it: a `data:` URI inline, or an http(s) URL to download
+/// (streamed into the store by the executor, never held whole).
 pub async fn fetch_output(
     downloads: &OutputDownloads,
     reference: &str,
     what: &str,
 ) -> Result<GeneratedOutput, ProviderError> {
-    let bytes: Vec<u8> = if let Some(rest) = reference.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| malformed(what, "an output data URI has no comma"))?;
-        if !meta.ends_with(";base64") {
-            return Err(malformed(what, "an output data URI is not base64"));
-        }
-        base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|_| malformed(what, "an output data URI is not valid base64"))?
-    } else {
+    let Some(rest) = reference.strip_prefix("data:") else {
         let url = url::Url::parse(reference)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| malformed(what, "an output is neither a data URI nor an http(s) URL"))?;
-        downloads.get(url, what).await?.to_vec()
+        // Not read here: the executor streams it into the store.
+        return Ok(GeneratedOutput::elsewhere(Elsewhere::Remote(
+            RemoteOutput {
+                downloads: downloads.clone(),
+                url,
+                what: what.to_owned(),
+            },
+        )));
     };
+    // A data URI arrived inside the upstream's answer, so it is in memory already.
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| malformed(what, "an output data URI has no comma"))?;
+    if !meta.ends_with(";base64") {
+        return Err(malformed(what, "an output data URI is not base64"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|_| malformed(what, "an output data URI is not valid base64"))?;
     let (content_type, extension) = sniff(&bytes)
         .ok_or_else(|| malformed(what, "an output is not a known image or video format"))?;
     Ok(GeneratedOutput {
         content_type,
         extension,
         bytes,
-        uploaded: None,
+        elsewhere: None,
     })
 }
 

@@ -127,7 +127,16 @@ fn route(provider: &str, model: &str) -> RouteConfig {
 }
 
 async fn kiln(providers: Vec<ProviderConfig>, routes: Vec<RouteConfig>) -> Kiln {
+    kiln_adjusted(providers, routes, |_| {}).await
+}
+
+async fn kiln_adjusted(
+    providers: Vec<ProviderConfig>,
+    routes: Vec<RouteConfig>,
+    adjust: impl FnOnce(&mut kiln::config::Config),
+) -> Kiln {
     Kiln::start_with(move |c| {
+        adjust(c);
         c.providers = providers;
         c.models = vec![ModelConfig {
             name: "acme/img".into(),

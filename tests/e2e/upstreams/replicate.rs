@@ -468,3 +468,44 @@ async fn canceling_a_queued_job_stops_the_prediction_a_lost_attempt_left_running
     api.shutdown().await;
     first.shutdown().await;
 }
+
+/// An output is streamed into the store as it downloads and counted against
+/// `outputs.max_output_bytes` as it comes: one over the limit fails the job with a clear code
+/// and leaves no object behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_over_the_output_limit_fails_as_it_streams_and_stores_nothing() {
+    let secrets = Secrets::new();
+    let replicate_key = secrets.file("replicate", "r8_test");
+    let (base, _upstream) = fake_replicate().await;
+    let kiln = kiln_adjusted(
+        vec![provider(
+            "replicate",
+            ProviderKind::Replicate,
+            &base,
+            Some(replicate_key),
+        )],
+        vec![route("replicate", "acme/painter")],
+        // The fake's 48x40 PNG is larger than this.
+        |c| c.outputs.max_output_bytes = 100,
+    )
+    .await;
+    let key = kiln.key("acme").await;
+    let job = run(&kiln, &key, "a kiln").await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "upstream_output_too_large");
+    let jobs_dir = kiln.dir.path().join("outputs/jobs");
+    let left: Vec<_> = std::fs::read_dir(&jobs_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|job| {
+            std::fs::read_dir(job.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|f| f.path())
+        .collect();
+    assert!(left.is_empty(), "nothing is stored: {left:?}");
+    kiln.shutdown().await;
+}
