@@ -74,6 +74,10 @@ async fn image_upscale_video_runs_through_and_the_frames_are_the_upscaled_size()
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0]["step"], "video");
     assert_eq!(
+        outputs[0]["content_type"], "video/mp4",
+        "the chain ends in an MP4"
+    );
+    assert_eq!(
         output_size(&kiln.http, outputs[0]["url"].as_str().unwrap()).await,
         (80, 48)
     );

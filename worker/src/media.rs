@@ -408,6 +408,17 @@ mod tests {
             .bytes
     }
 
+    /// The mean difference per channel between two images of one size.
+    fn mean_error(a: &RgbImage, b: &RgbImage) -> f64 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let total: u64 = a
+            .pixels()
+            .zip(b.pixels())
+            .map(|(p, q)| (0..3).map(|c| u64::from(p[c].abs_diff(q[c]))).sum::<u64>())
+            .sum();
+        total as f64 / (a.width() * a.height() * 3) as f64
+    }
+
     fn jpeg_of(described: &Described) -> &[u8] {
         let Some(PreviewImage::Jpeg(preview)) = described.preview.as_ref() else {
             panic!("a JPEG preview");
@@ -444,12 +455,7 @@ mod tests {
             .to_rgb8();
         let whole = image::load_from_memory(&bytes).unwrap().to_rgb8();
         let reference = image::imageops::resize(&whole, 256, 256, image::imageops::Triangle);
-        let mean_error = preview
-            .pixels()
-            .zip(reference.pixels())
-            .map(|(a, b)| (0..3).map(|c| a[c].abs_diff(b[c]) as u64).sum::<u64>())
-            .sum::<u64>() as f64
-            / (256.0 * 256.0 * 3.0);
+        let mean_error = mean_error(&preview, &reference);
         assert!(mean_error < 8.0, "mean error per channel {mean_error}");
     }
 
@@ -471,12 +477,7 @@ mod tests {
             .unwrap()
             .to_rgb8();
         let first = image::load_from_memory(&source).unwrap().to_rgb8();
-        let mean_error = poster
-            .pixels()
-            .zip(first.pixels())
-            .map(|(a, b)| (0..3).map(|c| a[c].abs_diff(b[c]) as u64).sum::<u64>())
-            .sum::<u64>() as f64
-            / (96.0 * 64.0 * 3.0);
+        let mean_error = mean_error(&poster, &first);
         assert!(mean_error < 16.0, "mean error per channel {mean_error}");
     }
 
