@@ -155,7 +155,7 @@ async fn serve(
         _ => None,
     };
     response = response
-        .header(header::CONTENT_TYPE, content_type_of(key))
+        .header(header::CONTENT_TYPE, kiln_storage::media_type_of(key))
         .header(
             header::CONTENT_DISPOSITION,
             format!("inline; filename=\"{}\"", download_name(key)),
@@ -244,24 +244,6 @@ fn single_range(value: &HeaderValue, len: u64) -> RangeAsked {
                 RangeAsked::Bytes(start..end)
             }
         }
-    }
-}
-
-/// The media type an object's extension names (the local store keeps no type of its own).
-fn content_type_of(key: &str) -> &'static str {
-    match key.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("webp") => "image/webp",
-        Some("mp4") => "video/mp4",
-        Some("webm") => "video/webm",
-        Some("mov") => "video/quicktime",
-        Some("wav") => "audio/wav",
-        Some("mp3") => "audio/mpeg",
-        Some("json") => "application/json",
-        Some("txt") => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
     }
 }
 

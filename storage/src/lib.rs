@@ -81,6 +81,28 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn resolve_own_url(&self, url: &url::Url) -> Option<Result<String, SignatureError>>;
 }
 
+/// The media type a key's extension names: what a download says of an object the local store
+/// keeps no type for, and what an output no sniffing recognises is recorded as.
+pub fn media_type_of(key: &str) -> &'static str {
+    let ext = key
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        Some("mp4" | "m4v") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("mov") => "video/quicktime",
+        Some("wav") => "audio/wav",
+        Some("mp3") => "audio/mpeg",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Object keys are relative paths of plain segments: no `..`, no empty segment, no backslash, so
 /// a key can never name a file outside the store.
 pub fn validate_key(key: &str) -> Result<(), StorageError> {

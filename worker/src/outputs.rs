@@ -39,7 +39,8 @@ pub async fn store_all(
                 let key_base = format!("jobs/{job_id}/{index}");
                 let (key, content_type, bytes) = stream_remote(store, &key_base, &remote).await?;
                 stored.push(
-                    describe_stored(store, index, key, content_type, bytes, expires_at).await?,
+                    describe_stored(store, index, key, Some(content_type), bytes, expires_at)
+                        .await?,
                 );
                 continue;
             }
@@ -99,39 +100,46 @@ async fn describe_upload(
         )
     };
     let info = store.head(&key).await.map_err(missing)?;
-    let mut head = Vec::new();
-    let mut stream = store
-        .get_range(&key, 0..info.bytes.min(64))
-        .await
-        .map_err(missing)?;
-    while let Some(chunk) = stream.next().await {
-        head.extend_from_slice(&chunk.map_err(|e| missing(e.into()))?);
-    }
-    let content_type = crate::upstream::sniff(&head)
-        .map(|(content_type, _)| content_type)
-        .unwrap_or_else(|| crate::upstream::media_type_of(&key));
-    describe_stored(store, index, key, content_type, info.bytes, expires_at).await
+    describe_stored(store, index, key, None, info.bytes, expires_at).await
 }
 
-/// The output record of an object in the store, described where it lies (ranged reads).
+/// The output record of an object in the store, described where it lies (ranged reads). Its
+/// media type is `content_type` when the caller already sniffed it, else sniffed here from the
+/// first bytes through the same reader (whose first block the description then reuses), else
+/// taken from the key's extension.
 async fn describe_stored(
     store: &Arc<dyn ObjectStore>,
     index: usize,
     key: String,
-    content_type: &'static str,
+    content_type: Option<&'static str>,
     bytes: u64,
     expires_at: Timestamp,
 ) -> Result<NewOutput, ProviderError> {
-    let reader = crate::media::StoreReader::new(
+    let mut reader = crate::media::StoreReader::new(
         store.clone(),
         key.clone(),
         bytes,
         tokio::runtime::Handle::current(),
     );
-    let described =
-        tokio::task::spawn_blocking(move || crate::media::describe(reader, bytes, content_type))
-            .await
-            .map_err(|e| ProviderError::fail("describe_failed", e.to_string()))?;
+    let sniff_key = key.clone();
+    let (content_type, described) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let content_type = content_type.unwrap_or_else(|| {
+            let mut head = Vec::with_capacity(64);
+            let sniffed =
+                (&mut reader).take(64).read_to_end(&mut head).is_ok() && reader.rewind().is_ok();
+            sniffed
+                .then(|| crate::upstream::sniff(&head).map(|(content_type, _)| content_type))
+                .flatten()
+                .unwrap_or_else(|| kiln_storage::media_type_of(&sniff_key))
+        });
+        (
+            content_type,
+            crate::media::describe(reader, bytes, content_type),
+        )
+    })
+    .await
+    .map_err(|e| ProviderError::fail("describe_failed", e.to_string()))?;
     Ok(NewOutput {
         index: index as u32,
         media: keep_preview(store, &key, described).await,

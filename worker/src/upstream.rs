@@ -195,26 +195,6 @@ pub fn sniff(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// The media type a file name's extension names, for outputs no sniffing recognises.
-pub fn media_type_of(name: &str) -> &'static str {
-    match name
-        .rsplit_once('.')
-        .map(|(_, ext)| ext.to_ascii_lowercase())
-    {
-        Some(ext) => match ext.as_str() {
-            "mp4" | "m4v" => "video/mp4",
-            "mov" => "video/quicktime",
-            "webm" => "video/webm",
-            "wav" => "audio/wav",
-            "mp3" => "audio/mpeg",
-            "json" => "application/json",
-            "txt" => "text/plain",
-            _ => "application/octet-stream",
-        },
-        None => "application/octet-stream",
-    }
-}
-
 /// How a provider downloads the outputs its upstream names. A URL on the upstream's own origin
 /// (ComfyUI's `/view`, a fake or self-hosted server) is fetched like any call to that configured
 /// upstream; any other URL (a CDN such as Replicate's or fal's) is the upstream's say-so, not the

@@ -89,14 +89,15 @@ impl OutputView {
         let (url, preview_url) = if expired {
             (None, None)
         } else {
+            let url = sign(output.object_key.clone()).await?;
             let preview = match output.media.preview {
                 Some(kiln_core::Preview::Stored) => {
                     sign(kiln_core::job::preview_key(&output.object_key)).await?
                 }
-                Some(kiln_core::Preview::Itself) => sign(output.object_key.clone()).await?,
+                Some(kiln_core::Preview::Itself) => url.clone(),
                 None => None,
             };
-            (sign(output.object_key.clone()).await?, preview)
+            (url, preview)
         };
         let media = &output.media;
         Ok(OutputView {
