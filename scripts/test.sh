@@ -33,6 +33,8 @@ free_port() { # a TCP port nothing listens on, from $1 upwards
 
 ensure ffprobe ffmpeg          # checks the demo video
 ensure redis-server redis-server # tests start their own redis-server processes
+ensure chromium chromium        # the dashboard's tests drive a real headless Chromium
+ensure chromedriver chromium-driver
 
 # The S3 server tests start per test; built once, then cached in cargo's bin directory.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

@@ -314,6 +314,42 @@ pub async fn get(
 }
 
 #[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/transitions",
+    operation_id = "listJobTransitions",
+    tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Every change of the job's status, oldest first", body = crate::wire::List<crate::wire::TransitionView>),
+        crate::responses::KeyRefusals,
+        crate::responses::NoSuchJob,
+    ),
+)]
+pub async fn transitions(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<crate::wire::List<crate::wire::TransitionView>>, Problem> {
+    let id = parse_id(&id)?;
+    // The ledger's history read is not scoped: the tenant's own read of the job is the check.
+    if state.ledger.get_job(&tenant, id).await?.is_none() {
+        return Err(job_not_found());
+    }
+    let history = state.ledger.transitions(id).await?;
+    Ok(Json(crate::wire::List::of(
+        history
+            .into_iter()
+            .map(|t| crate::wire::TransitionView {
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+                at: t.at,
+            })
+            .collect(),
+    )))
+}
+
+#[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
     operation_id = "cancelJob",

@@ -7,6 +7,7 @@ mod auth;
 mod callbacks;
 mod cog_uploads;
 mod create;
+mod docs;
 mod duration;
 mod files;
 mod idempotency;
@@ -20,6 +21,7 @@ mod problem;
 mod replicate;
 mod responses;
 pub mod server;
+mod ui;
 mod uploads;
 mod usage;
 mod wait;
@@ -45,7 +47,6 @@ use kiln_webhooks::SsrfPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
-use utoipa_scalar::Servable;
 
 /// Renders the installed metrics recorder's state as Prometheus text.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -93,6 +94,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .unwrap_or(usize::MAX)
         .saturating_add(128 * 1024);
     let idempotent = axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent);
+    let docs_page: Arc<str> = docs::page(&openapi::document(&state.catalog)).into();
     Router::new()
         .route(
             "/v1/jobs",
@@ -100,6 +102,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/transitions", get(jobs::transitions))
         .route("/v1/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/v1/jobs/{id}/events", get(wait::job_events))
         .route(
@@ -151,6 +154,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
         )
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/queue", get(usage::queue))
         .route(
             "/v1/files",
             post(uploads::create.layer(DefaultBodyLimit::max(upload_limit))).get(uploads::list),
@@ -170,10 +174,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::spec))
-        .merge(utoipa_scalar::Scalar::with_url(
+        .route(
             "/docs",
-            openapi::document(&state.catalog),
-        ))
+            get(move || {
+                let page = docs_page.clone();
+                async move { docs::serve_page(&page) }
+            }),
+        )
+        .route(docs::SCALAR_PATH, get(docs::script))
+        .route("/", get(ui::index))
+        .route("/ui", get(ui::shell))
+        .route("/ui/{*path}", get(ui::page))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("not_found", "there is no such route") })
         .layer(DefaultBodyLimit::max(limit))

@@ -44,6 +44,7 @@ impl Modify for BearerKey {
         crate::jobs::list,
         crate::jobs::get,
         crate::jobs::cancel,
+        crate::jobs::transitions,
         crate::jobs::output,
         crate::wait::job_events,
         crate::webhooks::deliveries,
@@ -56,6 +57,7 @@ impl Modify for BearerKey {
         crate::webhooks::secret,
         crate::webhooks::rotate,
         crate::usage::usage,
+        crate::usage::queue,
         crate::models,
         crate::replicate::create_for_model,
         crate::replicate::create_for_version,
@@ -74,6 +76,7 @@ impl Modify for BearerKey {
         crate::callbacks::receive,
         crate::cog_uploads::receive,
         crate::healthz,
+        crate::ui::index,
         crate::ready,
     ),
 )]

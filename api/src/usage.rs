@@ -6,11 +6,14 @@
 //! fallbacks among them (an attempt on another route than the attempt before it) and their
 //! cost. Grouped by provider, a row counts what happened there: the jobs that tried it, its
 //! succeeded and failed attempts, the fallbacks that landed on it, its cost. The sums are made
-//! here from one ledger read of the window's jobs and attempts.
+//! here from one ledger read of the window's jobs and attempts. `split=model` or `split=provider`
+//! adds each group's parts in the same pass (by day and model: a stacked chart's bars).
+//!
+//! `GET /v1/queue` is here too: the tenant's own jobs queued and running per lane.
 
 use crate::auth::Tenant;
 use crate::problem::Problem;
-use crate::wire::{UsageGroupView, UsageView};
+use crate::wire::{QueueLaneView, QueueView, UsageGroupView, UsageView};
 use crate::ApiState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -52,6 +55,7 @@ impl Sums {
         let cost = crate::wire::cost_in_units(self.cost_micros);
         UsageGroupView {
             key: key.to_owned(),
+            group: None,
             jobs: self.jobs,
             succeeded: self.succeeded,
             failed: self.failed,
@@ -85,6 +89,7 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
         ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339 (default: 30 days before `to`)"),
         ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339 (default: now)"),
         ("group_by" = inline(Option<GroupBy>), Query, description = "model (default), provider or day"),
+        ("split" = inline(Option<GroupBy>), Query, description = "model, provider or day: adds each group's parts, split so (`parts`)"),
     ),
     responses(
         (status = 200, description = "Jobs, outcomes, attempts and cost per group", body = UsageView),
@@ -109,12 +114,12 @@ pub async fn usage(
     };
     if let Some(other) = params
         .keys()
-        .find(|k| !matches!(k.as_str(), "from" | "to" | "group_by"))
+        .find(|k| !matches!(k.as_str(), "from" | "to" | "group_by" | "split"))
     {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "unknown_parameter",
-            format!("'{other}' is not a parameter of usage (from, to, group_by)"),
+            format!("'{other}' is not a parameter of usage (from, to, group_by, split)"),
         )
         .with_field(other.as_str()));
     }
@@ -128,7 +133,15 @@ pub async fn usage(
         Some("day") => GroupBy::Day,
         Some(_) => return Err(bad("group_by", "group_by must be model, provider or day")),
     };
+    let split = match params.get("split").map(String::as_str) {
+        None => None,
+        Some("model") => Some(GroupBy::Model),
+        Some("provider") => Some(GroupBy::Provider),
+        Some("day") => Some(GroupBy::Day),
+        Some(_) => return Err(bad("split", "split must be model, provider or day")),
+    };
     let mut tally = Tally::new(group_by);
+    let mut parts = split.map(|split| Tally::within(group_by, split));
     let mut after = None;
     loop {
         let rows = state
@@ -137,6 +150,9 @@ pub async fn usage(
             .await?;
         for row in &rows {
             tally.add(row);
+            if let Some(parts) = parts.as_mut() {
+                parts.add(row);
+            }
         }
         // Rows come by job: a job starts wherever the id changes.
         let jobs_read = rows
@@ -156,13 +172,60 @@ pub async fn usage(
         to,
         group_by,
         data: groups.iter().map(|(k, s)| s.view(k)).collect(),
+        parts: parts.map(|parts| {
+            parts
+                .groups
+                .iter()
+                .map(|(k, s)| {
+                    let (group, key) = k.split_once(PART_SEPARATOR).unwrap_or(("", k));
+                    UsageGroupView {
+                        group: Some(group.to_owned()),
+                        ..s.view(key)
+                    }
+                })
+                .collect()
+        }),
         total: total.view("total"),
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queue",
+    operation_id = "getQueue",
+    tag = "usage",
+    responses(
+        (status = 200, description = "The caller's jobs queued and running, per lane", body = QueueView),
+        crate::responses::KeyRefusals,
+    ),
+)]
+pub async fn queue(
+    State(state): State<Arc<ApiState>>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<QueueView>, Problem> {
+    let lanes = state.ledger.tenant_queue(&tenant).await?;
+    Ok(Json(QueueView {
+        object: "queue",
+        lanes: lanes
+            .into_iter()
+            .map(|l| QueueLaneView {
+                lane: l.lane,
+                queued: l.queued,
+                running: l.running,
+            })
+            .collect(),
+    }))
+}
+
+/// Between a group and its part in a split tally's keys: a character no day, model or provider
+/// name holds.
+const PART_SEPARATOR: char = '\u{1f}';
+
 /// Usage summed row by row, in the ledger's order (by job, then attempt).
 struct Tally {
     group_by: GroupBy,
+    /// Each key is within a group of this kind (`{group}\u{1f}{key}`): the parts of a split.
+    within: Option<GroupBy>,
     groups: BTreeMap<String, Sums>,
     total: Sums,
     /// The previous row's job and route: an attempt on another route than the one before it,
@@ -174,9 +237,18 @@ impl Tally {
     fn new(group_by: GroupBy) -> Self {
         Tally {
             group_by,
+            within: None,
             groups: BTreeMap::new(),
             total: Sums::default(),
             previous: None,
+        }
+    }
+
+    /// Each group of `outer` split by `split`.
+    fn within(outer: GroupBy, split: GroupBy) -> Self {
+        Tally {
+            within: Some(outer),
+            ..Tally::new(split)
         }
     }
 
@@ -193,15 +265,16 @@ impl Tally {
         if first_of_job {
             count_status(&mut self.total, row.status);
         }
-        let key = match self.group_by {
-            GroupBy::Model => row.model.clone(),
-            GroupBy::Day => row.created_at.format("%Y-%m-%d").to_string(),
-            GroupBy::Provider => match provider {
-                Some(p) => p.to_owned(),
-                // Never attempted: counted in the total only.
-                None => return,
-            },
+        // A job never attempted has no provider: it is counted in the total only.
+        let Some(mut key) = key_of(self.group_by, row, provider) else {
+            return;
         };
+        if let Some(outer) = self.within {
+            let Some(group) = key_of(outer, row, provider) else {
+                return;
+            };
+            key = format!("{group}{PART_SEPARATOR}{key}");
+        }
         let group = self.groups.entry(key).or_default();
         group.count_job(row.job_id);
         if route.is_some() {
@@ -221,6 +294,15 @@ impl Tally {
             count_status(group, row.status);
         }
     }
+}
+
+/// The group a row falls in, grouped by `group_by`; none by provider before any attempt.
+fn key_of(group_by: GroupBy, row: &UsageRow, provider: Option<&str>) -> Option<String> {
+    Some(match group_by {
+        GroupBy::Model => row.model.clone(),
+        GroupBy::Day => row.created_at.format("%Y-%m-%d").to_string(),
+        GroupBy::Provider => provider?.to_owned(),
+    })
 }
 
 fn count_status(sums: &mut Sums, status: Status) {
@@ -258,6 +340,43 @@ mod tests {
             outcome: Some(outcome),
             cost_micros: Some(cost),
         }
+    }
+
+    #[test]
+    fn a_day_split_by_model_keeps_each_days_parts_apart() {
+        let day = |d: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 12, d)
+                .unwrap()
+                .and_hms_opt(12, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let row = |created: DateTime<Utc>, model: &str, cost: i64| UsageRow {
+            model: model.into(),
+            created_at: created,
+            ..attempt(JobId::new(), 1, "demo:x", AttemptOutcome::Succeeded, cost)
+        };
+        let rows = [
+            row(day(1), "acme/a", 100),
+            row(day(1), "acme/b", 200),
+            row(day(2), "acme/a", 300),
+            row(day(2), "acme/a", 400),
+        ];
+        let mut parts = Tally::within(GroupBy::Day, GroupBy::Model);
+        rows.iter().for_each(|r| parts.add(r));
+        let costs: Vec<(String, i64, u64)> = parts
+            .groups
+            .iter()
+            .map(|(k, s)| (k.replace(PART_SEPARATOR, " "), s.cost_micros, s.jobs))
+            .collect();
+        assert_eq!(
+            costs,
+            vec![
+                ("2026-12-01 acme/a".to_owned(), 100, 1),
+                ("2026-12-01 acme/b".to_owned(), 200, 1),
+                ("2026-12-02 acme/a".to_owned(), 700, 2),
+            ]
+        );
     }
 
     #[test]

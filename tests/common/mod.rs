@@ -4,6 +4,7 @@
 //! the api (its documented contract) against a deadline, never by sleeping a fixed time.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod clients;
 pub mod cluster;
 

@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod cancel_and_expiry;
 mod cog;
+mod dashboard;
 mod downloads;
 mod examples;
 mod fairness;

@@ -1,4 +1,5 @@
-//! What a key sees of its own account on the wire: its webhook signing secret and its usage.
+//! What a key sees of its own account on the wire: its webhook signing secret, its usage and its
+//! share of the queue.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,6 +22,9 @@ pub struct WebhookSecretView {
 pub struct UsageGroupView {
     /// The model, provider or day; `total` for the total.
     pub key: String,
+    /// In `parts`: the group this part belongs to (the day, model or provider of `group_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub jobs: u64,
     pub succeeded: u64,
     pub failed: u64,
@@ -42,5 +46,42 @@ pub struct UsageView {
     pub to: DateTime<Utc>,
     pub group_by: crate::usage::GroupBy,
     pub data: Vec<UsageGroupView>,
+    /// With `split`: each group's parts (by day split by model, say: what a stacked chart of
+    /// cost per day draws), each naming its `group`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<UsageGroupView>>,
     pub total: UsageGroupView,
+}
+
+/// The caller's jobs in one dispatch lane.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = QueueLane)]
+pub struct QueueLaneView {
+    #[schema(value_type = kiln_core::dispatch::Lane)]
+    pub lane: kiln_core::dispatch::Lane,
+    /// Waiting to run, including those held back by the tenant's fairness window.
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// `GET /v1/queue`: the caller's tenant's jobs queued and running, per lane.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Queue)]
+pub struct QueueView {
+    /// Always `queue`.
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub lanes: Vec<QueueLaneView>,
+}
+
+/// One change of a job's status, as the ledger recorded it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Transition)]
+pub struct TransitionView {
+    /// Null for the job's first status.
+    pub from: Option<kiln_core::Status>,
+    pub to: kiln_core::Status,
+    /// Why, where the ledger says (a rescue, a retry, a deadline).
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
 }

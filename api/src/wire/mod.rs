@@ -13,7 +13,9 @@ mod jobs;
 mod pipelines;
 pub mod predictions;
 
-pub use account::{UsageGroupView, UsageView, WebhookSecretView};
+pub use account::{
+    QueueLaneView, QueueView, TransitionView, UsageGroupView, UsageView, WebhookSecretView,
+};
 pub use jobs::{AttemptView, JobSubmission, JobView, OutputView};
 pub use pipelines::{PipelineOutputView, PipelineSubmission, PipelineView, StepView};
 

@@ -154,6 +154,14 @@ pub struct QueueSnapshot {
     pub held: u64,
 }
 
+/// A tenant's jobs in one lane: queued (held back by its window or admitted) and running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantLaneCount {
+    pub lane: crate::dispatch::Lane,
+    pub queued: u64,
+    pub running: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct LaneSnapshot {
     pub lane: crate::dispatch::Lane,
@@ -532,6 +540,9 @@ pub trait UsageLedger: Send + Sync {
     ) -> Result<Vec<UsageRow>>;
     /// Jobs queued and running, and the queue per lane (for the metrics gauges).
     async fn queue_snapshot(&self) -> Result<QueueSnapshot>;
+    /// One tenant's jobs queued and running, counted per lane: what its dashboard shows of the
+    /// queue (the ledger-wide gauges are for operators, on the private metrics listener).
+    async fn tenant_queue(&self, tenant: &TenantId) -> Result<Vec<TenantLaneCount>>;
     /// The key's jobs still queued or running, counted per model (what they will cost is not
     /// known yet, but at least each model's least price).
     async fn active_jobs_by_model(&self, key_id: &KeyId) -> Result<Vec<(String, u64)>>;

@@ -430,3 +430,42 @@ pub async fn a_job_keeps_the_surface_it_was_created_through(ledger: Arc<dyn Ledg
     let plain = ledger.get_job(&tenant("a"), plain).await.unwrap().unwrap();
     assert_eq!(plain.surface, crate::job::Surface::Kiln);
 }
+
+pub async fn a_tenants_queue_counts_only_its_own_active_jobs_per_lane(ledger: Arc<dyn Ledger>) {
+    let empty = ledger.tenant_queue(&tenant("a")).await.unwrap();
+    assert_eq!(
+        empty.len(),
+        Lane::ALL.len(),
+        "every lane is named, empty or not"
+    );
+    assert!(empty.iter().all(|l| l.queued == 0 && l.running == 0));
+    let high = || NewJob {
+        priority: Lane::High,
+        ..job_of("a")
+    };
+    ledger.insert_job(high()).await.unwrap();
+    let running = ledger.insert_job(high()).await.unwrap().id;
+    let done = new_job(ledger.as_ref(), "a").await;
+    new_job(ledger.as_ref(), "a").await;
+    new_job(ledger.as_ref(), "b").await;
+    ledger
+        .claim(running, "w", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let claim = ledger
+        .claim(done, "w", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+    let lanes = ledger.tenant_queue(&tenant("a")).await.unwrap();
+    let of = |lane: Lane| lanes.iter().find(|l| l.lane == lane).unwrap();
+    assert_eq!((of(Lane::High).queued, of(Lane::High).running), (1, 1));
+    assert_eq!(
+        (of(Lane::Normal).queued, of(Lane::Normal).running),
+        (1, 0),
+        "the finished job and the other tenant's are not counted"
+    );
+    assert_eq!((of(Lane::Low).queued, of(Lane::Low).running), (0, 0));
+}

@@ -113,7 +113,8 @@ macro_rules! ledger_contract_tests {
             a_batch_of_successes_refuses_only_its_stale_leases,
             a_burst_of_submits_fills_each_window_exactly,
             a_job_keeps_the_surface_it_was_created_through,
-            files_are_scoped_listed_deleted_and_expire
+            files_are_scoped_listed_deleted_and_expire,
+            a_tenants_queue_counts_only_its_own_active_jobs_per_lane
         );
     };
     (@each $fresh:expr; $($name:ident),*) => {

@@ -100,6 +100,45 @@ impl UsageLedger for SqlLedger {
         Ok(snapshot)
     }
 
+    async fn tenant_queue(&self, tenant: &TenantId) -> Result<Vec<TenantLaneCount>> {
+        let mut lanes: Vec<TenantLaneCount> = crate::dispatch::Lane::ALL
+            .iter()
+            .map(|&lane| TenantLaneCount {
+                lane,
+                queued: 0,
+                running: 0,
+            })
+            .collect();
+        for status in [Status::Queued, Status::Running] {
+            // The status is a literal, as in `queue_snapshot`: the partial indexes of the queued
+            // and the running jobs then bound the count by what is active, not by the tenant's
+            // whole history.
+            let count = format!(
+                "SELECT priority, COUNT(*) AS n FROM jobs WHERE status = '{}' AND tenant = ? \
+                 GROUP BY priority",
+                status.as_str()
+            );
+            let count = self.sql(&count);
+            let rows = sqlx::query(&count)
+                .bind(&tenant.0)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in rows {
+                let priority: String = row.try_get("priority")?;
+                let n: i64 = row.try_get("n")?;
+                let Some(entry) = lanes.iter_mut().find(|l| l.lane.as_str() == priority) else {
+                    continue;
+                };
+                let n = n.max(0) as u64;
+                match status {
+                    Status::Queued => entry.queued = n,
+                    _ => entry.running = n,
+                }
+            }
+        }
+        Ok(lanes)
+    }
+
     async fn active_jobs_by_model(&self, key_id: &KeyId) -> Result<Vec<(String, u64)>> {
         let rows = sqlx::query(&self.sql(ACTIVE_BY_MODEL))
             .bind(key_id.as_str())
