@@ -110,11 +110,17 @@ impl UsageLedger for SqlLedger {
             })
             .collect();
         for status in [Status::Queued, Status::Running] {
-            // The status is a literal, as in `queue_snapshot`: the partial indexes of the queued
-            // and the running jobs then bound the count by what is active, not by the tenant's
-            // whole history.
+            // The status is a literal, as in `queue_snapshot`, so the partial indexes of the
+            // queued and the running jobs bound the count by what is active, not by the
+            // tenant's whole history. SQLite, which keeps no statistics here, would rather take
+            // the tenant's index for its equality and read every job the tenant ever had
+            // (52 ms over 100,000): `+tenant` takes that index out of its choice.
+            let tenant_column = match self.dialect {
+                Dialect::Sqlite => "+tenant",
+                Dialect::Postgres => "tenant",
+            };
             let count = format!(
-                "SELECT priority, COUNT(*) AS n FROM jobs WHERE status = '{}' AND tenant = ? \
+                "SELECT priority, COUNT(*) AS n FROM jobs WHERE status = '{}' AND {tenant_column} = ? \
                  GROUP BY priority",
                 status.as_str()
             );
