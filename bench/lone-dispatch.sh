@@ -41,7 +41,7 @@ export KILN_STORAGE_URL="file://$tmp/out" KILN_LOG=warn
 [[ $W == 0 ]] || export KILN_DATABASE_URL="$PG/$db" KILN_REDIS_URL="redis://127.0.0.1:$RP"
 mkdir -p "$tmp/data" "$tmp/out"
 cd "$tmp"
-KEY=$("$BIN" keys create --tenant bench --data-dir "$tmp/data" --config "$tmp/kiln.toml" 2>"$tmp/keys.log" | tail -1)
+KEY=$("$BIN" keys create --create-ledger --tenant bench --data-dir "$tmp/data" --config "$tmp/kiln.toml" 2>"$tmp/keys.log" | tail -1)
 if [[ $W == 0 ]]; then
   "$BIN" serve --listen "127.0.0.1:$AP" --data-dir "$tmp/data" --config "$tmp/kiln.toml" >"$tmp/api.log" 2>&1 & pids+=($!)
 else

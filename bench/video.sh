@@ -6,7 +6,7 @@ BIN=$1; dir=$(mktemp -d); port=47311
 $BIN serve --listen 127.0.0.1:$port --data-dir $dir >$dir/log 2>&1 & pid=$!
 trap 'kill $pid; rm -rf $dir' EXIT
 sleep 1
-KEY=$($BIN keys create --tenant acme --data-dir $dir 2>/dev/null | tail -1)
+KEY=$($BIN keys create --create-ledger --tenant acme --data-dir $dir 2>/dev/null | tail -1)
 api() { curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@"; }
 wait_job() { while :; do j=$(api http://127.0.0.1:$port/v1/jobs/$1); s=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'); [[ $s == succeeded || $s == failed ]] && { echo "$j"; return; }; sleep 0.2; done; }
 for side in 512 1024; do

@@ -395,8 +395,9 @@ impl Config {
             None => {}
         }
         figment = figment.merge(
+            // The client's variables (`kiln run` and the rest) are not server settings.
             Env::prefixed("KILN_")
-                .ignore(&["config", "log", "log_format"])
+                .ignore(&["config", "log", "log_format", "url", "api_key"])
                 .split("__"),
         );
         if let Some(listen) = overrides.listen {
@@ -405,9 +406,7 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("data_dir", dir));
         }
-        let config: Config = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: Config = figment.extract().map_err(explain)?;
         config.validate()?;
         Ok(config)
     }
@@ -513,6 +512,69 @@ impl Config {
         match &self.database_url {
             Some(url) => url.expose().to_owned(),
             None => format!("sqlite://{}", self.data_dir.join("kiln.db").display()),
+        }
+    }
+}
+
+/// A configuration error as a person reads it: which setting, where it came from (a
+/// `KILN_…` variable or a line of the file), and for a misspelt one the closest real one.
+fn explain(error: figment::Error) -> anyhow::Error {
+    let lines: Vec<String> = error.into_iter().map(|e| one_error(&e)).collect();
+    anyhow::anyhow!("invalid configuration:\n  {}", lines.join("\n  "))
+}
+
+fn one_error(e: &figment::Error) -> String {
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let source = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| format!(" in {s}"))
+        .unwrap_or_default();
+    // How a setting is named where it was set: `KILN_WORKER__LEASE` or `worker.lease`.
+    let name = |path: &[String]| {
+        if from_env {
+            format!("KILN_{}", path.join("__").to_uppercase())
+        } else {
+            path.join(".")
+        }
+    };
+    match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => {
+            // The error's path ends with the unknown field itself.
+            let mut path = e.path.clone();
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            let closest = expected
+                .iter()
+                .map(|candidate| (strsim::jaro_winkler(field, candidate), candidate))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, candidate)| {
+                    let mut near = path.clone();
+                    *near.last_mut().expect("the field") = (*candidate).to_owned();
+                    format!("; did you mean {}?", name(&near))
+                })
+                .unwrap_or_default();
+            format!("{} is not a setting{source}{closest}", name(&path))
+        }
+        _ => {
+            let kind = e.kind.to_string();
+            // Durations are humantime's: say what one looks like.
+            let hint = if kind.contains("duration") {
+                " (a duration such as 500ms, 30s, 5m or 1h 30m)"
+            } else {
+                ""
+            };
+            if e.path.is_empty() {
+                format!("{kind}{source}{hint}")
+            } else {
+                format!("{}{source}: {kind}{hint}", name(&e.path))
+            }
         }
     }
 }

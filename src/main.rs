@@ -1,10 +1,12 @@
 //! The `kiln` command line: `serve` (api and worker in one process, the embedded default),
-//! `api`, `worker`, `migrate`, and `keys` to manage API keys. Configuration comes from
+//! `api`, `worker`, `migrate`, and `keys` to manage API keys; and the client of any Kiln's API
+//! (`run`, `jobs`, `pipelines`, `models`, `usage`, `deliveries`, `completions`; `kiln::client`). Configuration comes from
 //! `--config`/`kiln.toml`, `KILN_*` environment variables and flags (see `config`).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kiln::app::{self, Roles};
+use kiln::client;
 use kiln::config::{Config, Overrides};
 use kiln_core::{keys, TenantId};
 use std::net::SocketAddr;
@@ -17,13 +19,13 @@ use std::path::PathBuf;
     about = "Async media-generation job orchestrator"
 )]
 struct Cli {
-    #[command(flatten)]
-    common: Common,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Args)]
+/// Where a server's configuration comes from: the options of `serve`, `api`, `worker`,
+/// `migrate` and `keys` (the client's commands take `Connect` instead).
+#[derive(Args, Clone)]
 struct Common {
     /// Configuration file (default: ./kiln.toml if it exists).
     #[arg(long, global = true, env = "KILN_CONFIG")]
@@ -39,18 +41,59 @@ struct Common {
 #[derive(Subcommand)]
 enum Command {
     /// Run the api and a worker in one process (the embedded default needs nothing else).
-    Serve,
+    Serve(Common),
     /// Run the api only.
-    Api,
+    Api(Common),
     /// Run a worker only.
-    Worker,
+    Worker(Common),
     /// Bring the ledger's schema up to date and exit.
-    Migrate,
-    /// Manage API keys.
+    Migrate(Common),
+    /// Manage API keys (in the ledger the configuration names; see `--create-ledger`).
     Keys {
+        #[command(flatten)]
+        common: Common,
+        /// Create the embedded ledger if there is none yet in the data directory (by default
+        /// `kiln keys` refuses, so a key is never made in a ledger no server reads).
+        #[arg(long, global = true)]
+        create_ledger: bool,
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run a model: `kiln run demo/image prompt="a kiln" width=64 --wait`.
+    Run(client::RunArgs),
+    /// List, read, cancel, follow and download jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: client::JobsCommand,
+    },
+    /// Run, list, read, cancel and follow pipelines.
+    Pipelines {
+        #[command(subcommand)]
+        command: client::PipelinesCommand,
+    },
+    /// The models this Kiln offers and their inputs.
+    Models {
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// What your jobs ran and cost over the last 30 days.
+    Usage {
+        /// Group by model, provider or day.
+        #[arg(long, default_value = "model", value_parser = ["model", "provider", "day"])]
+        by: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// A job's webhook deliveries and their tries; `--redeliver ID` sends one again.
+    Deliveries {
+        job: String,
+        #[arg(long)]
+        redeliver: Option<String>,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -123,13 +166,59 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The client talks to a Kiln over its API: no configuration of a server is read, so the
+    // client's own variables (KILN_URL, KILN_API_KEY) and a server's settings never meet.
+    let client_command = match cli.command {
+        Command::Run(args) => Some(client::run(args).await),
+        Command::Jobs { command } => Some(client::jobs(command).await),
+        Command::Pipelines { command } => Some(client::pipelines(command).await),
+        Command::Models { connect } => Some(client::models(connect).await),
+        Command::Usage { by, connect } => Some(client::usage(connect, by).await),
+        Command::Deliveries {
+            job,
+            redeliver,
+            connect,
+        } => Some(client::deliveries(connect, job, redeliver).await),
+        Command::Completions { shell } => {
+            // Written whole, then sent: a reader that stops early (`| head`) is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kiln",
+                &mut script,
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Some(Ok(client::Exit::Ok))
+        }
+        command => {
+            return run_server(command).await;
+        }
+    };
+    let code = match client_command.expect("a client command") {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            client::exit_of(&e)
+        }
+    };
+    std::process::exit(code as i32);
+}
+
+async fn run_server(command: Command) -> anyhow::Result<()> {
+    let common = match &command {
+        Command::Serve(c) | Command::Api(c) | Command::Worker(c) | Command::Migrate(c) => c,
+        Command::Keys { common, .. } => common,
+        _ => unreachable!("client commands read no server configuration"),
+    }
+    .clone();
     let telemetry = kiln::telemetry::init();
     let overrides = Overrides {
-        listen: cli.common.listen,
-        data_dir: cli.common.data_dir.clone(),
+        listen: common.listen,
+        data_dir: common.data_dir.clone(),
     };
-    let config = Config::load(cli.common.config.as_deref(), &overrides)?;
-    let outcome = run_command(cli.command, &config).await;
+    let config = Config::load(common.config.as_deref(), &overrides)?;
+    let outcome = run_command(command, &config).await;
     telemetry.shutdown();
     outcome
 }
@@ -137,7 +226,7 @@ async fn run() -> anyhow::Result<()> {
 async fn run_command(command: Command, config: &Config) -> anyhow::Result<()> {
     let config = config.clone();
     match command {
-        Command::Serve => {
+        Command::Serve(_) => {
             serve(
                 &config,
                 Roles {
@@ -147,7 +236,7 @@ async fn run_command(command: Command, config: &Config) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Api => {
+        Command::Api(_) => {
             serve(
                 &config,
                 Roles {
@@ -157,7 +246,7 @@ async fn run_command(command: Command, config: &Config) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Worker => {
+        Command::Worker(_) => {
             serve(
                 &config,
                 Roles {
@@ -167,12 +256,17 @@ async fn run_command(command: Command, config: &Config) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Migrate => {
+        Command::Migrate(_) => {
             app::open_ledger(&config).await?;
             eprintln!("kiln: the ledger is up to date");
             Ok(())
         }
-        Command::Keys { command } => manage_keys(&config, command).await,
+        Command::Keys {
+            command,
+            create_ledger,
+            ..
+        } => manage_keys(&config, command, create_ledger).await,
+        _ => unreachable!("client commands are run by `run`"),
     }
 }
 
@@ -218,7 +312,38 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+async fn manage_keys(
+    config: &Config,
+    command: KeysCommand,
+    create_ledger: bool,
+) -> anyhow::Result<()> {
+    // Say which ledger is read, and never make an empty one by accident: a key minted in a
+    // ledger no server reads is unknown to the running one.
+    match &config.database_url {
+        None => {
+            let path = config.data_dir.join("kiln.db");
+            anyhow::ensure!(
+                create_ledger || path.exists(),
+                "there is no ledger at {}: run `kiln keys` where `kiln serve` runs (or pass its \
+                 --data-dir or KILN_DATABASE_URL), or pass --create-ledger to start a new one there",
+                path.display()
+            );
+            eprintln!("kiln: the ledger at {}", path.display());
+        }
+        Some(url) => {
+            let shown = url::Url::parse(url.expose())
+                .map(|u| {
+                    format!(
+                        "{}://{}{}",
+                        u.scheme(),
+                        u.host_str().unwrap_or(""),
+                        u.path()
+                    )
+                })
+                .unwrap_or_else(|_| "the configured database".into());
+            eprintln!("kiln: the ledger at {shown}");
+        }
+    }
     let ledger = app::open_ledger(config).await?;
     match command {
         KeysCommand::Create {
@@ -262,22 +387,45 @@ async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()
             eprintln!("kiln: set the limits of {n} key(s)");
         }
         KeysCommand::List => {
-            println!(
-                "{:<40} {:<20} {:<12} {:<25} revoked",
-                "id", "tenant", "prefix", "created"
+            let keys = ledger.list_api_keys().await?;
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    let l = &k.limits;
+                    let limits = [
+                        l.rate_per_second.map(|r| format!("{r}/s")),
+                        l.max_active_jobs.map(|n| format!("{n} active")),
+                        l.daily_spend_micros
+                            .map(|m| format!("{} a day", m as f64 / 1e6)),
+                        l.max_priority.map(|p| format!("up to {}", p.as_str())),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                    vec![
+                        k.id.to_string(),
+                        k.tenant.to_string(),
+                        k.prefix.clone(),
+                        k.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                        k.revoked_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if limits.is_empty() {
+                            "-".into()
+                        } else {
+                            limits
+                        },
+                        k.default_webhook.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            client::table(
+                &[
+                    "id", "tenant", "prefix", "created", "revoked", "limits", "webhook",
+                ],
+                &rows,
             );
-            for k in ledger.list_api_keys().await? {
-                println!(
-                    "{:<40} {:<20} {:<12} {:<25} {}",
-                    k.id,
-                    k.tenant,
-                    k.prefix,
-                    k.created_at.to_rfc3339(),
-                    k.revoked_at
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_else(|| "-".into())
-                );
-            }
         }
         KeysCommand::Revoke { key } => {
             let n = ledger.revoke_api_key(&key).await.context("cannot revoke")?;

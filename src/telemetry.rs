@@ -39,7 +39,13 @@ fn otlp_wanted() -> bool {
 pub fn init() -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a log written to a file or a pipe, or read with
+    // NO_COLOR set, carries no escape codes.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let logs = match std::env::var("KILN_LOG_FORMAT").as_deref() {
         Ok("json") => logs
             .json()

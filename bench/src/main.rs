@@ -260,7 +260,14 @@ async fn stack(args: &Args, upstream: &str, concurrency: usize, workers: usize) 
         redis = Some(r);
     }
     let out = Command::new(kiln_binary()?)
-        .args(["keys", "create", "--tenant", "bench", "--data-dir"])
+        .args([
+            "keys",
+            "create",
+            "--create-ledger",
+            "--tenant",
+            "bench",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .current_dir(dir.path())
         .env("KILN_LOG", "warn")

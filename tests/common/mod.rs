@@ -468,7 +468,14 @@ pub fn kiln_bin() -> &'static str {
 /// Runs `kiln keys create` against `dir` (and the ledger `env` names) and returns the key.
 pub fn create_key_with(dir: &Path, tenant: &str, env: &[(String, String)]) -> String {
     let out = Command::new(kiln_bin())
-        .args(["keys", "create", "--tenant", tenant, "--data-dir"])
+        .args([
+            "keys",
+            "create",
+            "--create-ledger",
+            "--tenant",
+            tenant,
+            "--data-dir",
+        ])
         .arg(dir)
         .env("KILN_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

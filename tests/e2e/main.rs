@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod cancel_and_expiry;
+mod cli;
 mod cog;
 mod dashboard;
 mod downloads;

@@ -1,6 +1,6 @@
 // Models: each one the deployment offers, and a form for each generated from its published
 // input schema (JSON Schema: enums become choices, numbers keep their bounds, image inputs
-// take a URL or a file uploaded through `POST /v1/files`). Submitting starts a job and opens
+// (`x-kiln-kind: image`) take a URL or a file uploaded through `POST /v1/files`). Submitting starts a job and opens
 // its page, so a newcomer can run the demo models without writing a line. A refusal marks the
 // field the problem names.
 
@@ -34,6 +34,7 @@ export function modelPage(main, [name], { signal, go }) {
 function kindOf(schema) {
   const type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
   if (schema.enum) return "enum";
+  if (schema["x-kiln-kind"] === "image") return "file";
   if (type === "string" && (schema.format === "uri" || schema.format === "uri-reference")) return "file";
   return type || "string";
 }

@@ -80,8 +80,11 @@ impl Field {
             Rule::OneOf(values) => json!({"type": "integer", "enum": values}),
             Rule::Word(words) => json!({"type": "string", "enum": words}),
             Rule::Number { min, max } => json!({"type": "number", "minimum": min, "maximum": max}),
+            // `x-kiln-kind` tells clients (the dashboard's forms, `kiln run name=@file`) that a
+            // file may be uploaded for it; validators ignore `x-` keywords.
             Rule::Image => json!({
                 "type": "string",
+                "x-kiln-kind": "image",
                 "description": "an http(s) URL, a base64 data: URI of an image, or an earlier output: its URL or kiln://jobs/{id}/outputs/{n}",
                 "pattern": IMAGE_SOURCE_PATTERN,
                 "maxLength": IMAGE_SOURCE_MAX_CHARS,

@@ -1,0 +1,481 @@
+//! The command-line client: `kiln run`, `kiln jobs …`, `kiln pipelines …`, `kiln models`,
+//! `kiln usage`, `kiln deliveries`. It talks to any Kiln over its public API (never to the
+//! ledger), so it works the same against a laptop's `kiln serve` and a production cluster.
+//!
+//! Where to connect: `--url` and `--api-key`, else `KILN_URL` and `KILN_API_KEY`, else a local
+//! `kiln serve` (`http://127.0.0.1:8080`) with the key it saved in `kiln-data/api-key`.
+//! Output is for people by default (tables, colour only on a terminal and never with
+//! `NO_COLOR`) and JSON with `--json`. The exit status says how it ended (`Exit`), so scripts
+//! can branch on a failed or canceled job without parsing anything.
+
+mod commands;
+mod run;
+
+pub use commands::{deliveries, jobs, models, pipelines, usage, JobsCommand, PipelinesCommand};
+pub use run::{run, RunArgs};
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a client command ended, as its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done; a job waited for succeeded.
+    Ok = 0,
+    /// A job (or pipeline) waited for failed.
+    Failed = 1,
+    /// The command was wrong, or the server refused it (a 4xx problem).
+    Usage = 2,
+    /// Kiln could not be reached, or it answered with a server error.
+    Connection = 3,
+    /// A job (or pipeline) waited for was canceled.
+    Canceled = 4,
+    /// Ctrl-C while waiting: the job goes on, the client let go of it.
+    Detached = 130,
+}
+
+/// A failure with the exit status it stands for. Printed as the problem's detail, code and field.
+#[derive(Debug)]
+pub struct ClientError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub fn usage_error(message: impl Into<String>) -> anyhow::Error {
+    ClientError {
+        exit: Exit::Usage,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The exit status an error stands for: its own where it is a `ClientError`, else a usage error.
+pub fn exit_of(error: &anyhow::Error) -> Exit {
+    error
+        .downcast_ref::<ClientError>()
+        .map_or(Exit::Usage, |e| e.exit)
+}
+
+/// Where and as whom to connect, and how to print.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connect {
+    /// The Kiln to talk to [default: http://127.0.0.1:8080] (KILN_URL).
+    #[arg(long, global = true)]
+    pub url: Option<url::Url>,
+    /// The API key [default: KILN_API_KEY, else ./kiln-data/api-key of a local `kiln serve`].
+    #[arg(long, global = true)]
+    pub api_key: Option<String>,
+    /// Print JSON (the API's own answers) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// A connection to one Kiln with one key.
+pub struct Client {
+    pub base: url::Url,
+    key: String,
+    http: reqwest::Client,
+    pub json: bool,
+}
+
+impl Client {
+    pub fn connect(args: &Connect) -> anyhow::Result<Client> {
+        let base = match &args.url {
+            Some(url) => url.clone(),
+            None => match std::env::var("KILN_URL") {
+                Ok(raw) => url::Url::parse(&raw)
+                    .map_err(|e| usage_error(format!("KILN_URL is not a URL ({e}): {raw}")))?,
+                Err(_) => url::Url::parse("http://127.0.0.1:8080").expect("a URL"),
+            },
+        };
+        let key = match &args.api_key {
+            Some(key) => key.clone(),
+            None => match std::env::var("KILN_API_KEY") {
+                Ok(key) => key,
+                Err(_) => local_key(&base)?,
+            },
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("kiln-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client {
+            base,
+            key: key.trim().to_owned(),
+            http,
+            json: args.json,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> url::Url {
+        self.base.join(path).expect("API paths are valid")
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let mut request = self.request(reqwest::Method::POST, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
+    /// Uploads a file through `POST /v1/files`; its `urls.get` is a valid input anywhere.
+    pub async fn upload(&self, path: &Path) -> anyhow::Result<Value> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| usage_error(format!("cannot read {}: {e}", path.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload".into());
+        let mime = kiln_storage::media_type_of(&name);
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name)
+            .mime_str(mime)?;
+        let form = reqwest::multipart::Form::new().part("content", part);
+        self.send(
+            self.request(reqwest::Method::POST, "/v1/files")
+                .multipart(form),
+        )
+        .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(e))?;
+        if status.is_success() {
+            return Ok(if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).context("the answer is not JSON")?
+            });
+        }
+        Err(problem(status, &text).into())
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        ClientError {
+            exit: Exit::Connection,
+            message: format!("cannot reach Kiln at {}: {e}", self.base),
+        }
+        .into()
+    }
+
+    /// Follows `path`'s server-sent events, handing each event's data to `on_event` until the
+    /// stream ends (after the terminal event). A dropped connection is resumed with
+    /// `Last-Event-ID`, as the API promises.
+    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&Value)) -> anyhow::Result<()> {
+        let mut last_id: Option<String> = None;
+        let mut tries = 0;
+        loop {
+            let mut request = self
+                .request(reqwest::Method::GET, path)
+                .header("accept", "text/event-stream");
+            if let Some(id) = &last_id {
+                request = request.header("last-event-id", id);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "event stream dropped; resuming");
+                    tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+                    continue;
+                }
+                Err(e) => return Err(self.unreachable(e)),
+            };
+            if !response.status().is_success() {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                return Err(problem(status, &text).into());
+            }
+            let mut body = response.bytes_stream();
+            let mut buffer = String::new();
+            let (mut id, mut data) = (None::<String>, String::new());
+            let ended = loop {
+                let chunk = match body.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(_)) => break false,
+                    None => break true,
+                };
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(newline) = buffer.find('\n') {
+                    let line = buffer[..newline].trim_end_matches('\r').to_owned();
+                    buffer.drain(..=newline);
+                    if line.is_empty() {
+                        if id.is_some() {
+                            last_id = id.take();
+                        }
+                        if !data.is_empty() {
+                            if let Ok(value) = serde_json::from_str(&data) {
+                                on_event(&value);
+                            }
+                            data.clear();
+                        }
+                    } else if let Some(rest) = line.strip_prefix("data:") {
+                        data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+                    } else if let Some(rest) = line.strip_prefix("id:") {
+                        id = Some(rest.trim().to_owned());
+                    }
+                }
+            };
+            if ended {
+                return Ok(());
+            }
+            tries += 1;
+        }
+    }
+
+    /// Downloads each kept output of `job` into `dir` as `{job}-{index}.{ext}`; the paths written.
+    pub async fn download_outputs(&self, job: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| usage_error(format!("cannot create {}: {e}", dir.display())))?;
+        let id = job["id"].as_str().unwrap_or("job");
+        let mut written = Vec::new();
+        for output in job["outputs"].as_array().into_iter().flatten() {
+            let Some(url) = output["url"].as_str() else {
+                continue; // expired
+            };
+            let ext = extension_of(output["content_type"].as_str().unwrap_or(""));
+            let path = dir.join(format!("{id}-{}.{ext}", output["index"]));
+            // A signed URL carries its own proof; the key is not sent to wherever it points.
+            let response = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                return Err(problem(status, &response.text().await.unwrap_or_default()).into());
+            }
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| usage_error(format!("cannot write {}: {e}", path.display())))?;
+            let mut body = response.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(e))?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file).await?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// The key a local `kiln serve` saved for local use, when nothing else names one.
+fn local_key(base: &url::Url) -> anyhow::Result<String> {
+    let local = matches!(base.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let path = Path::new("kiln-data").join("api-key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if local => Ok(key),
+        _ => Err(usage_error(format!(
+            "no API key: pass --api-key or set KILN_API_KEY (a local `kiln serve` saves its first key in {})",
+            path.display()
+        ))),
+    }
+}
+
+/// A refusal as the client says it: the problem's detail, then its code and field.
+fn problem(status: reqwest::StatusCode, body: &str) -> ClientError {
+    let exit = if status.is_server_error() {
+        Exit::Connection
+    } else {
+        Exit::Usage
+    };
+    let message = match serde_json::from_str::<Value>(body) {
+        Ok(p) if p["detail"].is_string() || p["code"].is_string() => {
+            let mut m = p["detail"].as_str().unwrap_or("refused").to_owned();
+            let code = p["code"].as_str().unwrap_or("");
+            match p["field"].as_str() {
+                Some(field) => m.push_str(&format!(" ({code}, field {field})")),
+                None if !code.is_empty() => m.push_str(&format!(" ({code})")),
+                None => {}
+            }
+            m
+        }
+        _ => format!("Kiln answered {status}"),
+    };
+    ClientError { exit, message }
+}
+
+fn extension_of(content_type: &str) -> &'static str {
+    match content_type {
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "video/mp4" => "mp4",
+        "video/webm" => "webm",
+        "application/json" => "json",
+        _ => "bin",
+    }
+}
+
+/// Colour for people: on a terminal only, never with `NO_COLOR` (anstream strips it otherwise).
+pub fn status_style(status: &str) -> anstyle::Style {
+    use anstyle::{AnsiColor, Style};
+    let color = match status {
+        "succeeded" | "delivered" => AnsiColor::Green,
+        "failed" | "gone" => AnsiColor::Red,
+        "running" => AnsiColor::Blue,
+        "queued" | "pending" => AnsiColor::Yellow,
+        _ => return Style::new(),
+    };
+    Style::new().fg_color(Some(color.into()))
+}
+
+/// Prints rows as aligned columns (widths measured in characters), the header dimmed.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(visible_width(cell));
+        }
+    }
+    let mut out = anstream::stdout();
+    let dim = anstyle::Style::new().dimmed();
+    let line: Vec<String> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{h:<w$}", w = widths[i]))
+        .collect();
+    let _ = writeln!(out, "{dim}{}{dim:#}", line.join("  ").trim_end());
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{}", " ".repeat(widths[i] - visible_width(c))))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+}
+
+/// Characters a cell shows, not counting colour codes.
+fn visible_width(cell: &str) -> usize {
+    let mut width = 0;
+    let mut escape = false;
+    for c in cell.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, _) => width += 1,
+        }
+    }
+    width
+}
+
+pub fn colored(status: &str) -> String {
+    let style = status_style(status);
+    format!("{style}{status}{style:#}")
+}
+
+/// One line of progress on stderr, redrawn in place, on a terminal only: with stderr not a
+/// terminal nothing is drawn, so logs and pipes get no control characters.
+pub struct Progress {
+    live: bool,
+    started: Instant,
+    drawn: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            live: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            drawn: false,
+        }
+    }
+
+    pub fn show(&mut self, what: &str) {
+        if !self.live {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{what}  {:02}:{:02}",
+            elapsed / 60,
+            elapsed % 60
+        );
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    /// Clears the line, so what follows starts clean.
+    pub fn finish(&mut self) {
+        if self.live && self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a job's state says to a person waiting on it.
+pub fn progress_text(job: &Value) -> String {
+    let id = job["id"].as_str().unwrap_or("");
+    match job["status"].as_str().unwrap_or("") {
+        "queued" => match job["queue_position"].as_u64() {
+            Some(n) if n >= 100 => format!("{id} queued, 100+ ahead"),
+            Some(n) => format!("{id} queued, {n} ahead"),
+            None => format!("{id} queued"),
+        },
+        "running" => match job["progress"].as_f64() {
+            Some(p) => {
+                let filled = (p * 20.0).round() as usize;
+                format!(
+                    "{id} running [{}{}] {:>3.0}%",
+                    "#".repeat(filled),
+                    "-".repeat(20 - filled.min(20)),
+                    p * 100.0
+                )
+            }
+            None => format!("{id} running"),
+        },
+        other => format!("{id} {other}"),
+    }
+}
+
+/// The exit status a finished job or pipeline stands for.
+pub fn exit_for(status: &str) -> Exit {
+    match status {
+        "succeeded" => Exit::Ok,
+        "canceled" => Exit::Canceled,
+        _ => Exit::Failed,
+    }
+}
