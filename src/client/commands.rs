@@ -4,7 +4,7 @@
 //! returns the exit status it stands for.
 
 use super::run::{finish, wait_and_fetch};
-use super::{colored, exit_for, usage_error, Client, Connect, Exit, Progress};
+use super::{colored, exit_for, usage_error, Client, Connect, Exit};
 use anstream::{eprintln, println};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -367,15 +367,8 @@ async fn watch_pipeline(
     id: &str,
     output: &std::path::Path,
 ) -> anyhow::Result<Exit> {
-    let mut progress = Progress::new();
     let path = format!("/v1/pipelines/{id}/events");
-    let followed = client.follow(&path, |p| progress.show(&format!("{id} {}", steps_of(p))));
-    let interrupted = tokio::select! {
-        outcome = followed => { outcome?; false }
-        _ = tokio::signal::ctrl_c() => true,
-    };
-    progress.finish();
-    if interrupted {
+    if super::follow_with_progress(client, &path, |p| format!("{id} {}", steps_of(p))).await? {
         eprintln!("kiln: stopped waiting; pipeline {id} goes on. Follow it again with: kiln pipelines watch {id}");
         return Ok(Exit::Detached);
     }

@@ -446,6 +446,44 @@ impl Default for Progress {
     }
 }
 
+/// Follows `path`'s event stream with a progress line that `render` draws from the latest
+/// state and redraws every second (so the elapsed time ticks while nothing changes), until the
+/// stream ends (`Ok(false)`) or Ctrl-C (`Ok(true)`).
+pub async fn follow_with_progress(
+    client: &Client,
+    path: &str,
+    render: impl Fn(&Value) -> String,
+) -> anyhow::Result<bool> {
+    let mut progress = Progress::new();
+    let (tx, mut states) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let followed = client.follow(path, move |state| {
+        let _ = tx.send(state.clone());
+    });
+    tokio::pin!(followed);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut line = String::new();
+    let interrupted = loop {
+        tokio::select! {
+            outcome = &mut followed => {
+                outcome?;
+                break false;
+            }
+            Some(state) = states.recv() => {
+                line = render(&state);
+                progress.show(&line);
+            }
+            _ = tick.tick() => {
+                if !line.is_empty() {
+                    progress.show(&line);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break true,
+        }
+    };
+    progress.finish();
+    Ok(interrupted)
+}
+
 /// What a job's state says to a person waiting on it.
 pub fn progress_text(job: &Value) -> String {
     let id = job["id"].as_str().unwrap_or("");

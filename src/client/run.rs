@@ -8,7 +8,8 @@
 //! cancels it instead.
 
 use super::{
-    colored, exit_for, progress_text, usage_error, Client, ClientError, Connect, Exit, Progress,
+    colored, exit_for, follow_with_progress, progress_text, usage_error, Client, ClientError,
+    Connect, Exit,
 };
 use anstream::{eprintln, println};
 use serde_json::{json, Map, Value};
@@ -120,15 +121,8 @@ pub async fn wait_and_fetch(
     dir: &Path,
     cancel_on_interrupt: bool,
 ) -> anyhow::Result<Exit> {
-    let mut progress = Progress::new();
     let path = format!("/v1/jobs/{id}/events");
-    let followed = client.follow(&path, |job| progress.show(&progress_text(job)));
-    let interrupted = tokio::select! {
-        outcome = followed => { outcome?; false }
-        _ = tokio::signal::ctrl_c() => true,
-    };
-    progress.finish();
-    if interrupted {
+    if follow_with_progress(client, &path, progress_text).await? {
         if cancel_on_interrupt {
             client.post(&format!("/v1/jobs/{id}/cancel"), None).await?;
             eprintln!("kiln: canceled job {id}");

@@ -36,6 +36,39 @@ async fn the_curl_walkthrough_runs_the_chain_to_a_video() {
     kiln.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quick_start_runs_end_to_end_with_the_client_and_curl() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = kiln.metrics_url();
+    let run = tokio::process::Command::new("bash")
+        .arg(example("quickstart.sh"))
+        .current_dir(dir.path())
+        .env("KILN", kiln_bin())
+        .env("KILN_URL", &kiln.base)
+        .env("KILN_API_KEY", &key)
+        .env("KILN_METRICS_URL", metrics.trim_end_matches("/metrics"))
+        .output();
+    let run = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the quick start finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("event: job"),
+        "the event stream was followed: {stdout}"
+    );
+    assert!(stdout.contains("kiln_outputs_stored_total"), "{stdout}");
+    let clip = std::fs::read(dir.path().join("clip.mp4")).unwrap();
+    assert_eq!(&clip[4..8], b"ftyp", "the chain ended in an MP4 clip");
+    let image = image::open(dir.path().join("image.png")).unwrap();
+    assert_eq!((image.width(), image.height()), (256, 256));
+    kiln.shutdown().await;
+}
+
 /// Fills in the n8n expressions of a string the way n8n does for this workflow.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut text = template.strip_prefix('=').unwrap_or(template).to_owned();
