@@ -446,6 +446,43 @@ impl Default for Progress {
     }
 }
 
+/// Whether a wait is under way: Ctrl-C then lets go of the job; at any other time it ends the
+/// client at once, as a Ctrl-C normally does.
+static WAITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static INTERRUPTS: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>> =
+    std::sync::OnceLock::new();
+
+/// Takes over Ctrl-C for the client, before it sends anything: a Ctrl-C that arrives while a
+/// job is being waited for is then never lost to the default handler.
+pub fn catch_interrupts() {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    if INTERRUPTS.set(rx).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if !WAITING.load(std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(Exit::Detached as i32);
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+}
+
+/// Resolves at the next Ctrl-C.
+async fn interrupt() {
+    match INTERRUPTS.get() {
+        Some(rx) => {
+            let mut rx = rx.clone();
+            rx.mark_unchanged();
+            let _ = rx.changed().await;
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Follows `path`'s event stream with a progress line that `render` draws from the latest
 /// state and redraws every second (so the elapsed time ticks while nothing changes), until the
 /// stream ends (`Ok(false)`) or Ctrl-C (`Ok(true)`).
@@ -462,6 +499,7 @@ pub async fn follow_with_progress(
     tokio::pin!(followed);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut line = String::new();
+    WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
     let interrupted = loop {
         tokio::select! {
             outcome = &mut followed => {
@@ -477,9 +515,10 @@ pub async fn follow_with_progress(
                     progress.show(&line);
                 }
             }
-            _ = tokio::signal::ctrl_c() => break true,
+            _ = interrupt() => break true,
         }
     };
+    WAITING.store(false, std::sync::atomic::Ordering::SeqCst);
     progress.finish();
     Ok(interrupted)
 }

@@ -333,3 +333,121 @@ fn a_log_written_to_a_file_carries_no_colour_codes() {
     assert!(!logged.is_empty());
     assert!(!logged.contains('\u{1b}'), "{logged:?}");
 }
+
+/// Starts `kiln run … --wait` on a job that runs for a minute, and returns the client process
+/// and the job's id once the job runs (the client is then waiting on it).
+async fn waiting_client(kiln: &Kiln, key: &str, extra: &[&str]) -> (std::process::Child, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(kiln_bin())
+        .args([
+            "run",
+            "demo/image",
+            "prompt=long",
+            "width=16",
+            "height=16",
+            "latency_ms=60000",
+            "--wait",
+        ])
+        .args(extra)
+        .current_dir(dir.path())
+        .env("KILN_URL", &kiln.base)
+        .env("KILN_API_KEY", key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = loop {
+        let page: serde_json::Value = kiln
+            .http
+            .get(kiln.url("/v1/jobs?status=running"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = page["data"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the client ended early"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    (child, id)
+}
+
+fn interrupt(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_wait_lets_go_of_the_job_or_cancels_it_when_asked() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+
+    let (child, id) = waiting_client(&kiln, &key, &[]).await;
+    interrupt(&child);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("kiln jobs watch {id}")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        kiln.get_job(&key, &id).await["status"],
+        "running",
+        "the job goes on"
+    );
+    let canceled = kiln
+        .http
+        .post(kiln.url(&format!("/v1/jobs/{id}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+
+    let (child, id) = waiting_client(&kiln, &key, &["--cancel-on-interrupt"]).await;
+    interrupt(&child);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(kiln.get_job(&key, &id).await["status"], "canceled");
+    kiln.shutdown().await;
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for (shell, marker) in [
+        ("bash", "_kiln()"),
+        ("zsh", "#compdef kiln"),
+        ("fish", "complete -c kiln"),
+    ] {
+        let out = Command::new(kiln_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..script.len().min(200)]
+        );
+        assert!(
+            script.contains("pipelines"),
+            "{shell} completes the subcommands"
+        );
+    }
+}
