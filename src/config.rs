@@ -523,17 +523,49 @@ fn explain(error: figment::Error) -> anyhow::Error {
     anyhow::anyhow!("invalid configuration:\n  {}", lines.join("\n  "))
 }
 
+/// The line of a TOML file where the setting at `path` (`["worker", "lease"]`) is written: its
+/// key at the start of a line, inside its table's section for a nested one.
+fn line_of(file: &Path, path: &[String]) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (key, tables) = path.split_last()?;
+    let section = tables.join(".");
+    let mut current = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim().to_owned();
+            continue;
+        }
+        let written = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        if current == section && written == key && line.contains('=') {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 fn one_error(e: &figment::Error) -> String {
     let from_env = e
         .metadata
         .as_ref()
         .is_some_and(|m| m.name.contains("environment"));
-    let source = e
+    let file = e
         .metadata
         .as_ref()
         .and_then(|m| m.source.as_ref())
-        .map(|s| format!(" in {s}"))
-        .unwrap_or_default();
+        .and_then(|s| s.file_path());
+    let source = match file {
+        Some(path) => match line_of(path, &e.path) {
+            Some(line) => format!(" in {} line {line}", path.display()),
+            None => format!(" in {}", path.display()),
+        },
+        None => String::new(),
+    };
     // How a setting is named where it was set: `KILN_WORKER__LEASE` or `worker.lease`.
     let name = |path: &[String]| {
         if from_env {
@@ -600,6 +632,36 @@ mod tests {
         c.worker.heartbeat = c.worker.lease;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("worker.heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn a_file_error_names_the_setting_its_line_and_the_closest_real_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(&file, "# Kiln\nlistne = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "listne is not a setting in {} line 2; did you mean listen?",
+                file.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&file, "[worker]\nconcurrency = 2\nlease = \"5 parsecs\"\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("worker.lease in") && err.contains("line 3"),
+            "{err}"
+        );
+        assert!(err.contains("a duration such as 500ms, 30s"), "{err}");
+        assert!(
+            !err.contains("default."),
+            "no internal profile names: {err}"
+        );
     }
 
     #[test]

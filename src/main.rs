@@ -76,11 +76,17 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
-    /// What your jobs ran and cost over the last 30 days.
+    /// What your jobs ran and cost over a window (the last 30 days by default).
     Usage {
         /// Group by model, provider or day.
         #[arg(long, default_value = "model", value_parser = ["model", "provider", "day"])]
         by: String,
+        /// Start of the window, RFC 3339 [default: 30 days before --to].
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window, RFC 3339 [default: now].
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         connect: client::Connect,
     },
@@ -183,7 +189,12 @@ async fn run() -> anyhow::Result<()> {
         Command::Jobs { command } => Some(client::jobs(command).await),
         Command::Pipelines { command } => Some(client::pipelines(command).await),
         Command::Models { connect } => Some(client::models(connect).await),
-        Command::Usage { by, connect } => Some(client::usage(connect, by).await),
+        Command::Usage {
+            by,
+            from,
+            to,
+            connect,
+        } => Some(client::usage(connect, by, from, to).await),
         Command::Deliveries {
             job,
             redeliver,

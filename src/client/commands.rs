@@ -447,9 +447,22 @@ pub async fn models(connect: Connect) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub async fn usage(connect: Connect, by: String) -> anyhow::Result<Exit> {
+pub async fn usage(
+    connect: Connect,
+    by: String,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<Exit> {
     let client = Client::connect(&connect)?;
-    let usage = client.get(&format!("/v1/usage?group_by={by}")).await?;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("group_by", &by);
+    if let Some(from) = &from {
+        query.append_pair("from", from);
+    }
+    if let Some(to) = &to {
+        query.append_pair("to", to);
+    }
+    let usage = client.get(&format!("/v1/usage?{}", query.finish())).await?;
     if client.json {
         println!("{usage:#}");
         return Ok(Exit::Ok);
