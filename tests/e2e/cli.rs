@@ -9,15 +9,16 @@ use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// `kiln ARGS` against `kiln`, from `dir`.
-fn client(kiln: &Kiln, key: &str, dir: &Path, args: &[&str]) -> Output {
-    Command::new(kiln_bin())
+/// `kiln ARGS` against `kiln` with `key`, run from `dir`, as a user's shell would.
+async fn client(kiln: &Kiln, key: &str, dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(kiln_bin())
         .args(args)
         .current_dir(dir)
         .env("KILN_URL", &kiln.base)
         .env("KILN_API_KEY", key)
         .env_remove("NO_COLOR")
         .output()
+        .await
         .unwrap()
 }
 
@@ -30,112 +31,85 @@ async fn kiln_run_waits_downloads_the_image_and_says_how_a_job_ended() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let (k, d, o) = (key.clone(), dir.path().to_owned(), out.clone());
-    let kiln_base = kiln.base.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(kiln_bin())
-            .args([
-                "run",
-                "demo/image",
-                "prompt=a kiln at dusk",
-                "width=64",
-                "height=48",
-                "--wait",
-                "--output",
-            ])
-            .arg(&o)
-            .current_dir(&d)
-            .env("KILN_URL", &kiln_base)
-            .env("KILN_API_KEY", &k)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (key, dir) = (key.as_str(), dir.path());
+    let run = client(
+        &kiln,
+        key,
+        dir,
+        &[
+            "run",
+            "demo/image",
+            "prompt=a kiln at dusk",
+            "width=64",
+            "height=48",
+            "--wait",
+            "--output",
+            "out",
+        ],
+    )
+    .await;
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
-    let path = stdout.lines().next().expect("the output's path");
-    assert!(path.ends_with("-0.png"), "{stdout}");
-    let image = image::open(path).unwrap();
+    let path = dir.join(stdout.lines().next().expect("the output's path"));
+    assert!(path.to_string_lossy().ends_with("-0.png"), "{stdout}");
+    let image = image::open(&path).unwrap();
     assert_eq!((image.width(), image.height()), (64, 48));
-    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    let stderr = text(&run.stderr);
     assert!(
         !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}') && !stderr.contains('\r'),
         "off a terminal nothing but text is written: {stdout:?} {stderr:?}"
     );
 
     // `name=@file` uploads the file for an image input.
-    let upscaled = tokio::task::spawn_blocking({
-        let (kiln_base, key, dir) = (kiln.base.clone(), key.clone(), dir.path().to_owned());
-        let input = path.to_owned();
-        move || {
-            Command::new(kiln_bin())
-                .args([
-                    "run",
-                    "demo/upscale",
-                    &format!("image=@{input}"),
-                    "scale=2",
-                    "--wait",
-                    "--output",
-                    "up",
-                ])
-                .current_dir(&dir)
-                .env("KILN_URL", &kiln_base)
-                .env("KILN_API_KEY", &key)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let input = format!("image=@{}", path.display());
+    let upscaled = client(
+        &kiln,
+        key,
+        dir,
+        &[
+            "run",
+            "demo/upscale",
+            &input,
+            "scale=2",
+            "--wait",
+            "--output",
+            "up",
+        ],
+    )
+    .await;
     assert_eq!(
         upscaled.status.code(),
         Some(0),
         "{}",
         text(&upscaled.stderr)
     );
-    let up = dir
-        .path()
-        .join(text(&upscaled.stdout).lines().next().unwrap());
+    let up = dir.join(text(&upscaled.stdout).lines().next().unwrap());
     let image = image::open(&up).unwrap();
     assert_eq!((image.width(), image.height()), (128, 96));
 
-    // A job that fails exits 1 and says why; a wrong input is a usage error (2).
-    let failed = tokio::task::spawn_blocking({
-        let (kiln_base, key, dir) = (kiln.base.clone(), key.clone(), dir.path().to_owned());
-        move || {
-            Command::new(kiln_bin())
-                .args([
-                    "run",
-                    "demo/image",
-                    "prompt=x",
-                    "width=16",
-                    "height=16",
-                    "fail_rate=1",
-                    "--wait",
-                ])
-                .current_dir(&dir)
-                .env("KILN_URL", &kiln_base)
-                .env("KILN_API_KEY", &key)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    // A job that fails exits 1 and says why; a wrong or refused input is a usage error (2).
+    let failed = client(
+        &kiln,
+        key,
+        dir,
+        &[
+            "run",
+            "demo/image",
+            "prompt=x",
+            "width=16",
+            "height=16",
+            "fail_rate=1",
+            "--wait",
+        ],
+    )
+    .await;
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
     assert!(
         text(&failed.stderr).contains("failed"),
         "{}",
         text(&failed.stderr)
     );
-    let bad = client(
-        &kiln,
-        &key,
-        dir.path(),
-        &["run", "demo/image", "width=wide"],
-    );
+    let bad = client(&kiln, key, dir, &["run", "demo/image", "width=wide"]).await;
     assert_eq!(bad.status.code(), Some(2));
     assert!(
         text(&bad.stderr).contains("width is a whole number"),
@@ -144,17 +118,18 @@ async fn kiln_run_waits_downloads_the_image_and_says_how_a_job_ended() {
     );
     let refused = client(
         &kiln,
-        &key,
-        dir.path(),
+        key,
+        dir,
         &["run", "demo/image", "prompt=x", "width=100000", "height=16"],
-    );
+    )
+    .await;
     assert_eq!(refused.status.code(), Some(2));
     assert!(
         text(&refused.stderr).contains("field input.width"),
         "{}",
         text(&refused.stderr)
     );
-    let offline = Command::new(kiln_bin())
+    let offline = tokio::process::Command::new(kiln_bin())
         .args([
             "models",
             "--url",
@@ -163,6 +138,7 @@ async fn kiln_run_waits_downloads_the_image_and_says_how_a_job_ended() {
             "kiln_x",
         ])
         .output()
+        .await
         .unwrap();
     assert_eq!(offline.status.code(), Some(3), "{}", text(&offline.stderr));
     kiln.shutdown().await;
@@ -183,27 +159,20 @@ async fn kiln_pipelines_run_waits_and_downloads_the_video() {
         .to_string(),
     )
     .unwrap();
-    let run = tokio::task::spawn_blocking({
-        let (kiln_base, key, dir) = (kiln.base.clone(), key.clone(), dir.path().to_owned());
-        move || {
-            Command::new(kiln_bin())
-                .args([
-                    "pipelines",
-                    "run",
-                    "pipeline.json",
-                    "--wait",
-                    "--output",
-                    "clips",
-                ])
-                .current_dir(&dir)
-                .env("KILN_URL", &kiln_base)
-                .env("KILN_API_KEY", &key)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let run = client(
+        &kiln,
+        &key,
+        dir.path(),
+        &[
+            "pipelines",
+            "run",
+            "pipeline.json",
+            "--wait",
+            "--output",
+            "clips",
+        ],
+    )
+    .await;
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let video = dir.path().join(text(&run.stdout).lines().next().unwrap());
     assert!(video.to_string_lossy().ends_with(".mp4"), "{video:?}");
@@ -222,21 +191,15 @@ async fn on_a_terminal_the_wait_draws_its_progress_and_ends_the_line_clean() {
         "{} run demo/image prompt=x width=16 height=16 latency_ms=1500 --wait --output out",
         kiln_bin()
     );
-    let run = tokio::task::spawn_blocking({
-        let (kiln_base, key, dir) = (kiln.base.clone(), key.clone(), dir.path().to_owned());
-        move || {
-            Command::new("script")
-                .args(["-qefc", &command, "typescript"])
-                .current_dir(&dir)
-                .env("KILN_URL", &kiln_base)
-                .env("KILN_API_KEY", &key)
-                .env_remove("NO_COLOR")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let run = tokio::process::Command::new("script")
+        .args(["-qefc", &command, "typescript"])
+        .current_dir(dir.path())
+        .env("KILN_URL", &kiln.base)
+        .env("KILN_API_KEY", &key)
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stdout));
     let screen = text(&run.stdout);
     assert!(
