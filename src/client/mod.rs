@@ -21,6 +21,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The largest answer or event the client reads into memory (a job with its attempts and
+/// outputs is a few kilobytes; downloads stream to files and are not bounded by this).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
 /// How a client command ended, as its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -165,7 +169,7 @@ impl Client {
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.unreachable(e))?;
+        let text = self.bounded_text(response).await?;
         if status.is_success() {
             return Ok(if text.is_empty() {
                 Value::Null
@@ -174,6 +178,34 @@ impl Client {
             });
         }
         Err(problem(status, &text).into())
+    }
+
+    /// An answer's body, read a chunk at a time up to `MAX_ANSWER`: a server that sends more
+    /// (or claims to) is refused, not buffered.
+    async fn bounded_text(&self, response: reqwest::Response) -> anyhow::Result<String> {
+        let too_large = || ClientError {
+            exit: Exit::Connection,
+            message: format!(
+                "the answer from {} is larger than {MAX_ANSWER} bytes",
+                self.base
+            ),
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER as u64)
+        {
+            return Err(too_large().into());
+        }
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(too_large().into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
@@ -213,7 +245,9 @@ impl Client {
                 return Err(problem(status, &text).into());
             }
             let mut body = response.bytes_stream();
-            let mut buffer = String::new();
+            // Bytes, split at newlines before decoding: a character cut between two chunks is
+            // whole again in its line.
+            let mut buffer: Vec<u8> = Vec::new();
             let (mut id, mut data) = (None::<String>, String::new());
             let ended = loop {
                 let chunk = match body.next().await {
@@ -221,9 +255,11 @@ impl Client {
                     Some(Err(_)) => break false,
                     None => break true,
                 };
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(newline) = buffer.find('\n') {
-                    let line = buffer[..newline].trim_end_matches('\r').to_owned();
+                buffer.extend_from_slice(&chunk);
+                while let Some(newline) = buffer.iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&buffer[..newline])
+                        .trim_end_matches('\r')
+                        .to_owned();
                     buffer.drain(..=newline);
                     if line.is_empty() {
                         if id.is_some() {
@@ -240,6 +276,16 @@ impl Client {
                     } else if let Some(rest) = line.strip_prefix("id:") {
                         id = Some(rest.trim().to_owned());
                     }
+                }
+                if buffer.len() > MAX_ANSWER || data.len() > MAX_ANSWER {
+                    return Err(ClientError {
+                        exit: Exit::Connection,
+                        message: format!(
+                            "an event from {} is larger than {MAX_ANSWER} bytes",
+                            self.base
+                        ),
+                    }
+                    .into());
                 }
             };
             if ended {

@@ -414,3 +414,37 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
         );
     }
 }
+
+/// A server that answers `/v1/models` with an endless body and no length: a fault a real Kiln
+/// cannot be made to show.
+async fn endless_server() -> String {
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(|| async {
+            let chunk = axum::body::Bytes::from(vec![b'['; 1 << 20]);
+            let endless =
+                futures::StreamExt::map(futures::stream::repeat(chunk), Ok::<_, std::io::Error>);
+            axum::body::Body::from_stream(endless)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_without_end_is_refused_not_buffered() {
+    let base = endless_server().await;
+    let out = tokio::process::Command::new(kiln_bin())
+        .args(["models", "--url", &base, "--api-key", "kiln_x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is larger than"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,8 +1,8 @@
 // Models: each one the deployment offers, and a form for each generated from its published
-// input schema (JSON Schema: enums become choices, numbers keep their bounds, image inputs
-// (`x-kiln-kind: image`) take a URL or a file uploaded through `POST /v1/files`). Submitting starts a job and opens
-// its page, so a newcomer can run the demo models without writing a line. A refusal marks the
-// field the problem names.
+// input schema (JSON Schema: enums become choices, numbers keep their bounds, image inputs,
+// marked `x-kiln-kind: image`, take a URL or a file uploaded through `POST /v1/files`).
+// Submitting starts a job and opens its page, so a newcomer can run the demo models without
+// writing a line. A refusal marks the field the problem names.
 
 import { api } from "./api.js";
 import { h, fill, problem, title } from "./dom.js";
