@@ -563,6 +563,40 @@ async fn nothing_leaves_loopback_and_the_reference_renders_offline() {
             browser.screenshot("usage").await;
         }
     }
+    // A time window is fixed into the address when chosen, so each page of it reads the same
+    // jobs; a status filter narrows the list.
+    browser.goto(&kiln.url("/ui/jobs")).await;
+    browser
+        .until(
+            "the list",
+            "return document.querySelectorAll('#jobs-table tbody tr').length === 4",
+        )
+        .await;
+    browser
+        .js(
+            "const s = document.querySelector('#filter-since'); s.value = '24h';
+             s.dispatchEvent(new Event('change', { bubbles: true })); return true",
+        )
+        .await;
+    browser
+        .until(
+            "the window in the address and the jobs in it",
+            "return location.search.includes('after=') && document.querySelectorAll('#jobs-table tbody tr').length === 4",
+        )
+        .await;
+    browser
+        .js(
+            "const s = document.querySelector('#filter-model'); s.value = 'demo/image';
+             s.dispatchEvent(new Event('change', { bubbles: true })); return true",
+        )
+        .await;
+    browser
+        .until(
+            "only demo/image jobs",
+            "return location.search.includes('model=demo') && document.querySelectorAll('#jobs-table tbody tr').length === 1",
+        )
+        .await;
+
     // Every control of every form is labelled, and the pages fit a phone's width.
     browser.goto(&kiln.url("/ui/models/demo/image")).await;
     browser

@@ -19,14 +19,21 @@ export function jobsPage(main, _params, { signal, go }) {
     STATUSES.map((s) => h("option", { value: s, selected: query.get("status") === s }, s)));
   const model = h("select", { id: "filter-model", name: "model" }, h("option", { value: "" }, "any"));
   const since = h("select", { id: "filter-since", name: "since" },
-    [["", "any time"], ["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"], ["30d", "last 30 days"]]
+    [["", "any time"], ["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"], ["30d", "last 30 days"], ["custom", "between…"]]
       .map(([v, label]) => h("option", { value: v, selected: query.get("since") === v }, label)));
+  // A custom window: two local times, sent as RFC 3339.
+  const local = (iso) => (iso ? new Date(new Date(iso) - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16) : "");
+  const from = h("input", { type: "datetime-local", id: "filter-from", value: local(query.get("after")) });
+  const to = h("input", { type: "datetime-local", id: "filter-to", value: local(query.get("before")) });
+  const custom = h("span", { class: "row", hidden: query.get("since") !== "custom" },
+    h("label", { for: "filter-from" }, "from"), from, h("label", { for: "filter-to" }, "to"), to);
+  since.addEventListener("change", () => { custom.hidden = since.value !== "custom"; });
   const filters = h(
     "form",
     { class: "filters", role: "search", onchange: () => apply() , onsubmit: (e) => { e.preventDefault(); apply(); } },
     h("label", { for: "filter-status" }, "Status"), status,
     h("label", { for: "filter-model" }, "Model"), model,
-    h("label", { for: "filter-since" }, "Created"), since,
+    h("label", { for: "filter-since" }, "Created"), since, custom,
   );
   fill(main, title("Jobs"), lanes, filters, table, pager);
 
@@ -35,7 +42,17 @@ export function jobsPage(main, _params, { signal, go }) {
     if (status.value) next.set("status", status.value);
     if (model.value) next.set("model", model.value);
     if (since.value) next.set("since", since.value);
-    if (cursor) next.set("cursor", cursor);
+    // A window is fixed when applied, so every page of it reads the same jobs.
+    const span = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 }[since.value];
+    if (span) next.set("after", new Date(Date.now() - span).toISOString());
+    if (since.value === "custom" && from.value) next.set("after", new Date(from.value).toISOString());
+    if (since.value === "custom" && to.value) next.set("before", new Date(to.value).toISOString());
+    if (cursor) {
+      // Keep the window the cursor was made in.
+      if (query.get("after")) next.set("after", query.get("after"));
+      if (query.get("before")) next.set("before", query.get("before"));
+      next.set("cursor", cursor);
+    }
     const qs = next.toString();
     go(`/ui/jobs${qs ? `?${qs}` : ""}`, { replace: !cursor });
   }
@@ -49,15 +66,14 @@ export function jobsPage(main, _params, { signal, go }) {
   const listQuery = new URLSearchParams({ limit: String(PAGE) });
   if (query.get("status")) listQuery.set("status", query.get("status"));
   if (query.get("model")) listQuery.set("model", query.get("model"));
-  const span = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 }[query.get("since")];
-  // The window is fixed when the page opens: a cursor is only valid with the filters it was made for.
-  if (span) listQuery.set("created_after", new Date(Date.now() - span).toISOString());
   if (query.get("after")) listQuery.set("created_after", query.get("after"));
-  if (query.get("cursor")) listQuery.set("cursor", query.get("cursor"));
+  if (query.get("before")) listQuery.set("created_before", query.get("before"));
+  // A cursor carries the filters it was made with: it is sent alone, as the API asks.
+  const read = query.get("cursor") ? new URLSearchParams({ cursor: query.get("cursor") }) : listQuery;
 
   async function refresh() {
     const [page, queue] = await Promise.all([
-      api(`/v1/jobs?${listQuery}`, { signal }),
+      api(`/v1/jobs?${read}`, { signal }),
       api("/v1/queue", { signal }),
     ]);
     fill(lanes, queue.lanes.map((l) =>
