@@ -174,16 +174,6 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The client talks to a Kiln over its API: no configuration of a server is read, so the
     // client's own variables (KILN_URL, KILN_API_KEY) and a server's settings never meet.
-    if !matches!(
-        cli.command,
-        Command::Serve(_)
-            | Command::Api(_)
-            | Command::Worker(_)
-            | Command::Migrate(_)
-            | Command::Keys { .. }
-    ) {
-        client::catch_interrupts();
-    }
     let client_command = match cli.command {
         Command::Run(args) => Some(client::run(args).await),
         Command::Jobs { command } => Some(client::jobs(command).await),

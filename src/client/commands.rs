@@ -93,10 +93,6 @@ pub enum PipelinesCommand {
     },
 }
 
-fn short(id: &str) -> String {
-    id.to_owned()
-}
-
 fn job_row(job: &Value) -> Vec<String> {
     let status = job["status"].as_str().unwrap_or("");
     let detail = match status {
@@ -112,7 +108,7 @@ fn job_row(job: &Value) -> Vec<String> {
         _ => String::new(),
     };
     vec![
-        short(job["id"].as_str().unwrap_or("")),
+        job["id"].as_str().unwrap_or("").to_owned(),
         job["model"].as_str().unwrap_or("").to_owned(),
         colored(status),
         detail,

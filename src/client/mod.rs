@@ -96,6 +96,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(args: &Connect) -> anyhow::Result<Client> {
+        // Every command connects before it sends anything: Ctrl-C is taken over from here.
+        catch_interrupts();
         let base = match &args.url {
             Some(url) => url.clone(),
             None => match std::env::var("KILN_URL") {
@@ -306,7 +308,18 @@ impl Client {
             let Some(url) = output["url"].as_str() else {
                 continue; // expired
             };
-            let ext = extension_of(output["content_type"].as_str().unwrap_or(""));
+            // The object key the URL names already carries the output's extension.
+            let ext = url::Url::parse(url)
+                .ok()
+                .and_then(|u| {
+                    let name = u.path_segments()?.next_back()?.to_owned();
+                    let (_, ext) = name.rsplit_once('.')?;
+                    Some(ext.to_owned())
+                })
+                .filter(|e| {
+                    !e.is_empty() && e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                .unwrap_or_else(|| "bin".to_owned());
             let path = dir.join(format!("{id}-{}.{ext}", output["index"]));
             // A signed URL carries its own proof; the key is not sent to wherever it points.
             let response = self
@@ -368,19 +381,6 @@ fn problem(status: reqwest::StatusCode, body: &str) -> ClientError {
         _ => format!("Kiln answered {status}"),
     };
     ClientError { exit, message }
-}
-
-fn extension_of(content_type: &str) -> &'static str {
-    match content_type {
-        "image/png" => "png",
-        "image/jpeg" => "jpg",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        "video/mp4" => "mp4",
-        "video/webm" => "webm",
-        "application/json" => "json",
-        _ => "bin",
-    }
 }
 
 /// Colour for people: on a terminal only, never with `NO_COLOR` (anstream strips it otherwise).
@@ -500,7 +500,7 @@ static INTERRUPTS: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>> =
 
 /// Takes over Ctrl-C for the client, before it sends anything: a Ctrl-C that arrives while a
 /// job is being waited for is then never lost to the default handler.
-pub fn catch_interrupts() {
+fn catch_interrupts() {
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     if INTERRUPTS.set(rx).is_err() {
         return;

@@ -398,6 +398,14 @@ pub async fn follow_events(
         .expect("the awaited change did not come before the deadline")
 }
 
+/// Serves `app` on a free loopback port for the rest of the test; its base URL.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 /// A webhook receiver on loopback that hands over every body it gets, in order.
 pub struct Receiver {
     pub url: String,

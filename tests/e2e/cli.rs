@@ -427,10 +427,7 @@ async fn endless_server() -> String {
             axum::body::Body::from_stream(endless)
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    serve_on_loopback(app).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
