@@ -52,8 +52,9 @@ enum Command {
     Keys {
         #[command(flatten)]
         common: Common,
-        /// Create the embedded ledger if there is none yet in the data directory (by default
-        /// `kiln keys` refuses, so a key is never made in a ledger no server reads).
+        /// Create the embedded ledger, and its data directory, where neither exists yet (by
+        /// default `kiln keys` starts a ledger only in a data directory that already exists, so
+        /// a key is never made in a ledger no server reads).
         #[arg(long, global = true)]
         create_ledger: bool,
         #[command(subcommand)]
@@ -329,12 +330,15 @@ async fn manage_keys(
     create_ledger: bool,
 ) -> anyhow::Result<()> {
     // Say which ledger is read, and never make an empty one by accident: a key minted in a
-    // ledger no server reads is unknown to the running one.
+    // ledger no server reads is unknown to the running one. The accident is a data directory
+    // that is not there (the default one, from the wrong working directory; a mistyped path);
+    // a directory that exists was made for Kiln, and scripts that set one up before the first
+    // `kiln serve` mint their key there.
     match &config.database_url {
         None => {
             let path = config.data_dir.join("kiln.db");
             anyhow::ensure!(
-                create_ledger || path.exists(),
+                create_ledger || path.exists() || config.data_dir.is_dir(),
                 "there is no ledger at {}: run `kiln keys` where `kiln serve` runs (or pass its \
                  --data-dir or KILN_DATABASE_URL), or pass --create-ledger to start a new one there",
                 path.display()

@@ -3,7 +3,14 @@
 //! most a stray temporary file. Downloads are served by Kiln's api at `/v1/files/{key}` behind a
 //! signed URL; `resolve_own_url` lets Kiln recognise its own URLs when a later job takes an
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
-
+//!
+//! An object is one file and nothing else: `{root}/{shard}/{key with '/' as '+'}`, the shard two
+//! hex digits of the key's SHA-256 (256 directories, made once). Keys name a directory per job
+//! (`jobs/{id}/0.png`); mirroring that on disk cost a directory inode per job, which on ext4
+//! made and cleaned up as much work as the file itself (the inode allocator is the largest
+//! single cost of a burst, BENCHMARKS.md), and a deleted object left its empty directory
+//! behind for good. `+` cannot occur in a key (`validate_key`), so the mapping is one to one.
+//! Objects written in the earlier mirrored layout are still found there, and deleted there.
 use crate::{
     validate_key, ByteStream, ObjectInfo, ObjectStore, SignatureError, SignedDownloads,
     StorageError, UrlSigner,
@@ -11,6 +18,7 @@ use crate::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use url::Url;
@@ -33,9 +41,30 @@ impl LocalStore {
         &self.root
     }
 
+    /// Where `key`'s object is written and looked for first.
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
-        Ok(self.root.join(key))
+        let shard = hex::encode(&Sha256::digest(key.as_bytes())[..1]);
+        Ok(self.root.join(shard).join(key.replace('/', "+")))
+    }
+
+    /// Where an object written by an earlier version (which mirrored the key's directories)
+    /// would be.
+    fn mirrored_path_of(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Opens `key`'s object in the current layout, else in the mirrored one.
+    async fn open(&self, key: &str) -> Result<tokio::fs::File, StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::File::open(&path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::File::open(self.mirrored_path_of(key))
+                    .await
+                    .map_err(|e| missing_or(e, key))
+            }
+            opened => opened.map_err(|e| missing_or(e, key)),
+        }
     }
 
     /// Checks a download request's signature; on success the object may be served.
@@ -137,13 +166,16 @@ impl ObjectStore for LocalStore {
         // last write, the fsync and the rename share the final hop: a small output, the usual
         // case, takes two.
         let (file, tmp_path, final_path) = tokio::task::spawn_blocking(move || {
-            let dir = path
-                .parent()
-                .expect("a validated key has a parent directory")
-                .to_owned();
-            std::fs::create_dir_all(&dir)?;
+            let dir = path.parent().expect("an object lives in its shard");
             let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
-            let file = std::fs::File::create(&tmp)?;
+            // The shard exists after its first object: try the file first.
+            let file = match std::fs::File::create(&tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::File::create(&tmp)?
+                }
+                created => created?,
+            };
             Ok::<_, std::io::Error>((file, tmp, path))
         })
         .await
@@ -167,18 +199,18 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        let path = self.path_of(key)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| missing_or(e, key))?;
+        let file = self.open(key).await?;
         Ok(tokio_util::io::ReaderStream::new(file).boxed())
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError> {
-        let path = self.path_of(key)?;
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| missing_or(e, key))?;
+        let meta = match tokio::fs::metadata(self.path_of(key)?).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::metadata(self.mirrored_path_of(key)).await
+            }
+            found => found,
+        }
+        .map_err(|e| missing_or(e, key))?;
         Ok(describe(&meta))
     }
 
@@ -188,22 +220,26 @@ impl ObjectStore for LocalStore {
         range: std::ops::Range<u64>,
     ) -> Result<ByteStream, StorageError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let path = self.path_of(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| missing_or(e, key))?;
+        let mut file = self.open(key).await?;
         file.seek(std::io::SeekFrom::Start(range.start)).await?;
         let len = range.end.saturating_sub(range.start);
         Ok(tokio_util::io::ReaderStream::new(file.take(len)).boxed())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let path = self.path_of(key)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+        let gone = |removed: std::io::Result<()>| match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        gone(tokio::fs::remove_file(self.path_of(key)?).await)?;
+        let mirrored = self.mirrored_path_of(key);
+        gone(tokio::fs::remove_file(&mirrored).await)?;
+        // The mirrored layout's per-job directory goes with its last object; a directory that
+        // still holds something refuses, which is the answer wanted.
+        if let Some(dir) = mirrored.parent().filter(|dir| *dir != self.root) {
+            let _ = tokio::fs::remove_dir(dir).await;
         }
+        Ok(())
     }
 
     async fn resolve_own_url(&self, url: &Url) -> Option<Result<String, SignatureError>> {
@@ -265,10 +301,69 @@ mod tests {
             Err(StorageError::NotFound(_))
         ));
         // No temporary files are left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("jobs/j"))
-            .unwrap()
-            .collect();
-        assert!(leftovers.is_empty());
+        assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    /// Every file under `dir`, at any depth.
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                found.extend(files_under(&entry.path()));
+            } else {
+                found.push(entry.path());
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn an_object_is_one_file_in_a_shard_and_no_directory_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for key in ["jobs/a/0.png", "jobs/a/0.png.preview.jpg", "jobs/b/0.png"] {
+            let body = futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
+            s.put(key, "image/png", body).await.unwrap();
+        }
+        let files = files_under(dir.path());
+        assert_eq!(files.len(), 3, "{files:?}");
+        for file in &files {
+            // {root}/{two hex digits}/{the key, flat}
+            let shard = file.parent().unwrap();
+            assert_eq!(shard.parent().unwrap(), dir.path(), "{file:?}");
+            let shard = shard.file_name().unwrap().to_str().unwrap();
+            assert!(shard.len() == 2 && shard.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(file
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("jobs+"));
+        }
+        assert!(!dir.path().join("jobs").exists(), "no directory per job");
+    }
+
+    #[tokio::test]
+    async fn an_object_in_the_mirrored_layout_is_still_read_and_deleted_with_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        std::fs::create_dir_all(dir.path().join("jobs/old")).unwrap();
+        std::fs::write(dir.path().join("jobs/old/0.png"), b"earlier").unwrap();
+        assert_eq!(
+            read_all(s.get("jobs/old/0.png").await.unwrap()).await,
+            b"earlier"
+        );
+        assert_eq!(s.head("jobs/old/0.png").await.unwrap().bytes, 7);
+        assert_eq!(
+            read_all(s.get_range("jobs/old/0.png", 2..5).await.unwrap()).await,
+            b"rli"
+        );
+        s.delete("jobs/old/0.png").await.unwrap();
+        assert!(matches!(
+            s.head("jobs/old/0.png").await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert!(!dir.path().join("jobs/old").exists());
     }
 
     #[tokio::test]
@@ -291,12 +386,7 @@ mod tests {
             s.get("jobs/j/0.png").await,
             Err(StorageError::NotFound(_))
         ));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("jobs/j"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
     }
 
     #[tokio::test]

@@ -248,10 +248,12 @@ fn a_server_ignores_the_clients_variables_and_names_a_misspelt_setting() {
 
 #[test]
 fn keys_name_their_ledger_and_never_start_an_empty_one_unasked() {
-    let dir = tempfile::tempdir().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    // A data directory that is not there (a mistyped path, the wrong working directory).
+    let missing = parent.path().join("kiln-data");
     let refused = Command::new(kiln_bin())
         .args(["keys", "create", "--tenant", "acme", "--data-dir"])
-        .arg(dir.path())
+        .arg(&missing)
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
@@ -260,7 +262,18 @@ fn keys_name_their_ledger_and_never_start_an_empty_one_unasked() {
         "{}",
         text(&refused.stderr)
     );
-    assert!(!dir.path().join("kiln.db").exists(), "no ledger was made");
+    assert!(!missing.exists(), "nothing was made");
+    // A directory made for Kiln (as a setup script does before the first `kiln serve`) gets
+    // its ledger and the key.
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(kiln_bin())
+        .args(["keys", "create", "--tenant", "acme", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(text(&made.stdout).trim().starts_with("kiln_"));
+    assert!(dir.path().join("kiln.db").exists());
     let key = create_key(dir.path(), "acme");
     let listed = Command::new(kiln_bin())
         .args(["keys", "list", "--data-dir"])

@@ -145,29 +145,78 @@ pub(super) async fn claim_batch_in(
     }
     match tx.d {
         Dialect::Postgres => open_attempts_merged(tx, &mut claimed, worker, at).await?,
-        Dialect::Sqlite => {
-            for c in &mut claimed {
-                let sid = c.job.id.to_string();
-                let attempt = c.job.attempts.last().expect("just pushed");
-                sqlx::query(
-                    "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&sid)
-                .bind(i64::from(attempt.number))
-                .bind(&attempt.id)
-                .bind(&attempt.route)
-                .bind(worker)
-                .bind(at)
-                .execute(&mut *tx.tx)
-                .await?;
-                record_transition(tx, &sid, Some(Status::Queued), Status::Running, None, at)
-                    .await?;
-                let later = c.job.attempt_count > 1;
-                c.admitted = admit_next_in(tx, &c.job.tenant.0, at, later).await?;
-            }
-        }
+        Dialect::Sqlite => open_attempts_sqlite(tx, &mut claimed, worker, at).await?,
     }
     Ok(claimed)
+}
+
+/// The claimed jobs' attempts, transitions and `job.started` deliveries on SQLite, one
+/// multi-row statement each for the whole batch (a statement is a hand-off to the connection's
+/// thread and back, see `attempts::succeed_many_sqlite`), then each claim's admission of a held
+/// job, which stays one statement per claim (it decides by the window as it stands after the
+/// one before).
+async fn open_attempts_sqlite(
+    tx: &mut Tx,
+    claimed: &mut [Claimed],
+    worker: &str,
+    at: i64,
+) -> Result<()> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let n = claimed.len();
+    let attempts_sql = format!(
+        "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ")
+    );
+    let mut query = sqlx::query(&attempts_sql);
+    for c in claimed.iter() {
+        let attempt = c.job.attempts.last().expect("a claim opens an attempt");
+        query = query
+            .bind(c.job.id.to_string())
+            .bind(i64::from(attempt.number))
+            .bind(attempt.id.clone())
+            .bind(attempt.route.clone())
+            .bind(worker)
+            .bind(at);
+    }
+    query.execute(&mut *tx.tx).await?;
+
+    let transitions_sql = format!(
+        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
+        vec!["(?, 'queued', 'running', NULL, ?)"; n].join(", ")
+    );
+    let mut query = sqlx::query(&transitions_sql);
+    for c in claimed.iter() {
+        query = query.bind(c.job.id.to_string()).bind(at);
+    }
+    query.execute(&mut *tx.tx).await?;
+    tx.transitions
+        .extend(std::iter::repeat_n(Status::Running.as_str(), n));
+
+    // Each delivery's id: the batch's shared time-ordered head and 12 random hex digits.
+    let from_where = format!("FROM jobs WHERE id IN ({})", vec!["?"; n].join(", "));
+    let delivery_sql = delivery_insert(
+        EventType::JobStarted,
+        &DeliverySource {
+            id: "? || lower(hex(randomblob(6)))",
+            ..DeliverySource::job_row(&from_where)
+        },
+    );
+    let mut query = sqlx::query(&delivery_sql)
+        .bind(DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned())
+        .bind(at)
+        .bind(at);
+    for c in claimed.iter() {
+        query = query.bind(c.job.id.to_string());
+    }
+    query.bind(at).execute(&mut *tx.tx).await?;
+
+    for c in claimed.iter_mut() {
+        let later = c.job.attempt_count > 1;
+        c.admitted = admit_next_in(tx, &c.job.tenant.0, at, later).await?;
+    }
+    Ok(())
 }
 
 /// The types of `open_attempts_merged`'s `VALUES` columns: job_id, number, route, webhook_url,
