@@ -272,9 +272,9 @@ fn keys_name_their_ledger_and_never_start_an_empty_one_unasked() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", text(&made.stderr));
-    assert!(text(&made.stdout).trim().starts_with("kiln_"));
+    let key = text(&made.stdout).trim().to_owned();
+    assert!(key.starts_with("kiln_"), "{key}");
     assert!(dir.path().join("kiln.db").exists());
-    let key = create_key(dir.path(), "acme");
     let listed = Command::new(kiln_bin())
         .args(["keys", "list", "--data-dir"])
         .arg(dir.path())
