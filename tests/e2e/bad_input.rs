@@ -282,27 +282,52 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(listed["results"], serde_json::json!([]));
-    fn files_under(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| {
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir).map_or(vec![], |entries| {
             entries
                 .flatten()
-                .map(|e| {
+                .flat_map(|e| {
                     let path = e.path();
                     if path.is_dir() {
                         files_under(&path)
                     } else {
-                        1
+                        vec![path]
                     }
                 })
-                .sum()
+                .collect()
         })
     }
-    let uploads = kiln.dir.path().join("outputs/uploads");
+    // Uploads are stored under keys `uploads/…`: in the local store, files named `uploads+…`.
+    let outputs = kiln.dir.path().join("outputs");
+    let uploads = || -> Vec<_> {
+        files_under(&outputs)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with("uploads+") || f.starts_with(".tmp-"))
+            })
+            .collect()
+    };
     assert_eq!(
-        files_under(&uploads),
-        0,
-        "nothing is left in {}",
-        uploads.display()
+        uploads(),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing is left"
     );
+    // Where an accepted upload is found, so the look above looked in the right place.
+    let small = reqwest::multipart::Form::new().part(
+        "content",
+        reqwest::multipart::Part::bytes(vec![7u8; 1024]).file_name("small.bin"),
+    );
+    let accepted = kiln
+        .http
+        .post(kiln.url("/v1/files"))
+        .bearer_auth(&key)
+        .multipart(small)
+        .send()
+        .await
+        .unwrap();
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    assert_eq!(uploads().len(), 1, "{:?}", files_under(&outputs));
     kiln.shutdown().await;
 }

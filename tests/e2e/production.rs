@@ -135,10 +135,19 @@ async fn backends_mix_freely() {
         1,
         "the SQLite instance stored its output in S3"
     );
-    assert!(
-        postgres_local.dir.path().join("outputs/jobs").exists(),
-        "the Postgres instance stored it locally"
-    );
+    // The local store keeps an object as one file in a shard directory.
+    let stored_locally = std::fs::read_dir(postgres_local.dir.path().join("outputs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|shard| {
+            std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .count();
+    assert_eq!(stored_locally, 1, "the Postgres instance stored it locally");
     sqlite_s3.shutdown().await;
     postgres_local.shutdown().await;
 }

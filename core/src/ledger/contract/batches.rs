@@ -1,7 +1,8 @@
-//! Batches: many claims in one claim's writes, many successes in one success's, and what each
-//! member of a batch is owed alone: a job claimed once, a route of its own, a held job admitted
-//! for each place freed, and every success fenced by its own lease, so that a stale lease in a
-//! batch is refused while its neighbours commit.
+//! Batches: many claims in one claim's writes, many successes in one success's, many webhook
+//! results in one write, and what each member of a batch is owed alone: a job claimed once, a
+//! route of its own, a held job admitted for each place freed, and every success (every
+//! result) fenced by its own lease (claim), so that a stale one in a batch is refused while its
+//! neighbours commit.
 
 use super::*;
 use crate::ledger::RouteChooser;
@@ -265,4 +266,89 @@ pub async fn a_burst_of_submits_fills_each_window_exactly(ledger: Arc<dyn Ledger
         .unwrap()
         .unwrap();
     assert!(claim.admitted.is_some());
+}
+
+pub async fn a_batch_of_delivery_results_refuses_only_its_stale_claims(ledger: Arc<dyn Ledger>) {
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(watched_job(ledger.as_ref(), "a", "job.succeeded").await);
+    }
+    let claims = ledger
+        .claim_batch(&ids, "w1", &route_by_model(), LEASE)
+        .await
+        .unwrap();
+    let successes: Vec<_> = claims.iter().map(|c| (c.lease.clone(), vec![])).collect();
+    assert_eq!(
+        ledger.succeed_batch(&successes).await.unwrap(),
+        vec![true; 4]
+    );
+    let due = ledger
+        .claim_deliveries(now(), Duration::ZERO, LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 4);
+    let tried = |number: u32, status_code: u16| DeliveryTry {
+        number,
+        at: now(),
+        status_code: Some(status_code),
+        latency_ms: 2,
+        error: (status_code != 200).then(|| format!("the receiver answered {status_code}")),
+    };
+    // Four results at once, however the ledger groups them: one under a claim that is not its
+    // delivery's, one retried later, two delivered.
+    let results = [
+        (due[0].claim_token.clone(), 200, DeliveryNext::Delivered),
+        ("not-the-claim".to_owned(), 200, DeliveryNext::Delivered),
+        (
+            due[2].claim_token.clone(),
+            500,
+            DeliveryNext::RetryAt(now() + chrono::Duration::minutes(5)),
+        ),
+        (due[3].claim_token.clone(), 200, DeliveryNext::Delivered),
+    ];
+    let written =
+        futures::future::join_all(due.iter().zip(&results).map(|(d, (token, code, next))| {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .finish_delivery_try(&d.id, token, &tried(1, *code), *next)
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    assert_eq!(written, vec![true, false, true, true]);
+    let expected = [
+        (DeliveryStatus::Delivered, 1),
+        (DeliveryStatus::Pending, 0),
+        (DeliveryStatus::Pending, 1),
+        (DeliveryStatus::Delivered, 1),
+    ];
+    for (d, (status, tries)) in due.iter().zip(expected) {
+        let log = ledger
+            .deliveries(&tenant("a"), d.job_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let stored = log.iter().find(|l| l.id == d.id).unwrap();
+        assert_eq!(
+            (stored.status, stored.tries.len()),
+            (status, tries),
+            "{}",
+            d.id
+        );
+        if tries == 1 {
+            assert_eq!(stored.tries[0].number, 1);
+        }
+    }
+    // The refused one is still held by its claim, and its real holder still records.
+    assert!(ledger
+        .finish_delivery_try(
+            &due[1].id,
+            &due[1].claim_token,
+            &tried(1, 200),
+            DeliveryNext::Delivered
+        )
+        .await
+        .unwrap());
 }

@@ -111,6 +111,7 @@ macro_rules! ledger_contract_tests {
             usage_rows_come_a_page_of_jobs_at_a_time,
             a_batch_claims_each_claimable_job_once,
             a_batch_of_successes_refuses_only_its_stale_leases,
+            a_batch_of_delivery_results_refuses_only_its_stale_claims,
             a_burst_of_submits_fills_each_window_exactly,
             a_job_keeps_the_surface_it_was_created_through,
             files_are_scoped_listed_deleted_and_expire,

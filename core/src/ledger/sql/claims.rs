@@ -152,9 +152,8 @@ pub(super) async fn claim_batch_in(
 
 /// The claimed jobs' attempts, transitions and `job.started` deliveries on SQLite, one
 /// multi-row statement each for the whole batch (a statement is a hand-off to the connection's
-/// thread and back, see `attempts::succeed_many_sqlite`), then each claim's admission of a held
-/// job, which stays one statement per claim (it decides by the window as it stands after the
-/// one before).
+/// thread and back, see `attempts::succeed_many_sqlite`), then the admission of held jobs: one
+/// statement per tenant for the places first claims freed, one per later attempt's claim.
 async fn open_attempts_sqlite(
     tx: &mut Tx,
     claimed: &mut [Claimed],
@@ -212,11 +211,58 @@ async fn open_attempts_sqlite(
     }
     query.bind(at).execute(&mut *tx.tx).await?;
 
-    for c in claimed.iter_mut() {
-        let later = c.job.attempt_count > 1;
-        c.admitted = admit_next_in(tx, &c.job.tenant.0, at, later).await?;
+    // A first claim frees its place in its tenant's window (see `admit_next_in`): each tenant's
+    // held jobs are admitted into the places its first claims freed, one statement per tenant.
+    let mut places: BTreeMap<String, i64> = BTreeMap::new();
+    for c in claimed.iter().filter(|c| c.job.attempt_count == 1) {
+        *places.entry(c.job.tenant.0.clone()).or_default() += 1;
+    }
+    let admission = admission_places_sqlite_sql();
+    for (tenant, places) in places {
+        let mut query = sqlx::query(&admission).bind(at);
+        for _ in Lane::ALL {
+            query = query.bind(&tenant).bind(places);
+        }
+        for row in query.bind(places).fetch_all(&mut *tx.tx).await? {
+            let admitted = id_and_lane(&row)?;
+            if let Some(c) = claimed.iter_mut().find(|c| {
+                c.job.attempt_count == 1 && c.admitted.is_none() && c.job.tenant.0 == tenant
+            }) {
+                c.admitted = Some(admitted);
+            }
+        }
+    }
+    // A later attempt's claim admits only where the window has room, which takes a count.
+    for c in claimed.iter_mut().filter(|c| c.job.attempt_count > 1) {
+        c.admitted = admit_next_in(tx, &c.job.tenant.0, at, true).await?;
     }
     Ok(())
+}
+
+/// The admission of up to a number of a tenant's held jobs on SQLite, highest lane first and
+/// oldest first within a lane: each lane one probe of `jobs_held` (tenant, lane, id) that
+/// stops at the number, so its cost follows the places, not the backlog. Binds: the time, then
+/// (tenant, places) for each lane, then the places.
+fn admission_places_sqlite_sql() -> String {
+    let lanes = Lane::ALL
+        .iter()
+        .enumerate()
+        .map(|(rank, lane)| {
+            format!(
+                "SELECT {rank} AS rank, id FROM (SELECT id FROM jobs \
+                     WHERE tenant = ? AND priority = '{}' AND status = 'queued' AND rung_at = -1 \
+                     ORDER BY id LIMIT ?)",
+                lane.as_str()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "UPDATE jobs SET rung_at = ? \
+         WHERE id IN (SELECT id FROM ({lanes}) ORDER BY rank, id LIMIT ?) \
+           AND status = 'queued' AND rung_at = -1 \
+         RETURNING id, priority"
+    )
 }
 
 /// The types of `open_attempts_merged`'s `VALUES` columns: job_id, number, route, webhook_url,

@@ -83,18 +83,33 @@ async fn write_results(
     }
 }
 
-/// Writes `results`, answering each in order: on Postgres, the ones that need nothing but
-/// their own rows (all but a 410's) as one statement, outside a transaction when that is all
-/// there is; the rest, and SQLite's, one by one in one transaction.
+/// Writes `results`, answering each in order. When none is a 410's (which stops other
+/// deliveries too), on Postgres as one statement outside a transaction, on SQLite as two in
+/// one (each delivery named once); otherwise one by one in one transaction.
 async fn write_batch(
     pool: &AnyPool,
     dialect: Dialect,
     window: &AtomicU32,
     results: &[&PendingResult],
 ) -> Result<Vec<bool>> {
-    let merged = |r: &&PendingResult| dialect == Dialect::Postgres && r.next != DeliveryNext::Gone;
-    if results.iter().all(merged) {
+    let merged = |r: &&PendingResult| r.next != DeliveryNext::Gone;
+    if dialect == Dialect::Postgres && results.iter().all(merged) {
         let held = finish_merged(pool, results).await?;
+        return Ok(results
+            .iter()
+            .map(|r| held.contains(r.id.as_str()))
+            .collect());
+    }
+    let mut ids = std::collections::HashSet::new();
+    if dialect == Dialect::Sqlite
+        && results.len() > 1
+        && results
+            .iter()
+            .all(|r| merged(r) && ids.insert(r.id.as_str()))
+    {
+        let mut tx = begin_write(pool, dialect, window).await?;
+        let held = finish_many_sqlite(&mut tx, results).await?;
+        tx.commit().await?;
         return Ok(results
             .iter()
             .map(|r| held.contains(r.id.as_str()))
@@ -160,6 +175,62 @@ async fn finish_merged(
         .iter()
         .map(|row| Ok(row.try_get("id")?))
         .collect()
+}
+
+/// The fenced updates of many deliveries (each named once) and their tries' log rows on SQLite,
+/// in two statements within `tx` instead of two per result: the results as a CTE joined to
+/// their deliveries by id and claim token (`UPDATE … FROM`), returning the deliveries whose
+/// claim held, then the log rows of those alone. Returns the ids whose claim still held.
+async fn finish_many_sqlite(
+    tx: &mut Tx,
+    results: &[&PendingResult],
+) -> Result<std::collections::HashSet<String>> {
+    let rows = vec!["(?, ?, ?, ?, ?, ?)"; results.len()].join(", ");
+    let update = format!(
+        "WITH results (id, token, status, tries, next_try_at, delivered_at) AS (VALUES {rows}) \
+         UPDATE webhook_deliveries SET status = results.status, tries = results.tries, \
+             next_try_at = results.next_try_at, delivered_at = results.delivered_at, claim_token = NULL \
+         FROM results \
+         WHERE webhook_deliveries.id = results.id AND webhook_deliveries.claim_token = results.token \
+         RETURNING webhook_deliveries.id"
+    );
+    let mut query = sqlx::query(&update);
+    for r in results {
+        let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
+        query = query
+            .bind(r.id.as_str())
+            .bind(r.claim_token.as_str())
+            .bind(status)
+            .bind(r.tried.number as i64)
+            .bind(next_try_at)
+            .bind(delivered_at);
+    }
+    let mut held = std::collections::HashSet::new();
+    for row in query.fetch_all(&mut *tx.tx).await? {
+        held.insert(row.try_get::<String, _>("id")?);
+    }
+    let tried: Vec<_> = results
+        .iter()
+        .filter(|r| held.contains(r.id.as_str()))
+        .collect();
+    if !tried.is_empty() {
+        let insert = format!(
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; tried.len()].join(", ")
+        );
+        let mut query = sqlx::query(&insert);
+        for r in tried {
+            query = query
+                .bind(r.id.as_str())
+                .bind(r.tried.number as i64)
+                .bind(to_millis(r.tried.at))
+                .bind(r.tried.status_code.map(i64::from))
+                .bind(r.tried.latency_ms as i64)
+                .bind(r.tried.error.as_deref());
+        }
+        query.execute(&mut *tx.tx).await?;
+    }
+    Ok(held)
 }
 
 /// A delivery's state after a try: its status, when it is next due, when it was delivered.
