@@ -153,13 +153,20 @@ pub(super) async fn write_in_one(
     type Claimer<'a> = (&'a str, usize, Duration);
     let mut claims: BTreeMap<Claimer, Vec<usize>> = BTreeMap::new();
     let mut successes = Vec::new();
-    // Inserts with nothing of their own to check go together (Postgres; SQLite's statements
-    // are calls within the process, and it takes them one by one).
+    // Inserts with nothing of their own to check go together: on Postgres as one statement;
+    // on SQLite each row is its own insert (each decides on the window the ones before left),
+    // and their `queued` transitions go together after.
     let mut inserts = Vec::new();
+    let mut queued = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
             GroupWrite::Insert { job, .. } if dialect == Dialect::Postgres && batchable(job) => {
                 inserts.push(i)
+            }
+            GroupWrite::Insert { job, at } if batchable(job) => {
+                let admitted = insert_job_row_in(&mut tx, job, None, *at).await?;
+                queued.push((job.id.to_string(), *at));
+                written[i] = Some(GroupWritten::Inserted(Ok(admitted)));
             }
             // A key's limits (active jobs, spend) are answers, not failures: nothing was
             // written when one refuses, so the rest of the group goes on.
@@ -187,6 +194,7 @@ pub(super) async fn write_in_one(
             GroupWrite::Succeed { .. } => successes.push(i),
         }
     }
+    record_queued_many(&mut tx, &queued).await?;
     if !inserts.is_empty() {
         let batch: Vec<(&NewJob, i64)> = inserts
             .iter()
