@@ -734,3 +734,19 @@ pub async fn output_size(http: &reqwest::Client, url: &str) -> (u32, u32) {
     let image = image::load_from_memory(&bytes).unwrap();
     (image.width(), image.height())
 }
+
+/// The objects a local store under `root` holds: each is one file in a shard directory.
+pub fn local_objects(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|shard| {
+            std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|object| object.path())
+        .collect()
+}

@@ -136,18 +136,12 @@ async fn backends_mix_freely() {
         "the SQLite instance stored its output in S3"
     );
     // The local store keeps an object as one file in a shard directory.
-    let stored_locally = std::fs::read_dir(postgres_local.dir.path().join("outputs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|shard| {
-            std::fs::read_dir(shard.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .count();
-    assert_eq!(stored_locally, 1, "the Postgres instance stored it locally");
+    let stored_locally = local_objects(&postgres_local.dir.path().join("outputs"));
+    assert_eq!(
+        stored_locally.len(),
+        1,
+        "the Postgres instance stored it locally: {stored_locally:?}"
+    );
     sqlite_s3.shutdown().await;
     postgres_local.shutdown().await;
 }

@@ -493,19 +493,7 @@ async fn an_output_over_the_output_limit_fails_as_it_streams_and_stores_nothing(
     let job = run(&kiln, &key, "a kiln").await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "upstream_output_too_large");
-    // Objects are files one level under the store's root (a shard each).
-    let left: Vec<_> = std::fs::read_dir(kiln.dir.path().join("outputs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|shard| {
-            std::fs::read_dir(shard.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|f| f.path())
-        .collect();
+    let left = local_objects(&kiln.dir.path().join("outputs"));
     assert!(left.is_empty(), "nothing is stored: {left:?}");
     kiln.shutdown().await;
 }

@@ -348,19 +348,28 @@ async fn succeed_many_sqlite(
         let mut query = sqlx::query(&outputs_sql);
         for (lease, outputs, _) in &winners {
             for o in *outputs {
-                query = query
-                    .bind(lease.job_id.to_string())
-                    .bind(o.index as i64)
-                    .bind(&o.object_key)
-                    .bind(&o.content_type)
-                    .bind(o.bytes as i64)
-                    .bind(to_millis(o.expires_at))
-                    .bind(media_json(&o.media));
+                query = bind_output(query, lease.job_id.to_string(), o);
             }
         }
         query.execute(&mut *tx.tx).await?;
     }
     Ok(won)
+}
+
+/// Binds an output's row of `outputs` (job, index, key, type, bytes, expiry, media).
+fn bind_output<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    job_id: String,
+    o: &'q NewOutput,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(job_id)
+        .bind(o.index as i64)
+        .bind(&o.object_key)
+        .bind(&o.content_type)
+        .bind(o.bytes as i64)
+        .bind(to_millis(o.expires_at))
+        .bind(media_json(&o.media))
 }
 
 /// An output's media column: its `OutputMedia` as JSON.
@@ -384,19 +393,13 @@ async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64)
         return Ok(false);
     }
     for o in outputs {
-        sqlx::query(&tx.d.sql(
+        let insert = tx.d.sql(
             "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(lease.job_id.to_string())
-        .bind(o.index as i64)
-        .bind(&o.object_key)
-        .bind(&o.content_type)
-        .bind(o.bytes as i64)
-        .bind(to_millis(o.expires_at))
-        .bind(media_json(&o.media))
-        .execute(&mut *tx.tx)
-        .await?;
+        );
+        bind_output(sqlx::query(&insert), lease.job_id.to_string(), o)
+            .execute(&mut *tx.tx)
+            .await?;
     }
     Ok(true)
 }

@@ -156,14 +156,7 @@ async fn finish_merged(
     let mut query = sqlx::query(&statement);
     for i in 0..shape {
         let r = results[i.min(results.len() - 1)];
-        let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
-        query = query
-            .bind(r.id.as_str())
-            .bind(r.claim_token.as_str())
-            .bind(status)
-            .bind(r.tried.number as i64)
-            .bind(next_try_at)
-            .bind(delivered_at)
+        query = bind_finished(query, r)
             .bind(to_millis(r.tried.at))
             .bind(r.tried.status_code.map(i64::from))
             .bind(r.tried.latency_ms as i64)
@@ -196,14 +189,7 @@ async fn finish_many_sqlite(
     );
     let mut query = sqlx::query(&update);
     for r in results {
-        let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
-        query = query
-            .bind(r.id.as_str())
-            .bind(r.claim_token.as_str())
-            .bind(status)
-            .bind(r.tried.number as i64)
-            .bind(next_try_at)
-            .bind(delivered_at);
+        query = bind_finished(query, r);
     }
     let mut held = std::collections::HashSet::new();
     for row in query.fetch_all(&mut *tx.tx).await? {
@@ -231,6 +217,22 @@ async fn finish_many_sqlite(
         query.execute(&mut *tx.tx).await?;
     }
     Ok(held)
+}
+
+/// Binds a result's row as both batch statements start it: id, claim token, status, tries,
+/// next try, delivered at.
+fn bind_finished<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    r: &'q PendingResult,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
+    query
+        .bind(r.id.as_str())
+        .bind(r.claim_token.as_str())
+        .bind(status)
+        .bind(r.tried.number as i64)
+        .bind(next_try_at)
+        .bind(delivered_at)
 }
 
 /// A delivery's state after a try: its status, when it is next due, when it was delivered.
