@@ -219,10 +219,6 @@ async fn succeed_many_sqlite(
     tx: &mut Tx,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
-    let rows = |n: usize, width: usize| {
-        let row = format!("({})", vec!["?"; width].join(", "));
-        vec![row; n].join(", ")
-    };
     let running_sql = format!(
         "SELECT id, lease_token FROM jobs WHERE status = 'running' AND id IN ({})",
         vec!["?"; successes.len()].join(", ")
@@ -238,11 +234,14 @@ async fn succeed_many_sqlite(
             row.try_get::<Option<String>, _>("lease_token")?,
         ));
     }
+    let holds: Vec<bool> = successes
+        .iter()
+        .map(|(lease, _, _)| held.contains(&(lease.job_id.to_string(), Some(lease.token.clone()))))
+        .collect();
     let holding: Vec<_> = successes
         .iter()
-        .filter(|(lease, _, _)| {
-            held.contains(&(lease.job_id.to_string(), Some(lease.token.clone())))
-        })
+        .zip(&holds)
+        .filter_map(|(success, holds)| holds.then_some(success))
         .collect();
     if holding.is_empty() {
         return Ok(vec![false; successes.len()]);
@@ -254,7 +253,7 @@ async fn succeed_many_sqlite(
          FROM leases \
          WHERE jobs.id = leases.id AND jobs.status = 'running' AND jobs.lease_token = leases.token \
          RETURNING jobs.id",
-        rows(holding.len(), 3)
+        value_rows("(?, ?, ?)", holding.len())
     );
     let mut query = sqlx::query(&ended_sql);
     for (lease, _, at) in &holding {
@@ -269,10 +268,8 @@ async fn succeed_many_sqlite(
     }
     let won: Vec<bool> = successes
         .iter()
-        .map(|success| {
-            ended.contains(&success.0.job_id.to_string())
-                && holding.iter().any(|h| std::ptr::eq(*h, success))
-        })
+        .zip(holds)
+        .map(|((lease, _, _), holds)| holds && ended.contains(&lease.job_id.to_string()))
         .collect();
     let winners: Vec<_> = successes
         .iter()
@@ -289,7 +286,7 @@ async fn succeed_many_sqlite(
         "WITH ended (id, at) AS (VALUES {}) \
          UPDATE attempts SET finished_at = ended.at, outcome = 'succeeded', error_code = NULL, error_message = NULL \
          FROM ended WHERE attempts.id = ended.id AND attempts.finished_at IS NULL",
-        rows(n, 2)
+        value_rows("(?, ?)", n)
     );
     let mut query = sqlx::query(&attempts_sql);
     for (lease, _, at) in &winners {
@@ -306,7 +303,7 @@ async fn succeed_many_sqlite(
 
     let transitions_sql = format!(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        vec!["(?, 'running', 'succeeded', NULL, ?)"; n].join(", ")
+        value_rows("(?, 'running', 'succeeded', NULL, ?)", n)
     );
     let mut query = sqlx::query(&transitions_sql);
     for (lease, _, at) in &winners {
@@ -343,7 +340,7 @@ async fn succeed_many_sqlite(
     if output_count > 0 {
         let outputs_sql = format!(
             "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) VALUES {}",
-            rows(output_count, 7)
+            value_rows("(?, ?, ?, ?, ?, ?, ?)", output_count)
         );
         let mut query = sqlx::query(&outputs_sql);
         for (lease, outputs, _) in &winners {

@@ -166,7 +166,7 @@ async fn open_attempts_sqlite(
     let n = claimed.len();
     let attempts_sql = format!(
         "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES {}",
-        vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ")
+        value_rows("(?, ?, ?, ?, ?, ?)", n)
     );
     let mut query = sqlx::query(&attempts_sql);
     for c in claimed.iter() {
@@ -183,7 +183,7 @@ async fn open_attempts_sqlite(
 
     let transitions_sql = format!(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        vec!["(?, 'queued', 'running', NULL, ?)"; n].join(", ")
+        value_rows("(?, 'queued', 'running', NULL, ?)", n)
     );
     let mut query = sqlx::query(&transitions_sql);
     for c in claimed.iter() {
@@ -414,6 +414,12 @@ pub(super) fn bind_null_row<'q>(
         };
     }
     query
+}
+
+/// `n` copies of one `VALUES` row, `row` (its parameters and literals), for SQLite's multi-row
+/// statements, which take each batch at its own size (no padding: SQLite plans in-process).
+pub(super) fn value_rows(row: &str, n: usize) -> String {
+    vec![row; n].join(", ")
 }
 
 /// `shape` rows of `VALUES` with one parameter per column of `types`: the first row typed

@@ -178,7 +178,7 @@ async fn finish_many_sqlite(
     tx: &mut Tx,
     results: &[&PendingResult],
 ) -> Result<std::collections::HashSet<String>> {
-    let rows = vec!["(?, ?, ?, ?, ?, ?)"; results.len()].join(", ");
+    let rows = value_rows("(?, ?, ?, ?, ?, ?)", results.len());
     let update = format!(
         "WITH results (id, token, status, tries, next_try_at, delivered_at) AS (VALUES {rows}) \
          UPDATE webhook_deliveries SET status = results.status, tries = results.tries, \
@@ -202,7 +202,7 @@ async fn finish_many_sqlite(
     if !tried.is_empty() {
         let insert = format!(
             "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; tried.len()].join(", ")
+            value_rows("(?, ?, ?, ?, ?, ?)", tried.len())
         );
         let mut query = sqlx::query(&insert);
         for r in tried {

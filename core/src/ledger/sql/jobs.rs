@@ -78,7 +78,7 @@ pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> R
     }
     let statement = format!(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        vec!["(?, NULL, 'queued', NULL, ?)"; jobs.len()].join(", ")
+        value_rows("(?, NULL, 'queued', NULL, ?)", jobs.len())
     );
     let mut query = sqlx::query(&statement);
     for (id, at) in jobs {
