@@ -26,6 +26,8 @@ use url::Url;
 pub struct LocalStore {
     root: PathBuf,
     downloads: SignedDownloads,
+    /// Makes written objects durable a group at a time (started on the first write).
+    durability: std::sync::OnceLock<GroupSync>,
 }
 
 impl LocalStore {
@@ -34,6 +36,7 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             downloads: SignedDownloads::new(public_base, signer),
+            durability: std::sync::OnceLock::new(),
         }
     }
 
@@ -76,6 +79,35 @@ impl LocalStore {
 /// How much of a body is gathered before it is handed to the blocking pool in one write.
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// Whether each object is made durable on its own (`fsync` before its rename) rather than by
+/// the group sync after it (`GroupSync`): only Linux has `syncfs`.
+fn per_file_sync() -> bool {
+    !cfg!(target_os = "linux")
+}
+
+/// Creates the temporary file `tmp` (and its shard on the shard's first object) and writes
+/// `bytes` into it.
+fn create_with(tmp: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    // The shard exists after its first object: try the file first.
+    let mut file = match std::fs::File::create(tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(tmp.parent().expect("an object lives in its shard"))?;
+            std::fs::File::create(tmp)?
+        }
+        created => created?,
+    };
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
+/// Puts a written temporary file in its place.
+fn rename_into_place(file: &std::fs::File, tmp: &Path, path: &Path) -> std::io::Result<()> {
+    if per_file_sync() {
+        file.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
 /// A file written from async code a buffer at a time, each write one hop to the blocking pool.
 struct BlockingWriter {
     /// `None` only while a hop holds it.
@@ -95,13 +127,12 @@ impl BlockingWriter {
         Ok(())
     }
 
-    /// Writes what is left, makes it durable and renames it into place: one hop.
+    /// Writes what is left and renames the file into place: one hop.
     async fn finish(mut self, tmp: PathBuf, path: PathBuf) -> std::io::Result<u64> {
         let bytes = std::mem::take(&mut self.pending);
         self.hop(move |file| {
             file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            rename_into_place(file, &tmp, &path)
         })
         .await?;
         Ok(self.written)
@@ -121,6 +152,69 @@ impl BlockingWriter {
         self.file = Some(file);
         result
     }
+}
+
+/// Group durability for the local store: an object written and renamed into place is made
+/// durable by one `syncfs` of the store's filesystem, shared by every object renamed while the
+/// previous one ran, instead of an `fsync` of its own. On a burst, each `fsync` was a device
+/// flush of its own and the largest share of the store's cost (BENCHMARKS.md); one `syncfs`
+/// writes the group's files and their directory entries, then flushes once. It also covers the
+/// rename itself, which a file's own `fsync` did not. A put returns only once its object is
+/// durable, so the ledger never names an object a crash of the machine could lose; a lone
+/// object still syncs at once (the group is whatever is waiting, never a timer).
+struct GroupSync {
+    waiting: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<std::io::Result<()>>>,
+}
+
+impl GroupSync {
+    /// Starts the syncing task; it ends with the store.
+    fn start(root: PathBuf) -> Self {
+        let (waiting, mut queue) = tokio::sync::mpsc::unbounded_channel::<
+            tokio::sync::oneshot::Sender<std::io::Result<()>>,
+        >();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut group = vec![first];
+                while let Ok(next) = queue.try_recv() {
+                    group.push(next);
+                }
+                let root = root.clone();
+                let synced = tokio::task::spawn_blocking(move || sync_filesystem(&root))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|synced| synced);
+                for reply in group {
+                    // io::Error is not Clone: each waiter gets the same kind and message.
+                    let _ = reply.send(match &synced {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+        });
+        GroupSync { waiting }
+    }
+
+    /// Returns once everything renamed into place before the call is durable.
+    async fn wait(&self) -> std::io::Result<()> {
+        let (reply, synced) = tokio::sync::oneshot::channel();
+        let stopped = || std::io::Error::other("the store's sync task stopped");
+        self.waiting.send(reply).map_err(|_| stopped())?;
+        synced.await.map_err(|_| stopped())?
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sync_filesystem(root: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(root)?;
+    rustix::fs::syncfs(&dir)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_root: &Path) -> std::io::Result<()> {
+    // Each file was synced before its rename (`per_file_sync`).
+    Ok(())
 }
 
 fn missing_or(e: std::io::Error, key: &str) -> StorageError {
@@ -161,41 +255,72 @@ impl ObjectStore for LocalStore {
     ) -> Result<u64, StorageError> {
         let path = self.path_of(key)?;
         // Each filesystem call is a hop to tokio's blocking pool and back (a thread wake-up
-        // each way); one object used to take five or more. Now the directory and the temporary
-        // file are made in one hop, the body is written a buffer at a time (bounded), and the
-        // last write, the fsync and the rename share the final hop: a small output, the usual
-        // case, takes two.
-        let (file, tmp_path, final_path) = tokio::task::spawn_blocking(move || {
-            let dir = path.parent().expect("an object lives in its shard");
-            let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
-            // The shard exists after its first object: try the file first.
-            let file = match std::fs::File::create(&tmp) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(dir)?;
-                    std::fs::File::create(&tmp)?
+        // each way). The body is gathered up to one buffer first, so a small output (the usual
+        // case) is created, written and renamed into place in one hop; a larger one is written
+        // a buffer at a time (bounded) and renamed with its last buffer.
+        let mut first = Vec::new();
+        let mut ended = false;
+        while first.len() < WRITE_BUFFER {
+            match body.next().await {
+                Some(chunk) => first.extend_from_slice(&chunk?),
+                None => {
+                    ended = true;
+                    break;
                 }
-                created => created?,
-            };
-            Ok::<_, std::io::Error>((file, tmp, path))
+            }
+        }
+        let tmp_path = path
+            .parent()
+            .expect("an object lives in its shard")
+            .join(format!(".tmp-{}", rand::random::<u64>()));
+        let written = first.len() as u64;
+        let (tmp, target) = (tmp_path.clone(), path.clone());
+        let file = tokio::task::spawn_blocking(move || {
+            let file = create_with(&tmp, &first)?;
+            if ended {
+                rename_into_place(&file, &tmp, &target)?;
+                return Ok(None);
+            }
+            Ok::<_, std::io::Error>(Some(file))
         })
         .await
-        .map_err(std::io::Error::other)??;
-        let mut writer = BlockingWriter {
-            file: Some(file),
-            pending: Vec::new(),
-            written: 0,
-        };
-        let result = async {
-            while let Some(chunk) = body.next().await {
-                writer.push(&chunk?).await?;
+        .map_err(std::io::Error::other)?;
+        let written = match file {
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp_path).await;
+                return Err(e.into());
             }
-            writer.finish(tmp_path.clone(), final_path).await
+            Ok(None) => written,
+            Ok(Some(file)) => {
+                let mut writer = BlockingWriter {
+                    file: Some(file),
+                    pending: Vec::new(),
+                    written,
+                };
+                let rest = async {
+                    while let Some(chunk) = body.next().await {
+                        writer.push(&chunk?).await?;
+                    }
+                    writer.finish(tmp_path.clone(), path.clone()).await
+                }
+                .await;
+                if rest.is_err() {
+                    let _ = tokio::fs::remove_file(&tmp_path).await;
+                }
+                rest?
+            }
+        };
+        if !per_file_sync() {
+            let durability = self
+                .durability
+                .get_or_init(|| GroupSync::start(self.root.clone()));
+            if let Err(e) = durability.wait().await {
+                // Not known to be durable, so not written: the caller writes it again or fails.
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e.into());
+            }
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp_path).await;
-        }
-        Ok(result?)
+        Ok(written)
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -364,6 +489,79 @@ mod tests {
             Err(StorageError::NotFound(_))
         ));
         assert!(!dir.path().join("jobs/old").exists());
+    }
+
+    /// A body of `len` bytes in 64 KiB chunks, byte `i` being `(i * 7 + seed) % 251`, ending
+    /// in an error when `fail` says so.
+    fn body_of(len: usize, seed: usize, fail: bool) -> ByteStream {
+        let bytes: Vec<u8> = (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect();
+        let mut chunks: Vec<Result<Bytes, std::io::Error>> = bytes
+            .chunks(64 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        if fail {
+            chunks.push(Err(std::io::Error::other("upstream reset")));
+        }
+        futures::stream::iter(chunks).boxed()
+    }
+
+    #[tokio::test]
+    async fn objects_written_at_once_small_and_past_one_buffer_are_each_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        // Small ones take the one-hop path; large ones are written a buffer at a time. All of
+        // them at once, so their syncs are shared.
+        let sizes: Vec<usize> = (0..24)
+            .map(|i| {
+                if i % 6 == 0 {
+                    2 * WRITE_BUFFER + 4321
+                } else {
+                    100 + i
+                }
+            })
+            .collect();
+        let puts = sizes.iter().enumerate().map(|(i, &len)| {
+            let s = &s;
+            async move {
+                let key = format!("jobs/j{i}/0.png");
+                let written = s.put(&key, "image/png", body_of(len, i, false)).await;
+                (key, written)
+            }
+        });
+        for ((key, written), (i, &len)) in futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .zip(sizes.iter().enumerate())
+        {
+            assert_eq!(written.unwrap(), len as u64, "{key}");
+            let expected: Vec<u8> = (0..len).map(|b| ((b * 7 + i) % 251) as u8).collect();
+            assert_eq!(
+                read_all(s.get(&key).await.unwrap()).await,
+                expected,
+                "{key}"
+            );
+        }
+        assert_eq!(files_under(dir.path()).len(), sizes.len());
+    }
+
+    #[tokio::test]
+    async fn a_body_failing_past_its_first_buffer_leaves_no_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let put = s
+            .put(
+                "jobs/j/0.png",
+                "image/png",
+                body_of(WRITE_BUFFER + 1, 0, true),
+            )
+            .await;
+        assert!(put.is_err());
+        assert!(matches!(
+            s.get("jobs/j/0.png").await,
+            Err(StorageError::NotFound(_))
+        ));
+        // The temporary file the first buffer went into is gone too.
+        assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
     }
 
     #[tokio::test]

@@ -165,7 +165,9 @@ pub(super) async fn insert_job_row_in(
     let statement = match tx.d {
         // Postgres writes the transition in the same statement (one round trip); SQLite's
         // statements are calls within the process, taken one by one.
-        Dialect::Postgres => tx.d.sql(&format!(
+        Dialect::Postgres => tx
+            .d
+            .sql(&format!(
             "WITH inserted AS ({insert}), \
              transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
                  SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
@@ -241,41 +243,59 @@ const NEW_JOB_COLUMNS: [&str; 12] = [
     "bigint",
 ];
 
-/// Writes many new queued jobs as one Postgres statement (`insert_job_in` one at a time, for
-/// jobs that are `batchable`), with their transitions: the jobs as `VALUES` rows (padded with
-/// null rows that no join keeps). Returns, in order, whether each was admitted to the queue.
+/// Writes many new queued jobs as one statement (`insert_job_in` one at a time, for jobs that
+/// are `batchable`), with their transitions: on Postgres in the same statement, with the jobs as
+/// `VALUES` rows padded with null rows that no join keeps; on SQLite (no data-modifying CTEs)
+/// one statement more, `record_queued_many`. Returns, in order, whether each was admitted to the
+/// queue. A group of submits on SQLite used to take a statement per job, each a hand-off to the
+/// connection's thread and back on the one writer every write waits for (BENCHMARKS.md).
 ///
 /// The tenant's dispatch window decides as it does for one insert, counting the batch: a job is
 /// admitted if its tenant holds no job back and the tenant's admitted jobs, with the batch's
 /// jobs of that tenant up to and including this one (`place`, numbered in the batch's order),
-/// still fit the window. The tenant's held line and its window are each read once per tenant.
+/// still fit the window. The tenant's held line and its window are each read once per tenant,
+/// before any of the batch is written (SQLite materialises a `SELECT` that reads the table it
+/// inserts into before inserting), so one by one and together decide alike.
 pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Result<Vec<bool>> {
     if jobs.is_empty() {
         return Ok(vec![]);
     }
-    let shape = jobs.len().next_power_of_two();
-    let rows = padded_values(&NEW_JOB_COLUMNS, shape);
-    let statement = tx
-        .d
-        .sql(&format!(
-            "WITH new (id, tenant, model, input, deadline_at, start_by, key_id, webhook_url, webhook_events, priority, place, at) \
-                 AS (VALUES {rows}), \
-             tenants AS (SELECT t.tenant, \
-                     EXISTS (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at = -1) AS holding, \
-                     (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) AS admitted \
-                 FROM (SELECT DISTINCT tenant FROM new WHERE id IS NOT NULL) t), \
-             inserted AS (INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
-                     key_id, webhook_url, webhook_events, pipeline_id, priority) \
-                 SELECT n.id, n.tenant, n.model, n.input, 'queued', n.at, n.at, \
-                     CASE WHEN NOT t.holding AND t.admitted + n.place <= ? THEN n.at ELSE -1 END, \
-                     n.deadline_at, n.start_by, n.key_id, n.webhook_url, n.webhook_events, NULL, n.priority \
-                 FROM new n JOIN tenants t ON t.tenant = n.tenant \
-                 RETURNING id, rung_at, created_at), \
+    let (shape, rows) = match tx.d {
+        Dialect::Postgres => {
+            let shape = jobs.len().next_power_of_two();
+            (shape, padded_values(&NEW_JOB_COLUMNS, shape))
+        }
+        Dialect::Sqlite => {
+            let row = format!("({})", vec!["?"; NEW_JOB_COLUMNS.len()].join(", "));
+            (jobs.len(), value_rows(&row, jobs.len()))
+        }
+    };
+    let head = format!(
+        "WITH incoming (id, tenant, model, input, deadline_at, start_by, key_id, webhook_url, webhook_events, priority, place, at) \
+             AS (VALUES {rows}), \
+         tenants AS (SELECT t.tenant, \
+                 EXISTS (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at = -1) AS holding, \
+                 (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at >= 0 LIMIT ?) w) AS admitted \
+             FROM (SELECT DISTINCT tenant FROM incoming WHERE id IS NOT NULL) t)"
+    );
+    let insert = "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+             key_id, webhook_url, webhook_events, pipeline_id, priority) \
+         SELECT n.id, n.tenant, n.model, n.input, 'queued', n.at, n.at, \
+             CASE WHEN NOT t.holding AND t.admitted + n.place <= ? THEN n.at ELSE -1 END, \
+             n.deadline_at, n.start_by, n.key_id, n.webhook_url, n.webhook_events, NULL, n.priority \
+         FROM incoming n JOIN tenants t ON t.tenant = n.tenant";
+    let statement = match tx.d {
+        Dialect::Postgres => tx
+            .d
+            .sql(&format!(
+            "{head}, inserted AS ({insert} RETURNING id, rung_at, created_at), \
              transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
                  SELECT id, NULL, 'queued', NULL, created_at FROM inserted) \
              SELECT id, rung_at FROM inserted"
-        ))
-        .into_owned();
+            ))
+            .into_owned(),
+        Dialect::Sqlite => format!("{head} {insert} RETURNING id, rung_at"),
+    };
     let mut places: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut query = sqlx::query(&statement);
     for i in 0..shape {
@@ -311,8 +331,18 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
         let id: String = row.try_get("id")?;
         admitted.insert(id, row.try_get::<i64, _>("rung_at")? >= 0);
     }
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Queued.as_str(), rows.len()));
+    match tx.d {
+        Dialect::Postgres => tx
+            .transitions
+            .extend(std::iter::repeat_n(Status::Queued.as_str(), rows.len())),
+        Dialect::Sqlite => {
+            let queued: Vec<(String, i64)> = jobs
+                .iter()
+                .map(|(job, at)| (job.id.to_string(), *at))
+                .collect();
+            record_queued_many(tx, &queued).await?;
+        }
+    }
     jobs.iter()
         .map(|(job, _)| {
             admitted
@@ -473,7 +503,7 @@ impl JobLedger for SqlLedger {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
             .bind(to_millis(now()))
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }
@@ -481,7 +511,7 @@ impl JobLedger for SqlLedger {
     async fn mark_unrung(&self, id: JobId) -> Result<()> {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }
