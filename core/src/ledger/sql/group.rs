@@ -73,7 +73,7 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// `slots`: groups in flight at once (SQLite writes one at a time anyway).
     pub(super) fn start(
-        pool: Writer,
+        pool: AnyPool,
         dialect: Dialect,
         window: Arc<AtomicU32>,
         slots: usize,
@@ -85,7 +85,7 @@ impl GroupCommit {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let group = crate::batch::take_waiting(first, &mut waiting, exp_group_max());
+                let group = crate::batch::take_waiting(first, &mut waiting, GROUP_MAX);
                 let (pool, window) = (pool.clone(), window.clone());
                 tokio::spawn(async move {
                     write_group(&pool, dialect, &window, group).await;
@@ -106,7 +106,7 @@ impl GroupCommit {
 }
 
 pub(super) async fn write_group(
-    pool: &Writer,
+    pool: &AnyPool,
     dialect: Dialect,
     window: &AtomicU32,
     mut group: Vec<Pending>,
@@ -115,10 +115,6 @@ pub(super) async fn write_group(
     // grouping, dropping the caller dropped its transaction, and a claim nobody holds would
     // leave its job running until the lease ran out.
     group.retain(|(_, reply)| !reply.is_closed());
-    super::exp_stats::GROUPS.fetch_add(1, Ordering::Relaxed);
-    super::exp_stats::WRITES.fetch_add(group.len() as u64, Ordering::Relaxed);
-    let exp_t = std::time::Instant::now();
-    let _exp = scopeguard_exp(exp_t);
     if group.len() > 1 {
         group.sort_by_cached_key(|(write, _)| write.lock_order());
         let writes: Vec<&GroupWrite> = group.iter().map(|(w, _)| w).collect();
@@ -146,14 +142,12 @@ pub(super) async fn write_group(
 /// (`succeed_batch_in`), so a group of any size costs a few statements. Answers in the order
 /// of `writes`.
 pub(super) async fn write_in_one(
-    pool: &Writer,
+    pool: &AnyPool,
     dialect: Dialect,
     window: &AtomicU32,
     writes: &[&GroupWrite],
 ) -> Result<Vec<GroupWritten>> {
-    let mut exp_t = std::time::Instant::now();
     let mut tx = begin_write(pool, dialect, window).await?;
-    super::exp_stats::ph(0, &mut exp_t);
     let mut written: Vec<Option<GroupWritten>> = writes.iter().map(|_| None).collect();
     // Claims batch by claimer: the same worker, route chooser and lease (one per process).
     type Claimer<'a> = (&'a str, usize, Duration);
@@ -203,7 +197,6 @@ pub(super) async fn write_in_one(
             written[i] = Some(GroupWritten::Inserted(Ok(admitted)));
         }
     }
-    super::exp_stats::ph(1, &mut exp_t);
     let at = to_millis(now());
     for ((worker, _, lease_for), batch) in claims {
         let GroupWrite::Claim { route, .. } = writes[batch[0]] else {
@@ -227,7 +220,6 @@ pub(super) async fn write_in_one(
             written[i] = Some(GroupWritten::Claimed(won));
         }
     }
-    super::exp_stats::ph(2, &mut exp_t);
     if !successes.is_empty() {
         let batch: Vec<(&Lease, &[NewOutput], i64)> = successes
             .iter()
@@ -241,25 +233,9 @@ pub(super) async fn write_in_one(
             written[i] = Some(GroupWritten::Succeeded(won));
         }
     }
-    super::exp_stats::ph(3, &mut exp_t);
     tx.commit().await?;
-    super::exp_stats::ph(4, &mut exp_t);
     Ok(written
         .into_iter()
         .map(|w| w.expect("every write answered"))
         .collect())
-}
-
-struct ExpGuard(std::time::Instant);
-impl Drop for ExpGuard {
-    fn drop(&mut self) {
-        super::exp_stats::GROUP_NS.fetch_add(self.0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-fn scopeguard_exp(t: std::time::Instant) -> ExpGuard {
-    ExpGuard(t)
-}
-
-fn exp_group_max() -> usize {
-    std::env::var("EXP_GROUP_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(GROUP_MAX)
 }

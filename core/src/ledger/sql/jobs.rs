@@ -70,7 +70,7 @@ pub(super) async fn insert_job_in(
 }
 
 /// The `queued` transitions of many new jobs on SQLite as one statement (their rows written by
-/// `insert_job_row_in`): a group of submits pays one hand-off to the connection's thread for
+/// `insert_batch_in`): a group of submits pays one hand-off to the connection's thread for
 /// them all instead of one each. `queued` writes no delivery (`EventType::of_job_transition`).
 pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> Result<()> {
     if jobs.is_empty() {
@@ -90,8 +90,8 @@ pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> R
     Ok(())
 }
 
-/// `insert_job_in` but for the `queued` transition on SQLite, which the caller writes
-/// (`record_queued_many`); on Postgres the transition is part of the insert's statement.
+/// `insert_job_in` but for the `queued` transition on SQLite, which `insert_job_in` writes
+/// after it; on Postgres the transition is part of the insert's statement.
 pub(super) async fn insert_job_row_in(
     tx: &mut Tx,
     job: &NewJob,
@@ -503,7 +503,7 @@ impl JobLedger for SqlLedger {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
             .bind(to_millis(now()))
             .bind(id.to_string())
-            .execute(&mut *self.writer.conn().await?)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -511,7 +511,7 @@ impl JobLedger for SqlLedger {
     async fn mark_unrung(&self, id: JobId) -> Result<()> {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
             .bind(id.to_string())
-            .execute(&mut *self.writer.conn().await?)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -8,13 +8,13 @@
 //! skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never collide.
 //!
 //! The writes every job makes are shaped for throughput (see BENCHMARKS.md): concurrent
-//! inserts, claims and successes share transactions (`GroupCommit`), and the claims and
-//! successes of a group share statements too (`claims`, `succeed_batch_in`); running jobs'
-//! lease renewals go many to a statement (`LeaseRenewals`), and so do webhook tries' results
-//! (`DeliveryResults`); and on Postgres each of a submit,
-//! a batch of claims, a batch of successes and a delivery try is one or two statements of
-//! data-modifying CTEs, where SQLite (whose statements are calls within the process, not round
-//! trips) takes the same steps job by job. The contract tests run every path on both engines.
+//! inserts, claims and successes share transactions (`GroupCommit`), and the inserts, claims and
+//! successes of a group share statements too (`insert_batch_in`, `claims`, `succeed_batch_in`);
+//! running jobs' lease renewals go many to a statement (`LeaseRenewals`), and so do webhook
+//! tries' results (`DeliveryResults`). On Postgres each of these is one or two statements of
+//! data-modifying CTEs; SQLite, which has none, takes a few multi-row statements per batch
+//! instead (each statement is a hand-off to its connection's thread, so they are counted per
+//! batch, never per job). The contract tests run every path on both engines.
 //!
 //! Times come from the application clock. Leases are tens of seconds and hosts run NTP, so the
 //! clock skew between workers is far below what a lease tolerates.
@@ -32,7 +32,7 @@ use super::*;
 use crate::job::{Attempt, Output};
 use crate::time::{from_millis, now, to_millis};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,7 +51,7 @@ pub struct SqlLedger {
     /// the embedded default (a single connection for writes took it from 380 to about 900
     /// lifecycles/s on the side-by-side workload). Reads keep their own connections: in WAL
     /// mode they never wait for the writer.
-    writer: Writer,
+    writer: AnyPool,
     dialect: Dialect,
     /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
     window: Arc<AtomicU32>,
@@ -74,49 +74,19 @@ pub const DEFAULT_TENANT_WINDOW: u32 = 100;
 
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
-    tx: TxConn,
+    tx: Transaction<'static, Any>,
     d: Dialect,
     /// The tenant dispatch window, for the jobs this transaction inserts.
     window: u32,
     /// Transitions written, counted only once the transaction commits: a group of writes that
     /// fails and is written again write by write must not count its transitions twice.
     transitions: Vec<&'static str>,
-    exp_started: std::time::Instant,
-}
-
-pub(crate) mod exp_stats {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    pub static TX_NS: AtomicU64 = AtomicU64::new(0);
-    pub static TX_N: AtomicU64 = AtomicU64::new(0);
-    pub static WAIT_NS: AtomicU64 = AtomicU64::new(0);
-    pub static GROUPS: AtomicU64 = AtomicU64::new(0);
-    pub static WRITES: AtomicU64 = AtomicU64::new(0);
-    pub static GROUP_NS: AtomicU64 = AtomicU64::new(0);
-    pub static PH: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-    pub fn ph(i: usize, t: &mut std::time::Instant) { PH[i].fetch_add(t.elapsed().as_nanos() as u64, Relaxed); *t = std::time::Instant::now(); }
-    pub fn start() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        if std::env::var("EXP_STATS").is_err() { return; }
-        ONCE.call_once(|| {
-            std::thread::spawn(|| loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let line = format!("tx {} busy_ms {} wait_ms {} groups {} writes {} group_ms {}\n",
-                    TX_N.swap(0, Relaxed), TX_NS.swap(0, Relaxed) / 1_000_000, WAIT_NS.swap(0, Relaxed) / 1_000_000,
-                    GROUPS.swap(0, Relaxed), WRITES.swap(0, Relaxed), GROUP_NS.swap(0, Relaxed) / 1_000_000);
-                let line = format!("{} begin/ins/claim/succ/commit {:?}\n", line.trim_end(), PH.iter().map(|p| p.swap(0, Relaxed) / 1_000_000).collect::<Vec<_>>());
-                use std::io::Write;
-                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open("/tmp/kiln-stats.txt") { let _ = f.write_all(line.as_bytes()); }
-            });
-        });
-    }
 }
 
 impl Tx {
     /// Commits, then counts what was written.
     async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
-        exp_stats::TX_N.fetch_add(1, Ordering::Relaxed);
-        exp_stats::TX_NS.fetch_add(self.exp_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         for status in self.transitions {
             crate::metrics::transition(status);
         }
@@ -124,18 +94,13 @@ impl Tx {
     }
 }
 
-async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
+async fn begin_write(pool: &AnyPool, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
     let begin = match dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN",
     };
-    exp_stats::start();
-    let asked = std::time::Instant::now();
-    let tx = writer.begin(begin).await?;
-    exp_stats::WAIT_NS.fetch_add(asked.elapsed().as_nanos() as u64, Ordering::Relaxed);
     Ok(Tx {
-        exp_started: std::time::Instant::now(),
-        tx,
+        tx: pool.begin_with(begin).await?,
         d: dialect,
         window: window.load(Ordering::Relaxed),
         transitions: Vec::new(),
@@ -156,7 +121,12 @@ impl SqlLedger {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(dialect == Dialect::Postgres || std::env::var("EXP_PING").is_ok())
+                // A pooled Postgres connection is pinged before use: a restarted server leaves
+                // the pool's connections dead, and the ping finds them before a request does
+                // (the fault suite restarts it). A SQLite connection is a file this process
+                // holds open; its ping was only a hand-off to its thread and back on every
+                // acquire (sqlx still pings once on release).
+                .test_before_acquire(dialect == Dialect::Postgres)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if dialect == Dialect::Sqlite {
@@ -168,9 +138,6 @@ impl SqlLedger {
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
                             )
                             .await?;
-                            if let Ok(extra) = std::env::var("EXP_SQLITE_PRAGMAS") {
-                                conn.execute(extra.as_str()).await?;
-                            }
                         }
                         Ok(())
                     })
@@ -179,22 +146,13 @@ impl SqlLedger {
         let pool = options(max).connect(&url).await?;
         // An in-memory SQLite database is one per connection pool: it keeps one pool for both.
         let writer = match dialect {
-            Dialect::Sqlite if !url.contains(":memory:") => {
-                let single = options(1).connect(&url).await?;
-                SQLITE_MIGRATIONS.run(&single).await?;
-                // Its connection leaves the pool (which then closes) to be owned: `Writer`.
-                let owned = single.acquire().await?.detach();
-                Writer::Owned(Arc::new(tokio::sync::Mutex::new(owned)))
-            }
-            Dialect::Sqlite => {
-                SQLITE_MIGRATIONS.run(&pool).await?;
-                Writer::Pool(pool.clone())
-            }
-            Dialect::Postgres => {
-                POSTGRES_MIGRATIONS.run(&pool).await?;
-                Writer::Pool(pool.clone())
-            }
+            Dialect::Sqlite if !url.contains(":memory:") => options(1).connect(&url).await?,
+            _ => pool.clone(),
         };
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&writer).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&writer).await?,
+        }
         let window = Arc::new(AtomicU32::new(DEFAULT_TENANT_WINDOW));
         // One group in flight per process on both engines: while it is written, the next one
         // gathers, so batches grow with the load. With four in flight on Postgres a free slot
@@ -304,7 +262,6 @@ mod pipelines;
 mod renewals;
 mod rows;
 mod usage;
-mod writer;
 
 use attempts::*;
 use claims::*;
@@ -317,7 +274,6 @@ use jobs::*;
 use renewals::*;
 use rows::*;
 use usage::*;
-use writer::{TxConn, Writer};
 
 #[async_trait]
 impl Ledger for SqlLedger {
