@@ -1,6 +1,7 @@
 //! The local-directory store of the embedded default. Writes go to a temporary file beside the
 //! target and are renamed into place, so a reader never sees half an object and a crash leaves at
-//! most a stray temporary file. Downloads are served by Kiln's api at `/v1/files/{key}` behind a
+//! most a stray temporary file; a put returns once its object is durable, made so together with
+//! every object written beside it (`GroupSync`). Downloads are served by Kiln's api at `/v1/files/{key}` behind a
 //! signed URL; `resolve_own_url` lets Kiln recognise its own URLs when a later job takes an
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
 //!
