@@ -1,7 +1,9 @@
 //! The local-directory store of the embedded default. Writes go to a temporary file beside the
-//! target and are renamed into place, so a reader never sees half an object and a crash leaves at
-//! most a stray temporary file; a put returns once its object is durable, made so together with
-//! every object written beside it (`GroupSync`). Downloads are served by Kiln's api at `/v1/files/{key}` behind a
+//! target and are renamed into place, so a reader never sees half an object and a crash of the
+//! process leaves at most a stray temporary file. A put returns once its object is durable, made
+//! so together with every object written beside it (`GroupSync`); a crash of the machine before
+//! that can leave a partial object, but only under a key the ledger does not yet name (a job's
+//! keys are its own, and its success is written after its outputs are durable). Downloads are served by Kiln's api at `/v1/files/{key}` behind a
 //! signed URL; `resolve_own_url` lets Kiln recognise its own URLs when a later job takes an
 //! earlier output as input, and read the object directly instead of fetching it over HTTP.
 //!
@@ -162,7 +164,9 @@ impl BlockingWriter {
 /// writes the group's files and their directory entries, then flushes once. It also covers the
 /// rename itself, which a file's own `fsync` did not. A put returns only once its object is
 /// durable, so the ledger never names an object a crash of the machine could lose; a lone
-/// object still syncs at once (the group is whatever is waiting, never a timer).
+/// object still syncs at once (the group is whatever is waiting, never a timer). The price:
+/// `syncfs` flushes whatever else is dirty on that filesystem too, so the store is best kept on
+/// a filesystem of its own when something else writes heavily beside it.
 struct GroupSync {
     waiting: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<std::io::Result<()>>>,
 }
@@ -174,16 +178,31 @@ impl GroupSync {
             tokio::sync::oneshot::Sender<std::io::Result<()>>,
         >();
         tokio::spawn(async move {
+            // The root stays open for the store's life: `syncfs` reports a writeback error once
+            // to each open descriptor of the filesystem, so one opened per sync could miss an
+            // error an earlier one was told of. An error anywhere on the filesystem since the
+            // last sync fails the whole group (their writers try again), never one silently.
+            let mut root_dir: Option<std::sync::Arc<std::fs::File>> = None;
             while let Some(first) = queue.recv().await {
                 let mut group = vec![first];
                 while let Ok(next) = queue.try_recv() {
                     group.push(next);
                 }
-                let root = root.clone();
-                let synced = tokio::task::spawn_blocking(move || sync_filesystem(&root))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|synced| synced);
+                let (root, held) = (root.clone(), root_dir.clone());
+                let synced = tokio::task::spawn_blocking(move || {
+                    let dir = match held {
+                        Some(dir) => dir,
+                        None => std::sync::Arc::new(std::fs::File::open(&root)?),
+                    };
+                    sync_filesystem(&dir)?;
+                    Ok::<_, std::io::Error>(dir)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|synced| synced)
+                .map(|dir| {
+                    root_dir = Some(dir);
+                });
                 for reply in group {
                     // io::Error is not Clone: each waiter gets the same kind and message.
                     let _ = reply.send(match &synced {
@@ -206,15 +225,14 @@ impl GroupSync {
 }
 
 #[cfg(target_os = "linux")]
-fn sync_filesystem(root: &Path) -> std::io::Result<()> {
-    let dir = std::fs::File::open(root)?;
-    rustix::fs::syncfs(&dir)?;
+fn sync_filesystem(root_dir: &std::fs::File) -> std::io::Result<()> {
+    rustix::fs::syncfs(root_dir)?;
     Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sync_filesystem(_root: &Path) -> std::io::Result<()> {
-    // Each file was synced before its rename (`per_file_sync`).
+fn sync_filesystem(_root_dir: &std::fs::File) -> std::io::Result<()> {
+    // Never asked: each file was synced before its rename (`per_file_sync`).
     Ok(())
 }
 
@@ -285,7 +303,7 @@ impl ObjectStore for LocalStore {
             Ok::<_, std::io::Error>(Some(file))
         })
         .await
-        .map_err(std::io::Error::other)?;
+        .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)));
         let written = match file {
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp_path).await;

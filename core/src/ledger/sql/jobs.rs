@@ -331,6 +331,15 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
         let id: String = row.try_get("id")?;
         admitted.insert(id, row.try_get::<i64, _>("rung_at")? >= 0);
     }
+    let admitted = jobs
+        .iter()
+        .map(|(job, _)| {
+            admitted
+                .get(&job.id.to_string())
+                .copied()
+                .ok_or_else(|| LedgerError::Corrupt(format!("job {} was not inserted", job.id)))
+        })
+        .collect::<Result<Vec<bool>>>()?;
     match tx.d {
         Dialect::Postgres => tx
             .transitions
@@ -343,14 +352,7 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
             record_queued_many(tx, &queued).await?;
         }
     }
-    jobs.iter()
-        .map(|(job, _)| {
-            admitted
-                .get(&job.id.to_string())
-                .copied()
-                .ok_or_else(|| LedgerError::Corrupt(format!("job {} was not inserted", job.id)))
-        })
-        .collect()
+    Ok(admitted)
 }
 
 pub(super) async fn cancel_in(tx: &mut Tx, sid: &str, from: &str, at: i64) -> Result<()> {
