@@ -102,6 +102,17 @@ impl Kiln {
         format!("{}{path}", self.base)
     }
 
+    /// `POST /v1/files` of `form` as the holder of `key`.
+    pub async fn post_file(&self, key: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/files"))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `/metrics` on the private metrics listener.
     pub fn metrics_url(&self) -> String {
         let addr = self.running.as_ref().unwrap().metrics_addr.unwrap();

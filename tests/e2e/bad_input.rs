@@ -241,14 +241,7 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
         "content",
         reqwest::multipart::Part::bytes(big.clone()).file_name("big.bin"),
     );
-    let declared = kiln
-        .http
-        .post(kiln.url("/v1/files"))
-        .bearer_auth(&key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let declared = kiln.post_file(&key, form).await;
     assert_eq!(declared.status(), 413);
     let problem: serde_json::Value = declared.json().await.unwrap();
     assert_eq!(problem["code"], "file_too_large");
@@ -262,14 +255,7 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
         "content",
         reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(chunks)).file_name("big.bin"),
     );
-    let cut = kiln
-        .http
-        .post(kiln.url("/v1/files"))
-        .bearer_auth(&key)
-        .multipart(streamed)
-        .send()
-        .await
-        .unwrap();
+    let cut = kiln.post_file(&key, streamed).await;
     assert_eq!(cut.status(), 413);
     let listed: serde_json::Value = kiln
         .http
@@ -319,14 +305,7 @@ async fn an_upload_over_the_limit_is_refused_and_leaves_nothing() {
         "content",
         reqwest::multipart::Part::bytes(vec![7u8; 1024]).file_name("small.bin"),
     );
-    let accepted = kiln
-        .http
-        .post(kiln.url("/v1/files"))
-        .bearer_auth(&key)
-        .multipart(small)
-        .send()
-        .await
-        .unwrap();
+    let accepted = kiln.post_file(&key, small).await;
     assert!(accepted.status().is_success(), "{}", accepted.status());
     assert_eq!(uploads().len(), 1, "{:?}", files_under(&outputs));
     kiln.shutdown().await;

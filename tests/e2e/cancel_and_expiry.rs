@@ -184,14 +184,7 @@ async fn the_janitor_deletes_expired_uploads() {
         "content",
         reqwest::multipart::Part::bytes(b"abc".to_vec()).file_name("a.txt"),
     );
-    let created = kiln
-        .http
-        .post(kiln.url("/v1/files"))
-        .bearer_auth(&key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let created = kiln.post_file(&key, form).await;
     assert_eq!(created.status(), 201);
     let file: Value = created.json().await.unwrap();
     assert_eq!(file["size"], 3);

@@ -62,42 +62,6 @@ pub(super) async fn insert_job_in(
     pipeline: Option<&str>,
     at: i64,
 ) -> Result<bool> {
-    let admitted = insert_job_row_in(tx, job, pipeline, at).await?;
-    if tx.d == Dialect::Sqlite {
-        record_transition(tx, &job.id.to_string(), None, Status::Queued, None, at).await?;
-    }
-    Ok(admitted)
-}
-
-/// The `queued` transitions of many new jobs on SQLite as one statement (their rows written by
-/// `insert_batch_in`): a group of submits pays one hand-off to the connection's thread for
-/// them all instead of one each. `queued` writes no delivery (`EventType::of_job_transition`).
-pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> Result<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let statement = format!(
-        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        value_rows("(?, NULL, 'queued', NULL, ?)", jobs.len())
-    );
-    let mut query = sqlx::query(&statement);
-    for (id, at) in jobs {
-        query = query.bind(id.as_str()).bind(*at);
-    }
-    query.execute(&mut *tx.tx).await?;
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Queued.as_str(), jobs.len()));
-    Ok(())
-}
-
-/// `insert_job_in` but for the `queued` transition on SQLite, which `insert_job_in` writes
-/// after it; on Postgres the transition is part of the insert's statement.
-pub(super) async fn insert_job_row_in(
-    tx: &mut Tx,
-    job: &NewJob,
-    pipeline: Option<&str>,
-    at: i64,
-) -> Result<bool> {
     let id = job.id.to_string();
     if let (true, Some(key_id)) = (job.max_active.is_some() || job.spend.is_some(), &job.key_id) {
         // One submit per key at a time past this point (Postgres; SQLite writes one at a time),
@@ -165,15 +129,15 @@ pub(super) async fn insert_job_row_in(
     let statement = match tx.d {
         // Postgres writes the transition in the same statement (one round trip); SQLite's
         // statements are calls within the process, taken one by one.
-        Dialect::Postgres => tx
-            .d
-            .sql(&format!(
-            "WITH inserted AS ({insert}), \
-             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-                 SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
-             SELECT rung_at FROM inserted"
-        ))
-        .into_owned(),
+        Dialect::Postgres => {
+            let with_transition = format!(
+                "WITH inserted AS ({insert}), \
+                 transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
+                     SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
+                 SELECT rung_at FROM inserted"
+            );
+            tx.d.sql(&with_transition).into_owned()
+        }
         Dialect::Sqlite => tx.d.sql(insert).into_owned(),
     };
     let window = i64::from(tx.window);
@@ -219,10 +183,35 @@ pub(super) async fn insert_job_row_in(
     if let Some(key) = &job.idempotency {
         link_idempotent(tx, key, &id).await?;
     }
-    if tx.d == Dialect::Postgres {
-        tx.transitions.push(Status::Queued.as_str());
+    match tx.d {
+        Dialect::Postgres => tx.transitions.push(Status::Queued.as_str()),
+        // SQLite has no data-modifying CTEs: the transition is a statement of its own.
+        Dialect::Sqlite => {
+            record_transition(tx, &id, None, Status::Queued, None, at).await?;
+        }
     }
     Ok(admitted)
+}
+
+/// The `queued` transitions of many new jobs on SQLite as one statement (their rows written by
+/// `insert_batch_in`): a group of submits pays one hand-off to the connection's thread for
+/// them all instead of one each. `queued` writes no delivery (`EventType::of_job_transition`).
+pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let statement = format!(
+        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
+        value_rows("(?, NULL, 'queued', NULL, ?)", jobs.len())
+    );
+    let mut query = sqlx::query(&statement);
+    for (id, at) in jobs {
+        query = query.bind(id.as_str()).bind(*at);
+    }
+    query.execute(&mut *tx.tx).await?;
+    tx.transitions
+        .extend(std::iter::repeat_n(Status::Queued.as_str(), jobs.len()));
+    Ok(())
 }
 
 /// Whether `job` can be written by `insert_batch_in`: nothing of its own to check or write
