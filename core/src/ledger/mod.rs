@@ -33,6 +33,10 @@ use std::time::Duration;
 pub enum LedgerError {
     #[error("ledger database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An error of the embedded default's group writer (`sql::native`), which writes to the
+    /// SQLite file on a connection of its own.
+    #[error("ledger database error: {0}")]
+    Embedded(String),
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger row is corrupt: {0}")]
@@ -66,6 +70,12 @@ impl LedgerError {
             LedgerError::WriterStopped => true,
             _ => false,
         }
+    }
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Embedded(e.to_string())
     }
 }
 

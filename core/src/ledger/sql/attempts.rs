@@ -75,21 +75,14 @@ pub(super) async fn leave_running(
 /// (`Ledger::succeed_batch`), within `tx`: one answer per success, in order. Each success is
 /// fenced by its own lease, so a stale one in the batch (its job canceled or taken over) is
 /// refused alone, and its outputs are not recorded.
-pub(super) async fn succeed_batch_in(
-    tx: &mut Tx,
+pub(super) async fn succeed_batch_in<T: WriteTx>(
+    tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
-    if tx.d == Dialect::Postgres {
-        return succeed_merged(tx, successes).await;
+    match tx.dialect() {
+        Dialect::Postgres => succeed_merged(tx, successes).await,
+        Dialect::Sqlite => succeed_many_sqlite(tx, successes).await,
     }
-    if successes.len() > 1 {
-        return succeed_many_sqlite(tx, successes).await;
-    }
-    let mut won = Vec::with_capacity(successes.len());
-    for (lease, outputs, at) in successes {
-        won.push(succeed_one(tx, lease, outputs, *at).await?);
-    }
-    Ok(won)
 }
 
 /// The types of `succeed_merged`'s output `VALUES` columns: job_id, token, idx, object_key,
@@ -104,8 +97,8 @@ const OUTPUT_COLUMNS: [&str; 8] = [
 /// callbacks forgotten, the transitions, the `job.succeeded` deliveries and the outputs (joined
 /// to the lease that won, so a stale lease's outputs are dropped). The leases are padded to a
 /// power of two with repeats of the last, the outputs with null rows.
-async fn succeed_merged(
-    tx: &mut Tx,
+async fn succeed_merged<T: WriteTx>(
+    tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
     if successes.is_empty() {
@@ -134,7 +127,7 @@ async fn succeed_merged(
             },
         )
     });
-    let statement = tx.d.sql(&format!(
+    let statement = tx.dialect().sql(&format!(
         "WITH leases (id, token, attempt_id, at) AS (VALUES {leases}), \
          ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
                  completed_at = leases.at, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
@@ -152,14 +145,13 @@ async fn succeed_merged(
         delivery = DELIVERY.as_str(),
     ))
     .into_owned();
-    let mut query = sqlx::query(&statement);
+    let mut args = Args::new();
     for i in 0..shape {
         let (lease, _, at) = successes[i.min(successes.len() - 1)];
-        query = query
-            .bind(lease.job_id.to_string())
-            .bind(&lease.token)
-            .bind(&lease.attempt_id)
-            .bind(at);
+        args.text(lease.job_id.to_string())
+            .text(lease.token.as_str())
+            .text(lease.attempt_id.as_str())
+            .int(at);
     }
     // The deliveries' time: the batch's latest (each job's own is on its transition).
     let at = successes
@@ -167,39 +159,28 @@ async fn succeed_merged(
         .map(|(_, _, at)| *at)
         .max()
         .unwrap_or_default();
-    query = query
-        .bind(DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned())
-        .bind(at)
-        .bind(at);
+    args.text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
+        .int(at)
+        .int(at);
     if output_count > 0 {
         let mut bound = 0;
         for (lease, outputs, _) in successes {
             for o in *outputs {
-                query = query
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.token)
-                    .bind(o.index as i64)
-                    .bind(&o.object_key)
-                    .bind(&o.content_type)
-                    .bind(o.bytes as i64)
-                    .bind(to_millis(o.expires_at))
-                    .bind(media_json(&o.media));
+                args.text(lease.job_id.to_string())
+                    .text(lease.token.as_str());
+                bind_output_fields(&mut args, o);
                 bound += 1;
             }
         }
         for _ in bound..output_count.next_power_of_two() {
-            query = bind_null_row(query, &OUTPUT_COLUMNS);
+            args.null_row(&OUTPUT_COLUMNS);
         }
     }
     let mut held = std::collections::HashSet::new();
-    for row in query.fetch_all(&mut *tx.tx).await? {
-        held.insert((
-            row.try_get::<String, _>("id")?,
-            row.try_get::<String, _>("token")?,
-        ));
+    for row in tx.rows(&statement, args).await? {
+        held.insert((row.text("id")?, row.text("token")?));
     }
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Succeeded.as_str(), held.len()));
+    tx.note_transitions(Status::Succeeded, held.len());
     Ok(successes
         .iter()
         .map(|(lease, _, _)| held.contains(&(lease.job_id.to_string(), lease.token.clone())))
@@ -215,24 +196,21 @@ async fn succeed_merged(
 /// job named twice (a stale lease and the live one after it) is won by the live one alone; the
 /// update is still fenced by each token and returns the jobs it moved, and everything after is
 /// written for those jobs alone, so a stale lease is refused alone and its outputs dropped.
-async fn succeed_many_sqlite(
-    tx: &mut Tx,
+async fn succeed_many_sqlite<T: WriteTx>(
+    tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
     let running_sql = format!(
         "SELECT id, lease_token FROM jobs WHERE status = 'running' AND id IN ({})",
         vec!["?"; successes.len()].join(", ")
     );
-    let mut query = sqlx::query(&running_sql);
+    let mut args = Args::new();
     for (lease, _, _) in successes {
-        query = query.bind(lease.job_id.to_string());
+        args.text(lease.job_id.to_string());
     }
     let mut held = std::collections::HashSet::new();
-    for row in query.fetch_all(&mut *tx.tx).await? {
-        held.insert((
-            row.try_get::<String, _>("id")?,
-            row.try_get::<Option<String>, _>("lease_token")?,
-        ));
+    for row in tx.rows(&running_sql, args).await? {
+        held.insert((row.text("id")?, row.opt_text("lease_token")?));
     }
     let holds: Vec<bool> = successes
         .iter()
@@ -255,16 +233,15 @@ async fn succeed_many_sqlite(
          RETURNING jobs.id",
         value_rows("(?, ?, ?)", holding.len())
     );
-    let mut query = sqlx::query(&ended_sql);
+    let mut args = Args::new();
     for (lease, _, at) in &holding {
-        query = query
-            .bind(lease.job_id.to_string())
-            .bind(&lease.token)
-            .bind(*at);
+        args.text(lease.job_id.to_string())
+            .text(lease.token.as_str())
+            .int(*at);
     }
     let mut ended = std::collections::HashSet::new();
-    for row in query.fetch_all(&mut *tx.tx).await? {
-        ended.insert(row.try_get::<String, _>("id")?);
+    for row in tx.rows(&ended_sql, args).await? {
+        ended.insert(row.text("id")?);
     }
     let won: Vec<bool> = successes
         .iter()
@@ -288,30 +265,29 @@ async fn succeed_many_sqlite(
          FROM ended WHERE attempts.id = ended.id AND attempts.finished_at IS NULL",
         value_rows("(?, ?)", n)
     );
-    let mut query = sqlx::query(&attempts_sql);
+    let mut args = Args::new();
     for (lease, _, at) in &winners {
-        query = query.bind(&lease.attempt_id).bind(*at);
+        args.text(lease.attempt_id.as_str()).int(*at);
     }
-    query.execute(&mut *tx.tx).await?;
+    tx.run(&attempts_sql, args).await?;
 
     let forget_sql = format!("DELETE FROM upstream_callbacks WHERE job_id IN ({marks})");
-    let mut query = sqlx::query(&forget_sql);
+    let mut args = Args::new();
     for (lease, _, _) in &winners {
-        query = query.bind(lease.job_id.to_string());
+        args.text(lease.job_id.to_string());
     }
-    query.execute(&mut *tx.tx).await?;
+    tx.run(&forget_sql, args).await?;
 
     let transitions_sql = format!(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
         value_rows("(?, 'running', 'succeeded', NULL, ?)", n)
     );
-    let mut query = sqlx::query(&transitions_sql);
+    let mut args = Args::new();
     for (lease, _, at) in &winners {
-        query = query.bind(lease.job_id.to_string()).bind(*at);
+        args.text(lease.job_id.to_string()).int(*at);
     }
-    query.execute(&mut *tx.tx).await?;
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Succeeded.as_str(), n));
+    tx.run(&transitions_sql, args).await?;
+    tx.note_transitions(Status::Succeeded, n);
 
     // Each delivery's id: the batch's shared time-ordered head and 12 random hex digits.
     let from_where = format!("FROM jobs WHERE id IN ({marks})");
@@ -327,14 +303,14 @@ async fn succeed_many_sqlite(
         .map(|(_, _, at)| *at)
         .max()
         .unwrap_or_default();
-    let mut query = sqlx::query(&delivery_sql)
-        .bind(DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned())
-        .bind(at)
-        .bind(at);
+    let mut args = Args::new();
+    args.text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
+        .int(at)
+        .int(at);
     for (lease, _, _) in &winners {
-        query = query.bind(lease.job_id.to_string());
+        args.text(lease.job_id.to_string());
     }
-    query.execute(&mut *tx.tx).await?;
+    tx.run(&delivery_sql, args).await?;
 
     let output_count: usize = winners.iter().map(|(_, o, _)| o.len()).sum();
     if output_count > 0 {
@@ -342,63 +318,31 @@ async fn succeed_many_sqlite(
             "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) VALUES {}",
             value_rows("(?, ?, ?, ?, ?, ?, ?)", output_count)
         );
-        let mut query = sqlx::query(&outputs_sql);
+        let mut args = Args::new();
         for (lease, outputs, _) in &winners {
             for o in *outputs {
-                query = bind_output(query, lease.job_id.to_string(), o);
+                args.text(lease.job_id.to_string());
+                bind_output_fields(&mut args, o);
             }
         }
-        query.execute(&mut *tx.tx).await?;
+        tx.run(&outputs_sql, args).await?;
     }
     Ok(won)
 }
 
-/// Binds an output's row of `outputs` (job, index, key, type, bytes, expiry, media).
-fn bind_output<'q>(
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    job_id: String,
-    o: &'q NewOutput,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    query
-        .bind(job_id)
-        .bind(o.index as i64)
-        .bind(&o.object_key)
-        .bind(&o.content_type)
-        .bind(o.bytes as i64)
-        .bind(to_millis(o.expires_at))
-        .bind(media_json(&o.media))
+/// Binds an output's own columns of `outputs` (index, key, type, bytes, expiry, media).
+fn bind_output_fields(args: &mut Args, o: &NewOutput) {
+    args.int(o.index as i64)
+        .text(o.object_key.as_str())
+        .text(o.content_type.as_str())
+        .int(o.bytes as i64)
+        .int(to_millis(o.expires_at))
+        .text(media_json(&o.media));
 }
 
 /// An output's media column: its `OutputMedia` as JSON.
 fn media_json(media: &crate::OutputMedia) -> String {
     serde_json::to_string(media).expect("plain fields serialize")
-}
-
-/// One success on SQLite: `leave_running`, then the outputs.
-async fn succeed_one(tx: &mut Tx, lease: &Lease, outputs: &[NewOutput], at: i64) -> Result<bool> {
-    if !leave_running(
-        tx,
-        lease,
-        Status::Succeeded,
-        None,
-        None,
-        AttemptOutcome::Succeeded,
-        at,
-    )
-    .await?
-    {
-        return Ok(false);
-    }
-    for o in outputs {
-        let insert = tx.d.sql(
-            "INSERT INTO outputs (job_id, idx, object_key, content_type, bytes, expires_at, media) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        );
-        bind_output(sqlx::query(&insert), lease.job_id.to_string(), o)
-            .execute(&mut *tx.tx)
-            .await?;
-    }
-    Ok(true)
 }
 
 /// `queued|running → canceled` for a job the caller has locked and found in state `from`.
@@ -482,7 +426,7 @@ impl AttemptLedger for SqlLedger {
         .bind(note.cost_micros)
         .bind(note.progress_percent.map(i64::from))
         .bind(&lease.attempt_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -498,7 +442,7 @@ impl AttemptLedger for SqlLedger {
         .bind(body)
         .bind(to_millis(now()))
         .bind(job_id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected();
         Ok(stored == 1)
@@ -512,7 +456,7 @@ impl AttemptLedger for SqlLedger {
         .bind(i64::from(percent.min(100)))
         .bind(job_id.to_string())
         .bind(upstream_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -636,7 +580,7 @@ impl AttemptLedger for SqlLedger {
         .bind(until)
         .bind(at)
         .bind(at)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -657,7 +601,7 @@ impl AttemptLedger for SqlLedger {
     async fn finish_upstream_stop(&self, job_id: JobId) -> Result<()> {
         sqlx::query(&self.sql("DELETE FROM upstream_stops WHERE job_id = ?"))
             .bind(job_id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }
@@ -690,7 +634,7 @@ impl AttemptLedger for SqlLedger {
         .bind(to_millis(now()))
         .bind(job_id.to_string())
         .bind(index as i64)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }

@@ -81,8 +81,8 @@ pub(super) fn claim_update_sql(d: Dialect, shape: usize) -> String {
 
 /// `queued → running` for those of `ids` that are queued and due (`Ledger::claim_batch`),
 /// within `tx`. A job named twice is claimed once.
-pub(super) async fn claim_batch_in(
-    tx: &mut Tx,
+pub(super) async fn claim_batch_in<T: WriteTx>(
+    tx: &mut T,
     ids: &[JobId],
     worker: &str,
     route: &RouteChooser,
@@ -92,33 +92,37 @@ pub(super) async fn claim_batch_in(
     let mut rows = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CLAIM_BATCH_MAX) {
         let shape = chunk.len().next_power_of_two();
-        let sql = claim_update_sql(tx.d, shape);
-        let mut query = sqlx::query(&sql)
-            .bind(at)
-            .bind(worker)
-            .bind(at + lease_for.as_millis() as i64);
+        let sql = claim_update_sql(tx.dialect(), shape);
+        let mut args = Args::new();
+        args.int(at)
+            .text(worker)
+            .int(at + lease_for.as_millis() as i64);
         for i in 0..shape {
-            query = query.bind(chunk[i.min(chunk.len() - 1)].to_string());
+            args.text(chunk[i.min(chunk.len() - 1)].to_string());
         }
-        rows.extend(query.bind(at).fetch_all(&mut *tx.tx).await?);
+        args.int(at);
+        rows.extend(tx.rows(&sql, args).await?);
     }
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut job = job_from_row(row)?;
-        let token: String = row.try_get("lease_token")?;
+        let token = row.text("lease_token")?;
         let number = job.attempt_count;
         let sid = job.id.to_string();
         // A first attempt has none before it; a later attempt's route depends on the ones
         // before (fallback), so they are read, in this transaction.
         if number > 1 {
-            let row = sqlx::query(
-                &tx.d
-                    .sql(&format!("{} FROM jobs WHERE id = ?", tx.d.job_select())),
-            )
-            .bind(&sid)
-            .fetch_one(&mut *tx.tx)
-            .await?;
-            job.attempts = load_job(&row)?.attempts;
+            let d = tx.dialect();
+            let sql = d
+                .sql(&format!("{} FROM jobs WHERE id = ?", d.job_select()))
+                .into_owned();
+            let mut args = Args::new();
+            args.text(sid.as_str());
+            let read = tx.rows(&sql, args).await?;
+            let row = read
+                .first()
+                .ok_or_else(|| LedgerError::Corrupt(format!("claimed job {sid} is gone")))?;
+            job.attempts = load_job(row)?.attempts;
         }
         // Attempt ids are stable (`{job}-{n}`): upstream calls carry them for idempotency.
         let attempt_id = format!("{sid}-{number}");
@@ -143,7 +147,7 @@ pub(super) async fn claim_batch_in(
             admitted: None,
         });
     }
-    match tx.d {
+    match tx.dialect() {
         Dialect::Postgres => open_attempts_merged(tx, &mut claimed, worker, at).await?,
         Dialect::Sqlite => open_attempts_sqlite(tx, &mut claimed, worker, at).await?,
     }
@@ -154,8 +158,8 @@ pub(super) async fn claim_batch_in(
 /// multi-row statement each for the whole batch (a statement is a hand-off to the connection's
 /// thread and back, see `attempts::succeed_many_sqlite`), then the admission of held jobs: one
 /// statement per tenant for the places first claims freed, one per later attempt's claim.
-async fn open_attempts_sqlite(
-    tx: &mut Tx,
+async fn open_attempts_sqlite<T: WriteTx>(
+    tx: &mut T,
     claimed: &mut [Claimed],
     worker: &str,
     at: i64,
@@ -168,30 +172,28 @@ async fn open_attempts_sqlite(
         "INSERT INTO attempts (job_id, number, id, route, worker, started_at) VALUES {}",
         value_rows("(?, ?, ?, ?, ?, ?)", n)
     );
-    let mut query = sqlx::query(&attempts_sql);
+    let mut args = Args::new();
     for c in claimed.iter() {
         let attempt = c.job.attempts.last().expect("a claim opens an attempt");
-        query = query
-            .bind(c.job.id.to_string())
-            .bind(i64::from(attempt.number))
-            .bind(attempt.id.clone())
-            .bind(attempt.route.clone())
-            .bind(worker)
-            .bind(at);
+        args.text(c.job.id.to_string())
+            .int(i64::from(attempt.number))
+            .text(attempt.id.as_str())
+            .text(attempt.route.as_str())
+            .text(worker)
+            .int(at);
     }
-    query.execute(&mut *tx.tx).await?;
+    tx.run(&attempts_sql, args).await?;
 
     let transitions_sql = format!(
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
         value_rows("(?, 'queued', 'running', NULL, ?)", n)
     );
-    let mut query = sqlx::query(&transitions_sql);
+    let mut args = Args::new();
     for c in claimed.iter() {
-        query = query.bind(c.job.id.to_string()).bind(at);
+        args.text(c.job.id.to_string()).int(at);
     }
-    query.execute(&mut *tx.tx).await?;
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Running.as_str(), n));
+    tx.run(&transitions_sql, args).await?;
+    tx.note_transitions(Status::Running, n);
 
     // Each delivery's id: the batch's shared time-ordered head and 12 random hex digits.
     let from_where = format!("FROM jobs WHERE id IN ({})", vec!["?"; n].join(", "));
@@ -202,14 +204,15 @@ async fn open_attempts_sqlite(
             ..DeliverySource::job_row(&from_where)
         },
     );
-    let mut query = sqlx::query(&delivery_sql)
-        .bind(DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned())
-        .bind(at)
-        .bind(at);
+    let mut args = Args::new();
+    args.text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
+        .int(at)
+        .int(at);
     for c in claimed.iter() {
-        query = query.bind(c.job.id.to_string());
+        args.text(c.job.id.to_string());
     }
-    query.bind(at).execute(&mut *tx.tx).await?;
+    args.int(at);
+    tx.run(&delivery_sql, args).await?;
 
     // A first claim frees its place in its tenant's window (see `admit_next_in`): each tenant's
     // held jobs are admitted into the places its first claims freed, one statement per tenant.
@@ -219,11 +222,13 @@ async fn open_attempts_sqlite(
     }
     let admission = admission_places_sqlite_sql();
     for (tenant, places) in places {
-        let mut query = sqlx::query(&admission).bind(at);
+        let mut args = Args::new();
+        args.int(at);
         for _ in Lane::ALL {
-            query = query.bind(&tenant).bind(places);
+            args.text(tenant.as_str()).int(places);
         }
-        for row in query.bind(places).fetch_all(&mut *tx.tx).await? {
+        args.int(places);
+        for row in tx.rows(&admission, args).await? {
             let admitted = id_and_lane(&row)?;
             if let Some(c) = claimed.iter_mut().find(|c| {
                 c.job.attempt_count == 1 && c.admitted.is_none() && c.job.tenant.0 == tenant
@@ -275,8 +280,8 @@ const OPENED_COLUMNS: [&str; 6] = ["text", "bigint", "text", "text", "text", "bi
 /// of data-modifying CTEs. A later attempt's claim admits only where the window has room, which
 /// takes a count: `admit_next_in` for each of those, after (they are rare: retries, releases,
 /// rescues).
-async fn open_attempts_merged(
-    tx: &mut Tx,
+async fn open_attempts_merged<T: WriteTx>(
+    tx: &mut T,
     claimed: &mut [Claimed],
     worker: &str,
     at: i64,
@@ -306,7 +311,7 @@ async fn open_attempts_merged(
             },
         )
     });
-    let statement = tx.d.sql(&format!(
+    let statement = tx.dialect().sql(&format!(
         "WITH opened (job_id, number, route, webhook_url, webhook_events, started_at) AS (VALUES {opened}), \
          attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
              SELECT job_id, number, job_id || '-' || number, route, ?, ? FROM opened WHERE job_id IS NOT NULL), \
@@ -319,46 +324,44 @@ async fn open_attempts_merged(
         admission = admission_batch_sql(tenant_shape),
     ))
     .into_owned();
-    let mut query = sqlx::query(&statement);
+    let mut args = Args::new();
     for i in 0..shape {
         match claimed.get(i) {
             Some(c) => {
                 let attempt = c.job.attempts.last().expect("a claim opens an attempt");
-                query = query
-                    .bind(c.job.id.to_string())
-                    .bind(i64::from(attempt.number))
-                    .bind(attempt.route.clone())
-                    .bind(c.job.webhook_url.clone())
-                    .bind(c.job.webhook_events.as_ref().map(|e| e.join(",")))
-                    .bind(c.job.started_at.map(to_millis));
+                args.text(c.job.id.to_string())
+                    .int(i64::from(attempt.number))
+                    .text(attempt.route.as_str())
+                    .opt_text(c.job.webhook_url.as_deref())
+                    .opt_text(c.job.webhook_events.as_ref().map(|e| e.join(",")))
+                    .opt_int(c.job.started_at.map(to_millis));
             }
-            None => query = bind_null_row(query, &OPENED_COLUMNS),
+            None => {
+                args.null_row(&OPENED_COLUMNS);
+            }
         }
     }
-    let delivery_prefix = DeliveryId::new().0[..DELIVERY_PREFIX_LEN].to_owned();
-    query = query
-        .bind(worker)
-        .bind(at)
-        .bind(at)
-        .bind(delivery_prefix)
-        .bind(at)
-        .bind(at)
-        .bind(at)
-        .bind(at);
+    args.text(worker)
+        .int(at)
+        .int(at)
+        .text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
+        .int(at)
+        .int(at)
+        .int(at)
+        .int(at);
     let mut freed = places.iter();
     for _ in 0..tenant_shape {
-        query = match freed.next() {
-            Some((tenant, places)) => query.bind(tenant.to_string()).bind(*places),
-            None => query.bind(None::<String>).bind(0i64),
+        match freed.next() {
+            Some((tenant, places)) => args.text(*tenant).int(*places),
+            None => args.opt_text(None::<String>).int(0),
         };
     }
-    let rows = query.fetch_all(&mut *tx.tx).await?;
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Running.as_str(), claimed.len()));
+    let rows = tx.rows(&statement, args).await?;
+    tx.note_transitions(Status::Running, claimed.len());
     // Each admitted job goes to one first claim of its tenant, whose claimer rings it.
     for row in &rows {
         let (id, lane) = id_and_lane(row)?;
-        let tenant: String = row.try_get("tenant")?;
+        let tenant = row.text("tenant")?;
         if let Some(c) = claimed
             .iter_mut()
             .find(|c| c.job.attempt_count == 1 && c.admitted.is_none() && c.job.tenant.0 == tenant)
@@ -399,21 +402,6 @@ pub(super) fn admission_batch_sql(tenant_shape: usize) -> String {
            AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
          RETURNING id, tenant, priority"
     )
-}
-
-/// A null row of `VALUES` for the columns `types` (as `padded_values` names them), bound to
-/// `query`: the padding that no join keeps.
-pub(super) fn bind_null_row<'q>(
-    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    types: &[&str],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    for column in types {
-        query = match *column {
-            "bigint" => query.bind(None::<i64>),
-            _ => query.bind(None::<String>),
-        };
-    }
-    query
 }
 
 /// `n` copies of one `VALUES` row, `row` (its parameters and literals), for SQLite's multi-row
@@ -476,29 +464,24 @@ pub(super) fn admission_sql(d: Dialect, count_window: bool) -> String {
     .into_owned()
 }
 
-pub(super) async fn admit_next_in(
-    tx: &mut Tx,
+pub(super) async fn admit_next_in<T: WriteTx>(
+    tx: &mut T,
     tenant: &str,
     at: i64,
     count_window: bool,
 ) -> Result<Option<(JobId, crate::dispatch::Lane)>> {
-    let sql = admission_sql(tx.d, count_window);
-    let mut query = sqlx::query(&sql).bind(at);
+    let sql = admission_sql(tx.dialect(), count_window);
+    let mut args = Args::new();
+    args.int(at);
     if count_window {
-        let window = i64::from(tx.window);
-        query = query.bind(tenant).bind(window).bind(window);
+        let window = i64::from(tx.window());
+        args.text(tenant).int(window).int(window);
     }
     for lane in crate::dispatch::Lane::ALL {
-        query = query.bind(tenant).bind(lane.as_str());
+        args.text(tenant).text(lane.as_str());
     }
-    let Some(row) = query.fetch_optional(&mut *tx.tx).await? else {
-        return Ok(None);
-    };
-    let id: String = row.try_get("id")?;
-    let lane: String = row.try_get("priority")?;
-    let lane = lane
-        .parse()
-        .map_err(|_| LedgerError::Corrupt(format!("priority '{lane}'")))?;
-    let job = id.parse().map_err(|_| LedgerError::Corrupt(id))?;
-    Ok(Some((job, lane)))
+    match tx.rows(&sql, args).await?.first() {
+        Some(row) => Ok(Some(id_and_lane(row)?)),
+        None => Ok(None),
+    }
 }

@@ -342,7 +342,7 @@ impl DeliveryLedger for SqlLedger {
         .bind(job_id.to_string())
         .bind(&tenant.0)
         .bind(at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected();
         Ok(changed == 1)

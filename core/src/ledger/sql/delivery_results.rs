@@ -23,7 +23,7 @@ pub(super) struct DeliveryResults {
 }
 
 impl DeliveryResults {
-    pub(super) fn start(pool: AnyPool, dialect: Dialect, window: Arc<AtomicU32>) -> Self {
+    pub(super) fn start(pool: Writer, dialect: Dialect, window: Arc<AtomicU32>) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingResult>();
         tokio::spawn(async move {
             while let Some(first) = waiting.recv().await {
@@ -56,7 +56,7 @@ impl DeliveryResults {
 }
 
 async fn write_results(
-    pool: &AnyPool,
+    pool: &Writer,
     dialect: Dialect,
     window: &AtomicU32,
     batch: Vec<PendingResult>,
@@ -87,7 +87,7 @@ async fn write_results(
 /// deliveries too), on Postgres as one statement outside a transaction, on SQLite as two in
 /// one (each delivery named once); otherwise one by one in one transaction.
 async fn write_batch(
-    pool: &AnyPool,
+    pool: &Writer,
     dialect: Dialect,
     window: &AtomicU32,
     results: &[&PendingResult],
@@ -129,7 +129,7 @@ async fn write_batch(
 /// their deliveries by id and claim token, each log row fed by the update that won. Returns
 /// the ids whose claim still held.
 async fn finish_merged(
-    pool: &AnyPool,
+    pool: &Writer,
     results: &[&PendingResult],
 ) -> Result<std::collections::HashSet<String>> {
     let shape = results.len().next_power_of_two();
@@ -163,7 +163,7 @@ async fn finish_merged(
             .bind(r.tried.error.as_deref());
     }
     query
-        .fetch_all(pool)
+        .fetch_all(&mut *pool.conn().await?)
         .await?
         .iter()
         .map(|row| Ok(row.try_get("id")?))

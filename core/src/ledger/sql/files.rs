@@ -41,7 +41,7 @@ impl FileLedger for SqlLedger {
         .bind(file.metadata.to_string())
         .bind(to_millis(file.created_at))
         .bind(to_millis(file.expires_at))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -103,7 +103,7 @@ impl FileLedger for SqlLedger {
         .bind(id)
         .bind(tenant.map(|t| t.0.as_str()))
         .bind(tenant.map(|t| t.0.as_str()))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected();
         Ok(marked == 1)

@@ -4,6 +4,10 @@
 //! one commit and a few statements for many jobs. A group that fails is written again write by
 //! write, so one bad write cannot fail its neighbours; transitions are counted only after a
 //! commit (`Tx::commit`), so a group written twice counts once.
+//!
+//! On a SQLite file a group is written by the embedded writer (`native`) on its own thread,
+//! in one hand-off, while it holds the write turn; only the inserts that are not `batchable`
+//! (rare: a key's limits, an idempotency key) go through sqlx beside it.
 
 use super::*;
 
@@ -54,10 +58,7 @@ pub(super) enum GroupWritten {
     Succeeded(bool),
 }
 
-pub(super) type Pending = (
-    GroupWrite,
-    tokio::sync::oneshot::Sender<Result<GroupWritten>>,
-);
+pub(super) type Pending = (GroupWrite, Reply);
 
 /// Group commit for the writes every job makes (insert, claim, success): concurrent callers'
 /// writes go into one transaction, so a busy ledger pays one `BEGIN`/`COMMIT` (and one WAL
@@ -73,10 +74,11 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// `slots`: groups in flight at once (SQLite writes one at a time anyway).
     pub(super) fn start(
-        pool: AnyPool,
+        writer: Writer,
         dialect: Dialect,
         window: Arc<AtomicU32>,
         slots: usize,
+        native: Option<super::native::NativeWriter>,
     ) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
         tokio::spawn(async move {
@@ -86,9 +88,29 @@ impl GroupCommit {
                     return;
                 };
                 let group = crate::batch::take_waiting(first, &mut waiting, GROUP_MAX);
-                let (pool, window) = (pool.clone(), window.clone());
+                let (writer, window, native) = (writer.clone(), window.clone(), native.clone());
                 tokio::spawn(async move {
-                    write_group(&pool, dialect, &window, group).await;
+                    let mut through_sqlx = SqlxGroups {
+                        writer: &writer,
+                        dialect,
+                        window: &window,
+                    };
+                    match native {
+                        Some(native) => {
+                            let (alone, together): (Vec<_>, Vec<_>) =
+                                group.into_iter().partition(|(write, _)| {
+                                    matches!(write, GroupWrite::Insert { job, .. } if !batchable(job))
+                                });
+                            if !alone.is_empty() {
+                                write_group(&mut through_sqlx, alone).await;
+                            }
+                            if !together.is_empty() {
+                                let turn = writer.take_turn().await;
+                                native.write(together, turn, window.clone()).await;
+                            }
+                        }
+                        None => write_group(&mut through_sqlx, group).await,
+                    }
                     drop(slot);
                 });
             }
@@ -105,12 +127,48 @@ impl GroupCommit {
     }
 }
 
-pub(super) async fn write_group(
-    pool: &AnyPool,
-    dialect: Dialect,
-    window: &AtomicU32,
+/// Where a group's transactions are written: sqlx (`SqlxGroups`) or the embedded writer.
+pub(super) trait GroupTarget {
+    /// Writes `writes` in one transaction (`write_in`), answering in their order.
+    fn write_in_one(
+        &mut self,
+        writes: &[&GroupWrite],
+    ) -> impl std::future::Future<Output = Result<Vec<GroupWritten>>> + Send;
+}
+
+/// A group written through sqlx, each transaction begun on the writer.
+pub(super) struct SqlxGroups<'a> {
+    pub(super) writer: &'a Writer,
+    pub(super) dialect: Dialect,
+    pub(super) window: &'a AtomicU32,
+}
+
+impl GroupTarget for SqlxGroups<'_> {
+    async fn write_in_one(&mut self, writes: &[&GroupWrite]) -> Result<Vec<GroupWritten>> {
+        let mut tx = begin_write(self.writer, self.dialect, self.window).await?;
+        let written = write_in(&mut tx, writes).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+/// Writes a group: all of it in one transaction, or, if that fails, each write alone.
+pub(super) async fn write_group(target: &mut impl GroupTarget, group: Vec<Pending>) {
+    for (reply, written) in written_group(target, group).await {
+        let _ = reply.send(written);
+    }
+}
+
+/// A write's answer and where it goes.
+pub(super) type Answer = (Reply, Result<GroupWritten>);
+
+pub(super) type Reply = tokio::sync::oneshot::Sender<Result<GroupWritten>>;
+
+/// `write_group` without the answering: each write's answer, for the caller to send.
+pub(super) async fn written_group(
+    target: &mut impl GroupTarget,
     mut group: Vec<Pending>,
-) {
+) -> Vec<Answer> {
     // A write whose caller has gone (a worker stopped, a client hung up) is not made: before
     // grouping, dropping the caller dropped its transaction, and a claim nobody holds would
     // leave its job running until the lease ran out.
@@ -118,36 +176,36 @@ pub(super) async fn write_group(
     if group.len() > 1 {
         group.sort_by_cached_key(|(write, _)| write.lock_order());
         let writes: Vec<&GroupWrite> = group.iter().map(|(w, _)| w).collect();
-        match write_in_one(pool, dialect, window, &writes).await {
+        match target.write_in_one(&writes).await {
             Ok(written) => {
-                for ((_, reply), written) in group.into_iter().zip(written) {
-                    let _ = reply.send(Ok(written));
-                }
-                return;
+                return group
+                    .into_iter()
+                    .zip(written)
+                    .map(|((_, reply), written)| (reply, Ok(written)))
+                    .collect();
             }
             Err(e) => {
                 tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; writing each alone");
             }
         }
     }
+    let mut answers = Vec::with_capacity(group.len());
     for (write, reply) in group {
-        let written = write_in_one(pool, dialect, window, &[&write]).await;
-        let _ = reply.send(written.map(|mut w| w.remove(0)));
+        let written = target.write_in_one(&[&write]).await;
+        answers.push((reply, written.map(|mut w| w.remove(0))));
     }
+    answers
 }
 
-/// Writes `writes` in one transaction: the inserts that check a key's limits or write more than
+/// Writes `writes` within `tx`: the inserts that check a key's limits or write more than
 /// their row one by one (in lock order), the other inserts as one batch (`insert_batch_in`),
 /// then the claims a batch per claimer (`claim_batch_in`), then the successes as one batch
 /// (`succeed_batch_in`), so a group of any size costs a few statements. Answers in the order
-/// of `writes`.
-pub(super) async fn write_in_one(
-    pool: &AnyPool,
-    dialect: Dialect,
-    window: &AtomicU32,
+/// of `writes`; the caller commits.
+pub(super) async fn write_in<T: WriteTx>(
+    tx: &mut T,
     writes: &[&GroupWrite],
 ) -> Result<Vec<GroupWritten>> {
-    let mut tx = begin_write(pool, dialect, window).await?;
     let mut written: Vec<Option<GroupWritten>> = writes.iter().map(|_| None).collect();
     // Claims batch by claimer: the same worker, route chooser and lease (one per process).
     type Claimer<'a> = (&'a str, usize, Duration);
@@ -161,7 +219,7 @@ pub(super) async fn write_in_one(
             // A key's limits (active jobs, spend) are answers, not failures: nothing was
             // written when one refuses, so the rest of the group goes on.
             GroupWrite::Insert { job, at } => {
-                let inserted = match insert_job_in(&mut tx, job, None, *at).await {
+                let inserted = match tx.insert_alone(job, *at).await {
                     Err(e @ (LedgerError::ActiveJobLimit(_) | LedgerError::SpendCap { .. })) => {
                         Err(e)
                     }
@@ -192,7 +250,7 @@ pub(super) async fn write_in_one(
                 _ => unreachable!("batched by kind"),
             })
             .collect();
-        let admitted = insert_batch_in(&mut tx, &batch).await?;
+        let admitted = insert_batch_in(tx, &batch).await?;
         for (&i, admitted) in inserts.iter().zip(admitted) {
             written[i] = Some(GroupWritten::Inserted(Ok(admitted)));
         }
@@ -209,7 +267,7 @@ pub(super) async fn write_in_one(
                 _ => unreachable!("batched by kind"),
             })
             .collect();
-        let mut claimed = claim_batch_in(&mut tx, &ids, worker, route, lease_for, at).await?;
+        let mut claimed = claim_batch_in(tx, &ids, worker, route, lease_for, at).await?;
         // Each claimed job answers the first write that asked for it; a second ring of the
         // same job in the group lost.
         for (&i, id) in batch.iter().zip(&ids) {
@@ -228,12 +286,11 @@ pub(super) async fn write_in_one(
                 _ => unreachable!("batched by kind"),
             })
             .collect();
-        let won = succeed_batch_in(&mut tx, &batch).await?;
+        let won = succeed_batch_in(tx, &batch).await?;
         for (&i, won) in successes.iter().zip(won) {
             written[i] = Some(GroupWritten::Succeeded(won));
         }
     }
-    tx.commit().await?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every write answered"))

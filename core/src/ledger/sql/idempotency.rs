@@ -128,7 +128,7 @@ impl IdempotencyLedger for SqlLedger {
         .bind(&response.body)
         .bind(key.key_id.as_str())
         .bind(&key.key)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -139,7 +139,7 @@ impl IdempotencyLedger for SqlLedger {
         ))
         .bind(key.key_id.as_str())
         .bind(&key.key)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         // Something was created before the failure: unlock, so a retry is answered with it.
         sqlx::query(&self.sql(
@@ -148,7 +148,7 @@ impl IdempotencyLedger for SqlLedger {
         ))
         .bind(key.key_id.as_str())
         .bind(&key.key)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -159,7 +159,7 @@ impl IdempotencyLedger for SqlLedger {
              (SELECT key_id, idem_key FROM idempotency_keys WHERE expires_at <= ? LIMIT {limit})"
         )))
         .bind(to_millis(now))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(done.rows_affected())
     }

@@ -196,7 +196,10 @@ pub(super) async fn insert_job_in(
 /// The `queued` transitions of many new jobs on SQLite as one statement (their rows written by
 /// `insert_batch_in`): a group of submits pays one hand-off to the connection's thread for
 /// them all instead of one each. `queued` writes no delivery (`EventType::of_job_transition`).
-pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> Result<()> {
+pub(super) async fn record_queued_many<T: WriteTx>(
+    tx: &mut T,
+    jobs: &[(String, i64)],
+) -> Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -204,13 +207,12 @@ pub(super) async fn record_queued_many(tx: &mut Tx, jobs: &[(String, i64)]) -> R
         "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
         value_rows("(?, NULL, 'queued', NULL, ?)", jobs.len())
     );
-    let mut query = sqlx::query(&statement);
+    let mut args = Args::new();
     for (id, at) in jobs {
-        query = query.bind(id.as_str()).bind(*at);
+        args.text(id.as_str()).int(*at);
     }
-    query.execute(&mut *tx.tx).await?;
-    tx.transitions
-        .extend(std::iter::repeat_n(Status::Queued.as_str(), jobs.len()));
+    tx.run(&statement, args).await?;
+    tx.note_transitions(Status::Queued, jobs.len());
     Ok(())
 }
 
@@ -245,11 +247,15 @@ const NEW_JOB_COLUMNS: [&str; 12] = [
 /// still fit the window. The tenant's held line and its window are each read once per tenant,
 /// before any of the batch is written (SQLite materialises a `SELECT` that reads the table it
 /// inserts into before inserting), so one by one and together decide alike.
-pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Result<Vec<bool>> {
+pub(super) async fn insert_batch_in<T: WriteTx>(
+    tx: &mut T,
+    jobs: &[(&NewJob, i64)],
+) -> Result<Vec<bool>> {
     if jobs.is_empty() {
         return Ok(vec![]);
     }
-    let (shape, rows) = match tx.d {
+    let d = tx.dialect();
+    let (shape, rows) = match d {
         Dialect::Postgres => {
             let shape = jobs.len().next_power_of_two();
             (shape, padded_values(&NEW_JOB_COLUMNS, shape))
@@ -273,9 +279,8 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
              CASE WHEN NOT t.holding AND t.admitted + n.place <= ? THEN n.at ELSE -1 END, \
              n.deadline_at, n.start_by, n.key_id, n.webhook_url, n.webhook_events, NULL, n.priority \
          FROM incoming n JOIN tenants t ON t.tenant = n.tenant";
-    let statement = match tx.d {
-        Dialect::Postgres => tx
-            .d
+    let statement = match d {
+        Dialect::Postgres => d
             .sql(&format!(
             "{head}, inserted AS ({insert} RETURNING id, rung_at, created_at), \
              transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
@@ -286,39 +291,36 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
         Dialect::Sqlite => format!("{head} {insert} RETURNING id, rung_at"),
     };
     let mut places: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    let mut query = sqlx::query(&statement);
+    let mut args = Args::new();
     for i in 0..shape {
-        query = match jobs.get(i) {
+        match jobs.get(i) {
             Some((job, at)) => {
                 let place = places.entry(job.tenant.0.as_str()).or_default();
                 *place += 1;
-                query
-                    .bind(job.id.to_string())
-                    .bind(&job.tenant.0)
-                    .bind(&job.model)
-                    .bind(job.input.to_string())
-                    .bind(job.deadline_at.map(to_millis))
-                    .bind(job.start_by.map(to_millis))
-                    .bind(job.key_id.as_ref().map(KeyId::as_str))
-                    .bind(job.webhook_url.as_deref())
-                    .bind(job.webhook_events.as_ref().map(|e| e.join(",")))
-                    .bind(job.priority.as_str())
-                    .bind(*place)
-                    .bind(*at)
+                args.text(job.id.to_string())
+                    .text(job.tenant.0.as_str())
+                    .text(job.model.as_str())
+                    .text(job.input.to_string())
+                    .opt_int(job.deadline_at.map(to_millis))
+                    .opt_int(job.start_by.map(to_millis))
+                    .opt_text(job.key_id.as_ref().map(KeyId::as_str))
+                    .opt_text(job.webhook_url.as_deref())
+                    .opt_text(job.webhook_events.as_ref().map(|e| e.join(",")))
+                    .text(job.priority.as_str())
+                    .int(*place)
+                    .int(*at);
             }
-            None => bind_null_row(query, &NEW_JOB_COLUMNS),
-        };
+            None => {
+                args.null_row(&NEW_JOB_COLUMNS);
+            }
+        }
     }
-    let window = i64::from(tx.window);
-    let rows = query
-        .bind(window)
-        .bind(window)
-        .fetch_all(&mut *tx.tx)
-        .await?;
+    let window = i64::from(tx.window());
+    args.int(window).int(window);
+    let rows = tx.rows(&statement, args).await?;
     let mut admitted = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get("id")?;
-        admitted.insert(id, row.try_get::<i64, _>("rung_at")? >= 0);
+        admitted.insert(row.text("id")?, row.int("rung_at")? >= 0);
     }
     let admitted = jobs
         .iter()
@@ -329,10 +331,8 @@ pub(super) async fn insert_batch_in(tx: &mut Tx, jobs: &[(&NewJob, i64)]) -> Res
                 .ok_or_else(|| LedgerError::Corrupt(format!("job {} was not inserted", job.id)))
         })
         .collect::<Result<Vec<bool>>>()?;
-    match tx.d {
-        Dialect::Postgres => tx
-            .transitions
-            .extend(std::iter::repeat_n(Status::Queued.as_str(), rows.len())),
+    match d {
+        Dialect::Postgres => tx.note_transitions(Status::Queued, rows.len()),
         Dialect::Sqlite => {
             let queued: Vec<(String, i64)> = jobs
                 .iter()
@@ -494,7 +494,7 @@ impl JobLedger for SqlLedger {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = ? WHERE id = ?"))
             .bind(to_millis(now()))
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }
@@ -502,7 +502,7 @@ impl JobLedger for SqlLedger {
     async fn mark_unrung(&self, id: JobId) -> Result<()> {
         sqlx::query(&self.sql("UPDATE jobs SET rung_at = 0 WHERE id = ?"))
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }

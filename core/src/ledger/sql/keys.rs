@@ -21,7 +21,7 @@ impl KeyLedger for SqlLedger {
             .bind(&key.hash)
             .bind(&record.prefix)
             .bind(to_millis(record.created_at))
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(record)
     }
@@ -45,7 +45,7 @@ impl KeyLedger for SqlLedger {
         .bind(url)
         .bind(id_or_prefix)
         .bind(id_or_prefix)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected())
     }
@@ -61,7 +61,7 @@ impl KeyLedger for SqlLedger {
         .bind(limits.max_priority.map(|p| p.as_str()))
         .bind(id_or_prefix)
         .bind(id_or_prefix)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected())
     }
@@ -89,7 +89,7 @@ impl KeyLedger for SqlLedger {
             ))
             .bind(candidate)
             .bind(key_id.as_str())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
             row = read().await?;
         }
@@ -118,7 +118,7 @@ impl KeyLedger for SqlLedger {
         .bind(to_millis(previous_until))
         .bind(new)
         .bind(key_id.as_str())
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?;
         Ok(())
     }
@@ -141,7 +141,7 @@ impl KeyLedger for SqlLedger {
         .bind(to_millis(now()))
         .bind(id_or_prefix)
         .bind(id_or_prefix)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected())
     }

@@ -18,7 +18,7 @@ impl MaintenanceLedger for SqlLedger {
             .bind(holder)
             .bind(at + ttl.as_millis() as i64)
             .bind(at)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?
             .rows_affected();
             if taken == 1 {
@@ -35,7 +35,7 @@ impl MaintenanceLedger for SqlLedger {
         .bind(to_millis(now()) + ttl.as_millis() as i64)
         .bind(identity)
         .bind(holder)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected();
         Ok(changed == 1)
@@ -45,7 +45,7 @@ impl MaintenanceLedger for SqlLedger {
         sqlx::query(&self.sql("DELETE FROM worker_slots WHERE identity = ? AND holder = ?"))
             .bind(identity)
             .bind(holder)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.conn().await?)
             .await?;
         Ok(())
     }
@@ -55,7 +55,7 @@ impl MaintenanceLedger for SqlLedger {
             "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running' AND lease_owner = ?",
         ))
         .bind(identity)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.conn().await?)
         .await?
         .rows_affected())
     }

@@ -13,8 +13,11 @@
 //! running jobs' lease renewals go many to a statement (`LeaseRenewals`), and so do webhook
 //! tries' results (`DeliveryResults`). On Postgres each of these is one or two statements of
 //! data-modifying CTEs; SQLite, which has none, takes a few multi-row statements per batch
-//! instead (each statement is a hand-off to its connection's thread, so they are counted per
-//! batch, never per job). The contract tests run every path on both engines.
+//! instead, counted per batch, never per job. On a SQLite file the groups are written by the
+//! embedded writer (`native`): sqlx hands each SQLite statement to the connection's thread and
+//! back, and the one writer spent most of a burst in those hand-offs. The hot path's statements
+//! are written once for both executors (`statements`). The contract tests run every path on
+//! both engines.
 //!
 //! Times come from the application clock. Leases are tens of seconds and hosts run NTP, so the
 //! clock skew between workers is far below what a lease tolerates.
@@ -23,7 +26,8 @@
 //! cancel, dispatch bookkeeping; the claims' statements in `claims`), `attempts` (a running attempt's writes and its
 //! outputs), `pipelines`, `deliveries`, `keys`, `idempotency`, `usage` and `maintenance`
 //! (worker identities, rescues, overdue jobs). Beside them: `dialect` (placeholders, locks),
-//! `rows` (row decoding), `group` (group commit), `renewals` (batched lease renewals) and
+//! `rows` (row decoding), `group` (group commit), `native` (the embedded writer),
+//! `statements` (the executors' common ground), `renewals` (batched lease renewals) and
 //! `delivery_results` (batched webhook results). This
 //! file holds the ledger's handle, its transactions and the transition record every state
 //! change writes.
@@ -45,13 +49,14 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct SqlLedger {
     /// Where reads go (and, on Postgres, everything: there `writer` is this same pool).
     pool: AnyPool,
-    /// Where every write goes. On SQLite, one connection: writers queue for it in the process,
-    /// first come first served, instead of contending for SQLite's write lock, whose busy
-    /// handler waits by sleeping (1, 2, 5, 10 … 100 ms); that sleeping, not the work, bounded
-    /// the embedded default (a single connection for writes took it from 380 to about 900
-    /// lifecycles/s on the side-by-side workload). Reads keep their own connections: in WAL
-    /// mode they never wait for the writer.
-    writer: AnyPool,
+    /// Where every write goes. On SQLite, one connection, and the embedded writer beside it
+    /// for the hot path's groups, taking turns: writers queue in the process, first come first
+    /// served, instead of contending for SQLite's write lock, whose busy handler waits by
+    /// sleeping (1, 2, 5, 10 … 100 ms); that sleeping, not the work, bounded the embedded
+    /// default (a single connection for writes took it from 380 to about 900 lifecycles/s on
+    /// the side-by-side workload). Reads keep their own connections: in WAL mode they never
+    /// wait for the writer.
+    writer: Writer,
     dialect: Dialect,
     /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
     window: Arc<AtomicU32>,
@@ -72,9 +77,65 @@ pub const QUEUE_POSITION_CAP: u32 = 100;
 /// The default of `dispatch.tenant_window`.
 pub const DEFAULT_TENANT_WINDOW: u32 = 100;
 
+/// Where every write goes: on Postgres the pool; on a SQLite file its one writer connection,
+/// shared with the embedded writer that writes the hot path's groups (`native`) under one
+/// write turn. SQLite's own lock would make the two contend through its busy handler, which
+/// sleeps (1, 2, 5 … 100 ms); the turn queues them in the process, first come first served.
+#[derive(Clone)]
+pub(super) struct Writer {
+    pool: AnyPool,
+    turn: Option<WriteTurn>,
+}
+
+/// The right to write to a SQLite file, held for one transaction or statement.
+pub(super) type WriteTurn = Arc<tokio::sync::Mutex<()>>;
+
+/// A writer connection held with the write turn (see `Writer`).
+pub(super) struct WriterConn {
+    // Dropped first: the connection goes back to its pool before the turn is given up.
+    conn: sqlx::pool::PoolConnection<Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriterConn {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Writer {
+    /// The write turn, where there is one.
+    async fn take_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.turn {
+            Some(turn) => Some(turn.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// A connection to write one statement on, outside any transaction.
+    pub(super) async fn conn(&self) -> Result<WriterConn> {
+        let turn = self.take_turn().await;
+        Ok(WriterConn {
+            conn: self.pool.acquire().await?,
+            _turn: turn,
+        })
+    }
+}
+
 /// A transaction plus its dialect, so helpers can write statements once.
 struct Tx {
+    // Dropped first: the transaction ends (or its rollback is queued) before the turn is
+    // given up.
     tx: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     d: Dialect,
     /// The tenant dispatch window, for the jobs this transaction inserts.
     window: u32,
@@ -94,13 +155,15 @@ impl Tx {
     }
 }
 
-async fn begin_write(pool: &AnyPool, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
+async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
     let begin = match dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN",
     };
+    let turn = writer.take_turn().await;
     Ok(Tx {
-        tx: pool.begin_with(begin).await?,
+        tx: writer.pool.begin_with(begin).await?,
+        _turn: turn,
         d: dialect,
         window: window.load(Ordering::Relaxed),
         transitions: Vec::new(),
@@ -145,14 +208,28 @@ impl SqlLedger {
         };
         let pool = options(max).connect(&url).await?;
         // An in-memory SQLite database is one per connection pool: it keeps one pool for both.
-        let writer = match dialect {
-            Dialect::Sqlite if !url.contains(":memory:") => options(1).connect(&url).await?,
-            _ => pool.clone(),
+        let on_file = dialect == Dialect::Sqlite && !url.contains(":memory:");
+        let writer = match on_file {
+            true => options(1).connect(&url).await?,
+            false => pool.clone(),
         };
         match dialect {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&writer).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&writer).await?,
         }
+        // A SQLite file's hot-path groups are written by the embedded writer, on a connection
+        // of its own, taking turns with the pool's writer connection.
+        let native = match on_file {
+            true => {
+                let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+                Some(native::NativeWriter::open(options.get_filename())?)
+            }
+            false => None,
+        };
+        let writer = Writer {
+            pool: writer,
+            turn: native.as_ref().map(|_| WriteTurn::default()),
+        };
         let window = Arc::new(AtomicU32::new(DEFAULT_TENANT_WINDOW));
         // One group in flight per process on both engines: while it is written, the next one
         // gathers, so batches grow with the load. With four in flight on Postgres a free slot
@@ -160,7 +237,7 @@ impl SqlLedger {
         // ran about 10 % slower than with one (BENCHMARKS.md, issue 17).
         let slots = 1;
         Ok(SqlLedger {
-            group: GroupCommit::start(writer.clone(), dialect, window.clone(), slots),
+            group: GroupCommit::start(writer.clone(), dialect, window.clone(), slots, native),
             renewals: LeaseRenewals::start(writer.clone(), dialect),
             delivery_results: DeliveryResults::start(writer.clone(), dialect, window.clone()),
             pool,
@@ -258,9 +335,11 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod maintenance;
+mod native;
 mod pipelines;
 mod renewals;
 mod rows;
+mod statements;
 mod usage;
 
 use attempts::*;
@@ -273,6 +352,7 @@ use idempotency::*;
 use jobs::*;
 use renewals::*;
 use rows::*;
+use statements::*;
 use usage::*;
 
 #[async_trait]

@@ -19,7 +19,7 @@ pub(super) struct LeaseRenewals {
 }
 
 impl LeaseRenewals {
-    pub(super) fn start(pool: AnyPool, dialect: Dialect) -> Self {
+    pub(super) fn start(pool: Writer, dialect: Dialect) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<PendingRenewal>();
         tokio::spawn(async move {
             while let Some(first) = waiting.recv().await {
@@ -41,7 +41,7 @@ impl LeaseRenewals {
     }
 }
 
-pub(super) async fn renew_batch(pool: &AnyPool, dialect: Dialect, batch: Vec<PendingRenewal>) {
+pub(super) async fn renew_batch(pool: &Writer, dialect: Dialect, batch: Vec<PendingRenewal>) {
     // One statement per lease length (a process renews with one length; this keeps the rule
     // exact if two differ).
     let mut by_length: BTreeMap<Duration, Vec<PendingRenewal>> = BTreeMap::new();
@@ -77,7 +77,7 @@ pub(super) async fn renew_batch(pool: &AnyPool, dialect: Dialect, batch: Vec<Pen
 /// Renews the leases still held (the job running under that token) for `lease_for` from now;
 /// returns them as (job id, token).
 pub(super) async fn renew_leases(
-    pool: &AnyPool,
+    pool: &Writer,
     dialect: Dialect,
     leases: &[&Lease],
     lease_for: Duration,
@@ -104,7 +104,7 @@ pub(super) async fn renew_leases(
         query = query.bind(lease.job_id.to_string()).bind(&lease.token);
     }
     query
-        .fetch_all(pool)
+        .fetch_all(&mut *pool.conn().await?)
         .await?
         .iter()
         .map(|row| Ok((row.try_get("id")?, row.try_get("lease_token")?)))

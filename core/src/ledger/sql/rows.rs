@@ -61,16 +61,17 @@ pub(super) static JOB_SELECT_SQLITE: std::sync::LazyLock<String> = std::sync::La
 
 /// A text column holding one of Kiln's names (a status, an event type), parsed.
 pub(super) fn text_column<T: std::str::FromStr<Err = String>>(
-    row: &AnyRow,
+    row: &impl Columns,
     column: &str,
 ) -> Result<T> {
-    row.try_get::<String, _>(column)?
-        .parse()
-        .map_err(LedgerError::Corrupt)
+    row.text(column)?.parse().map_err(LedgerError::Corrupt)
 }
 
-pub(super) fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T> {
-    let text: String = row.try_get(column)?;
+pub(super) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &impl Columns,
+    column: &str,
+) -> Result<T> {
+    let text = row.text(column)?;
     serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt(format!("{column}: {e}")))
 }
 
@@ -112,7 +113,7 @@ impl Dialect {
 }
 
 /// A whole job from a row of `job_select`.
-pub(super) fn load_job(row: &AnyRow) -> Result<Job> {
+pub(super) fn load_job(row: &impl Columns) -> Result<Job> {
     {
         let mut job = job_from_row(row)?;
         // Rows come unordered from the aggregates; their order is restored here.
@@ -146,69 +147,59 @@ pub(super) fn load_job(row: &AnyRow) -> Result<Job> {
     }
 }
 
-pub(super) fn job_from_row(row: &AnyRow) -> Result<Job> {
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let input: String = row.try_get("input")?;
-    let error_code: Option<String> = row.try_get("error_code")?;
-    let error_message: Option<String> = row.try_get("error_message")?;
+pub(super) fn job_from_row(row: &impl Columns) -> Result<Job> {
+    let id = row.text("id")?;
+    let status = row.text("status")?;
+    let input = row.text("input")?;
+    let error_code = row.opt_text("error_code")?;
+    let error_message = row.opt_text("error_message")?;
     Ok(Job {
         id: id
             .parse()
             .map_err(|_| LedgerError::Corrupt(format!("job id '{id}'")))?,
-        tenant: TenantId(row.try_get("tenant")?),
-        model: row.try_get("model")?,
+        tenant: TenantId(row.text("tenant")?),
+        model: row.text("model")?,
         input: serde_json::from_str(&input)
             .map_err(|e| LedgerError::Corrupt(format!("job {id} input: {e}")))?,
         status: status.parse().map_err(LedgerError::Corrupt)?,
         error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
-        created_at: from_millis(row.try_get("created_at")?),
-        started_at: row
-            .try_get::<Option<i64>, _>("started_at")?
-            .map(from_millis),
-        completed_at: row
-            .try_get::<Option<i64>, _>("completed_at")?
-            .map(from_millis),
-        run_after: from_millis(row.try_get("run_after")?),
-        lease_owner: row.try_get("lease_owner")?,
-        lease_expires_at: row
-            .try_get::<Option<i64>, _>("lease_expires_at")?
-            .map(from_millis),
-        attempt_count: row.try_get::<i64, _>("attempt_count")? as u32,
-        rescue_count: row.try_get::<i64, _>("rescue_count")? as u32,
-        deadline_at: row
-            .try_get::<Option<i64>, _>("deadline_at")?
-            .map(from_millis),
-        start_by: row.try_get::<Option<i64>, _>("start_by")?.map(from_millis),
-        webhook_url: row.try_get("webhook_url")?,
+        created_at: from_millis(row.int("created_at")?),
+        started_at: row.opt_int("started_at")?.map(from_millis),
+        completed_at: row.opt_int("completed_at")?.map(from_millis),
+        run_after: from_millis(row.int("run_after")?),
+        lease_owner: row.opt_text("lease_owner")?,
+        lease_expires_at: row.opt_int("lease_expires_at")?.map(from_millis),
+        attempt_count: row.int("attempt_count")? as u32,
+        rescue_count: row.int("rescue_count")? as u32,
+        deadline_at: row.opt_int("deadline_at")?.map(from_millis),
+        start_by: row.opt_int("start_by")?.map(from_millis),
+        webhook_url: row.opt_text("webhook_url")?,
         webhook_events: row
-            .try_get::<Option<String>, _>("webhook_events")?
+            .opt_text("webhook_events")?
             .map(|list| list.split(',').map(str::to_owned).collect()),
         pipeline_id: row
-            .try_get::<Option<String>, _>("pipeline_id")?
+            .opt_text("pipeline_id")?
             .map(|p| {
                 p.parse()
                     .map_err(|_| LedgerError::Corrupt(format!("pipeline id '{p}'")))
             })
             .transpose()?,
         priority: row
-            .try_get::<String, _>("priority")?
+            .text("priority")?
             .parse()
             .map_err(LedgerError::Corrupt)?,
-        held: row.try_get::<i64, _>("rung_at")? < 0,
-        surface: crate::job::Surface::from_column(
-            row.try_get::<Option<String>, _>("surface")?.as_deref(),
-        )
-        .map_err(LedgerError::Corrupt)?,
+        held: row.int("rung_at")? < 0,
+        surface: crate::job::Surface::from_column(row.opt_text("surface")?.as_deref())
+            .map_err(LedgerError::Corrupt)?,
         attempts: vec![],
         outputs: vec![],
     })
 }
 
-pub(super) fn id_and_lane(row: &AnyRow) -> Result<(JobId, crate::dispatch::Lane)> {
-    let id: String = row.try_get("id")?;
+pub(super) fn id_and_lane(row: &impl Columns) -> Result<(JobId, crate::dispatch::Lane)> {
+    let id = row.text("id")?;
     let lane = row
-        .try_get::<String, _>("priority")?
+        .text("priority")?
         .parse()
         .map_err(LedgerError::Corrupt)?;
     Ok((id.parse().map_err(|_| LedgerError::Corrupt(id))?, lane))

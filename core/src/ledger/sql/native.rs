@@ -1,0 +1,321 @@
+//! The embedded default's group writer: a thread of its own that holds a SQLite connection to
+//! the ledger's file and writes each group of the hot path's writes (`GroupCommit`) from
+//! `BEGIN` to `COMMIT` in one go, with its statements prepared once and kept.
+//!
+//! Why a connection apart from sqlx's: sqlx runs each SQLite connection on a thread of its
+//! own, and every statement is a message to that thread and a message back. A group took a
+//! dozen or more of them, and on a busy machine each hand-off waited for a core, so the one
+//! writer, which every submit, claim and success waits for, spent most of its time between
+//! statements rather than in them (BENCHMARKS.md, issue 17). Here a group is one hand-off in
+//! and one answer per write out. The statements are the ones every engine runs
+//! (`statements::WriteTx`): this file only executes them.
+//!
+//! The pool's writer connection and this one take turns (`Writer`'s write turn): the group
+//! task takes the turn before it hands a group over, and this thread gives it back after the
+//! commit, so the two never meet in SQLite's lock, whose busy handler sleeps.
+
+use super::*;
+use rusqlite::types::Value;
+use std::path::Path;
+
+/// How many prepared statements the writer keeps. A group's statements vary with its size
+/// (a `VALUES` row per job), so this holds the shapes of many group sizes at once.
+const STATEMENT_CACHE: usize = 512;
+
+/// One group for the writer's thread, with the turn it writes under.
+struct Work {
+    group: Vec<Pending>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    window: Arc<AtomicU32>,
+    done: tokio::sync::oneshot::Sender<Written>,
+}
+
+/// What a group came to: each write's answer, and the transitions its commits wrote. Both go
+/// back to the group's task, which counts the transitions and then answers, so that a writer
+/// that hears its answer finds its transition counted (and counted by the recorder of the
+/// runtime's thread, as sqlx's writes are).
+struct Written {
+    answers: Vec<Answer>,
+    transitions: Vec<&'static str>,
+}
+
+/// The handle to the writer's thread. The thread ends once every handle is gone.
+#[derive(Clone)]
+pub(super) struct NativeWriter {
+    work: std::sync::mpsc::Sender<Work>,
+}
+
+impl NativeWriter {
+    /// Opens the ledger's file (its migrations already run) and starts the writer's thread.
+    pub(super) fn open(path: &Path) -> Result<Self> {
+        let conn = rusqlite::Connection::open(path)?;
+        // As the pool's connections are set up (`SqlLedger::open`): WAL + NORMAL is durable
+        // across process crashes.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )?;
+        // The write turn keeps the pool's writer out while this one writes; the busy timeout
+        // covers only a rollback the pool's connection has not yet flushed.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let (work, queue) = std::sync::mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("kiln-ledger-writer".into())
+            .spawn(move || write_groups(conn, queue))
+            .map_err(|e| LedgerError::Embedded(format!("starting the writer's thread: {e}")))?;
+        Ok(NativeWriter { work })
+    }
+
+    /// Writes `group` under `turn`, then answers each write; returns once the turn is given
+    /// back and every write answered.
+    pub(super) async fn write(
+        &self,
+        group: Vec<Pending>,
+        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+        window: Arc<AtomicU32>,
+    ) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        // If the thread is gone, the group is dropped with the message, and each writer hears
+        // that the ledger's writer stopped.
+        if self
+            .work
+            .send(Work {
+                group,
+                turn,
+                window,
+                done,
+            })
+            .is_ok()
+        {
+            if let Ok(Written {
+                answers,
+                transitions,
+            }) = written.await
+            {
+                for status in transitions {
+                    crate::metrics::transition(status);
+                }
+                for (reply, written) in answers {
+                    let _ = reply.send(written);
+                }
+            }
+        }
+    }
+}
+
+/// The writer's thread: each group is written to its end here. `write_group`'s futures never
+/// wait on anything (every statement runs as it is called), so driving one is a plain call.
+fn write_groups(mut conn: rusqlite::Connection, queue: std::sync::mpsc::Receiver<Work>) {
+    while let Ok(work) = queue.recv() {
+        let mut target = NativeGroups {
+            conn: &mut conn,
+            window: &work.window,
+            transitions: Vec::new(),
+        };
+        let answers = futures::executor::block_on(written_group(&mut target, work.group));
+        let transitions = target.transitions;
+        drop(work.turn);
+        let _ = work.done.send(Written {
+            answers,
+            transitions,
+        });
+    }
+}
+
+/// `GroupTarget` on the writer's connection.
+struct NativeGroups<'a> {
+    conn: &'a mut rusqlite::Connection,
+    window: &'a AtomicU32,
+    /// The transitions of the transactions committed, to be counted by the group's task.
+    transitions: Vec<&'static str>,
+}
+
+impl GroupTarget for NativeGroups<'_> {
+    async fn write_in_one(&mut self, writes: &[&GroupWrite]) -> Result<Vec<GroupWritten>> {
+        let mut tx = NativeTx::begin(self.conn, self.window.load(Ordering::Relaxed))?;
+        let written = write_in(&mut tx, writes).await?;
+        let committed = tx.commit()?;
+        self.transitions.extend(committed);
+        Ok(written)
+    }
+}
+
+/// A write transaction on the writer's connection; rolled back if dropped uncommitted.
+struct NativeTx<'c> {
+    conn: &'c mut rusqlite::Connection,
+    window: u32,
+    transitions: Vec<&'static str>,
+    open: bool,
+}
+
+impl<'c> NativeTx<'c> {
+    fn begin(conn: &'c mut rusqlite::Connection, window: u32) -> Result<Self> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(NativeTx {
+            conn,
+            window,
+            transitions: Vec::new(),
+            open: true,
+        })
+    }
+
+    /// Commits; returns the transitions written, to be counted.
+    fn commit(mut self) -> Result<Vec<&'static str>> {
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(std::mem::take(&mut self.transitions))
+    }
+
+    /// `sql` prepared (or taken from the cache) with `args` bound, checked against its
+    /// placeholders: a statement bound short or long is an error here, not a wrong row.
+    fn prepared(&self, sql: &str, args: Args) -> Result<rusqlite::CachedStatement<'_>> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        if statement.parameter_count() != args.0.len() {
+            return Err(LedgerError::Embedded(format!(
+                "a statement with {} parameters was given {}",
+                statement.parameter_count(),
+                args.0.len()
+            )));
+        }
+        for (i, arg) in args.0.into_iter().enumerate() {
+            match arg {
+                Arg::Int(value) => statement.raw_bind_parameter(i + 1, value)?,
+                Arg::Text(value) => statement.raw_bind_parameter(i + 1, value)?,
+            }
+        }
+        Ok(statement)
+    }
+
+    fn rows_now(&mut self, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
+        let mut statement = self.prepared(sql, args)?;
+        let names: Arc<[String]> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut rows = statement.raw_query();
+        let mut read = Vec::new();
+        while let Some(row) = rows.next()? {
+            let values = (0..names.len())
+                .map(|i| row.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<Value>>>()?;
+            read.push(NativeRow {
+                names: names.clone(),
+                values,
+            });
+        }
+        Ok(read)
+    }
+
+    fn run_now(&mut self, sql: &str, args: Args) -> Result<u64> {
+        Ok(self.prepared(sql, args)?.raw_execute()? as u64)
+    }
+}
+
+impl Drop for NativeTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed group is written again write by write, on this same connection.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "the ledger writer could not roll a group back");
+            }
+        }
+    }
+}
+
+impl WriteTx for NativeTx<'_> {
+    type Row = NativeRow;
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn window(&self) -> u32 {
+        self.window
+    }
+
+    fn note_transitions(&mut self, status: Status, n: usize) {
+        self.transitions
+            .extend(std::iter::repeat_n(status.as_str(), n));
+    }
+
+    fn rows(
+        &mut self,
+        sql: &str,
+        args: Args,
+    ) -> impl std::future::Future<Output = Result<Vec<NativeRow>>> + Send {
+        std::future::ready(self.rows_now(sql, args))
+    }
+
+    fn run(
+        &mut self,
+        sql: &str,
+        args: Args,
+    ) -> impl std::future::Future<Output = Result<u64>> + Send {
+        std::future::ready(self.run_now(sql, args))
+    }
+
+    fn insert_alone(
+        &mut self,
+        job: &NewJob,
+        _at: i64,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send {
+        // The group task sends these through sqlx (`GroupCommit::start`).
+        std::future::ready(Err(LedgerError::Embedded(format!(
+            "job {} has checks of its own and is written through the pool",
+            job.id
+        ))))
+    }
+}
+
+/// A row the writer read: its values by column, named once per statement.
+pub(super) struct NativeRow {
+    names: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl NativeRow {
+    fn value(&self, column: &str) -> Result<&Value> {
+        self.names
+            .iter()
+            .position(|name| name == column)
+            .map(|i| &self.values[i])
+            .ok_or_else(|| LedgerError::Corrupt(format!("no column '{column}' in the row")))
+    }
+}
+
+fn mistyped(column: &str, value: &Value) -> LedgerError {
+    LedgerError::Corrupt(format!("column '{column}' holds {:?}", value.data_type()))
+}
+
+impl Columns for NativeRow {
+    fn text(&self, column: &str) -> Result<String> {
+        match self.value(column)? {
+            Value::Text(text) => Ok(text.clone()),
+            other => Err(mistyped(column, other)),
+        }
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            Value::Text(text) => Ok(Some(text.clone())),
+            other => Err(mistyped(column, other)),
+        }
+    }
+
+    fn int(&self, column: &str) -> Result<i64> {
+        match self.value(column)? {
+            Value::Integer(n) => Ok(*n),
+            other => Err(mistyped(column, other)),
+        }
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            Value::Integer(n) => Ok(Some(*n)),
+            other => Err(mistyped(column, other)),
+        }
+    }
+}
