@@ -200,6 +200,9 @@ async fn succeed_many_sqlite<T: WriteTx>(
     tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
+    if successes.is_empty() {
+        return Ok(vec![]);
+    }
     let running_sql = format!(
         "SELECT id, lease_token FROM jobs WHERE status = 'running' AND id IN ({})",
         vec!["?"; successes.len()].join(", ")

@@ -105,8 +105,17 @@ impl GroupCommit {
                                 write_group(&mut through_sqlx, alone).await;
                             }
                             if !together.is_empty() {
-                                let turn = writer.take_turn().await;
-                                native.write(together, turn, window.clone()).await;
+                                match writer.take_turn().await {
+                                    Ok(turn) => native.write(together, turn, window.clone()).await,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "a group of ledger writes waited too long for its turn");
+                                        // Each writer hears that the ledger is unavailable.
+                                        for (_, reply) in together {
+                                            let _ =
+                                                reply.send(Err(sqlx::Error::PoolTimedOut.into()));
+                                        }
+                                    }
+                                }
                             }
                         }
                         None => write_group(&mut through_sqlx, group).await,
@@ -146,9 +155,18 @@ pub(super) struct SqlxGroups<'a> {
 impl GroupTarget for SqlxGroups<'_> {
     async fn write_in_one(&mut self, writes: &[&GroupWrite]) -> Result<Vec<GroupWritten>> {
         let mut tx = begin_write(self.writer, self.dialect, self.window).await?;
-        let written = write_in(&mut tx, writes).await?;
-        tx.commit().await?;
-        Ok(written)
+        match write_in(&mut tx, writes).await {
+            Ok(written) => {
+                tx.commit().await?;
+                Ok(written)
+            }
+            Err(e) => {
+                // Rolled back before the turn is given up, so the next writer finds the file
+                // free (a group that fails is written again at once, write by write).
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -90,6 +90,10 @@ pub(super) struct Writer {
 /// The right to write to a SQLite file, held for one transaction or statement.
 pub(super) type WriteTurn = Arc<tokio::sync::Mutex<()>>;
 
+/// How long a write waits for a connection, or for its turn, before the ledger is reported
+/// unavailable.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
 /// A writer connection held with the write turn (see `Writer`).
 pub(super) struct WriterConn {
     // Dropped first: the connection goes back to its pool before the turn is given up.
@@ -112,17 +116,22 @@ impl std::ops::DerefMut for WriterConn {
 }
 
 impl Writer {
-    /// The write turn, where there is one.
-    async fn take_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.turn {
-            Some(turn) => Some(turn.clone().lock_owned().await),
-            None => None,
+    /// The write turn, where there is one. Waited for as long as the pool waits for a
+    /// connection: a writer stuck behind it hears that the ledger is unavailable (a 503 with
+    /// `Retry-After`) rather than waiting for good.
+    pub(super) async fn take_turn(&self) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        let Some(turn) = &self.turn else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(WRITE_WAIT, turn.clone().lock_owned()).await {
+            Ok(turn) => Ok(Some(turn)),
+            Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
         }
     }
 
     /// A connection to write one statement on, outside any transaction.
     pub(super) async fn conn(&self) -> Result<WriterConn> {
-        let turn = self.take_turn().await;
+        let turn = self.take_turn().await?;
         Ok(WriterConn {
             conn: self.pool.acquire().await?,
             _turn: turn,
@@ -145,6 +154,12 @@ struct Tx {
 }
 
 impl Tx {
+    /// Rolls back at once (a dropped transaction only queues its rollback on the connection,
+    /// and the turn would be given up before it ran).
+    async fn rollback(self) -> Result<()> {
+        Ok(self.tx.rollback().await?)
+    }
+
     /// Commits, then counts what was written.
     async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
@@ -160,7 +175,7 @@ async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> R
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN",
     };
-    let turn = writer.take_turn().await;
+    let turn = writer.take_turn().await?;
     Ok(Tx {
         tx: writer.pool.begin_with(begin).await?,
         _turn: turn,
@@ -183,7 +198,7 @@ impl SqlLedger {
         let options = move |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(WRITE_WAIT)
                 // A pooled Postgres connection is pinged before use: a restarted server leaves
                 // the pool's connections dead, and the ping finds them before a request does
                 // (the fault suite restarts it). A SQLite connection is a file this process
@@ -208,7 +223,12 @@ impl SqlLedger {
         };
         let pool = options(max).connect(&url).await?;
         // An in-memory SQLite database is one per connection pool: it keeps one pool for both.
-        let on_file = dialect == Dialect::Sqlite && !url.contains(":memory:");
+        // The embedded writer opens plain files, read-write, as sqlx does (in memory, read
+        // only, or through another VFS, the two could open different databases).
+        let on_file = dialect == Dialect::Sqlite
+            && ![":memory:", "mode=memory", "mode=ro", "vfs="]
+                .iter()
+                .any(|special| url.contains(special));
         let writer = match on_file {
             true => options(1).connect(&url).await?,
             false => pool.clone(),
@@ -447,6 +467,26 @@ mod tests {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// On a SQLite file every write waits for its turn (the embedded writer's groups too); a
+    /// writer stuck behind a transaction that never ends hears that the ledger is unavailable
+    /// (the api's 503 with `Retry-After`) once the wait runs out, and writes again once it ends.
+    #[tokio::test]
+    async fn a_write_kept_waiting_for_its_turn_hears_the_ledger_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let ledger = SqlLedger::open(&url).await.unwrap();
+        let job = || NewJob {
+            id: JobId::new(),
+            ..crate::ledger::contract::job_of("a")
+        };
+        let stuck = ledger.write_tx().await.unwrap();
+        let refused = ledger.insert_job(job()).await.unwrap_err();
+        assert!(refused.is_unavailable(), "{refused}");
+        stuck.rollback().await.unwrap();
+        let written = ledger.insert_job(job()).await.unwrap();
+        assert!(ledger.job_by_id(written.id).await.unwrap().is_some());
     }
 
     #[test]

@@ -49,14 +49,15 @@ impl NativeWriter {
     /// Opens the ledger's file (its migrations already run) and starts the writer's thread.
     pub(super) fn open(path: &Path) -> Result<Self> {
         let conn = rusqlite::Connection::open(path)?;
+        // The write turn keeps the pool's writer out while this one writes; the busy timeout
+        // covers a rollback the pool's connection has not yet flushed, and another process
+        // writing the same file (`kiln api` and `kiln worker` run apart).
+        conn.busy_timeout(Duration::from_secs(10))?;
         // As the pool's connections are set up (`SqlLedger::open`): WAL + NORMAL is durable
         // across process crashes.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )?;
-        // The write turn keeps the pool's writer out while this one writes; the busy timeout
-        // covers only a rollback the pool's connection has not yet flushed.
-        conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let (work, queue) = std::sync::mpsc::channel::<Work>();
         std::thread::Builder::new()
@@ -103,22 +104,40 @@ impl NativeWriter {
     }
 }
 
-/// The writer's thread: each group is written to its end here. `write_group`'s futures never
+/// The writer's thread: each group is written to its end here. `written_group`'s futures never
 /// wait on anything (every statement runs as it is called), so driving one is a plain call.
+///
+/// A group that panics is its own loss, not the ledger's: its transaction is rolled back as
+/// the panic unwinds (`NativeTx`'s drop), its writers hear that the writer stopped (their
+/// answers are dropped), and the thread goes on to the next group, as a panicking group task
+/// did before this thread existed.
 fn write_groups(mut conn: rusqlite::Connection, queue: std::sync::mpsc::Receiver<Work>) {
     while let Ok(work) = queue.recv() {
-        let mut target = NativeGroups {
-            conn: &mut conn,
-            window: &work.window,
-            transitions: Vec::new(),
-        };
-        let answers = futures::executor::block_on(written_group(&mut target, work.group));
-        let transitions = target.transitions;
-        drop(work.turn);
-        let _ = work.done.send(Written {
-            answers,
-            transitions,
-        });
+        let Work {
+            group,
+            turn,
+            window,
+            done,
+        } = work;
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut target = NativeGroups {
+                conn: &mut conn,
+                window: &window,
+                transitions: Vec::new(),
+            };
+            let answers = futures::executor::block_on(written_group(&mut target, group));
+            Written {
+                answers,
+                transitions: target.transitions,
+            }
+        }));
+        drop(turn);
+        match written {
+            Ok(written) => {
+                let _ = done.send(written);
+            }
+            Err(_) => tracing::error!("a group of ledger writes panicked; its writers were told"),
+        }
     }
 }
 
@@ -150,6 +169,11 @@ struct NativeTx<'c> {
 
 impl<'c> NativeTx<'c> {
     fn begin(conn: &'c mut rusqlite::Connection, window: u32) -> Result<Self> {
+        // A rollback that failed (logged in `drop`) left a transaction open: it ends here, or
+        // every later group would fail to begin.
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(NativeTx {
             conn,
@@ -197,8 +221,8 @@ impl<'c> NativeTx<'c> {
         let mut read = Vec::new();
         while let Some(row) = rows.next()? {
             let values = (0..names.len())
-                .map(|i| row.get::<_, Value>(i))
-                .collect::<rusqlite::Result<Vec<Value>>>()?;
+                .map(|i| owned_value(row.get_ref(i)?, &names[i]))
+                .collect::<Result<Vec<Value>>>()?;
             read.push(NativeRow {
                 names: names.clone(),
                 values,
@@ -282,6 +306,23 @@ impl NativeRow {
             .map(|i| &self.values[i])
             .ok_or_else(|| LedgerError::Corrupt(format!("no column '{column}' in the row")))
     }
+}
+
+/// A column's value, owned. Text that is not UTF-8 is a corrupt row, the one row's error
+/// (rusqlite's own conversion panics on it).
+fn owned_value(value: rusqlite::types::ValueRef<'_>, column: &str) -> Result<Value> {
+    use rusqlite::types::ValueRef;
+    Ok(match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(n) => Value::Integer(n),
+        ValueRef::Real(x) => Value::Real(x),
+        ValueRef::Text(text) => Value::Text(
+            std::str::from_utf8(text)
+                .map_err(|_| LedgerError::Corrupt(format!("column '{column}' is not UTF-8")))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
+    })
 }
 
 fn mistyped(column: &str, value: &Value) -> LedgerError {
