@@ -422,15 +422,14 @@ impl JobLedger for SqlLedger {
     }
 
     async fn get_job(&self, tenant: &TenantId, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query(&self.sql(&format!(
+        let sql = format!(
             "{} FROM jobs WHERE id = ? AND tenant = ?",
             self.job_select()
-        )))
-        .bind(id.to_string())
-        .bind(&tenant.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(|row| self.load_job(row)).transpose()
+        );
+        let mut args = Args::new();
+        args.text(id.to_string()).text(tenant.0.as_str());
+        let rows = self.point_rows(&sql, args).await?;
+        rows.first().map(|row| self.load_job(row)).transpose()
     }
 
     async fn list_jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
@@ -479,14 +478,15 @@ impl JobLedger for SqlLedger {
         // deep queue does not make every read of a queued job scan it. Counted backwards from
         // the job: the index's oldest end holds the entries of jobs claimed since the last
         // vacuum, each a row visit to learn it is gone, while the jobs just ahead are live.
-        let ahead: Option<i64> = sqlx::query_scalar(&self.sql(&format!(
+        let sql = format!(
             "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs q WHERE q.status = 'queued' AND q.id < j.id \
-                     ORDER BY q.id DESC LIMIT {QUEUE_POSITION_CAP}) a) \
+                     ORDER BY q.id DESC LIMIT {QUEUE_POSITION_CAP}) a) AS ahead \
              FROM jobs j WHERE j.id = ? AND j.status = 'queued'"
-        )))
-        .bind(&sid)
-        .fetch_optional(&self.pool)
-        .await?;
+        );
+        let mut args = Args::new();
+        args.text(sid);
+        let rows = self.point_rows(&sql, args).await?;
+        let ahead = rows.first().map(|row| row.int("ahead")).transpose()?;
         Ok(ahead.map(|n| n.max(0) as u64))
     }
 
@@ -604,11 +604,11 @@ impl JobLedger for SqlLedger {
     }
 
     async fn job_by_id(&self, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query(&self.sql(&format!("{} FROM jobs WHERE id = ?", self.job_select())))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(|row| self.load_job(row)).transpose()
+        let sql = format!("{} FROM jobs WHERE id = ?", self.job_select());
+        let mut args = Args::new();
+        args.text(id.to_string());
+        let rows = self.point_rows(&sql, args).await?;
+        rows.first().map(|row| self.load_job(row)).transpose()
     }
 
     async fn job_input(&self, id: JobId) -> Result<Option<serde_json::Value>> {
@@ -633,18 +633,12 @@ impl JobLedger for SqlLedger {
         // Padded to a power of two with repeats (see `renew_leases`); each row comes once.
         let shape = ids.len().next_power_of_two();
         let marks = vec!["?"; shape].join(", ");
-        let sql = self
-            .sql(&format!(
-                "{} FROM jobs WHERE id IN ({marks})",
-                self.job_select()
-            ))
-            .into_owned();
-        let mut query = sqlx::query(&sql);
+        let sql = format!("{} FROM jobs WHERE id IN ({marks})", self.job_select());
+        let mut args = Args::new();
         for i in 0..shape {
-            query = query.bind(ids[i.min(ids.len() - 1)].to_string());
+            args.text(ids[i.min(ids.len() - 1)].to_string());
         }
-        query
-            .fetch_all(&self.pool)
+        self.point_rows(&sql, args)
             .await?
             .iter()
             .map(|row| self.load_job(row))

@@ -60,6 +60,8 @@ pub struct SqlLedger {
     dialect: Dialect,
     /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
     window: Arc<AtomicU32>,
+    /// On a SQLite file, where the hot path's point reads run (`native::NativeReads`).
+    reads: Option<native::NativeReads>,
     /// Where every job's insert, claim and success are written (see `GroupCommit`).
     group: GroupCommit,
     /// Where running jobs' leases are renewed (see `LeaseRenewals`).
@@ -239,12 +241,16 @@ impl SqlLedger {
         }
         // A SQLite file's hot-path groups are written by the embedded writer, on a connection
         // of its own, taking turns with the pool's writer connection.
-        let native = match on_file {
+        let (native, reads) = match on_file {
             true => {
                 let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-                Some(native::NativeWriter::open(options.get_filename())?)
+                let path = options.get_filename();
+                (
+                    Some(native::NativeWriter::open(path)?),
+                    Some(native::NativeReads::open(path)?),
+                )
             }
-            false => None,
+            false => (None, None),
         };
         let writer = Writer {
             pool: writer,
@@ -258,6 +264,7 @@ impl SqlLedger {
         let slots = 1;
         Ok(SqlLedger {
             group: GroupCommit::start(writer.clone(), dialect, window.clone(), slots, native),
+            reads,
             renewals: LeaseRenewals::start(writer.clone(), dialect),
             delivery_results: DeliveryResults::start(writer.clone(), dialect, window.clone()),
             pool,
@@ -286,8 +293,28 @@ impl SqlLedger {
         self.dialect.job_select()
     }
 
-    fn load_job(&self, row: &AnyRow) -> Result<Job> {
+    fn load_job(&self, row: &impl Columns) -> Result<Job> {
         load_job(row)
+    }
+
+    /// The rows of a point read, `sql` written with `?`: a read whose cost the hot path bounds
+    /// (rows by primary key, a count capped), never one whose size a client chooses. On a
+    /// SQLite file it runs here and now (`native::NativeReads`), elsewhere on the pool.
+    async fn point_rows(&self, sql: &str, args: Args) -> Result<Vec<ReadRow>> {
+        match &self.reads {
+            Some(reads) => Ok(reads
+                .rows(sql, args)?
+                .into_iter()
+                .map(ReadRow::Native)
+                .collect()),
+            None => Ok(args
+                .bind_to(sqlx::query(&self.sql(sql)))
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(ReadRow::Pooled)
+                .collect()),
+        }
     }
 }
 

@@ -13,6 +13,12 @@
 //! The pool's writer connection and this one take turns (`Writer`'s write turn): the group
 //! task takes the turn before it hands a group over, and this thread gives it back after the
 //! commit, so the two never meet in SQLite's lock, whose busy handler sleeps.
+//!
+//! The hot path's point reads (a job by id, a few jobs by id, a queued job's place) are run
+//! where they are asked, on read-only connections of the same file (`NativeReads`): each is
+//! a few index probes in a process-local file, so taking it to another thread and back (as
+//! sqlx does) cost more than the read. Reads whose size a client chooses (lists, usage) stay
+//! on sqlx's pool, off the runtime's threads.
 
 use super::*;
 use rusqlite::types::Value;
@@ -190,49 +196,107 @@ impl<'c> NativeTx<'c> {
         Ok(std::mem::take(&mut self.transitions))
     }
 
-    /// `sql` prepared (or taken from the cache) with `args` bound, checked against its
-    /// placeholders: a statement bound short or long is an error here, not a wrong row.
-    fn prepared(&self, sql: &str, args: Args) -> Result<rusqlite::CachedStatement<'_>> {
-        let mut statement = self.conn.prepare_cached(sql)?;
-        if statement.parameter_count() != args.0.len() {
-            return Err(LedgerError::Embedded(format!(
-                "a statement with {} parameters was given {}",
-                statement.parameter_count(),
-                args.0.len()
-            )));
-        }
-        for (i, arg) in args.0.into_iter().enumerate() {
-            match arg {
-                Arg::Int(value) => statement.raw_bind_parameter(i + 1, value)?,
-                Arg::Text(value) => statement.raw_bind_parameter(i + 1, value)?,
-            }
-        }
-        Ok(statement)
-    }
-
     fn rows_now(&mut self, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
-        let mut statement = self.prepared(sql, args)?;
-        let names: Arc<[String]> = statement
-            .column_names()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let mut rows = statement.raw_query();
-        let mut read = Vec::new();
-        while let Some(row) = rows.next()? {
-            let values = (0..names.len())
-                .map(|i| owned_value(row.get_ref(i)?, &names[i]))
-                .collect::<Result<Vec<Value>>>()?;
-            read.push(NativeRow {
-                names: names.clone(),
-                values,
-            });
-        }
-        Ok(read)
+        rows_of(self.conn, sql, args)
     }
 
     fn run_now(&mut self, sql: &str, args: Args) -> Result<u64> {
-        Ok(self.prepared(sql, args)?.raw_execute()? as u64)
+        Ok(prepared(self.conn, sql, args)?.raw_execute()? as u64)
+    }
+}
+
+/// `sql` prepared on `conn` (or taken from its cache) with `args` bound, checked against its
+/// placeholders: a statement bound short or long is an error here, not a wrong row.
+fn prepared<'c>(
+    conn: &'c rusqlite::Connection,
+    sql: &str,
+    args: Args,
+) -> Result<rusqlite::CachedStatement<'c>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    if statement.parameter_count() != args.0.len() {
+        return Err(LedgerError::Embedded(format!(
+            "a statement with {} parameters was given {}",
+            statement.parameter_count(),
+            args.0.len()
+        )));
+    }
+    for (i, arg) in args.0.into_iter().enumerate() {
+        match arg {
+            Arg::Int(value) => statement.raw_bind_parameter(i + 1, value)?,
+            Arg::Text(value) => statement.raw_bind_parameter(i + 1, value)?,
+        }
+    }
+    Ok(statement)
+}
+
+/// The rows of `sql` run on `conn`.
+fn rows_of(conn: &rusqlite::Connection, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
+    let mut statement = prepared(conn, sql, args)?;
+    let names: Arc<[String]> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement.raw_query();
+    let mut read = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..names.len())
+            .map(|i| owned_value(row.get_ref(i)?, &names[i]))
+            .collect::<Result<Vec<Value>>>()?;
+        read.push(NativeRow {
+            names: names.clone(),
+            values,
+        });
+    }
+    Ok(read)
+}
+
+/// Most idle read connections kept; more are opened while reads overlap, and closed after.
+const IDLE_READERS: usize = 4;
+
+/// Read-only connections to the ledger's file for the hot path's point reads, run where they
+/// are asked (see the module's doc).
+pub(super) struct NativeReads {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl NativeReads {
+    pub(super) fn open(path: &Path) -> Result<Self> {
+        let reads = NativeReads {
+            path: path.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        };
+        // One opened now, so a file that cannot be read fails the ledger's opening.
+        let first = reads.connect()?;
+        reads.idle.lock().expect("never poisoned").push(first);
+        Ok(reads)
+    }
+
+    fn connect(&self) -> Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // In WAL mode a reader waits only while the file is recovered or its log restarted.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// The rows of `sql`, read now on this thread.
+    pub(super) fn rows(&self, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
+        let idle = self.idle.lock().expect("never poisoned").pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let read = rows_of(&conn, sql, args);
+        let mut idle = self.idle.lock().expect("never poisoned");
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        read
     }
 }
 

@@ -102,6 +102,43 @@ impl Columns for AnyRow {
     }
 }
 
+/// A row of a point read (`SqlLedger::point_rows`): from sqlx's pool, or read in place on a
+/// SQLite file.
+pub(super) enum ReadRow {
+    Pooled(AnyRow),
+    Native(super::native::NativeRow),
+}
+
+impl Columns for ReadRow {
+    fn text(&self, column: &str) -> Result<String> {
+        match self {
+            ReadRow::Pooled(row) => row.text(column),
+            ReadRow::Native(row) => row.text(column),
+        }
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        match self {
+            ReadRow::Pooled(row) => row.opt_text(column),
+            ReadRow::Native(row) => row.opt_text(column),
+        }
+    }
+
+    fn int(&self, column: &str) -> Result<i64> {
+        match self {
+            ReadRow::Pooled(row) => row.int(column),
+            ReadRow::Native(row) => row.int(column),
+        }
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        match self {
+            ReadRow::Pooled(row) => row.opt_int(column),
+            ReadRow::Native(row) => row.opt_int(column),
+        }
+    }
+}
+
 /// A write transaction the hot path's batch statements run in (see the module's doc).
 pub(super) trait WriteTx: Send {
     type Row: Columns + Send;
