@@ -3,9 +3,10 @@
 //! process leaves at most a stray temporary file. A put returns once its object is durable, made
 //! so together with every object written beside it (`GroupSync`); a crash of the machine before
 //! that can leave a partial object, but only under a key the ledger does not yet name (a job's
-//! keys are its own, and its success is written after its outputs are durable). Downloads are served by Kiln's api at `/v1/files/{key}` behind a
-//! signed URL; `resolve_own_url` lets Kiln recognise its own URLs when a later job takes an
-//! earlier output as input, and read the object directly instead of fetching it over HTTP.
+//! keys are its own, and its success is written after its outputs are durable). Downloads are
+//! served by Kiln's api at `/v1/files/{key}` behind a signed URL; `resolve_own_url` lets Kiln
+//! recognise its own URLs when a later job takes an earlier output as input, and read the
+//! object directly instead of fetching it over HTTP.
 //!
 //! An object is one file and nothing else: `{root}/{shard}/{key with '/' as '+'}`, the shard two
 //! hex digits of the key's SHA-256 (256 directories, made once). Keys name a directory per job

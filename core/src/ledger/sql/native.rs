@@ -393,34 +393,50 @@ fn mistyped(column: &str, value: &Value) -> LedgerError {
     LedgerError::Corrupt(format!("column '{column}' holds {:?}", value.data_type()))
 }
 
+impl NativeRow {
+    /// The column's value as `pick` takes it; `None` if it is null, an error if it holds
+    /// another type (as sqlx's decoding refuses one).
+    fn nullable<T>(&self, column: &str, pick: fn(&Value) -> Option<T>) -> Result<Option<T>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            value => pick(value).map(Some).ok_or_else(|| mistyped(column, value)),
+        }
+    }
+
+    fn required<T>(&self, column: &str, pick: fn(&Value) -> Option<T>) -> Result<T> {
+        self.nullable(column, pick)?
+            .ok_or_else(|| mistyped(column, &Value::Null))
+    }
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Text(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Integer(n) => Some(*n),
+        _ => None,
+    }
+}
+
 impl Columns for NativeRow {
     fn text(&self, column: &str) -> Result<String> {
-        match self.value(column)? {
-            Value::Text(text) => Ok(text.clone()),
-            other => Err(mistyped(column, other)),
-        }
+        self.required(column, text_of)
     }
 
     fn opt_text(&self, column: &str) -> Result<Option<String>> {
-        match self.value(column)? {
-            Value::Null => Ok(None),
-            Value::Text(text) => Ok(Some(text.clone())),
-            other => Err(mistyped(column, other)),
-        }
+        self.nullable(column, text_of)
     }
 
     fn int(&self, column: &str) -> Result<i64> {
-        match self.value(column)? {
-            Value::Integer(n) => Ok(*n),
-            other => Err(mistyped(column, other)),
-        }
+        self.required(column, int_of)
     }
 
     fn opt_int(&self, column: &str) -> Result<Option<i64>> {
-        match self.value(column)? {
-            Value::Null => Ok(None),
-            Value::Integer(n) => Ok(Some(*n)),
-            other => Err(mistyped(column, other)),
-        }
+        self.nullable(column, int_of)
     }
 }

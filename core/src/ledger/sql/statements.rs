@@ -109,33 +109,30 @@ pub(super) enum ReadRow {
     Native(super::native::NativeRow),
 }
 
+impl ReadRow {
+    fn columns(&self) -> &dyn Columns {
+        match self {
+            ReadRow::Pooled(row) => row,
+            ReadRow::Native(row) => row,
+        }
+    }
+}
+
 impl Columns for ReadRow {
     fn text(&self, column: &str) -> Result<String> {
-        match self {
-            ReadRow::Pooled(row) => row.text(column),
-            ReadRow::Native(row) => row.text(column),
-        }
+        self.columns().text(column)
     }
 
     fn opt_text(&self, column: &str) -> Result<Option<String>> {
-        match self {
-            ReadRow::Pooled(row) => row.opt_text(column),
-            ReadRow::Native(row) => row.opt_text(column),
-        }
+        self.columns().opt_text(column)
     }
 
     fn int(&self, column: &str) -> Result<i64> {
-        match self {
-            ReadRow::Pooled(row) => row.int(column),
-            ReadRow::Native(row) => row.int(column),
-        }
+        self.columns().int(column)
     }
 
     fn opt_int(&self, column: &str) -> Result<Option<i64>> {
-        match self {
-            ReadRow::Pooled(row) => row.opt_int(column),
-            ReadRow::Native(row) => row.opt_int(column),
-        }
+        self.columns().opt_int(column)
     }
 }
 
