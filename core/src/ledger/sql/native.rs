@@ -195,14 +195,6 @@ impl<'c> NativeTx<'c> {
         self.open = false;
         Ok(std::mem::take(&mut self.transitions))
     }
-
-    fn rows_now(&mut self, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
-        rows_of(self.conn, sql, args)
-    }
-
-    fn run_now(&mut self, sql: &str, args: Args) -> Result<u64> {
-        Ok(prepared(self.conn, sql, args)?.raw_execute()? as u64)
-    }
 }
 
 /// `sql` prepared on `conn` (or taken from its cache) with `args` bound, checked against its
@@ -327,32 +319,21 @@ impl WriteTx for NativeTx<'_> {
             .extend(std::iter::repeat_n(status.as_str(), n));
     }
 
-    fn rows(
-        &mut self,
-        sql: &str,
-        args: Args,
-    ) -> impl std::future::Future<Output = Result<Vec<NativeRow>>> + Send {
-        std::future::ready(self.rows_now(sql, args))
+    // Each runs its statement when first polled, which is at once: nothing here waits.
+    async fn rows(&mut self, sql: &str, args: Args) -> Result<Vec<NativeRow>> {
+        rows_of(self.conn, sql, args)
     }
 
-    fn run(
-        &mut self,
-        sql: &str,
-        args: Args,
-    ) -> impl std::future::Future<Output = Result<u64>> + Send {
-        std::future::ready(self.run_now(sql, args))
+    async fn run(&mut self, sql: &str, args: Args) -> Result<u64> {
+        Ok(prepared(self.conn, sql, args)?.raw_execute()? as u64)
     }
 
-    fn insert_alone(
-        &mut self,
-        job: &NewJob,
-        _at: i64,
-    ) -> impl std::future::Future<Output = Result<bool>> + Send {
+    async fn insert_alone(&mut self, job: &NewJob, _at: i64) -> Result<bool> {
         // The group task sends these through sqlx (`GroupCommit::start`).
-        std::future::ready(Err(LedgerError::Embedded(format!(
+        Err(LedgerError::Embedded(format!(
             "job {} has checks of its own and is written through the pool",
             job.id
-        ))))
+        )))
     }
 }
 
