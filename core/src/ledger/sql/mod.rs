@@ -640,6 +640,35 @@ mod tests {
             }
         }
 
+        /// A submit's probe of whether its tenant holds jobs walks `jobs_held` from its newest
+        /// end, with custom and generic plans alike: the jobs a burst admitted leave dead
+        /// entries at the oldest end, which a walk from there read on every insert.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_submit_asks_whether_its_tenant_holds_jobs_from_the_newest_held() {
+            let (_db, mut conn) = database_after(
+                "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
+                 SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
+                        CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
+                 FROM generate_series(1, 5000) g",
+            )
+            .await;
+            let statement = format!(
+                "SELECT {} AS holding FROM (SELECT $1::text AS tenant) t",
+                jobs::holding_probe(Dialect::Postgres)
+            );
+            for mode in ["auto", "force_generic_plan"] {
+                sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let plan = prepared_plan(&mut conn, &statement, "'t'").await.join("\n");
+                assert!(
+                    plan.contains("Scan Backward using jobs_held"),
+                    "the holding probe ({mode}) does not walk jobs_held from its newest end:\n{plan}"
+                );
+            }
+        }
+
         /// The deliverer's claim picks its batch before it joins jobs and keys, whatever the
         /// planner knows of a backlog of pending deliveries (no statistics, as mid-burst, or
         /// fresh ones) and with custom and generic plans alike: joined first, every due
