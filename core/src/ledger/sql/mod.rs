@@ -552,6 +552,13 @@ mod tests {
             (db, conn)
         }
 
+        /// A burst of 5,000 queued jobs of one tenant, half admitted and half held.
+        const HALF_HELD_BURST: &str =
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
+             SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
+                    CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
+             FROM generate_series(1, 5000) g";
+
         /// The plan of `statement` prepared on `conn` and executed with `arguments`, the way a
         /// pooled connection runs it (under the session's `plan_cache_mode`), one line per node.
         async fn prepared_plan(
@@ -584,13 +591,9 @@ mod tests {
         /// a plain state test the claim's plan walked `jobs_due` for the id.
         #[tokio::test(flavor = "multi_thread")]
         async fn hot_statements_find_their_job_by_primary_key_in_a_burst() {
-            let (_db, mut conn) = database_after(
-                "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
-                 SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
-                        CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
-                 FROM generate_series(1, 5000) g; \
-                 SET plan_cache_mode = force_generic_plan",
-            )
+            let (_db, mut conn) = database_after(&format!(
+                "{HALF_HELD_BURST}; SET plan_cache_mode = force_generic_plan"
+            ))
             .await;
             let ids = |n: usize| vec!["'x'"; n].join(", ");
             for (name, statement, arguments) in [
@@ -645,13 +648,7 @@ mod tests {
         /// entries at the oldest end, which a walk from there read on every insert.
         #[tokio::test(flavor = "multi_thread")]
         async fn a_submit_asks_whether_its_tenant_holds_jobs_from_the_newest_held() {
-            let (_db, mut conn) = database_after(
-                "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at) \
-                 SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', 'queued', 0, 0, \
-                        CASE WHEN g % 2 = 0 THEN 0 ELSE -1 END \
-                 FROM generate_series(1, 5000) g",
-            )
-            .await;
+            let (_db, mut conn) = database_after(HALF_HELD_BURST).await;
             let statement = format!(
                 "SELECT {} AS holding FROM (SELECT $1::text AS tenant) t",
                 jobs::holding_probe(Dialect::Postgres)
