@@ -390,17 +390,18 @@ pub(super) fn admission_batch_sql(tenant_shape: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "UPDATE jobs SET rung_at = ? WHERE id IN ( \
+        "UPDATE jobs SET rung_at = ? WHERE id = ANY (ARRAY( \
              SELECT h.id FROM (VALUES {freed}) AS freed (tenant, places) \
              CROSS JOIN LATERAL ( \
                  SELECT l.id FROM (VALUES {lanes}) AS lanes (rank, lane) \
                  CROSS JOIN LATERAL ( \
                      SELECT id FROM jobs WHERE tenant = freed.tenant AND priority = lanes.lane \
                          AND status = 'queued' AND rung_at = -1 \
-                     ORDER BY id LIMIT freed.places FOR UPDATE SKIP LOCKED) AS l \
-                 ORDER BY lanes.rank, l.id LIMIT freed.places) AS h) \
+                     ORDER BY {order} LIMIT freed.places FOR UPDATE SKIP LOCKED) AS l \
+                 ORDER BY lanes.rank, l.id LIMIT freed.places) AS h)) \
            AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END \
-         RETURNING id, tenant, priority"
+         RETURNING id, tenant, priority",
+        order = Dialect::Postgres.held_order(),
     )
 }
 
@@ -446,7 +447,8 @@ pub(super) fn padded_values(types: &[&str], shape: usize) -> String {
 pub(super) fn admission_sql(d: Dialect, count_window: bool) -> String {
     let next_in_lane = format!(
         "(SELECT id FROM jobs WHERE tenant = ? AND priority = ? AND status = 'queued' AND rung_at = -1 \
-          ORDER BY id LIMIT 1{})",
+          ORDER BY {} LIMIT 1{})",
+        d.held_order(),
         d.lock_rows_skip_locked()
     );
     let lanes = vec![next_in_lane.as_str(); crate::dispatch::Lane::ALL.len()].join(", ");

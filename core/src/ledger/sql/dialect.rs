@@ -57,6 +57,18 @@ impl Dialect {
         }
     }
 
+    /// The order of a walk of `jobs_held` within one tenant's lane, oldest first. On Postgres
+    /// the index keeps its ids in byte order (`COLLATE "C"`, migration 0021), which no other
+    /// index of `jobs` gives, so no plan can walk `jobs_queued` or the primary key (both in id
+    /// order, and far longer) for a lane's oldest held job instead. SQLite's text order is
+    /// already the bytes'. A job id is a UUID v7 in lowercase hex: byte order is time order.
+    pub(super) fn held_order(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "id",
+            Dialect::Postgres => "id COLLATE \"C\"",
+        }
+    }
+
     /// Like `lock_rows`, but passing over rows another transaction holds.
     pub(super) fn lock_rows_skip_locked(self) -> &'static str {
         match self {

@@ -115,16 +115,18 @@ pub(super) async fn insert_job_in(
     // jump that line. Decided within the INSERT, which returns what it decided. The held line
     // is looked at first (one index probe): while a backlog is held, that alone decides, and
     // the window's count (up to `window` rows) is taken only when it could admit.
-    let insert = concat!(
-        "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
-             key_id, webhook_url, webhook_events, pipeline_id, priority, surface) \
-         VALUES (?, ?, ?, ?, 'queued', ?, ?, \
-             CASE WHEN NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = ? AND status = 'queued' AND rung_at = -1) \
-                   AND ",
-        window_has_room!(),
-        " THEN ? ELSE -1 END, \
-             ?, ?, ?, ?, ?, ?, ?, ?) \
-         RETURNING id, rung_at"
+    let insert = format!(
+        concat!(
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, deadline_at, start_by, \
+                 key_id, webhook_url, webhook_events, pipeline_id, priority, surface) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, \
+                 CASE WHEN NOT {holding} AND ",
+            window_has_room!(),
+            " THEN ? ELSE -1 END, \
+                 ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id, rung_at"
+        ),
+        holding = holding_probe(tx.d, "?"),
     );
     let statement = match tx.d {
         // Postgres writes the transition in the same statement (one round trip); SQLite's
@@ -138,7 +140,7 @@ pub(super) async fn insert_job_in(
             );
             tx.d.sql(&with_transition).into_owned()
         }
-        Dialect::Sqlite => tx.d.sql(insert).into_owned(),
+        Dialect::Sqlite => insert,
     };
     let window = i64::from(tx.window);
     // The row holds the input as it is shown; megabytes of inline data go once into
@@ -234,22 +236,24 @@ const NEW_JOB_COLUMNS: [&str; 12] = [
     "bigint",
 ];
 
-/// Whether the tenant `t.tenant` holds any job, as an expression of the submit's statement.
+/// Whether the tenant `tenant` (an expression: `t.tenant` in a batch's insert, a parameter in a
+/// lone job's) holds any job, as an expression of the submit's statement.
 /// On Postgres the probe walks `jobs_held` from its newest end: held jobs are admitted oldest
 /// first, and each admitted job leaves its entry there, dead, at the oldest end until vacuum
 /// removes it, so a walk from that end (as `EXISTS` takes it) read through every job a burst
 /// had admitted so far, on every insert (32 buffers per job against 23 over a 20,000-job
 /// burst, BENCHMARKS.md). While the tenant holds jobs, its newest held job is live, and the
 /// walk stops there. SQLite removes an index entry with its row.
-pub(super) fn holding_probe(d: Dialect) -> &'static str {
+pub(super) fn holding_probe(d: Dialect, tenant: &str) -> String {
     match d {
-        Dialect::Postgres => {
-            "(SELECT id FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at = -1 \
-              ORDER BY tenant DESC, priority DESC, id DESC LIMIT 1) IS NOT NULL"
-        }
-        Dialect::Sqlite => {
-            "EXISTS (SELECT 1 FROM jobs WHERE tenant = t.tenant AND status = 'queued' AND rung_at = -1)"
-        }
+        Dialect::Postgres => format!(
+            "((SELECT id FROM jobs WHERE tenant = {tenant} AND status = 'queued' AND rung_at = -1 \
+              ORDER BY tenant DESC, priority DESC, {order} DESC LIMIT 1) IS NOT NULL)",
+            order = d.held_order(),
+        ),
+        Dialect::Sqlite => format!(
+            "EXISTS (SELECT 1 FROM jobs WHERE tenant = {tenant} AND status = 'queued' AND rung_at = -1)"
+        ),
     }
 }
 
@@ -284,7 +288,7 @@ pub(super) async fn insert_batch_in<T: WriteTx>(
             (jobs.len(), value_rows(&row, jobs.len()))
         }
     };
-    let holding = holding_probe(d);
+    let holding = holding_probe(d, "t.tenant");
     let head = format!(
         "WITH incoming (id, tenant, model, input, deadline_at, start_by, key_id, webhook_url, webhook_events, priority, place, at) \
              AS (VALUES {rows}), \
