@@ -165,24 +165,52 @@ pub(super) async fn finish_in(
 /// due index in its order (next_try_at, id) and stopping at the limit; only the chosen deliveries
 /// are joined to their jobs and keys. Joined first, every due delivery was read, joined and
 /// sorted on each claim (the plan test holds this shape).
+///
+/// On Postgres the same statement marks the batch claimed (held until the time bound third,
+/// fenced by the token bound fourth), as a data-modifying CTE over the chosen rows: the mark was
+/// a statement of its own, a second round trip and a second plan per claim, and it found each
+/// row again by its key. SQLite marks them with `delivery_mark_sql`, a call within the process.
+/// Binds: the time, the first tries' due time, then on Postgres the hold's end and the token.
 pub(super) fn delivery_claim_sql(dialect: Dialect, limit: u32) -> String {
+    let due = format!(
+        "SELECT id, job_id, event_type, url, created_at, tries, schedule_base, next_try_at \
+         FROM webhook_deliveries \
+         WHERE status = 'pending' AND next_try_at <= ? AND (tries > 0 OR next_try_at <= ?) \
+         ORDER BY next_try_at, id LIMIT {limit}"
+    );
+    // The mark finds its rows by key alone (`= ANY (ARRAY(…))`): as a join with the batch
+    // (`UPDATE … FROM`), its plan hashed the whole table against it.
+    let (with, batch) = match dialect {
+        Dialect::Sqlite => (String::new(), format!("({due}) d")),
+        Dialect::Postgres => (
+            format!(
+                "WITH d AS ({due} FOR UPDATE SKIP LOCKED), \
+                 marked AS (UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? \
+                       WHERE id = ANY (ARRAY(SELECT id FROM d)) RETURNING id) "
+            ),
+            "d JOIN marked ON marked.id = d.id".to_owned(),
+        ),
+    };
     dialect
         .sql(&format!(
-            "SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
+            "{with}SELECT d.id, d.job_id, d.event_type, d.url, d.created_at, d.tries, d.schedule_base, j.key_id, \
                     k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
-             FROM (SELECT id, job_id, event_type, url, created_at, tries, schedule_base, next_try_at \
-                   FROM webhook_deliveries \
-                   WHERE status = 'pending' AND next_try_at <= ? AND (tries > 0 OR next_try_at <= ?) \
-                   ORDER BY next_try_at, id LIMIT {limit}{}) d \
+             FROM {batch} \
              JOIN jobs j ON j.id = d.job_id \
              LEFT JOIN api_keys k ON k.id = j.key_id \
-             ORDER BY d.next_try_at, d.id",
-            match dialect {
-                Dialect::Sqlite => "",
-                Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            }
+             ORDER BY d.next_try_at, d.id"
         ))
         .into_owned()
+}
+
+/// SQLite's mark of a claimed batch (`delivery_claim_sql` marks it within the claim on
+/// Postgres): `shape` ids, padded to a power of two with repeats (see `renew_leases`). Binds:
+/// the hold's end, the token, then the ids.
+fn delivery_mark_sql(shape: usize) -> String {
+    format!(
+        "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id IN ({})",
+        vec!["?"; shape].join(", ")
+    )
 }
 
 #[async_trait]
@@ -196,27 +224,21 @@ impl DeliveryLedger for SqlLedger {
     ) -> Result<Vec<DueDelivery>> {
         let at = to_millis(now);
         let first_due = at - first_delay.as_millis() as i64;
-        let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(&delivery_claim_sql(self.dialect, limit))
-            .bind(at)
-            .bind(first_due)
-            .fetch_all(&mut *tx.tx)
-            .await?;
         // One token for the whole claim, written in one statement: each delivery's row is
         // fenced by it alone, and a redelivery or a later claim writes a new one.
         let claim_token = uuid::Uuid::new_v4().simple().to_string();
-        if !rows.is_empty() {
-            // Padded to a power of two with repeats (see `renew_leases`).
+        let held_until = at + hold.as_millis() as i64;
+        let mut tx = self.write_tx().await?;
+        let claim = delivery_claim_sql(self.dialect, limit);
+        let mut query = sqlx::query(&claim).bind(at).bind(first_due);
+        if self.dialect == Dialect::Postgres {
+            query = query.bind(held_until).bind(&claim_token);
+        }
+        let rows = query.fetch_all(&mut *tx.tx).await?;
+        if self.dialect == Dialect::Sqlite && !rows.is_empty() {
             let shape = rows.len().next_power_of_two();
-            let marks = vec!["?"; shape].join(", ");
-            let update = self
-                .sql(&format!(
-                    "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = ? WHERE id IN ({marks})"
-                ))
-                .into_owned();
-            let mut query = sqlx::query(&update)
-                .bind(at + hold.as_millis() as i64)
-                .bind(&claim_token);
+            let mark = delivery_mark_sql(shape);
+            let mut query = sqlx::query(&mark).bind(held_until).bind(&claim_token);
             for i in 0..shape {
                 query = query.bind(rows[i.min(rows.len() - 1)].try_get::<String, _>("id")?);
             }
