@@ -578,6 +578,33 @@ mod tests {
             plan
         }
 
+        /// Each of `statements` (name, SQL, arguments) planned in every state a pooled prepared
+        /// statement can meet: with no statistics (as mid-burst) and then fresh ones, under
+        /// custom and generic plans alike. `check` gets a label for its message ("the claim
+        /// (fresh statistics, auto)"), the SQL and the plan, one line per node.
+        async fn check_plans_in_every_planner_state(
+            conn: &mut sqlx::PgConnection,
+            statements: &[(&str, String, String)],
+            check: impl Fn(&str, &str, &[String]),
+        ) {
+            for statistics in ["none", "fresh"] {
+                if statistics == "fresh" {
+                    sqlx::raw_sql("ANALYZE").execute(&mut *conn).await.unwrap();
+                }
+                for mode in ["auto", "force_generic_plan"] {
+                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                    for (name, statement, arguments) in statements {
+                        let plan = prepared_plan(conn, statement, arguments).await;
+                        let label = format!("the {name} ({statistics} statistics, {mode})");
+                        check(&label, statement, &plan);
+                    }
+                }
+            }
+        }
+
         /// A one-tenant burst as a benchmark leaves it mid-run: 10,000 jobs succeeded, then the
         /// tenant's window of 100 admitted and 9,900 held behind it, every one in the normal lane.
         const ONE_TENANT_BURST: &str =
@@ -587,13 +614,32 @@ mod tests {
                     CASE WHEN g <= 10100 THEN 0 ELSE -1 END \
              FROM generate_series(1, 20000) g";
 
+        /// The batched admission and the lone one, with their arguments: the statements whose
+        /// plans both tests below hold.
+        fn admissions() -> [(&'static str, String, String); 2] {
+            [
+                (
+                    "admission of a batch",
+                    Dialect::Postgres
+                        .sql(&claims::admission_batch_sql(2))
+                        .into_owned(),
+                    "0, 't', 8, 'u', 2".to_owned(),
+                ),
+                (
+                    "admission",
+                    claims::admission_sql(Dialect::Postgres, false),
+                    "0, 't', 'high', 't', 'normal', 't', 'low'".to_owned(),
+                ),
+            ]
+        }
+
         /// Every walk of a tenant's held jobs (each lane's walk in the batched admission and in
-        /// the lone one, and the submit's holding probe, backwards) is an ordered scan of `jobs_held`,
-        /// whatever the planner knows (no statistics, as mid-burst, or fresh ones) and with
-        /// custom and generic plans alike. `jobs_queued` and the primary key are in id order
-        /// too, and a plan that walked one of them for a lane's oldest held job, filtering on the
-        /// tenant, the lane and the held state, read every queued job for a lane that held none
-        /// (a claim's writes went from ~50 to 100-125 buffers per job in one run of three).
+        /// the lone one, and the submit's holding probe, backwards) is an ordered scan of
+        /// `jobs_held`, whatever the planner knows. `jobs_queued` and the primary key are in id
+        /// order too, and a plan that walked one of them for a lane's oldest held job, filtering
+        /// on the tenant, the lane and the held state, read every queued job for a lane that
+        /// held none (a claim's writes went from ~50 to 100-125 buffers per job in one run of
+        /// three).
         #[tokio::test(flavor = "multi_thread")]
         async fn walks_of_held_jobs_take_jobs_held_whatever_the_planner_knows() {
             let (_db, mut conn) = database_after(ONE_TENANT_BURST).await;
@@ -601,79 +647,50 @@ mod tests {
                 "SELECT {} AS holding FROM (SELECT $1::text AS tenant) t",
                 jobs::holding_probe(Dialect::Postgres, "t.tenant")
             );
-            let statements = [
-                (
-                    "admission of a batch",
-                    Dialect::Postgres
-                        .sql(&claims::admission_batch_sql(2))
-                        .into_owned(),
-                    "0, 't', 8, 'u', 2",
-                ),
-                (
-                    "admission",
-                    claims::admission_sql(Dialect::Postgres, false),
-                    "0, 't', 'high', 't', 'normal', 't', 'low'",
-                ),
-                ("holding probe", probe, "'t'"),
-            ];
-            for statistics in ["none", "fresh"] {
-                if statistics == "fresh" {
-                    sqlx::raw_sql("ANALYZE").execute(&mut conn).await.unwrap();
-                }
-                for mode in ["auto", "force_generic_plan"] {
-                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
-                    for (name, statement, arguments) in &statements {
-                        let plan = prepared_plan(&mut conn, statement, arguments)
-                            .await
-                            .join("\n");
-                        // Each scan of `jobs` but an `UPDATE`'s own, which is unaliased
-                        // (`on jobs  (`) and by key (the test above).
-                        let updates = statement.starts_with("UPDATE");
-                        let walks: Vec<&str> = plan
-                            .lines()
-                            .filter(|l| l.contains("Scan") && l.contains(" on jobs"))
-                            .filter(|l| {
-                                !(updates
-                                    && (l.contains(" on jobs  (")
-                                        || l.contains("Bitmap Index Scan on jobs_pkey")))
-                            })
-                            .collect();
-                        assert!(
-                            !walks.is_empty()
-                                && walks.iter().all(|l| (l.contains("Index Scan")
-                                    || l.contains("Index Only Scan"))
-                                    && !l.contains("Bitmap")
-                                    && l.contains("using jobs_held")),
-                            "the {name} ({statistics} statistics, {mode}) walks held jobs \
-                             other than in jobs_held's order:\n{plan}"
-                        );
-                        // The submit's probe from the newest end: a burst's admitted jobs leave
-                        // dead entries at the oldest, which a walk from there read on every
-                        // insert.
-                        assert!(
-                            updates || walks.iter().all(|l| l.contains("Scan Backward")),
-                            "the {name} ({statistics} statistics, {mode}) does not walk \
-                             jobs_held from its newest end:\n{plan}"
-                        );
-                    }
-                }
-            }
+            let mut statements = admissions().to_vec();
+            statements.push(("holding probe", probe, "'t'".to_owned()));
+            check_plans_in_every_planner_state(&mut conn, &statements, |label, statement, plan| {
+                let plan = plan.join("\n");
+                // Each scan of `jobs` but an `UPDATE`'s own, which is unaliased (`on jobs  (`)
+                // and by key (the test below).
+                let updates = statement.starts_with("UPDATE");
+                let walks: Vec<&str> = plan
+                    .lines()
+                    .filter(|l| l.contains("Scan") && l.contains(" on jobs"))
+                    .filter(|l| {
+                        !(updates
+                            && (l.contains(" on jobs  (")
+                                || l.contains("Bitmap Index Scan on jobs_pkey")))
+                    })
+                    .collect();
+                assert!(
+                    !walks.is_empty()
+                        && walks.iter().all(|l| (l.contains("Index Scan")
+                            || l.contains("Index Only Scan"))
+                            && !l.contains("Bitmap")
+                            && l.contains("using jobs_held")),
+                    "{label} walks held jobs other than in jobs_held's order:\n{plan}"
+                );
+                // The submit's probe from the newest end: a burst's admitted jobs leave dead
+                // entries at the oldest, which a walk from there read on every insert.
+                assert!(
+                    updates || walks.iter().all(|l| l.contains("Scan Backward")),
+                    "{label} does not walk jobs_held from its newest end:\n{plan}"
+                );
+            })
+            .await;
         }
 
         /// The claim and the held-job admission (alone and batched) find their jobs by primary
-        /// key whatever the planner knows (no statistics, as mid-burst, or fresh ones) and with
-        /// custom and generic plans alike (a pooled prepared statement settles on one or the
-        /// other). With a plain state test the claim's plan walked `jobs_due` for the id; with
-        /// `id IN (…)` and fresh statistics, the batched admission's scanned the whole table,
-        /// its planner reckoning on hundreds of admitted jobs where there are a few.
+        /// key whatever the planner knows. With a plain state test the claim's plan walked
+        /// `jobs_due` for the id; with `id IN (…)` and fresh statistics, the batched
+        /// admission's scanned the whole table, its planner reckoning on hundreds of admitted
+        /// jobs where there are a few.
         #[tokio::test(flavor = "multi_thread")]
         async fn hot_statements_find_their_job_by_primary_key_in_a_burst() {
             let (_db, mut conn) = database_after(ONE_TENANT_BURST).await;
             let ids = |n: usize| vec!["'x'"; n].join(", ");
-            let statements = [
+            let mut statements = vec![
                 (
                     "claim",
                     claims::claim_update_sql(Dialect::Postgres, 1),
@@ -684,59 +701,34 @@ mod tests {
                     claims::claim_update_sql(Dialect::Postgres, claims::CLAIM_BATCH_MAX),
                     format!("0, 'w', 0, {}, 0", ids(claims::CLAIM_BATCH_MAX)),
                 ),
-                (
-                    "admission",
-                    claims::admission_sql(Dialect::Postgres, false),
-                    "0, 't', 'high', 't', 'normal', 't', 'low'".to_owned(),
-                ),
-                (
-                    "admission of a batch",
-                    Dialect::Postgres
-                        .sql(&claims::admission_batch_sql(2))
-                        .into_owned(),
-                    "0, 't', 8, 'u', 2".to_owned(),
-                ),
             ];
-            for statistics in ["none", "fresh"] {
-                if statistics == "fresh" {
-                    sqlx::raw_sql("ANALYZE").execute(&mut conn).await.unwrap();
-                }
-                for mode in ["auto", "force_generic_plan"] {
-                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
-                    for (name, statement, arguments) in &statements {
-                        let plan = prepared_plan(&mut conn, statement, arguments)
-                            .await
-                            .join("\n");
-                        // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs
-                        // jobs_1`): the primary key's index, probed directly or through a bitmap.
-                        let lines: Vec<&str> = plan.lines().collect();
-                        let target = lines
+            statements.extend(admissions());
+            check_plans_in_every_planner_state(&mut conn, &statements, |label, _, lines| {
+                // The `UPDATE`'s own scan (`on jobs  (cost…`), not a lane's (`on jobs jobs_1`):
+                // the primary key's index, probed directly or through a bitmap.
+                let target = lines
+                    .iter()
+                    .position(|line| line.contains("Scan") && line.contains(" on jobs  ("))
+                    .unwrap_or_default();
+                let by_key = lines[target].contains("jobs_pkey")
+                    || (lines[target].contains("Bitmap Heap Scan")
+                        && lines[target + 1..]
                             .iter()
-                            .position(|line| line.contains("Scan") && line.contains(" on jobs  ("))
-                            .unwrap_or_default();
-                        let by_key = lines[target].contains("jobs_pkey")
-                            || (lines[target].contains("Bitmap Heap Scan")
-                                && lines[target + 1..]
-                                    .iter()
-                                    .find(|l| l.contains("Scan"))
-                                    .is_some_and(|l| l.contains("Bitmap Index Scan on jobs_pkey")));
-                        assert!(
-                            by_key,
-                            "the {name} ({statistics} statistics, {mode}) does not find its job \
-                             by primary key:\n{plan}"
-                        );
-                    }
-                }
-            }
+                            .find(|l| l.contains("Scan"))
+                            .is_some_and(|l| l.contains("Bitmap Index Scan on jobs_pkey")));
+                assert!(
+                    by_key,
+                    "{label} does not find its job by primary key:\n{}",
+                    lines.join("\n")
+                );
+            })
+            .await;
         }
 
-        /// The deliverer's claim picks its batch before it joins jobs and keys, whatever the
-        /// planner knows of a backlog of pending deliveries (no statistics, as mid-burst, or
-        /// fresh ones) and with custom and generic plans alike: joined first, every due
-        /// delivery was joined and sorted on each claim, ~600 buffers per claim mid-burst.
+        /// The deliverer's claim picks its batch before it joins jobs and keys, and marks it by
+        /// key, whatever the planner knows of a backlog of pending deliveries: joined first,
+        /// every due delivery was joined and sorted on each claim, ~600 buffers per claim
+        /// mid-burst.
         #[tokio::test(flavor = "multi_thread")]
         async fn the_delivery_claim_joins_only_its_batch() {
             let (_db, mut conn) = database_after(
@@ -746,35 +738,36 @@ mod tests {
                  FROM generate_series(1, 5000) g",
             )
             .await;
-            let statement = deliveries::delivery_claim_sql(Dialect::Postgres, 32);
-            for statistics in ["none", "fresh"] {
-                if statistics == "fresh" {
-                    sqlx::raw_sql("ANALYZE").execute(&mut conn).await.unwrap();
-                }
-                for mode in ["auto", "force_generic_plan"] {
-                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
-                    let plan = prepared_plan(&mut conn, &statement, "100000, 100000, 0, 't'").await;
-                    // The batch's `Limit` reads the deliveries alone: nothing in its subtree
-                    // (the lines below it, indented deeper) scans `jobs` or `api_keys`.
-                    let depth = |l: &str| l.len() - l.trim_start().len();
-                    let limit = plan.iter().position(|l| l.contains("Limit"));
-                    let batch_alone = limit.is_some_and(|at| {
-                        plan[at + 1..]
-                            .iter()
-                            .take_while(|l| depth(l) > depth(&plan[at]))
-                            .all(|l| !l.contains(" on jobs") && !l.contains(" on api_keys"))
-                    });
-                    assert!(
-                        batch_alone
-                            && !plan.iter().any(|l| l.contains("Seq Scan on webhook_deliveries")),
-                        "the delivery claim ({statistics} statistics, {mode}) joins before it limits:\n{}",
-                        plan.join("\n")
-                    );
-                }
-            }
+            let claim = (
+                "delivery claim",
+                deliveries::delivery_claim_sql(Dialect::Postgres, 32),
+                "100000, 100000, 0, 't'".to_owned(),
+            );
+            check_plans_in_every_planner_state(&mut conn, &[claim], |label, _, plan| {
+                // The batch's `Limit` reads the deliveries alone: nothing in its subtree (the
+                // lines below it, indented deeper) scans `jobs` or `api_keys`.
+                let depth = |l: &str| l.len() - l.trim_start().len();
+                let limit = plan.iter().position(|l| l.contains("Limit"));
+                let batch_alone = limit.is_some_and(|at| {
+                    plan[at + 1..]
+                        .iter()
+                        .take_while(|l| depth(l) > depth(&plan[at]))
+                        .all(|l| !l.contains(" on jobs") && !l.contains(" on api_keys"))
+                });
+                assert!(
+                    batch_alone,
+                    "{label} joins before it limits:\n{}",
+                    plan.join("\n")
+                );
+                assert!(
+                    !plan
+                        .iter()
+                        .any(|l| l.contains("Seq Scan on webhook_deliveries")),
+                    "{label} scans the deliveries table:\n{}",
+                    plan.join("\n")
+                );
+            })
+            .await;
         }
 
         crate::ledger_contract_tests!(fresh());
