@@ -256,8 +256,9 @@ fn admission_places_sqlite_sql() -> String {
             format!(
                 "SELECT {rank} AS rank, id FROM (SELECT id FROM jobs \
                      WHERE tenant = ? AND priority = '{}' AND status = 'queued' AND rung_at = -1 \
-                     ORDER BY id LIMIT ?)",
-                lane.as_str()
+                     ORDER BY {} LIMIT ?)",
+                lane.as_str(),
+                Dialect::Sqlite.held_order()
             )
         })
         .collect::<Vec<_>>()
