@@ -661,6 +661,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
             callback_secret: secret,
             secret_seal: seal,
             key_cache: kiln_api::KeyCache::new(kiln_api::KEY_CACHE_TTL),
+            finished_jobs: kiln_api::FinishedJobs::new(kiln_api::FINISHED_JOB_TTL),
             public_url: public_url.clone(),
             max_upload_bytes: config.outputs.max_input_bytes,
             max_output_bytes: config.outputs.max_output_bytes,

@@ -17,6 +17,7 @@
 //! kept, so an unknown or revoked key is read from the ledger every time and a stream of made-up
 //! keys cannot fill the cache.
 
+use crate::fresh::FreshCache;
 use crate::problem::Problem;
 use crate::ApiState;
 use axum::extract::FromRequestParts;
@@ -25,56 +26,30 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use kiln_core::ledger::{ApiKeyRecord, KeyLimits};
 use kiln_core::{keys, TenantId};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How long a live key is trusted without reading the ledger again.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// Past this many keys the expired ones are dropped (and, if every one is fresh, all of them):
+/// Past this many keys the stale ones are dropped (and, if every one is fresh, all of them):
 /// the cache holds the keys used within its TTL, so it only grows with the live keys in use.
 const KEY_CACHE_MAX: usize = 10_000;
 
 /// Live keys by hash, each for at most `KEY_CACHE_TTL` after it was read.
-pub struct KeyCache {
-    ttl: Duration,
-    keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
-}
+pub struct KeyCache(FreshCache<String, ApiKeyRecord>);
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
-        KeyCache {
-            ttl,
-            keys: Mutex::new(HashMap::new()),
-        }
+        KeyCache(FreshCache::new(ttl, KEY_CACHE_MAX))
     }
 
     fn get(&self, hash: &str) -> Option<ApiKeyRecord> {
-        let keys = self
-            .keys
-            .lock()
-            .expect("the key cache lock is never poisoned");
-        keys.get(hash)
-            .filter(|(_, read_at)| read_at.elapsed() < self.ttl)
-            .map(|(record, _)| record.clone())
+        self.0.get(hash)
     }
 
     fn put(&self, hash: String, record: ApiKeyRecord) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut keys = self
-            .keys
-            .lock()
-            .expect("the key cache lock is never poisoned");
-        if keys.len() >= KEY_CACHE_MAX {
-            keys.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
-            if keys.len() >= KEY_CACHE_MAX {
-                keys.clear();
-            }
-        }
-        keys.insert(hash, (record, Instant::now()));
+        self.0.put(hash, record, 1, Duration::MAX);
     }
 }
 
@@ -208,6 +183,6 @@ mod tests {
         for i in 0..KEY_CACHE_MAX + 10 {
             cache.put(format!("h{i}"), record("acme"));
         }
-        assert!(cache.keys.lock().unwrap().len() <= KEY_CACHE_MAX);
+        assert!(cache.0.len() <= KEY_CACHE_MAX);
     }
 }

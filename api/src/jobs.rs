@@ -1,9 +1,11 @@
 //! The job routes. Submit validates everything before writing anything, so bad input changes
 //! nothing; it commits the job, then rings the doorbell (a failed ring is logged and left to the
 //! reconciler: the ledger already holds the job). Reads are scoped by tenant: another tenant's job
-//! is a 404, exactly like a job that does not exist.
+//! is a 404, exactly like a job that does not exist. A finished job's answer to `GET` is kept for
+//! a second (`FinishedJobs`): read again, it costs neither a ledger read nor a rendering.
 
 use crate::auth::{Caller, Tenant};
+use crate::fresh::FreshCache;
 use crate::lists::{list_body, page, parse_filter, probe};
 use crate::problem::Problem;
 use crate::wire::{JobSubmission, JobView};
@@ -17,10 +19,12 @@ use axum::Json;
 use chrono::Utc;
 use kiln_core::events::EventType;
 use kiln_core::ledger::{CancelOutcome, NewJob};
+use kiln_core::TenantId;
 use kiln_core::{Job, JobId, Status};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn job_not_found() -> Problem {
     <Job as crate::wait::Watched>::not_found()
@@ -310,7 +314,86 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    crate::wait::get::<Job>(&state, &tenant, &id, &headers).await
+    let id = parse_id(&id)?;
+    if let Some(body) = state.finished_jobs.answer(&tenant, id) {
+        return Ok(crate::wait::finished(body, &headers));
+    }
+    let job = state
+        .ledger
+        .get_job(&tenant, id)
+        .await?
+        .ok_or_else(job_not_found)?;
+    if !job.status.is_terminal() {
+        return crate::wait::respond(&state, &tenant, job, &headers, StatusCode::OK).await;
+    }
+    let rendered_at = Utc::now();
+    let body =
+        serde_json::to_vec(&render(&state, &job).await?).map_err(|e| Problem::internal(&e))?;
+    let body = Bytes::from(body);
+    state.finished_jobs.keep(&job, body.clone(), rendered_at);
+    Ok(crate::wait::finished(body, &headers))
+}
+
+/// How long a finished job's answer is kept in the process that rendered it.
+pub const FINISHED_JOB_TTL: Duration = Duration::from_secs(1);
+
+/// The bytes all kept answers may take together, and the most one may take.
+const FINISHED_JOBS_BUDGET: usize = 16 << 20;
+const FINISHED_JOB_MAX: usize = 256 << 10;
+
+/// Finished jobs' answers to `GET /v1/jobs/{id}` as this process last rendered them, so a job
+/// read again and again after it ended (by several pollers, a dashboard, a workflow tool's
+/// retries) is answered without a ledger read or a rendering. Only finished jobs are kept: a
+/// job in flight changes under its pollers, and an answer kept from before a webhook said it
+/// ended would contradict the webhook. A finished job's status, error, outputs and timings never
+/// change again; what can is a late note on its last attempt (the cost or upstream id that a
+/// worker still stopping it records after a cancel), which an answer kept for at most a second
+/// (`FINISHED_JOB_TTL`) shows that much later. An answer is also never kept past the moment its
+/// first output expires, since from then on it shows that output expired. Each answer is kept
+/// with its tenant and given only to that tenant's keys.
+pub struct FinishedJobs(FreshCache<JobId, (TenantId, Bytes)>);
+
+impl FinishedJobs {
+    pub fn new(ttl: Duration) -> Self {
+        FinishedJobs(FreshCache::new(ttl, FINISHED_JOBS_BUDGET))
+    }
+
+    fn answer(&self, tenant: &TenantId, id: JobId) -> Option<Bytes> {
+        self.0
+            .get(&id)
+            .filter(|(owner, _)| owner == tenant)
+            .map(|(_, body)| body)
+    }
+
+    /// Keeps `body`, the job's answer as rendered no earlier than `rendered_at`.
+    fn keep(&self, job: &Job, body: Bytes, rendered_at: chrono::DateTime<Utc>) {
+        if body.len() > FINISHED_JOB_MAX {
+            return;
+        }
+        // The map's own share of an entry, beside the answer and the tenant's name.
+        const ENTRY_OVERHEAD: usize = 64;
+        let weight = body.len() + job.tenant.0.len() + ENTRY_OVERHEAD;
+        let unchanged_for = unchanged_for(&job.outputs, rendered_at, Utc::now());
+        self.0
+            .put(job.id, (job.tenant.clone(), body), weight, unchanged_for);
+    }
+}
+
+/// How long from `now` a finished job's answer (with these outputs), rendered no earlier than
+/// `rendered_at`, stays as it is: until the first output it may show unexpired expires (from
+/// then on the answer shows it expired, without its URL), for ever once none is left; nothing
+/// if one expired meanwhile.
+fn unchanged_for(
+    outputs: &[kiln_core::Output],
+    rendered_at: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> Duration {
+    outputs
+        .iter()
+        .filter(|output| !output.is_expired(rendered_at))
+        .map(|output| (output.expires_at - now).to_std().unwrap_or_default())
+        .min()
+        .unwrap_or(Duration::MAX)
 }
 
 #[utoipa::path(
@@ -463,4 +546,64 @@ pub async fn list(
     }
     let last = jobs.last().map(|j| j.id.0);
     Ok(Json(list_body(data, has_more, last, &filter)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn output(index: u32, expires_at: chrono::DateTime<Utc>) -> kiln_core::Output {
+        kiln_core::Output {
+            index,
+            object_key: format!("o/{index}"),
+            content_type: "image/png".into(),
+            bytes: 1,
+            expires_at,
+            deleted_at: None,
+            media: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_finished_answer_is_true_until_its_first_kept_output_expires() {
+        let now = Utc::now();
+        let minute = TimeDelta::minutes(1);
+        assert_eq!(unchanged_for(&[], now, now), Duration::MAX, "no outputs");
+        let outputs = [output(0, now + minute * 5), output(1, now + minute)];
+        assert_eq!(
+            unchanged_for(&outputs, now, now),
+            Duration::from_secs(60),
+            "the earlier expiry bounds it"
+        );
+        let one_gone = [output(0, now - minute), output(1, now + minute * 2)];
+        assert_eq!(
+            unchanged_for(&one_gone, now, now),
+            Duration::from_secs(120),
+            "an output already shown expired changes nothing more"
+        );
+        let all_gone = [output(0, now - minute)];
+        assert_eq!(unchanged_for(&all_gone, now, now), Duration::MAX);
+        // Shown unexpired by a rendering that began before it expired, and expired since.
+        let meanwhile = [output(0, now + TimeDelta::milliseconds(1))];
+        assert_eq!(
+            unchanged_for(&meanwhile, now, now + TimeDelta::milliseconds(2)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_finished_answer_is_given_only_to_its_tenant() {
+        let kept = FinishedJobs::new(FINISHED_JOB_TTL);
+        let id = JobId::new();
+        let acme = TenantId("acme".into());
+        kept.0.put(
+            id,
+            (acme.clone(), Bytes::from_static(b"{}")),
+            1,
+            Duration::MAX,
+        );
+        assert_eq!(kept.answer(&acme, id), Some(Bytes::from_static(b"{}")));
+        assert_eq!(kept.answer(&TenantId("umbrella".into()), id), None);
+    }
 }

@@ -10,6 +10,7 @@ mod create;
 mod docs;
 mod duration;
 mod files;
+mod fresh;
 mod idempotency;
 mod jobs;
 mod limits;
@@ -32,6 +33,7 @@ pub use pipelines::view_pipeline;
 pub use replicate::webhook_prediction;
 
 pub use auth::{KeyCache, KEY_CACHE_TTL};
+pub use jobs::{FinishedJobs, FINISHED_JOB_TTL};
 pub use problem::Problem;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -77,6 +79,8 @@ pub struct ApiState {
     pub secret_seal: kiln_webhooks::SecretSeal,
     /// Live keys read in the last second (`auth::KEY_CACHE_TTL`).
     pub key_cache: KeyCache,
+    /// Finished jobs' answers rendered in the last second (`jobs::FINISHED_JOB_TTL`).
+    pub finished_jobs: FinishedJobs,
     /// Where clients reach this api: the base of the absolute links in Replicate-style answers.
     pub public_url: url::Url,
     /// The largest upload (`POST /v1/files`): what a worker fetches as an input at most.

@@ -213,6 +213,21 @@ pub(crate) async fn get<W: Watched>(
     respond(state, tenant, resource, headers, StatusCode::OK).await
 }
 
+/// The answer for a resource that has ended, from its view as it was serialized: what `respond`
+/// answers for it (an ended resource is not waited for and carries no poll hint), without
+/// rendering it again.
+pub(crate) fn finished(body: axum::body::Bytes, headers: &HeaderMap) -> Response {
+    let json = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
+    let mut response = (json, body).into_response();
+    if let Some(wait) = requested_wait(headers) {
+        mark_applied(&mut response, wait);
+    }
+    response
+}
+
 /// The answer to a create: `respond` with 202 (201 once it ended within the client's wait), and
 /// the created resource's `Location`.
 pub(crate) async fn created<W: Watched>(

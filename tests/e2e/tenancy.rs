@@ -13,6 +13,8 @@ async fn another_tenants_job_is_a_404_everywhere() {
     let job = kiln.wait_terminal(&a, &id).await;
     assert_eq!(job["status"], "succeeded");
 
+    // A's read has just kept the finished job's answer in this api: B is refused all the same.
+    assert_eq!(kiln.get_job(&a, &id).await["status"], "succeeded");
     let get = kiln
         .http
         .get(kiln.url(&format!("/v1/jobs/{id}")))

@@ -32,6 +32,41 @@ async fn prefer_wait_on_submit_returns_a_short_job_finished() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_finished_job_read_again_answers_as_it_did_and_is_not_waited_for() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let id = kiln.submit_ok(&key, job(0)).await;
+    kiln.wait_terminal(&key, &id).await;
+    // The first read renders the finished job; those after it within a second are the answer
+    // this api kept. Each says the same, as JSON, with no poll hint, and applies a wait at once.
+    let mut answers = Vec::new();
+    for prefer in [None, None, Some("wait=30")] {
+        let mut get = kiln
+            .http
+            .get(kiln.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&key);
+        if let Some(prefer) = prefer {
+            get = get.header("Prefer", prefer);
+        }
+        let res = get.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert!(res.headers().get("retry-after").is_none());
+        let applied = res.headers().get("preference-applied").cloned();
+        assert_eq!(applied.is_some(), prefer.is_some());
+        if prefer.is_some() {
+            assert_eq!(applied.unwrap(), "wait=30");
+        }
+        answers.push(res.json::<Value>().await.unwrap());
+    }
+    assert_eq!(answers[0]["status"], "succeeded", "{:#}", answers[0]);
+    assert!(answers[0]["outputs"][0]["url"].is_string());
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+    kiln.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn prefer_wait_on_get_returns_a_long_job_running_after_the_wait() {
     let kiln = Kiln::start().await;
     let key = kiln.key("acme").await;
