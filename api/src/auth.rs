@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use kiln_core::ledger::{ApiKeyRecord, KeyLimits};
 use kiln_core::{keys, TenantId};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a live key is trusted without reading the ledger again.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
@@ -48,8 +48,9 @@ impl KeyCache {
         self.0.get(hash)
     }
 
-    fn put(&self, hash: String, record: ApiKeyRecord) {
-        self.0.put(hash, record, 1, Duration::MAX);
+    /// Keeps `record`, read from the ledger at `read_at`.
+    fn put(&self, hash: String, record: ApiKeyRecord, read_at: Instant) {
+        self.0.put(hash, record, 1, read_at, None);
     }
 }
 
@@ -97,8 +98,9 @@ pub(crate) async fn live_key(parts: &mut Parts, state: &ApiState) -> Result<ApiK
     let record = match state.key_cache.get(&hash) {
         Some(record) => record,
         None => {
+            let read_at = Instant::now();
             let record = state.ledger.key_by_hash(&hash).await?.ok_or_else(refused)?;
-            state.key_cache.put(hash, record.clone());
+            state.key_cache.put(hash, record.clone(), read_at);
             record
         }
     };
@@ -170,10 +172,10 @@ mod tests {
     fn a_live_key_is_kept_for_its_ttl_and_never_without_one() {
         let cache = KeyCache::new(Duration::from_secs(3600));
         assert!(cache.get("h").is_none());
-        cache.put("h".into(), record("acme"));
+        cache.put("h".into(), record("acme"), Instant::now());
         assert_eq!(cache.get("h").unwrap().tenant.0, "acme");
         let off = KeyCache::new(Duration::ZERO);
-        off.put("h".into(), record("acme"));
+        off.put("h".into(), record("acme"), Instant::now());
         assert!(off.get("h").is_none());
     }
 
@@ -181,7 +183,7 @@ mod tests {
     fn the_cache_stays_bounded_whatever_the_number_of_keys() {
         let cache = KeyCache::new(Duration::from_secs(3600));
         for i in 0..KEY_CACHE_MAX + 10 {
-            cache.put(format!("h{i}"), record("acme"));
+            cache.put(format!("h{i}"), record("acme"), Instant::now());
         }
         assert!(cache.0.len() <= KEY_CACHE_MAX);
     }

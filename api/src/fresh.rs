@@ -60,19 +60,33 @@ impl<K: Hash + Eq, V: Clone> FreshCache<K, V> {
             .map(|entry| entry.value.clone())
     }
 
-    /// Keeps `value` under `key` for the time to live, or for `at_most` if that is shorter (a
-    /// value that is true only until a known moment). A value heavier than the whole budget is
-    /// not kept.
-    pub fn put(&self, key: K, value: V, weight: usize, at_most: Duration) {
-        let keep_for = self.ttl.min(at_most);
-        if keep_for.is_zero() || weight > self.budget {
-            return;
-        }
+    /// Keeps `value`, read at `read_at`, under `key` for the time to live counted from that read,
+    /// or until `true_until` if that is sooner (a value that holds only until a known moment).
+    /// A value already past either, or heavier than the whole budget, is not kept, and neither
+    /// is an older value under its key.
+    pub fn put(
+        &self,
+        key: K,
+        value: V,
+        weight: usize,
+        read_at: Instant,
+        true_until: Option<Instant>,
+    ) {
+        // A weight of zero would let the entries outgrow any budget.
+        let weight = weight.max(1);
+        // Worked out before locking: nothing that can panic runs under the lock. A time to live
+        // past what `Instant` can hold keeps nothing.
+        let until = read_at
+            .checked_add(self.ttl)
+            .map(|until| true_until.map_or(until, |t| t.min(until)));
         let now = Instant::now();
         let mut entries = self.lock();
         if let Some(old) = entries.map.remove(&key) {
             entries.weight -= old.weight;
         }
+        let Some(until) = until.filter(|until| now < *until && weight <= self.budget) else {
+            return;
+        };
         if entries.weight + weight > self.budget {
             entries.map.retain(|_, entry| now < entry.until);
             entries.weight = entries.map.values().map(|entry| entry.weight).sum();
@@ -86,7 +100,7 @@ impl<K: Hash + Eq, V: Clone> FreshCache<K, V> {
             key,
             Entry {
                 value,
-                until: now + keep_for,
+                until,
                 weight,
             },
         );
@@ -117,36 +131,73 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    fn put<K: Hash + Eq, V: Clone>(cache: &FreshCache<K, V>, key: K, value: V, weight: usize) {
+        cache.put(key, value, weight, Instant::now(), None);
+    }
+
     #[test]
     fn a_value_is_kept_for_its_time_and_never_without_one() {
         let cache = FreshCache::new(HOUR, 10);
         assert_eq!(cache.get("a"), None);
-        cache.put("a".to_owned(), 1, 1, HOUR);
+        put(&cache, "a".to_owned(), 1, 1);
         assert_eq!(cache.get("a"), Some(1));
 
         let off = FreshCache::new(Duration::ZERO, 10);
-        off.put("a".to_owned(), 1, 1, HOUR);
+        put(&off, "a".to_owned(), 1, 1);
         assert_eq!(off.get("a"), None);
         assert_eq!(off.len(), 0);
     }
 
     #[test]
+    fn the_time_to_live_counts_from_the_read() {
+        let cache = FreshCache::new(Duration::from_millis(1), 10);
+        let read_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        cache.put("a".to_owned(), 1, 1, read_at, None);
+        assert_eq!(
+            cache.get("a"),
+            None,
+            "read longer ago than the time to live"
+        );
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
     fn a_value_true_until_a_moment_is_not_kept_past_it() {
         let cache = FreshCache::new(HOUR, 10);
-        cache.put("now".to_owned(), 1, 1, Duration::ZERO);
-        assert_eq!(cache.get("now"), None);
+        let now = Instant::now();
+        cache.put("past".to_owned(), 1, 1, now, Some(now));
+        assert_eq!(cache.get("past"), None);
         assert_eq!(cache.len(), 0, "a value already untrue is not stored");
-        // One nanosecond is over by the time it is read back.
-        cache.put("soon".to_owned(), 2, 1, Duration::from_nanos(1));
-        std::thread::sleep(Duration::from_millis(1));
+        cache.put(
+            "soon".to_owned(),
+            2,
+            1,
+            now,
+            Some(now + Duration::from_millis(1)),
+        );
+        std::thread::sleep(Duration::from_millis(2));
         assert_eq!(cache.get("soon"), None);
+        // And a value that can no longer be kept takes the older one under its key with it.
+        put(&cache, "gone".to_owned(), 3, 1);
+        cache.put("gone".to_owned(), 4, 1, now, Some(now));
+        assert_eq!(cache.get("gone"), None);
+    }
+
+    #[test]
+    fn a_time_to_live_past_any_instant_keeps_nothing_and_breaks_nothing() {
+        let cache = FreshCache::new(Duration::MAX, 10);
+        put(&cache, "a".to_owned(), 1, 1);
+        assert_eq!(cache.get("a"), None);
+        put(&cache, "b".to_owned(), 2, 1);
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
     fn the_weights_never_pass_the_budget() {
         let cache = FreshCache::new(HOUR, 100);
         for i in 0..1_000 {
-            cache.put(i, i, 7, HOUR);
+            put(&cache, i, i, 7);
             assert!(
                 cache.weight() <= 100,
                 "weight {} at put {i}",
@@ -156,15 +207,20 @@ mod tests {
         assert!(cache.len() <= 100 / 7);
         // The latest put is always kept.
         assert_eq!(cache.get(&999), Some(999));
-        cache.put(5_000, 0, 101, HOUR);
+        put(&cache, 5_000, 0, 101);
         assert_eq!(cache.get(&5_000), None, "heavier than the whole budget");
+        let weightless = FreshCache::new(HOUR, 3);
+        for i in 0..10 {
+            put(&weightless, i, i, 0);
+        }
+        assert!(weightless.len() <= 3, "a weight of zero counts as one");
     }
 
     #[test]
     fn putting_a_key_again_replaces_its_weight() {
         let cache = FreshCache::new(HOUR, 10);
         for _ in 0..100 {
-            cache.put("a".to_owned(), 1, 6, HOUR);
+            put(&cache, "a".to_owned(), 1, 6);
         }
         assert_eq!(cache.weight(), 6);
         assert_eq!(cache.len(), 1);
@@ -173,10 +229,17 @@ mod tests {
     #[test]
     fn stale_entries_go_first_when_the_budget_is_reached() {
         let cache = FreshCache::new(HOUR, 10);
-        cache.put("stale".to_owned(), 0, 5, Duration::from_nanos(1));
-        cache.put("fresh".to_owned(), 1, 4, HOUR);
-        std::thread::sleep(Duration::from_millis(1));
-        cache.put("new".to_owned(), 2, 5, HOUR);
+        let now = Instant::now();
+        cache.put(
+            "stale".to_owned(),
+            0,
+            5,
+            now,
+            Some(now + Duration::from_millis(1)),
+        );
+        put(&cache, "fresh".to_owned(), 1, 4);
+        std::thread::sleep(Duration::from_millis(2));
+        put(&cache, "new".to_owned(), 2, 5);
         assert_eq!(
             cache.get("fresh"),
             Some(1),

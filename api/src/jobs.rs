@@ -24,7 +24,7 @@ use kiln_core::{Job, JobId, Status};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn job_not_found() -> Problem {
     <Job as crate::wait::Watched>::not_found()
@@ -318,6 +318,7 @@ pub async fn get(
     if let Some(body) = state.finished_jobs.answer(&tenant, id) {
         return Ok(crate::wait::finished(body, &headers));
     }
+    let read_at = ReadAt::now();
     let job = state
         .ledger
         .get_job(&tenant, id)
@@ -326,11 +327,14 @@ pub async fn get(
     if !job.status.is_terminal() {
         return crate::wait::respond(&state, &tenant, job, &headers, StatusCode::OK).await;
     }
-    let rendered_at = Utc::now();
-    let body =
+    let mut body =
         serde_json::to_vec(&render(&state, &job).await?).map_err(|e| Problem::internal(&e))?;
+    // The kept answer weighs what it holds: no spare capacity behind it.
+    body.shrink_to_fit();
     let body = Bytes::from(body);
-    state.finished_jobs.keep(&job, body.clone(), rendered_at);
+    state
+        .finished_jobs
+        .keep(job.id, &job.tenant, &job.outputs, body.clone(), read_at);
     Ok(crate::wait::finished(body, &headers))
 }
 
@@ -346,12 +350,31 @@ const FINISHED_JOB_MAX: usize = 256 << 10;
 /// retries) is answered without a ledger read or a rendering. Only finished jobs are kept: a
 /// job in flight changes under its pollers, and an answer kept from before a webhook said it
 /// ended would contradict the webhook. A finished job's status, error, outputs and timings never
-/// change again; what can is a late note on its last attempt (the cost or upstream id that a
-/// worker still stopping it records after a cancel), which an answer kept for at most a second
-/// (`FINISHED_JOB_TTL`) shows that much later. An answer is also never kept past the moment its
-/// first output expires, since from then on it shows that output expired. Each answer is kept
-/// with its tenant and given only to that tenant's keys.
+/// change again. What can is a late note on its last attempt (its cost, upstream id, route or
+/// failure class) from a worker that lost the job while still running it, to a cancel or a
+/// rescue; an answer kept for at most a second after its read (`FINISHED_JOB_TTL`) shows such
+/// a note that much later. An answer is also never kept past the moment one of its outputs
+/// expires, since from then on it shows that output expired. Each answer is kept with its
+/// tenant and given only to that tenant's keys.
 pub struct FinishedJobs(FreshCache<JobId, (TenantId, Bytes)>);
+
+/// When a job was read from the ledger, on both clocks: the monotonic one counts the second its
+/// answer is kept; the wall clock is what its outputs' expiry is judged against. Taken before
+/// the read, so an answer is judged older than it is, never younger.
+#[derive(Clone, Copy)]
+struct ReadAt {
+    instant: Instant,
+    wall: chrono::DateTime<Utc>,
+}
+
+impl ReadAt {
+    fn now() -> Self {
+        ReadAt {
+            instant: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+}
 
 impl FinishedJobs {
     pub fn new(ttl: Duration) -> Self {
@@ -365,32 +388,47 @@ impl FinishedJobs {
             .map(|(_, body)| body)
     }
 
-    /// Keeps `body`, the job's answer as rendered no earlier than `rendered_at`.
-    fn keep(&self, job: &Job, body: Bytes, rendered_at: chrono::DateTime<Utc>) {
+    /// Keeps `body`, the answer rendered from the job `id` of `tenant` with these `outputs`, as
+    /// read from the ledger at `read_at`.
+    fn keep(
+        &self,
+        id: JobId,
+        tenant: &TenantId,
+        outputs: &[kiln_core::Output],
+        body: Bytes,
+        read_at: ReadAt,
+    ) {
         if body.len() > FINISHED_JOB_MAX {
             return;
         }
         // The map's own share of an entry, beside the answer and the tenant's name.
-        const ENTRY_OVERHEAD: usize = 64;
-        let weight = body.len() + job.tenant.0.len() + ENTRY_OVERHEAD;
-        let unchanged_for = unchanged_for(&job.outputs, rendered_at, Utc::now());
-        self.0
-            .put(job.id, (job.tenant.clone(), body), weight, unchanged_for);
+        const ENTRY_OVERHEAD: usize = 128;
+        let weight = body.len() + tenant.0.len() + ENTRY_OVERHEAD;
+        // The monotonic clock read first, so the moment worked out below is, if anything, early.
+        let now = Instant::now();
+        let true_until = now.checked_add(unchanged_for(outputs, read_at.wall, Utc::now()));
+        self.0.put(
+            id,
+            (tenant.clone(), body),
+            weight,
+            read_at.instant,
+            true_until,
+        );
     }
 }
 
-/// How long from `now` a finished job's answer (with these outputs), rendered no earlier than
-/// `rendered_at`, stays as it is: until the first output it may show unexpired expires (from
-/// then on the answer shows it expired, without its URL), for ever once none is left; nothing
-/// if one expired meanwhile.
+/// How long from `now` a finished job's answer (with these outputs), rendered from a read at
+/// `read_at` or later, stays as it is: until the first output it may show unexpired expires
+/// (from then on the answer shows it expired, without its URL), for ever once none is left;
+/// nothing if one expired meanwhile.
 fn unchanged_for(
     outputs: &[kiln_core::Output],
-    rendered_at: chrono::DateTime<Utc>,
+    read_at: chrono::DateTime<Utc>,
     now: chrono::DateTime<Utc>,
 ) -> Duration {
     outputs
         .iter()
-        .filter(|output| !output.is_expired(rendered_at))
+        .filter(|output| !output.is_expired(read_at))
         .map(|output| (output.expires_at - now).to_std().unwrap_or_default())
         .min()
         .unwrap_or(Duration::MAX)
@@ -593,17 +631,43 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_answer_is_given_only_to_its_tenant() {
+    fn a_kept_answer_is_given_only_to_its_tenant() {
         let kept = FinishedJobs::new(FINISHED_JOB_TTL);
         let id = JobId::new();
         let acme = TenantId("acme".into());
-        kept.0.put(
-            id,
-            (acme.clone(), Bytes::from_static(b"{}")),
-            1,
-            Duration::MAX,
-        );
-        assert_eq!(kept.answer(&acme, id), Some(Bytes::from_static(b"{}")));
+        let body = Bytes::from_static(b"{}");
+        kept.keep(id, &acme, &[], body.clone(), ReadAt::now());
+        assert_eq!(kept.answer(&acme, id), Some(body));
         assert_eq!(kept.answer(&TenantId("umbrella".into()), id), None);
+    }
+
+    #[test]
+    fn an_answer_that_cannot_hold_is_not_kept() {
+        let kept = FinishedJobs::new(FINISHED_JOB_TTL);
+        let acme = TenantId("acme".into());
+        let too_large = Bytes::from(vec![b' '; FINISHED_JOB_MAX + 1]);
+        let id = JobId::new();
+        kept.keep(id, &acme, &[], too_large, ReadAt::now());
+        assert_eq!(
+            kept.answer(&acme, id),
+            None,
+            "larger than one answer may be"
+        );
+
+        // Read while its output was kept, and the output expired before the answer was kept.
+        let read_at = ReadAt::now();
+        let expired = [output(0, read_at.wall + TimeDelta::milliseconds(1))];
+        std::thread::sleep(Duration::from_millis(2));
+        let id = JobId::new();
+        kept.keep(id, &acme, &expired, Bytes::from_static(b"{}"), read_at);
+        assert_eq!(kept.answer(&acme, id), None, "its output expired meanwhile");
+
+        // An output marked deleted is expired: nothing in the answer waits on it.
+        let mut deleted = output(0, read_at.wall + TimeDelta::minutes(1));
+        deleted.deleted_at = Some(read_at.wall);
+        assert_eq!(
+            unchanged_for(&[deleted], read_at.wall, read_at.wall),
+            Duration::MAX
+        );
     }
 }
