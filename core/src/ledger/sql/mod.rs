@@ -4,8 +4,10 @@
 //! once, with `?` placeholders that `Dialect::sql` turns into `$n` for Postgres. The dialects
 //! differ only where the engines do: SQLite write transactions start with `BEGIN IMMEDIATE` (take
 //! the write lock up front and wait on `busy_timeout`, instead of failing on a read-to-write
-//! upgrade); Postgres reads the rows it is about to change with `FOR UPDATE`, and the reconciler
-//! skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never collide.
+//! upgrade); Postgres write transactions plan each statement once per connection, by index
+//! (`POSTGRES_WRITE_BEGIN`); Postgres reads the rows it is about to change with `FOR UPDATE`, and
+//! the reconciler skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never
+//! collide.
 //!
 //! The writes every job makes are shaped for throughput (see BENCHMARKS.md): concurrent
 //! inserts, claims and successes share transactions (`GroupCommit`), and the inserts, claims and
@@ -172,10 +174,30 @@ impl Tx {
     }
 }
 
+/// How a Postgres write transaction begins: one simple query (no round trip of its own) that
+/// also fixes how its statements are planned, for this transaction only.
+///
+/// Every statement a write transaction runs finds its rows through an index chosen for it:
+/// the hot path's batches by primary key (`= ANY (ARRAY(…))`, padded `IN` lists), the sweeps
+/// through their partial indexes. Planned afresh on each execution (`plan_cache_mode = auto`
+/// keeps custom plans for these statements), planning was a quarter of Postgres's time on the
+/// hot path (BENCHMARKS.md, issue 17, tenth pass). Planned once per connection
+/// (`force_generic_plan`), a plan made without the parameters' values, and without statistics
+/// in the first minutes of a burst, read whole tables by sequential scans and hash joins; with
+/// those two turned off for the plan, the one plan kept is the index plan the custom plans
+/// chose, at no planning cost. `enable_*` only weighs a plan (a statement with no index to use
+/// still runs, by the disabled path), so a statement without an index stays correct; the plan
+/// tests in `sql::tests` hold every hot statement to its index under these settings.
+pub(crate) const POSTGRES_WRITE_BEGIN: &str = "BEGIN; \
+     SET LOCAL plan_cache_mode = force_generic_plan; \
+     SET LOCAL enable_seqscan = off; \
+     SET LOCAL enable_hashjoin = off; \
+     SET LOCAL enable_mergejoin = off";
+
 async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
     let begin = match dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
-        Dialect::Postgres => "BEGIN",
+        Dialect::Postgres => POSTGRES_WRITE_BEGIN,
     };
     let turn = writer.take_turn().await?;
     Ok(Tx {
@@ -541,6 +563,46 @@ mod tests {
             assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
+        /// A write transaction plans once per connection and by index (`POSTGRES_WRITE_BEGIN`),
+        /// and only itself: once it ends, its connection goes back to the pool planning as
+        /// Postgres is configured, so a read (a dashboard's listing, say) may still scan or hash.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_write_transaction_fixes_its_plans_for_itself_alone() {
+            use sqlx::Connection;
+            let db = PostgresDatabase::create().await;
+            let ledger = SqlLedger::open(&db.url).await.unwrap();
+            let settings = "SELECT current_setting('plan_cache_mode') || ' ' || \
+                            current_setting('enable_seqscan') || ' ' || \
+                            current_setting('enable_hashjoin') || ' ' || \
+                            current_setting('enable_mergejoin')";
+            let mut tx = ledger.write_tx().await.unwrap();
+            let within: String = sqlx::query_scalar(settings)
+                .fetch_one(&mut *tx.tx)
+                .await
+                .unwrap();
+            assert_eq!(within, "force_generic_plan off off off");
+            tx.rollback().await.unwrap();
+            // The same beginning on a connection of its own, which is then asked again.
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            for ended in ["COMMIT", "ROLLBACK"] {
+                sqlx::raw_sql(POSTGRES_WRITE_BEGIN)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let within: String = sqlx::query_scalar(settings)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(within, "force_generic_plan off off off");
+                sqlx::raw_sql(ended).execute(&mut conn).await.unwrap();
+                let after: String = sqlx::query_scalar(settings)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(after, "auto on on on", "after {ended}");
+            }
+        }
+
         /// A migrated database holding `burst` (SQL run as is: no `ANALYZE`, as mid-burst), and
         /// a plain connection to it for `EXPLAIN`.
         async fn database_after(burst: &str) -> (PostgresDatabase, sqlx::PgConnection) {
@@ -580,8 +642,9 @@ mod tests {
 
         /// Each of `statements` (name, SQL, arguments) planned in every state a pooled prepared
         /// statement can meet: with no statistics (as mid-burst) and then fresh ones, under
-        /// custom and generic plans alike. `check` gets a label for its message ("the claim
-        /// (fresh statistics, auto)"), the SQL and the plan, one line per node.
+        /// custom and generic plans alike, and as a write transaction plans it
+        /// (`POSTGRES_WRITE_BEGIN`). `check` gets a label for its message ("the claim (fresh
+        /// statistics, auto)"), the SQL and the plan, one line per node.
         async fn check_plans_in_every_planner_state(
             conn: &mut sqlx::PgConnection,
             statements: &[(&str, String, String)],
@@ -591,15 +654,19 @@ mod tests {
                 if statistics == "fresh" {
                     sqlx::raw_sql("ANALYZE").execute(&mut *conn).await.unwrap();
                 }
-                for mode in ["auto", "force_generic_plan"] {
-                    sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                        .execute(&mut *conn)
-                        .await
-                        .unwrap();
+                for mode in ["auto", "force_generic_plan", "write transaction"] {
+                    let setup = match mode {
+                        "write transaction" => POSTGRES_WRITE_BEGIN.to_owned(),
+                        mode => format!("SET plan_cache_mode = {mode}"),
+                    };
+                    sqlx::raw_sql(&setup).execute(&mut *conn).await.unwrap();
                     for (name, statement, arguments) in statements {
                         let plan = prepared_plan(conn, statement, arguments).await;
                         let label = format!("the {name} ({statistics} statistics, {mode})");
                         check(&label, statement, &plan);
+                    }
+                    if mode == "write transaction" {
+                        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
                     }
                 }
             }
