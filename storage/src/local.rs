@@ -95,7 +95,11 @@ fn create_with(tmp: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
     // The shard exists after its first object: try the file first.
     let mut file = match std::fs::File::create(tmp) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(tmp.parent().expect("an object lives in its shard"))?;
+            let shard = tmp.parent().expect("an object lives in its shard");
+            let root = shard.parent().expect("a shard lives in the store's root");
+            std::fs::create_dir_all(root)?;
+            spread_shards(root);
+            std::fs::create_dir_all(shard)?;
             std::fs::File::create(tmp)?
         }
         created => created?,
@@ -103,6 +107,37 @@ fn create_with(tmp: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
     file.write_all(bytes)?;
     Ok(file)
 }
+
+/// Asks the filesystem to place the store's shards as it places top-level directories
+/// (`FS_TOPDIR_FL`, what `chattr +T` sets), before a shard is made: each then goes to a block
+/// group of its own with free inodes to spare, and its objects' inodes with it. Left to the
+/// default, ext4 puts every shard, and so every object, in the root's group. Where ext4 runs
+/// without a journal, it will not reuse an inode deleted in the last minutes until it has
+/// looked at every such inode of the group, on each file it creates: after an expiry sweep, or
+/// any burst of deletions beside the store, each new object cost a scan of thousands of
+/// inodes, and that scan was most of a worker's CPU on the side-by-side benchmark
+/// (BENCHMARKS.md, issue 17, tenth pass). Only the placement of shards made after the flag
+/// changes; where the filesystem has no such flag, or refuses it, nothing does, and the store
+/// works as before.
+#[cfg(target_os = "linux")]
+fn spread_shards(root: &Path) {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let flag = || -> std::io::Result<()> {
+        let dir = std::fs::File::open(root)?;
+        let flags = ioctl_getflags(&dir)?;
+        if !flags.contains(IFlags::TOPDIR) {
+            ioctl_setflags(&dir, flags | IFlags::TOPDIR)?;
+        }
+        Ok(())
+    };
+    let flagged = flag();
+    if let Err(e) = flagged {
+        tracing::debug!(root = %root.display(), error = %e, "the store's shards keep the default placement");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spread_shards(_root: &Path) {}
 
 /// Puts a written temporary file in its place.
 fn rename_into_place(file: &std::fs::File, tmp: &Path, path: &Path) -> std::io::Result<()> {
@@ -486,6 +521,30 @@ mod tests {
                 .starts_with("jobs+"));
         }
         assert!(!dir.path().join("jobs").exists(), "no directory per job");
+    }
+
+    /// The root is flagged before its first shard is made, where the filesystem keeps such
+    /// flags (ext4 does; tmpfs keeps none, and there nothing can be asked of it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_root_asks_for_its_shards_to_be_spread_before_the_first_is_made() {
+        use rustix::fs::{ioctl_getflags, IFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let flags_of = |path: &Path| ioctl_getflags(std::fs::File::open(path).unwrap());
+        std::fs::create_dir(&root).unwrap();
+        let Ok(before) = flags_of(&root) else {
+            eprintln!("{} keeps no inode flags: nothing to check", root.display());
+            return;
+        };
+        assert!(!before.contains(IFlags::TOPDIR));
+        let s = store(&root);
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
+        s.put("jobs/a/0.png", "image/png", body).await.unwrap();
+        assert!(flags_of(&root).unwrap().contains(IFlags::TOPDIR));
+        let files = files_under(&root);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].parent().unwrap().parent().unwrap(), root);
     }
 
     #[tokio::test]
