@@ -4,6 +4,14 @@
 //! `--config`/`kiln.toml`, `KILN_*` environment variables and flags (see `config`).
 
 use anyhow::Context;
+
+/// The allocator every role runs on. With the system's (glibc) allocator, `malloc`, `free` and
+/// their consolidation of freed chunks were about a third of a worker's own CPU on the
+/// side-by-side benchmark: a job's life allocates and frees many buffers across the runtime's
+/// threads (HTTP bodies, rows, JSON), which mimalloc's per-thread pages serve without the
+/// arena locks and chunk merging (BENCHMARKS.md, issue 17, tenth pass).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand};
 use kiln::app::{self, Roles};
 use kiln::client;
