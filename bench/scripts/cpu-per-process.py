@@ -9,7 +9,8 @@ Runs COMMAND and reads every process's user + system time from /proc every 0.2 s
 process's last reading (a benchmark's processes end with it, so they cannot be read afterwards;
 up to 0.2 s of a process's last moments can be missed). Processes that existed before the run
 count only what they used during it. Prints the totals by kind: `kiln <subcommand>`, `node
-<script>`, every Postgres backend as `postgres`, and other commands by name.
+<script>`, every Postgres backend as `postgres`, and other commands by name: the total
+CPU-seconds, then the user and the system (kernel) seconds within it.
 """
 import collections
 import os
@@ -44,7 +45,7 @@ def read_all(readings):
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / TICKS
+        seconds = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
         pid = int(entry)
         if pid not in readings:
             readings[pid] = [kind(pid, comm), seconds, seconds]
@@ -61,14 +62,16 @@ def main():
         seen = set(readings)
         read_all(readings)
         for pid in set(readings) - seen:
-            readings[pid][1] = 0.0
+            readings[pid][1] = (0.0, 0.0)
         time.sleep(0.2)
-    totals = collections.Counter()
+    user, system = collections.Counter(), collections.Counter()
     for name, first, last in readings.values():
-        totals[name] += last - first
+        user[name] += last[0] - first[0]
+        system[name] += last[1] - first[1]
+    totals = user + system
     for name, seconds in totals.most_common():
         if seconds >= 0.05:
-            print(f"{seconds:8.2f} {name}")
+            print(f"{seconds:8.2f} {name}  (user {user[name]:.2f}, system {system[name]:.2f})")
     sys.exit(run.returncode)
 
 
