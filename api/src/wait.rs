@@ -14,8 +14,11 @@
 //! changed it: a read every 100 ms at first, easing to one a second, so a short job answers
 //! quickly and a long wait costs little. What a watcher needs of a resource is the `Watched`
 //! trait, so jobs and pipelines share one waiting loop, one event stream and one way of
-//! answering a read or a create (`get`, `respond`, `created`: the wait, 201 for a create that
-//! ended within it, the poll hint, the `Location`).
+//! answering a read or a create (`respond`, `created`: the wait, 201 for a create that ended
+//! within it, the poll hint, the `Location`). A pipeline's read goes through `get`. A job's read
+//! (`jobs::get`) first looks for the answer kept in the api for a finished job
+//! (`jobs::FinishedJobs`); otherwise a job in flight is answered through `respond`, and a
+//! finished one is rendered, kept and sent, like a kept answer, through `finished`.
 
 use crate::auth::Tenant;
 use crate::problem::Problem;
