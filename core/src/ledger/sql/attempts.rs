@@ -511,7 +511,7 @@ impl AttemptLedger for SqlLedger {
             .iter()
             .map(|(lease, outputs)| (lease, outputs.as_slice(), at))
             .collect();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.hot_tx().await?;
         let won = succeed_batch_in(&mut tx, &batch).await?;
         tx.commit().await?;
         Ok(won)

@@ -228,7 +228,7 @@ impl DeliveryLedger for SqlLedger {
         // fenced by it alone, and a redelivery or a later claim writes a new one.
         let claim_token = uuid::Uuid::new_v4().simple().to_string();
         let held_until = at + hold.as_millis() as i64;
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.hot_tx().await?;
         let claim = delivery_claim_sql(self.dialect, limit);
         let mut query = sqlx::query(&claim).bind(at).bind(first_due);
         if self.dialect == Dialect::Postgres {

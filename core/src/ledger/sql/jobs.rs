@@ -620,7 +620,7 @@ impl JobLedger for SqlLedger {
         route: &RouteChooser,
         lease_for: Duration,
     ) -> Result<Vec<Claim>> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.hot_tx().await?;
         let claimed =
             claim_batch_in(&mut tx, ids, worker, route, lease_for, to_millis(now())).await?;
         tx.commit().await?;

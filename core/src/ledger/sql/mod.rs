@@ -4,10 +4,10 @@
 //! once, with `?` placeholders that `Dialect::sql` turns into `$n` for Postgres. The dialects
 //! differ only where the engines do: SQLite write transactions start with `BEGIN IMMEDIATE` (take
 //! the write lock up front and wait on `busy_timeout`, instead of failing on a read-to-write
-//! upgrade); Postgres write transactions plan each statement once per connection, by index
-//! (`POSTGRES_WRITE_BEGIN`); Postgres reads the rows it is about to change with `FOR UPDATE`, and
-//! the reconciler skips rows another reconciler holds (`SKIP LOCKED`), so concurrent passes never
-//! collide.
+//! upgrade); on Postgres the hot path's writes have connections of their own, which plan each
+//! statement once, by index (`POSTGRES_HOT_SESSION`); Postgres reads the rows it is about to
+//! change with `FOR UPDATE`, and the reconciler skips rows another reconciler holds (`SKIP
+//! LOCKED`), so concurrent passes never collide.
 //!
 //! The writes every job makes are shaped for throughput (see BENCHMARKS.md): concurrent
 //! inserts, claims and successes share transactions (`GroupCommit`), and the inserts, claims and
@@ -49,7 +49,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 
 /// The ledger on one database: its pool, its dialect and the writers that batch its hot path.
 pub struct SqlLedger {
-    /// Where reads go (and, on Postgres, everything: there `writer` is this same pool).
+    /// Where reads go (and, on Postgres, every write but the hot path's: there `writer` is this
+    /// same pool).
     pool: AnyPool,
     /// Where every write goes. On SQLite, one connection, and the embedded writer beside it
     /// for the hot path's groups, taking turns: writers queue in the process, first come first
@@ -59,6 +60,9 @@ pub struct SqlLedger {
     /// the side-by-side workload). Reads keep their own connections: in WAL mode they never
     /// wait for the writer.
     writer: Writer,
+    /// Where the hot path writes: on Postgres, connections of its own that plan each statement
+    /// once (`POSTGRES_HOT_SESSION`); on SQLite, `writer`.
+    hot: Writer,
     dialect: Dialect,
     /// `dispatch.tenant_window`: a tenant's queued jobs admitted to the shared queue at once.
     window: Arc<AtomicU32>,
@@ -174,30 +178,38 @@ impl Tx {
     }
 }
 
-/// How a Postgres write transaction begins: one simple query (no round trip of its own) that
-/// also fixes how its statements are planned, for this transaction only.
+/// How each connection of the Postgres hot writer (`SqlLedger::hot`) plans, for its whole life.
 ///
-/// Every statement a write transaction runs finds its rows through an index chosen for it:
-/// the hot path's batches by primary key (`= ANY (ARRAY(…))`, padded `IN` lists), the sweeps
-/// through their partial indexes. Planned afresh on each execution (`plan_cache_mode = auto`
-/// keeps custom plans for these statements), planning was a quarter of Postgres's time on the
-/// hot path (BENCHMARKS.md, issue 17, tenth pass). Planned once per connection
-/// (`force_generic_plan`), a plan made without the parameters' values, and without statistics
-/// in the first minutes of a burst, read whole tables by sequential scans and hash joins; with
-/// those two turned off for the plan, the one plan kept is the index plan the custom plans
-/// chose, at no planning cost. `enable_*` only weighs a plan (a statement with no index to use
-/// still runs, by the disabled path), so a statement without an index stays correct; the plan
-/// tests in `sql::tests` hold every hot statement to its index under these settings.
-pub(crate) const POSTGRES_WRITE_BEGIN: &str = "BEGIN; \
-     SET LOCAL plan_cache_mode = force_generic_plan; \
-     SET LOCAL enable_seqscan = off; \
-     SET LOCAL enable_hashjoin = off; \
-     SET LOCAL enable_mergejoin = off";
+/// The hot path's statements (the group commit's inserts, claims and successes, the
+/// deliverer's claim and results, lease renewals) find their rows through an index chosen for
+/// them: by primary key (`= ANY (ARRAY(…))`, padded `IN` lists) or a partial index walked in its
+/// order. Planned afresh on each execution (`plan_cache_mode = auto` kept custom plans for
+/// them), planning was a quarter of Postgres's time on the hot path (BENCHMARKS.md, issue 17,
+/// tenth pass). Here each is planned once per connection and kept (planned again only when
+/// its tables' statistics change, or when it leaves sqlx's statement cache). A generic plan,
+/// made without the parameters' values and, in a burst's first minutes, without statistics,
+/// read whole tables by sequential scans and hash joins; with those weighed out, the one plan
+/// kept is the index plan the custom plans chose. `enable_*` only weighs a plan: a statement
+/// with no index to use still runs. The plan tests in `sql::tests` hold the claim, the
+/// admissions, the holding probe and the delivery claim to their indexes under these settings.
+///
+/// The connections are the hot path's alone. A plan Postgres caches belongs to a connection's
+/// prepared statement, so a statement also run elsewhere (a key's spend, read on the pool)
+/// never brings a plan made under other settings, nor takes one away; and every other write
+/// (the reconciler's sweeps, which do join and scan whole sets) plans as Postgres is configured.
+pub(crate) const POSTGRES_HOT_SESSION: &str = "SET plan_cache_mode = force_generic_plan; \
+     SET enable_seqscan = off; \
+     SET enable_hashjoin = off; \
+     SET enable_mergejoin = off";
+
+/// Most connections of the Postgres hot writer: one each for the group commit's one group in
+/// flight, the deliverer's claim, the delivery results and the lease renewals.
+const HOT_CONNECTIONS: u32 = 4;
 
 async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
     let begin = match dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
-        Dialect::Postgres => POSTGRES_WRITE_BEGIN,
+        Dialect::Postgres => "BEGIN",
     };
     let turn = writer.take_turn().await?;
     Ok(Tx {
@@ -278,6 +290,27 @@ impl SqlLedger {
             pool: writer,
             turn: native.as_ref().map(|_| WriteTurn::default()),
         };
+        // On Postgres the hot path writes on connections of its own, planned once
+        // (`POSTGRES_HOT_SESSION`); on SQLite it writes through the embedded writer, and any
+        // write that falls back to sqlx takes the one writer's turn.
+        let hot = match dialect {
+            Dialect::Postgres => Writer {
+                pool: AnyPoolOptions::new()
+                    .max_connections(HOT_CONNECTIONS)
+                    .acquire_timeout(WRITE_WAIT)
+                    .test_before_acquire(true)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(POSTGRES_HOT_SESSION).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?,
+                turn: None,
+            },
+            Dialect::Sqlite => writer.clone(),
+        };
         let window = Arc::new(AtomicU32::new(DEFAULT_TENANT_WINDOW));
         // One group in flight per process on both engines: while it is written, the next one
         // gathers, so batches grow with the load. With four in flight on Postgres a free slot
@@ -285,10 +318,11 @@ impl SqlLedger {
         // ran about 10 % slower than with one (BENCHMARKS.md, issue 17).
         let slots = 1;
         Ok(SqlLedger {
-            group: GroupCommit::start(writer.clone(), dialect, window.clone(), slots, native),
+            group: GroupCommit::start(hot.clone(), dialect, window.clone(), slots, native),
             reads,
-            renewals: LeaseRenewals::start(writer.clone(), dialect),
-            delivery_results: DeliveryResults::start(writer.clone(), dialect, window.clone()),
+            renewals: LeaseRenewals::start(hot.clone(), dialect),
+            delivery_results: DeliveryResults::start(hot.clone(), dialect, window.clone()),
+            hot,
             pool,
             writer,
             dialect,
@@ -306,6 +340,12 @@ impl SqlLedger {
 
     async fn write_tx(&self) -> Result<Tx> {
         begin_write(&self.writer, self.dialect, &self.window).await
+    }
+
+    /// A transaction of the hot path's (`hot`): batched claims and successes handed over by a
+    /// caller, and the deliverer's claim.
+    async fn hot_tx(&self) -> Result<Tx> {
+        begin_write(&self.hot, self.dialect, &self.window).await
     }
 
     /// `SELECT` of whole jobs: the job's columns and, from correlated subqueries, its attempts
@@ -563,44 +603,45 @@ mod tests {
             assert_eq!(super::queued_transitions_counted(fresh), 21);
         }
 
-        /// A write transaction plans once per connection and by index (`POSTGRES_WRITE_BEGIN`),
-        /// and only itself: once it ends, its connection goes back to the pool planning as
-        /// Postgres is configured, so a read (a dashboard's listing, say) may still scan or hash.
+        /// The hot path's connections plan each statement once and by index
+        /// (`POSTGRES_HOT_SESSION`), and only they do: every other write, and every read, plans
+        /// as Postgres is configured, so a sweep or a dashboard's listing may still scan or hash.
         #[tokio::test(flavor = "multi_thread")]
-        async fn a_write_transaction_fixes_its_plans_for_itself_alone() {
-            use sqlx::Connection;
+        async fn only_the_hot_path_plans_once_and_by_index() {
             let db = PostgresDatabase::create().await;
             let ledger = SqlLedger::open(&db.url).await.unwrap();
             let settings = "SELECT current_setting('plan_cache_mode') || ' ' || \
                             current_setting('enable_seqscan') || ' ' || \
                             current_setting('enable_hashjoin') || ' ' || \
                             current_setting('enable_mergejoin')";
-            let mut tx = ledger.write_tx().await.unwrap();
-            let within: String = sqlx::query_scalar(settings)
-                .fetch_one(&mut *tx.tx)
+            let mut hot = ledger.hot_tx().await.unwrap();
+            let in_hot: String = sqlx::query_scalar(settings)
+                .fetch_one(&mut *hot.tx)
                 .await
                 .unwrap();
-            assert_eq!(within, "force_generic_plan off off off");
-            tx.rollback().await.unwrap();
-            // The same beginning on a connection of its own, which is then asked again.
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            for ended in ["COMMIT", "ROLLBACK"] {
-                sqlx::raw_sql(POSTGRES_WRITE_BEGIN)
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let within: String = sqlx::query_scalar(settings)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                assert_eq!(within, "force_generic_plan off off off");
-                sqlx::raw_sql(ended).execute(&mut conn).await.unwrap();
-                let after: String = sqlx::query_scalar(settings)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                assert_eq!(after, "auto on on on", "after {ended}");
-            }
+            hot.rollback().await.unwrap();
+            let mut other = ledger.write_tx().await.unwrap();
+            let in_other: String = sqlx::query_scalar(settings)
+                .fetch_one(&mut *other.tx)
+                .await
+                .unwrap();
+            other.rollback().await.unwrap();
+            let in_read: String = sqlx::query_scalar(settings)
+                .fetch_one(&ledger.pool)
+                .await
+                .unwrap();
+            assert_eq!(
+                [
+                    ("hot", in_hot),
+                    ("other write", in_other),
+                    ("read", in_read)
+                ],
+                [
+                    ("hot", "force_generic_plan off off off".to_owned()),
+                    ("other write", "auto on on on".to_owned()),
+                    ("read", "auto on on on".to_owned()),
+                ]
+            );
         }
 
         /// A migrated database holding `burst` (SQL run as is: no `ANALYZE`, as mid-burst), and
@@ -642,8 +683,8 @@ mod tests {
 
         /// Each of `statements` (name, SQL, arguments) planned in every state a pooled prepared
         /// statement can meet: with no statistics (as mid-burst) and then fresh ones, under
-        /// custom and generic plans alike, and as a write transaction plans it
-        /// (`POSTGRES_WRITE_BEGIN`). `check` gets a label for its message ("the claim (fresh
+        /// custom and generic plans alike, and as the hot path's connections plan it
+        /// (`POSTGRES_HOT_SESSION`). `check` gets a label for its message ("the claim (fresh
         /// statistics, auto)"), the SQL and the plan, one line per node.
         async fn check_plans_in_every_planner_state(
             conn: &mut sqlx::PgConnection,
@@ -654,19 +695,19 @@ mod tests {
                 if statistics == "fresh" {
                     sqlx::raw_sql("ANALYZE").execute(&mut *conn).await.unwrap();
                 }
-                for mode in ["auto", "force_generic_plan", "write transaction"] {
+                for mode in ["auto", "force_generic_plan", "hot path"] {
                     let setup = match mode {
-                        "write transaction" => POSTGRES_WRITE_BEGIN.to_owned(),
+                        "hot path" => POSTGRES_HOT_SESSION.to_owned(),
                         mode => format!("SET plan_cache_mode = {mode}"),
                     };
-                    sqlx::raw_sql(&setup).execute(&mut *conn).await.unwrap();
+                    sqlx::raw_sql(&format!("RESET ALL; {setup}"))
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
                     for (name, statement, arguments) in statements {
                         let plan = prepared_plan(conn, statement, arguments).await;
                         let label = format!("the {name} ({statistics} statistics, {mode})");
                         check(&label, statement, &plan);
-                    }
-                    if mode == "write transaction" {
-                        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
                     }
                 }
             }
