@@ -614,18 +614,16 @@ mod tests {
                             current_setting('enable_seqscan') || ' ' || \
                             current_setting('enable_hashjoin') || ' ' || \
                             current_setting('enable_mergejoin')";
-            let mut hot = ledger.hot_tx().await.unwrap();
-            let in_hot: String = sqlx::query_scalar(settings)
-                .fetch_one(&mut *hot.tx)
-                .await
-                .unwrap();
-            hot.rollback().await.unwrap();
-            let mut other = ledger.write_tx().await.unwrap();
-            let in_other: String = sqlx::query_scalar(settings)
-                .fetch_one(&mut *other.tx)
-                .await
-                .unwrap();
-            other.rollback().await.unwrap();
+            let within = |mut tx: Tx| async move {
+                let found: String = sqlx::query_scalar(settings)
+                    .fetch_one(&mut *tx.tx)
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+                found
+            };
+            let in_hot = within(ledger.hot_tx().await.unwrap()).await;
+            let in_other = within(ledger.write_tx().await.unwrap()).await;
             let in_read: String = sqlx::query_scalar(settings)
                 .fetch_one(&ledger.pool)
                 .await
