@@ -662,7 +662,7 @@ impl JobLedger for SqlLedger {
         for i in 0..shape {
             args.text(ids[i.min(ids.len() - 1)].to_string());
         }
-        self.point_rows(&sql, args)
+        self.hot_point_rows(&sql, args)
             .await?
             .iter()
             .map(|row| self.load_job(row))

@@ -181,7 +181,7 @@ impl Tx {
 /// How each connection of the Postgres hot writer (`SqlLedger::hot`) plans, for its whole life.
 ///
 /// The hot path's statements (the group commit's inserts, claims and successes, the
-/// deliverer's claim and results, lease renewals) find their rows through an index chosen for
+/// deliverer's claim, job read and results, lease renewals) find their rows through an index chosen for
 /// them: by primary key (`= ANY (ARRAY(…))`, padded `IN` lists) or a partial index walked in its
 /// order. Planned afresh on each execution (`plan_cache_mode = auto` kept custom plans for
 /// them), planning was a quarter of Postgres's time on the hot path (BENCHMARKS.md, issue 17,
@@ -203,7 +203,8 @@ pub(crate) const POSTGRES_HOT_SESSION: &str = "SET plan_cache_mode = force_gener
      SET enable_mergejoin = off";
 
 /// Most connections of the Postgres hot writer: one each for the group commit's one group in
-/// flight, the deliverer's claim, the delivery results and the lease renewals.
+/// flight, the deliverer's claim and then its job read, the delivery results and the lease
+/// renewals.
 const HOT_CONNECTIONS: u32 = 4;
 
 async fn begin_write(writer: &Writer, dialect: Dialect, window: &AtomicU32) -> Result<Tx> {
@@ -363,6 +364,17 @@ impl SqlLedger {
     /// (rows by primary key, a count capped), never one whose size a client chooses. On a
     /// SQLite file it runs here and now (`native::NativeReads`), elsewhere on the pool.
     async fn point_rows(&self, sql: &str, args: Args) -> Result<Vec<ReadRow>> {
+        self.point_rows_on(&self.pool, sql, args).await
+    }
+
+    /// `point_rows` for the hot path's own reads (the deliverer's jobs): on Postgres on the hot
+    /// connections, where the read is planned once like the writes beside it
+    /// (`POSTGRES_HOT_SESSION`).
+    async fn hot_point_rows(&self, sql: &str, args: Args) -> Result<Vec<ReadRow>> {
+        self.point_rows_on(&self.hot.pool, sql, args).await
+    }
+
+    async fn point_rows_on(&self, pool: &AnyPool, sql: &str, args: Args) -> Result<Vec<ReadRow>> {
         match &self.reads {
             Some(reads) => Ok(reads
                 .rows(sql, args)?
@@ -371,7 +383,7 @@ impl SqlLedger {
                 .collect()),
             None => Ok(args
                 .bind_to(sqlx::query(&self.sql(sql)))
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?
                 .into_iter()
                 .map(ReadRow::Pooled)
