@@ -296,10 +296,9 @@ impl SqlLedger {
         // write that falls back to sqlx takes the one writer's turn.
         let hot = match dialect {
             Dialect::Postgres => Writer {
-                pool: AnyPoolOptions::new()
-                    .max_connections(HOT_CONNECTIONS)
-                    .acquire_timeout(WRITE_WAIT)
-                    .test_before_acquire(true)
+                // The pool's own options (its wait, its ping), with the session's settings in
+                // place of the SQLite pragmas.
+                pool: options(HOT_CONNECTIONS)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(POSTGRES_HOT_SESSION).await?;
