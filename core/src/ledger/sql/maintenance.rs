@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// A worker identity's running jobs made expired at once, for the reconciler to rescue
+/// (`expire_leases_of`). No index is kept on the owner: the statement runs when a worker
+/// leaves or its slot is taken over, and walks `jobs_lease_expiry` (every running job, as many
+/// as the workers' slots at most), where an owner's index took an entry on every claim.
+pub(super) const EXPIRE_LEASES_OF: &str =
+    "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running' AND lease_owner = ?";
+
 #[async_trait]
 impl MaintenanceLedger for SqlLedger {
     async fn acquire_worker_slot(&self, base: &str, holder: &str, ttl: Duration) -> Result<String> {
@@ -51,13 +58,11 @@ impl MaintenanceLedger for SqlLedger {
     }
 
     async fn expire_leases_of(&self, identity: &str) -> Result<u64> {
-        Ok(sqlx::query(&self.sql(
-            "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running' AND lease_owner = ?",
-        ))
-        .bind(identity)
-        .execute(&mut *self.writer.conn().await?)
-        .await?
-        .rows_affected())
+        Ok(sqlx::query(&self.sql(EXPIRE_LEASES_OF))
+            .bind(identity)
+            .execute(&mut *self.writer.conn().await?)
+            .await?
+            .rows_affected())
     }
 
     async fn rescue_expired_leases(&self, max_rescues: u32, limit: u32) -> Result<Vec<Rescue>> {

@@ -404,5 +404,39 @@ mod postgres {
         .await;
     }
 
+    /// A worker's release of its running jobs walks the running jobs' own index
+    /// (`jobs_lease_expiry`), never the table, whatever the planner knows: no index is kept on
+    /// the owner (migration 0022).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_release_of_a_workers_jobs_walks_only_the_running_ones() {
+        let (_db, mut conn) = database_after(
+            "INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, \
+                 lease_owner, lease_expires_at) \
+             SELECT lpad(g::text, 36, '0'), 't', 'm', '{}', \
+                    CASE WHEN g <= 10000 THEN 'succeeded' ELSE 'running' END, 0, 0, 0, \
+                    CASE WHEN g <= 10000 THEN NULL ELSE 'w-' || (g % 2) END, \
+                    CASE WHEN g <= 10000 THEN NULL ELSE g END \
+             FROM generate_series(1, 10100) g",
+        )
+        .await;
+        let release = (
+            "release of a worker's jobs",
+            Dialect::Postgres
+                .sql(maintenance::EXPIRE_LEASES_OF)
+                .into_owned(),
+            "'w-1'".to_owned(),
+        );
+        check_plans_in_every_planner_state(&mut conn, &[release], |label, _, plan| {
+            assert!(
+                plan.iter()
+                    .any(|l| l.contains("Scan") && l.contains("jobs_lease_expiry"))
+                    && !plan.iter().any(|l| l.contains("Seq Scan")),
+                "{label} does not walk jobs_lease_expiry:\n{}",
+                plan.join("\n")
+            );
+        })
+        .await;
+    }
+
     crate::ledger_contract_tests!(fresh());
 }
