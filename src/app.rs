@@ -519,6 +519,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         ssrf.clone()
     };
 
+    // A worker wakes the deliverer of its own process when a job with a webhook starts or ends.
+    let wake_deliverer = kiln_worker::deliverer::DelivererWake::default();
     let worker = if roles.worker {
         let runtime = WorkerRuntime {
             ledger: ledger.clone(),
@@ -562,6 +564,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 poll_ledger,
                 slot_holder,
             },
+            wake_deliverer: Some(wake_deliverer.clone()),
         };
         Some(runtime.start(rings))
     } else {
@@ -640,6 +643,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 poll: config.webhooks.poll,
                 max_payload_bytes: config.webhooks.max_payload_bytes,
             },
+            wake: wake_deliverer,
         };
         tokio::spawn(deliverer.run(stop_deliverer.clone()));
     }

@@ -195,6 +195,30 @@ async fn wait_for_deliveries(kiln: &Kiln, key: &str, id: &str, n: usize) -> Vec<
     }
 }
 
+/// A success's `job.succeeded` goes out at once: the worker that wrote it wakes its own
+/// deliverer, so the event does not wait for the deliverer's next look at the ledger, which
+/// here is an hour away (its first look, at start, found nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_is_delivered_without_waiting_for_the_next_look() {
+    let receiver = Receiver::start(vec![]).await;
+    let kiln = Kiln::start_with(|c| {
+        c.webhooks.poll = Duration::from_secs(3600);
+    })
+    .await;
+    let key = kiln.key("acme").await;
+    let secret = secret(&kiln, &key).await;
+    let job = job_with_webhook(&receiver.url, json!({"webhook_events": ["job.succeeded"]}));
+    let id = kiln.submit_ok(&key, job).await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(verify(&secret, &got[0]).unwrap(), "job.succeeded");
+    assert_eq!(got[0].payload()["data"]["id"], id.as_str());
+    let log = wait_for_deliveries(&kiln, &key, &id, 1).await;
+    assert_eq!(log[0]["id"], got[0].id.as_str());
+    assert_eq!(log[0]["status"], "delivered");
+    assert_eq!(log[0]["tries"].as_array().unwrap().len(), 1);
+    kiln.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_standardwebhooks_package_verifies_kilns_deliveries() {
     let receiver = Receiver::start(vec![]).await;

@@ -5,6 +5,7 @@
 //! generator is stopped at once. On shutdown past the grace period the job is released, not
 //! failed, so another worker runs it without counting it against the job.
 
+use crate::deliverer::DelivererWake;
 use crate::provider::{AttemptContext, FailureClass, Provider, ProviderError, UpstreamLink};
 use futures::FutureExt;
 use kiln_core::catalog::Catalog;
@@ -60,6 +61,9 @@ pub struct Executor {
     choose_route: RouteChooser,
     /// Fired when the shutdown grace period is over: running jobs are released.
     hard_stop: CancellationToken,
+    /// Wakes this process's deliverer when a job with a webhook starts or ends, so its event
+    /// does not wait for the deliverer's next look (none: no deliverer runs here).
+    wake_deliverer: Option<DelivererWake>,
 }
 
 enum Ending {
@@ -97,6 +101,21 @@ impl Executor {
             config,
             choose_route,
             hard_stop,
+            wake_deliverer: None,
+        }
+    }
+
+    /// Wakes `wake` (this process's deliverer) whenever a job with a webhook starts or ends.
+    pub fn waking(mut self, wake: Option<DelivererWake>) -> Self {
+        self.wake_deliverer = wake;
+        self
+    }
+
+    /// The deliverer is woken for `job`'s event, if the job has a webhook: what its start or
+    /// end just wrote (in the same transaction) is due.
+    fn wake_deliverer_for(&self, job: &kiln_core::Job) {
+        if let (Some(wake), Some(_)) = (&self.wake_deliverer, &job.webhook_url) {
+            wake.wake();
         }
     }
 
@@ -117,6 +136,7 @@ impl Executor {
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
+            self.wake_deliverer_for(&claim.job);
             let waited = (kiln_core::time::now() - claim.job.run_after)
                 .to_std()
                 .unwrap_or_default();
@@ -361,6 +381,7 @@ impl Executor {
                 }
             }
         }
+        self.wake_deliverer_for(&claim.job);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! and lets in-flight jobs finish; after the grace period the hard stop makes the executor release
 //! what is still running, so no job waits for a lease to expire because its worker left politely.
 
+use crate::deliverer::DelivererWake;
 use crate::executor::{ExecResult, Executor, ExecutorConfig, Providers};
 use crate::janitor::Janitor;
 use crate::reconciler::Reconciler;
@@ -42,6 +43,8 @@ pub struct WorkerRuntime {
     pub catalog: Catalog,
     pub executor: ExecutorConfig,
     pub settings: WorkerSettings,
+    /// Wakes this process's deliverer, if it runs one (`Executor::waking`).
+    pub wake_deliverer: Option<DelivererWake>,
 }
 
 pub struct WorkerHandle {
@@ -89,15 +92,18 @@ impl WorkerRuntime {
         let hard_stop = CancellationToken::new();
         let identity = self.executor.identity.clone();
         let executor_lease = self.executor.lease;
-        let executor = Arc::new(Executor::new(
-            self.ledger.clone(),
-            self.doorbell.clone(),
-            self.store.clone(),
-            self.providers,
-            self.catalog,
-            self.executor,
-            hard_stop.clone(),
-        ));
+        let executor = Arc::new(
+            Executor::new(
+                self.ledger.clone(),
+                self.doorbell.clone(),
+                self.store.clone(),
+                self.providers,
+                self.catalog,
+                self.executor,
+                hard_stop.clone(),
+            )
+            .waking(self.wake_deliverer),
+        );
         let stopper = executor.clone();
         let worker = WorkerBuilder::new(identity.as_str())
             .backend(rings)
