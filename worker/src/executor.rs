@@ -111,10 +111,30 @@ impl Executor {
         self
     }
 
-    /// The deliverer is woken for `job`'s event, if the job has a webhook: what its start or
-    /// end just wrote (in the same transaction) is due.
-    fn wake_deliverer_for(&self, job: &kiln_core::Job) {
-        if let (Some(wake), Some(_)) = (&self.wake_deliverer, &job.webhook_url) {
+    /// Wakes the deliverer for what `job`'s first start just wrote (in the same transaction):
+    /// a `job.started` delivery, if its webhook asks for that event.
+    fn wake_deliverer_for_start(&self, claim: &Claim) {
+        let job = &claim.job;
+        let asked = job.webhook_events.as_ref().is_none_or(|events| {
+            events
+                .iter()
+                .any(|e| e == kiln_core::events::EventType::JobStarted.as_str())
+        });
+        if claim.attempt_number == 1 && job.webhook_url.is_some() && asked {
+            self.wake_deliverer();
+        }
+    }
+
+    /// Wakes the deliverer for what `job`'s end may just have written: its own event, if it
+    /// has a webhook, or its pipeline's, if it is a step (a pipeline's webhook is its own).
+    fn wake_deliverer_for_end(&self, job: &kiln_core::Job) {
+        if job.webhook_url.is_some() || job.pipeline_id.is_some() {
+            self.wake_deliverer();
+        }
+    }
+
+    fn wake_deliverer(&self) {
+        if let Some(wake) = &self.wake_deliverer {
             wake.wake();
         }
     }
@@ -136,7 +156,7 @@ impl Executor {
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(job = %job_id, attempt = claim.attempt_number, "claimed");
-            self.wake_deliverer_for(&claim.job);
+            self.wake_deliverer_for_start(claim);
             let waited = (kiln_core::time::now() - claim.job.run_after)
                 .to_std()
                 .unwrap_or_default();
@@ -381,7 +401,7 @@ impl Executor {
                 }
             }
         }
-        self.wake_deliverer_for(&claim.job);
+        self.wake_deliverer_for_end(&claim.job);
         Ok(())
     }
 
