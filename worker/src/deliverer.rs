@@ -6,10 +6,10 @@
 //! tried again on the schedule, honouring `Retry-After` within it, until the schedule runs out.
 //!
 //! The deliverer looks at the ledger every `poll`, and at once when this process's worker wakes
-//! it (`DelivererWake`): a job with a webhook started or ended here, so its event is due now.
-//! A lone job's webhook then leaves within milliseconds of its end, not up to `poll` later;
-//! under load the deliverer looks again as soon as a pass finds work, so the wake costs
-//! nothing there. Deliveries are still claimed from the ledger, a batch at a time: handing each
+//! it (`DelivererWake`): a job with a webhook started or ended here (or a pipeline's step did),
+//! so its event is due now. A lone job's webhook then leaves within milliseconds of its end,
+//! not up to `poll` later; under load the deliverer looks again as soon as a pass finds work,
+//! and wakes that come meanwhile fold into one more look. Deliveries are still claimed from the ledger, a batch at a time: handing each
 //! success's delivery straight to the deliverer instead (written already claimed) spared the
 //! claim statement but made every batch smaller, and measured slower (BENCHMARKS.md).
 //!

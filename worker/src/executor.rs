@@ -125,8 +125,9 @@ impl Executor {
         }
     }
 
-    /// Wakes the deliverer for what `job`'s end may just have written: its own event, if it
-    /// has a webhook, or its pipeline's, if it is a step (a pipeline's webhook is its own).
+    /// Wakes the deliverer for what `job`'s end, and its pipeline's advance after it, may just
+    /// have written: its own event, if it has a webhook, or its pipeline's, if it is a step (a
+    /// pipeline's webhook is its own).
     fn wake_deliverer_for_end(&self, job: &kiln_core::Job) {
         if job.webhook_url.is_some() || job.pipeline_id.is_some() {
             self.wake_deliverer();
@@ -312,6 +313,8 @@ impl Executor {
             // any pipeline this process dies before advancing).
             advance_pipeline(self.ledger.as_ref(), self.doorbell.as_ref(), pipeline).await?;
         }
+        // After the pipeline's advance, which writes the pipeline's own event when it ends.
+        self.wake_deliverer_for_end(&claim.job);
         Ok(())
     }
 
@@ -401,7 +404,6 @@ impl Executor {
                 }
             }
         }
-        self.wake_deliverer_for_end(&claim.job);
         Ok(())
     }
 
