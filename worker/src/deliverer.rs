@@ -9,9 +9,11 @@
 //! it (`DelivererWake`): a job with a webhook started or ended here (or a pipeline's step did),
 //! so its event is due now. A lone job's webhook then leaves within milliseconds of its end,
 //! not up to `poll` later; under load the deliverer looks again as soon as a pass finds work,
-//! and wakes that come meanwhile fold into one more look. Deliveries are still claimed from the ledger, a batch at a time: handing each
-//! success's delivery straight to the deliverer instead (written already claimed) spared the
-//! claim statement but made every batch smaller, and measured slower (BENCHMARKS.md).
+//! and wakes that come meanwhile fold into one more look. Deliveries are still claimed from the
+//! ledger, a batch at a time. Handing each success's delivery straight to the deliverer instead
+//! (written already claimed) spared the claim statement, but its batches were a few deliveries
+//! each and the runs measured slower; the wake's looks take smaller batches under load too,
+//! and measured no slower (BENCHMARKS.md).
 //!
 //! Why the ledger and not the dispatch queue: a delivery is due at a time (5 s, 5 min … 10 h
 //! out), and the ledger's index on `next_try_at` is already a durable timer; the queue would need

@@ -61,8 +61,9 @@ pub struct Executor {
     choose_route: RouteChooser,
     /// Fired when the shutdown grace period is over: running jobs are released.
     hard_stop: CancellationToken,
-    /// Wakes this process's deliverer when a job with a webhook starts or ends, so its event
-    /// does not wait for the deliverer's next look (none: no deliverer runs here).
+    /// Wakes this process's deliverer when a job with a webhook starts or ends (or a pipeline's
+    /// step ends), so the event does not wait for the deliverer's next look (none: no
+    /// deliverer runs here).
     wake_deliverer: Option<DelivererWake>,
 }
 
@@ -105,7 +106,8 @@ impl Executor {
         }
     }
 
-    /// Wakes `wake` (this process's deliverer) whenever a job with a webhook starts or ends.
+    /// Wakes `wake` (this process's deliverer) when a job with a webhook starts or ends, or a
+    /// pipeline's step ends.
     pub fn waking(mut self, wake: Option<DelivererWake>) -> Self {
         self.wake_deliverer = wake;
         self
