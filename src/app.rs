@@ -519,7 +519,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         ssrf.clone()
     };
 
-    // A worker wakes the deliverer of its own process when a job with a webhook starts or ends.
+    // A worker wakes the deliverer of its own process when a job with a webhook starts or ends,
+    // or a pipeline's step ends.
     let wake_deliverer = kiln_worker::deliverer::DelivererWake::default();
     let worker = if roles.worker {
         let runtime = WorkerRuntime {

@@ -397,6 +397,17 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the job's own webhook hears `event`: it has one, and its filter (none: every
+    /// event) names the event. The ledger writes deliveries by the same rule
+    /// (`delivery_insert`); this is its reading for a process that holds the job.
+    pub fn webhook_hears(&self, event: crate::events::EventType) -> bool {
+        self.webhook_url.is_some()
+            && self
+                .webhook_events
+                .as_ref()
+                .is_none_or(|events| events.iter().any(|e| e == event.as_str()))
+    }
+
     /// When the job's outputs stop being downloadable: the latest output expiry.
     pub fn expires_at(&self) -> Option<Timestamp> {
         self.outputs.iter().map(|o| o.expires_at).max()

@@ -116,13 +116,11 @@ impl Executor {
     /// Wakes the deliverer for what `job`'s first start just wrote (in the same transaction):
     /// a `job.started` delivery, if its webhook asks for that event.
     fn wake_deliverer_for_start(&self, claim: &Claim) {
-        let job = &claim.job;
-        let asked = job.webhook_events.as_ref().is_none_or(|events| {
-            events
-                .iter()
-                .any(|e| e == kiln_core::events::EventType::JobStarted.as_str())
-        });
-        if claim.attempt_number == 1 && job.webhook_url.is_some() && asked {
+        if claim.attempt_number == 1
+            && claim
+                .job
+                .webhook_hears(kiln_core::events::EventType::JobStarted)
+        {
             self.wake_deliverer();
         }
     }
