@@ -43,6 +43,25 @@ pub struct Roles {
     pub worker: bool,
 }
 
+/// The async runtime a server process runs on. A worker alone (`kiln worker`) runs on
+/// `worker.threads` threads (one by default: see `WorkerConfig::threads`); every other role
+/// on one thread per core, as `kiln serve` (the api and a worker in one process) measured
+/// fastest with two threads on two cores and slower with one.
+pub fn runtime(roles: Roles, config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if roles
+        == (Roles {
+            api: false,
+            worker: true,
+        })
+        && config.worker.threads > 0
+    {
+        builder.worker_threads(config.worker.threads);
+    }
+    builder.build()
+}
+
 pub struct Running {
     /// Where the api listens (when it runs).
     pub addr: Option<SocketAddr>,
@@ -692,4 +711,41 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         api,
         worker,
     })
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    fn threads(roles: Roles, config: &Config) -> usize {
+        runtime(roles, config).unwrap().metrics().num_workers()
+    }
+
+    #[test]
+    fn a_lone_worker_runs_on_its_configured_threads_and_every_other_role_on_one_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let worker = Roles {
+            api: false,
+            worker: true,
+        };
+        let mut config = Config::default();
+        assert_eq!(threads(worker, &config), 1);
+        config.worker.threads = 3;
+        assert_eq!(threads(worker, &config), 3);
+        config.worker.threads = 0;
+        assert_eq!(threads(worker, &config), cores);
+        config.worker.threads = 1;
+        for roles in [
+            Roles {
+                api: true,
+                worker: true,
+            },
+            Roles {
+                api: true,
+                worker: false,
+            },
+        ] {
+            assert_eq!(threads(roles, &config), cores, "{roles:?}");
+        }
+    }
 }

@@ -141,6 +141,14 @@ impl HttpConfig {
 pub struct WorkerConfig {
     /// Jobs one worker process runs at once.
     pub concurrency: usize,
+    /// Threads of a `kiln worker` process's async runtime; 0: one per core. A worker's async
+    /// work is waiting (on upstreams, the ledger, Redis, webhook receivers) and the CPU-bound
+    /// work of a generator runs on blocking threads beside the runtime, so one runtime thread
+    /// keeps up with hundreds of jobs at once and spares every job the wake-ups and task
+    /// stealing between threads (BENCHMARKS.md, issue 17, twelfth pass). To use more cores,
+    /// run more workers, or raise this. `kiln serve`, which answers the api in the same
+    /// process, keeps one thread per core.
+    pub threads: usize,
     /// The older name of the top-level `metrics_listen`, still read when that is unset.
     pub metrics_listen: Option<SocketAddr>,
     /// How long a claim holds a job without renewal before the reconciler may rescue it.
@@ -336,10 +344,15 @@ impl Default for Config {
     }
 }
 
+/// Most runtime threads a worker may ask for: past the cores of any machine Kiln runs on, each
+/// thread only costs memory and wake-ups.
+const MAX_RUNTIME_THREADS: usize = 1024;
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 4,
+            threads: 1,
             metrics_listen: None,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
@@ -414,6 +427,10 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let w = &self.worker;
         anyhow::ensure!(w.concurrency >= 1, "worker.concurrency must be at least 1");
+        anyhow::ensure!(
+            w.threads <= MAX_RUNTIME_THREADS,
+            "worker.threads must be at most {MAX_RUNTIME_THREADS} (0: one per core)"
+        );
         anyhow::ensure!(
             self.limits.rate_per_second != Some(0) && self.limits.max_active_jobs != Some(0),
             "limits.rate_per_second and limits.max_active_jobs must be at least 1 (leave them out for no limit)"
@@ -624,6 +641,22 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("secret-path"));
+    }
+
+    #[test]
+    fn a_worker_runs_on_one_runtime_thread_unless_told_otherwise() {
+        assert_eq!(Config::default().worker.threads, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.toml");
+        std::fs::write(&file, "[worker]\nthreads = 3\n").unwrap();
+        let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(c.worker.threads, 3);
+        std::fs::write(&file, "[worker]\nthreads = 100000\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&file), &Overrides::default()).unwrap_err()
+        );
+        assert!(err.contains("worker.threads"), "{err}");
     }
 
     #[test]

@@ -165,9 +165,34 @@ impl LimitArgs {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = run().await {
+fn main() {
+    let cli = Cli::parse();
+    // A server's configuration is read before its runtime is built: a worker's runtime is
+    // built to its settings (`worker.threads`). A configuration that does not load is
+    // reported once the server has started its telemetry, as before.
+    let loaded = server_common(&cli.command).map(|common| {
+        Config::load(
+            common.config.as_deref(),
+            &Overrides {
+                listen: common.listen,
+                data_dir: common.data_dir.clone(),
+            },
+        )
+    });
+    let runtime = match (&cli.command, &loaded) {
+        (Command::Worker(_), Some(Ok(config))) => app::runtime(
+            Roles {
+                api: false,
+                worker: true,
+            },
+            config,
+        ),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("the async runtime starts");
+    if let Err(e) = runtime.block_on(run(cli, loaded)) {
         // A fatal error: a JSON log line where logs are JSON (so they stay parseable), else a
         // plain sentence for whoever ran it.
         if std::env::var("KILN_LOG_FORMAT").as_deref() == Ok("json") {
@@ -179,8 +204,16 @@ async fn main() {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The options a server command reads its configuration from; `None` for a client command.
+fn server_common(command: &Command) -> Option<&Common> {
+    match command {
+        Command::Serve(c) | Command::Api(c) | Command::Worker(c) | Command::Migrate(c) => Some(c),
+        Command::Keys { common, .. } => Some(common),
+        _ => None,
+    }
+}
+
+async fn run(cli: Cli, loaded: Option<anyhow::Result<Config>>) -> anyhow::Result<()> {
     // The client talks to a Kiln over its API: no configuration of a server is read, so the
     // client's own variables (KILN_URL, KILN_API_KEY) and a server's settings never meet.
     let client_command = match cli.command {
@@ -212,7 +245,8 @@ async fn run() -> anyhow::Result<()> {
             Some(Ok(client::Exit::Ok))
         }
         command => {
-            return run_server(command).await;
+            let loaded = loaded.expect("a server command's configuration was read");
+            return run_server(command, loaded).await;
         }
     };
     let code = match client_command.expect("a client command") {
@@ -225,19 +259,9 @@ async fn run() -> anyhow::Result<()> {
     std::process::exit(code as i32);
 }
 
-async fn run_server(command: Command) -> anyhow::Result<()> {
-    let common = match &command {
-        Command::Serve(c) | Command::Api(c) | Command::Worker(c) | Command::Migrate(c) => c,
-        Command::Keys { common, .. } => common,
-        _ => unreachable!("client commands read no server configuration"),
-    }
-    .clone();
+async fn run_server(command: Command, loaded: anyhow::Result<Config>) -> anyhow::Result<()> {
     let telemetry = kiln::telemetry::init();
-    let overrides = Overrides {
-        listen: common.listen,
-        data_dir: common.data_dir.clone(),
-    };
-    let config = Config::load(common.config.as_deref(), &overrides)?;
+    let config = loaded?;
     let outcome = run_command(command, &config).await;
     telemetry.shutdown();
     outcome
