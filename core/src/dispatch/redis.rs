@@ -391,24 +391,32 @@ impl Consumer {
         }
         // Weighted by lane: each round takes up to `batch` high rings, half as many normal and
         // a quarter as many low (at least one each), highest first, without waiting; only when
-        // every lane is empty does one blocking read wait for the next ring in any lane.
-        let mut taken = 0;
-        for (i, divisor) in [1usize, 2, 4].into_iter().enumerate() {
-            let Some((lane, key)) = self.keys.get(i).cloned() else {
-                break;
-            };
+        // every lane is empty does one blocking read wait for the next ring in any lane. The
+        // lanes' reads go as one pipeline: one round trip a round instead of one per lane
+        // (under load a round mostly finds one ring, so the reads were three round trips per
+        // job; BENCHMARKS.md, issue 17, twelfth pass).
+        let mut round = redis::pipe();
+        let lanes: Vec<Lane> = self.keys.iter().map(|(lane, _)| *lane).collect();
+        for ((_, key), divisor) in self.keys.iter().zip([1usize, 2, 4]) {
             let count = (self.settings.batch / divisor).max(1);
-            match read_group(&mut conn, &self.settings.consumer, &[key], count, None).await {
-                Ok(reply) => {
-                    for stream in reply {
+            round.add_command(read_group_cmd(&self.settings.consumer, &[key], count, None));
+        }
+        let mut taken = 0;
+        match round
+            .query_async::<Vec<Option<StreamReadReply>>>(&mut conn)
+            .await
+        {
+            Ok(replies) => {
+                for (lane, reply) in lanes.into_iter().zip(replies) {
+                    for stream in reply.map(|r| r.keys).unwrap_or_default() {
                         for entry in &stream.ids {
                             self.push(lane, entry);
                             taken += 1;
                         }
                     }
                 }
-                Err(e) => return self.fault(e).await,
             }
+            Err(e) => return self.fault(e).await,
         }
         if taken > 0 {
             self.backoff = Duration::from_millis(100);
@@ -438,6 +446,19 @@ async fn read_group(
     count: usize,
     block: Option<Duration>,
 ) -> Result<Vec<redis::streams::StreamKey>, RedisError> {
+    let reply = read_group_cmd(consumer, keys, count, block)
+        .query_async::<Option<StreamReadReply>>(conn)
+        .await?;
+    Ok(reply.map(|r| r.keys).unwrap_or_default())
+}
+
+/// The `XREADGROUP` command `read_group` sends.
+fn read_group_cmd(
+    consumer: &str,
+    keys: &[impl redis::ToRedisArgs],
+    count: usize,
+    block: Option<Duration>,
+) -> redis::Cmd {
     let mut read = redis::cmd("XREADGROUP");
     read.arg("GROUP")
         .arg(GROUP)
@@ -454,8 +475,7 @@ async fn read_group(
     for _ in keys {
         read.arg(">");
     }
-    let reply = read.query_async::<Option<StreamReadReply>>(conn).await?;
-    Ok(reply.map(|r| r.keys).unwrap_or_default())
+    read
 }
 
 #[cfg(test)]
