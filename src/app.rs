@@ -43,21 +43,26 @@ pub struct Roles {
     pub worker: bool,
 }
 
-/// The async runtime a server process runs on. A worker alone (`kiln worker`) runs on
-/// `worker.threads` threads (one by default: see `WorkerConfig::threads`); every other role
-/// on one thread per core, as `kiln serve` (the api and a worker in one process) measured
-/// fastest with two threads on two cores and slower with one.
-pub fn runtime(roles: Roles, config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if roles
-        == (Roles {
+/// The runtime threads a server process asks for: a worker alone (`kiln worker`) its
+/// `worker.threads` (one by default: see `WorkerConfig::threads`; 0 is one per core); every
+/// other role none, so one per core, as `kiln serve` (the api and a worker in one process)
+/// measured fastest with two threads on two cores and slower with one.
+pub fn runtime_threads(roles: Roles, config: &Config) -> Option<usize> {
+    let worker_alone = roles
+        == Roles {
             api: false,
             worker: true,
-        })
-        && config.worker.threads > 0
-    {
-        builder.worker_threads(config.worker.threads);
+        };
+    (worker_alone && config.worker.threads > 0).then_some(config.worker.threads)
+}
+
+/// The multi-threaded async runtime every process runs on, with `threads` threads (none: one
+/// per core).
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
     }
     builder.build()
 }
@@ -718,7 +723,10 @@ mod runtime_tests {
     use super::*;
 
     fn threads(roles: Roles, config: &Config) -> usize {
-        runtime(roles, config).unwrap().metrics().num_workers()
+        runtime(runtime_threads(roles, config))
+            .unwrap()
+            .metrics()
+            .num_workers()
     }
 
     #[test]

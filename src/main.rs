@@ -179,19 +179,17 @@ fn main() {
             },
         )
     });
-    let runtime = match (&cli.command, &loaded) {
-        (Command::Worker(_), Some(Ok(config))) => app::runtime(
+    let threads = match (&cli.command, &loaded) {
+        (Command::Worker(_), Some(Ok(config))) => app::runtime_threads(
             Roles {
                 api: false,
                 worker: true,
             },
             config,
         ),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .expect("the async runtime starts");
+        _ => None,
+    };
+    let runtime = app::runtime(threads).expect("the async runtime starts");
     if let Err(e) = runtime.block_on(run(cli, loaded)) {
         // A fatal error: a JSON log line where logs are JSON (so they stay parseable), else a
         // plain sentence for whoever ran it.
