@@ -116,7 +116,20 @@ impl RedisDoorbell {
 
     /// The rings of every lane for one consumer, as an apalis backend stream.
     pub fn consume(&self, settings: ConsumerSettings) -> RingStream {
-        let consumer = Consumer {
+        futures::stream::unfold(self.consumer(settings), |mut consumer| async move {
+            loop {
+                if let Some(ring) = consumer.buffer.pop_front() {
+                    return Some((Ok(ring), consumer));
+                }
+                consumer.fill().await;
+            }
+        })
+        .boxed()
+    }
+
+    /// A consumer's state before its first round: no connection, no groups made yet.
+    fn consumer(&self, settings: ConsumerSettings) -> Consumer {
+        Consumer {
             client: self.client.clone(),
             conn: None,
             keys: Lane::ALL.iter().map(|l| (*l, self.key(*l))).collect(),
@@ -126,16 +139,7 @@ impl RedisDoorbell {
             last_reclaim: None,
             backoff: Duration::from_millis(100),
             malformed: Vec::new(),
-        };
-        futures::stream::unfold(consumer, |mut consumer| async move {
-            loop {
-                if let Some(ring) = consumer.buffer.pop_front() {
-                    return Some((Ok(ring), consumer));
-                }
-                consumer.fill().await;
-            }
-        })
-        .boxed()
+        }
     }
 }
 
@@ -549,6 +553,51 @@ mod tests {
             assert_eq!(ring.job, *j);
             assert_eq!(ring.receipt.as_ref().unwrap().lane, Lane::Low);
         }
+    }
+
+    /// Redis's count of the reads it has processed from all its clients (a read event takes
+    /// whatever a client's socket holds at once: one pipeline, or one lone command).
+    async fn reads_processed(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(conn)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_reads_processed:"))
+            .expect("INFO stats names its reads")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_round_reads_every_lane_in_one_round_trip() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        let mut consumer = bell.consumer(settings("a", Duration::from_secs(60)));
+        // The first round makes the groups and looks for rings to reclaim, each its own
+        // command; it finds nothing to read and waits its block out.
+        consumer.fill().await;
+        assert!(consumer.buffer.is_empty());
+        for lane in Lane::ALL {
+            bell.ring(JobId::new(), lane).await.unwrap();
+        }
+        let mut observer = bell.conn.clone();
+        let before = reads_processed(&mut observer).await;
+        consumer.fill().await;
+        let after = reads_processed(&mut observer).await;
+        assert_eq!(
+            consumer.buffer.len(),
+            Lane::ALL.len(),
+            "one ring of each lane"
+        );
+        // The second `INFO` is a read of its own: one more is the round's three reads together.
+        assert_eq!(
+            after - before,
+            2,
+            "the round's three lane reads arrive as one"
+        );
     }
 
     #[tokio::test]
