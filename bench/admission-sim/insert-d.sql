@@ -1,0 +1,1 @@
+INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, key_id, webhook_url, webhook_events, priority, surface) VALUES (lpad(nextval('jid')::text, 16, '0'), 'bench', 'bench/image', '{"prompt":"a kiln at dusk","width":32,"height":32}', 'queued', 1, 1, 1, 'key_0123456789abcdef', 'http://127.0.0.1:9/hook', 'job.succeeded', 'normal', NULL);

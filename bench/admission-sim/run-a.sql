@@ -1,0 +1,5 @@
+BEGIN;
+UPDATE jobs SET rung_at = 2 WHERE id = (SELECT id FROM jobs WHERE tenant = 'bench' AND priority = 'normal' AND status = 'queued' AND rung_at = -1 ORDER BY id COLLATE "C" LIMIT 1 FOR UPDATE SKIP LOCKED) AND CASE WHEN status = 'queued' AND rung_at = -1 THEN TRUE ELSE FALSE END RETURNING id \gset
+UPDATE jobs SET status = 'running', started_at = 3, lease_owner = 'w1', lease_token = 'tok', lease_expires_at = 100, attempt_count = attempt_count + 1 WHERE id = :id AND CASE WHEN status = 'queued' AND run_after <= 5 AND rung_at >= 0 THEN TRUE ELSE FALSE END;
+COMMIT;
+UPDATE jobs SET status = 'succeeded', completed_at = 4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = :id AND CASE WHEN status = 'running' AND lease_token = 'tok' THEN TRUE ELSE FALSE END;
