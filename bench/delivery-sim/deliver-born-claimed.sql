@@ -1,0 +1,2 @@
+SELECT (nextval('bid') - 1) * 32 + 1 AS lo \gset
+WITH r AS (SELECT 'msg_' || lpad(g::text, 16, '0') AS id FROM generate_series(:lo, :lo + 31) g), f AS (UPDATE webhook_deliveries d SET status = 'delivered', tries = 1, next_try_at = NULL, delivered_at = 5, claim_token = NULL FROM r WHERE d.id = r.id AND d.claim_token = 'born' RETURNING d.id) INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) SELECT id, 1, 5, 200, 3, NULL FROM f;

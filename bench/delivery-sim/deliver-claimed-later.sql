@@ -1,0 +1,4 @@
+BEGIN;
+WITH d AS (SELECT id, job_id, event_type, url, created_at, tries, schedule_base, next_try_at FROM webhook_deliveries WHERE status = 'pending' AND next_try_at <= 10 AND (tries > 0 OR next_try_at <= 10) ORDER BY next_try_at, id LIMIT 32 FOR UPDATE SKIP LOCKED), marked AS (UPDATE webhook_deliveries SET next_try_at = 60000, claim_token = 'tok' WHERE id = ANY (ARRAY(SELECT id FROM d)) RETURNING id) SELECT COALESCE(array_agg(d.id), '{}')::text AS ids FROM d JOIN marked ON marked.id = d.id JOIN jobs j ON j.id = d.job_id LEFT JOIN api_keys k ON k.id = j.key_id \gset
+COMMIT;
+WITH r AS (SELECT unnest(:ids::text[]) AS id), f AS (UPDATE webhook_deliveries d SET status = 'delivered', tries = 1, next_try_at = NULL, delivered_at = 5, claim_token = NULL FROM r WHERE d.id = r.id AND d.claim_token = 'tok' RETURNING d.id) INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) SELECT id, 1, 5, 200, 3, NULL FROM f;

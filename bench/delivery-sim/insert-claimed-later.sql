@@ -1,0 +1,1 @@
+WITH n AS (SELECT lpad(nextval('did')::text, 16, '0') AS k) INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) SELECT 'msg_' || n.k, j.id, 'job.succeeded', j.webhook_url, 1, 'pending', 1 FROM n JOIN jobs j ON j.id = n.k;
