@@ -9,11 +9,17 @@
 //! it (`DelivererWake`): a job with a webhook started or ended here (or a pipeline's step did),
 //! so its event is due now. A lone job's webhook then leaves within milliseconds of its end,
 //! not up to `poll` later; under load the deliverer looks again as soon as a pass finds work,
-//! and wakes that come meanwhile fold into one more look. Deliveries are still claimed from the
-//! ledger, a batch at a time. Handing each success's delivery straight to the deliverer instead
-//! (written already claimed) spared the claim statement, but its batches were a few deliveries
-//! each and the runs measured slower; the wake's looks take smaller batches under load too,
-//! and measured no slower (BENCHMARKS.md).
+//! and wakes that come meanwhile fold into one more look.
+//!
+//! While it runs, this process's successes hand it their end events where they can
+//! (`DeliveryLedger::start_handing_deliveries`: on Postgres, a job whose webhook hears its end
+//! but not its start): written already claimed for it, so a pass takes them without a claim
+//! statement and without a claimed version of each row, and claims only to fill its batch
+//! (one pass tries up to 32). Before the wake, handing over measured slower: the claims it
+//! spared took 32 deliveries every `poll`, where hand-offs came a few at a time. With the wake,
+//! claims come as often and as small, and handing over measured faster (BENCHMARKS.md, issue
+//! 17, thirteenth pass). As the deliverer stops, what was handed and not taken is made due
+//! again for any deliverer.
 //!
 //! Why the ledger and not the dispatch queue: a delivery is due at a time (5 s, 5 min … 10 h
 //! out), and the ledger's index on `next_try_at` is already a durable timer; the queue would need
@@ -53,6 +59,9 @@ impl DelivererWake {
     }
 }
 
+/// The most deliveries a pass tries.
+const PASS_BATCH: usize = 32;
+
 pub struct Deliverer {
     pub ledger: Arc<dyn Ledger>,
     pub client: SafeClient,
@@ -68,6 +77,16 @@ impl Deliverer {
     /// Runs until `stop`: a pass, then another at once if it found work, else one after `poll`
     /// or when woken, whichever comes first.
     pub async fn run(self, stop: CancellationToken) {
+        self.ledger.start_handing_deliveries();
+        self.run_until(&stop).await;
+        // Deliveries handed over and not yet taken are made due again, for another deliverer;
+        // successes written from now on write theirs pending.
+        if let Err(e) = self.ledger.stop_handing_deliveries().await {
+            tracing::warn!(error = %e, "handed-over deliveries stay held until their hold ends");
+        }
+    }
+
+    async fn run_until(&self, stop: &CancellationToken) {
         loop {
             if stop.is_cancelled() {
                 return;
@@ -88,15 +107,21 @@ impl Deliverer {
     /// One pass: claims due deliveries and tries each once. Returns how many it tried.
     pub async fn pass(&self) -> Result<usize, kiln_core::LedgerError> {
         let first_delay = self.settings.schedule.first().copied().unwrap_or_default();
-        let due = self
-            .ledger
-            .claim_deliveries(
-                kiln_core::time::now(),
-                first_delay,
-                Duration::from_secs(60),
-                32,
-            )
-            .await?;
+        // What this process's successes handed over (written claimed) goes first; a claim
+        // fills the batch from the ledger's due deliveries.
+        let mut due = self.ledger.take_handed_deliveries();
+        if due.len() < PASS_BATCH {
+            due.extend(
+                self.ledger
+                    .claim_deliveries(
+                        kiln_core::time::now(),
+                        first_delay,
+                        kiln_core::ledger::DELIVERY_HOLD,
+                        (PASS_BATCH - due.len()) as u32,
+                    )
+                    .await?,
+            );
+        }
         let n = due.len();
         // Jobs in parallel; one job's events in order (they come oldest first), so a receiver
         // sees `job.started` before `job.succeeded` when both are due at once.

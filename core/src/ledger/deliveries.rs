@@ -161,8 +161,27 @@ pub struct Delivery {
 }
 
 /// Webhook deliveries: claimed, tried, listed and sent again.
+/// How long a claim holds a delivery from other deliverers: longer than a try can take (its
+/// receiver has 15 s), so a delivery is tried again only once its holder has died.
+pub const DELIVERY_HOLD: Duration = Duration::from_secs(60);
+
 #[async_trait]
 pub trait DeliveryLedger: Send + Sync {
+    /// From now on, a success this process writes for a job whose webhook hears its end but not
+    /// its start writes its `job.succeeded` delivery already claimed (held for
+    /// `DELIVERY_HOLD`), for this process's deliverer to take (`take_handed_deliveries`)
+    /// instead of claiming it. Called by the deliverer as it starts. An engine that cannot
+    /// (SQLite, whose deliverer shares the process with everything else) ignores it.
+    fn start_handing_deliveries(&self) {}
+    /// Stops handing deliveries over, and makes those handed but not yet taken due again at
+    /// once, for any deliverer to claim. Called by the deliverer as it stops.
+    async fn stop_handing_deliveries(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The deliveries handed over since the last call, each claimed under its own token.
+    fn take_handed_deliveries(&self) -> Vec<DueDelivery> {
+        Vec::new()
+    }
     /// Pending deliveries due by `now` (a first try only once `first_delay` has passed since
     /// the event), oldest first, each held for `hold` (a worker that dies mid-try leaves it due
     /// again after that).

@@ -17,6 +17,7 @@ mod sql;
 
 pub use deliveries::{
     Delivery, DeliveryId, DeliveryLedger, DeliveryNext, DeliveryStatus, DeliveryTry, DueDelivery,
+    DELIVERY_HOLD,
 };
 pub use files::{FileLedger, StoredFile};
 pub use sql::{Dialect, SqlLedger, DEFAULT_TENANT_WINDOW};

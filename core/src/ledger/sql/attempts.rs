@@ -79,8 +79,33 @@ pub(super) async fn succeed_batch_in<T: WriteTx>(
     tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
 ) -> Result<Vec<bool>> {
+    succeed_batch_handing_in(
+        tx,
+        successes,
+        &vec![false; successes.len()],
+        &mut Vec::new(),
+    )
+    .await
+}
+
+/// `succeed_batch_in`, where each success named in `hand_over` may write its `job.succeeded`
+/// delivery already claimed for this process's deliverer (`DeliveryLedger::
+/// start_handing_deliveries`): on Postgres, when its job's webhook hears its end but not its
+/// start. A job that hears its start may have its `job.started` delivery still pending, and
+/// its receiver must hear that first; a pending delivery is claimed oldest first, so its end
+/// goes through the claim too. Those written claimed are added to `handed`. SQLite writes none
+/// claimed: its deliverer claims within the process, with no round trip to spare.
+pub(super) async fn succeed_batch_handing_in<T: WriteTx>(
+    tx: &mut T,
+    successes: &[(&Lease, &[NewOutput], i64)],
+    hand_over: &[bool],
+    handed: &mut Vec<crate::ledger::DueDelivery>,
+) -> Result<Vec<bool>> {
     match tx.dialect() {
-        Dialect::Postgres => succeed_merged(tx, successes).await,
+        Dialect::Postgres if hand_over.contains(&true) => {
+            succeed_merged(tx, successes, Some((hand_over, handed))).await
+        }
+        Dialect::Postgres => succeed_merged(tx, successes, None).await,
         Dialect::Sqlite => succeed_many_sqlite(tx, successes).await,
     }
 }
@@ -100,12 +125,19 @@ const OUTPUT_COLUMNS: [&str; 8] = [
 async fn succeed_merged<T: WriteTx>(
     tx: &mut T,
     successes: &[(&Lease, &[NewOutput], i64)],
+    mut handing: Option<(&[bool], &mut Vec<crate::ledger::DueDelivery>)>,
 ) -> Result<Vec<bool>> {
     if successes.is_empty() {
         return Ok(vec![]);
     }
     let shape = successes.len().next_power_of_two();
-    let leases = padded_values(&["text", "text", "text", "bigint"], shape);
+    // Handing over, each lease carries whether its delivery may be written claimed (1 or 0).
+    let lease_columns: &[&str] = if handing.is_some() {
+        &["text", "text", "text", "bigint", "bigint"]
+    } else {
+        &["text", "text", "text", "bigint"]
+    };
+    let leases = padded_values(lease_columns, shape);
     let output_count: usize = successes.iter().map(|(_, o, _)| o.len()).sum();
     let outputs_cte = if output_count == 0 {
         String::new()
@@ -127,31 +159,64 @@ async fn succeed_merged<T: WriteTx>(
             },
         )
     });
+    // Handing over: the delivery is written claimed (held under the batch's token) where its
+    // lease may hand it over and its job's webhook hears its end but not its start
+    // (`succeed_batch_handing_in`); the statement then answers with those deliveries and their
+    // keys' secrets beside the jobs that won.
+    const HANDED_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at, claim_token) \
+         SELECT ?::text || substr(md5(id || 'job.succeeded'), 1, 12), id, 'job.succeeded', webhook_url, ?, 'pending', \
+             CASE WHEN born THEN ?::bigint ELSE ?::bigint END, CASE WHEN born THEN ?::text END \
+         FROM (SELECT ended.*, hand_over = 1 AND webhook_events IS NOT NULL \
+                   AND (',' || webhook_events || ',') NOT LIKE '%,job.started,%' AS born FROM ended) e \
+         WHERE webhook_url IS NOT NULL AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.succeeded,%') \
+         RETURNING id, job_id, created_at, claim_token";
+    let (lease_names, ended_extra, delivery, answer) = if handing.is_some() {
+        (
+            "id, token, attempt_id, at, hand_over",
+            ", jobs.key_id, leases.hand_over",
+            HANDED_DELIVERY,
+            "SELECT e.id, e.token, d.id AS delivery_id, d.created_at AS delivery_at, \
+                 d.claim_token AS delivery_token, e.webhook_url, e.key_id, \
+                 k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
+             FROM ended e LEFT JOIN delivery d ON d.job_id = e.id AND d.claim_token IS NOT NULL \
+             LEFT JOIN api_keys k ON k.id = e.key_id AND d.id IS NOT NULL",
+        )
+    } else {
+        (
+            "id, token, attempt_id, at",
+            "",
+            DELIVERY.as_str(),
+            "SELECT id, token FROM ended",
+        )
+    };
     let statement = tx.dialect().sql(&format!(
-        "WITH leases (id, token, attempt_id, at) AS (VALUES {leases}), \
+        "WITH leases ({lease_names}) AS (VALUES {leases}), \
          ended AS (UPDATE jobs SET status = 'succeeded', error_code = NULL, error_message = NULL, \
                  completed_at = leases.at, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
              FROM leases \
              WHERE jobs.id = leases.id \
                AND CASE WHEN jobs.status = 'running' AND jobs.lease_token = leases.token THEN TRUE ELSE FALSE END \
-             RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events, leases.token, leases.attempt_id, leases.at), \
+             RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events, leases.token, leases.attempt_id, leases.at{ended_extra}), \
          attempt AS (UPDATE attempts SET finished_at = ended.at, outcome = 'succeeded', error_code = NULL, error_message = NULL \
              FROM ended WHERE attempts.id = ended.attempt_id AND attempts.finished_at IS NULL), \
          callbacks AS (DELETE FROM upstream_callbacks WHERE job_id IN (SELECT id FROM ended)), \
          transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
              SELECT id, 'running', 'succeeded', NULL, at FROM ended), \
          delivery AS ({delivery}){outputs_cte} \
-         SELECT id, token FROM ended",
-        delivery = DELIVERY.as_str(),
+         {answer}",
     ))
     .into_owned();
     let mut args = Args::new();
     for i in 0..shape {
-        let (lease, _, at) = successes[i.min(successes.len() - 1)];
+        let last = i.min(successes.len() - 1);
+        let (lease, _, at) = successes[last];
         args.text(lease.job_id.to_string())
             .text(lease.token.as_str())
             .text(lease.attempt_id.as_str())
             .int(at);
+        if let Some((hand_over, _)) = &handing {
+            args.int(i64::from(hand_over[last]));
+        }
     }
     // The deliveries' time: the batch's latest (each job's own is on its transition).
     let at = successes
@@ -160,8 +225,15 @@ async fn succeed_merged<T: WriteTx>(
         .max()
         .unwrap_or_default();
     args.text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
-        .int(at)
         .int(at);
+    // One token for the batch's handed deliveries, as for a claim's batch.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    if handing.is_some() {
+        let held_until = at + crate::ledger::DELIVERY_HOLD.as_millis() as i64;
+        args.int(held_until).int(at).text(&token);
+    } else {
+        args.int(at);
+    }
     if output_count > 0 {
         let mut bound = 0;
         for (lease, outputs, _) in successes {
@@ -177,8 +249,36 @@ async fn succeed_merged<T: WriteTx>(
         }
     }
     let mut held = std::collections::HashSet::new();
+    let now = to_millis(now());
     for row in tx.rows(&statement, args).await? {
         held.insert((row.text("id")?, row.text("token")?));
+        if let Some((_, handed)) = handing.as_mut() {
+            if row.opt_text("delivery_token")?.is_some() {
+                let previous_until = row.opt_int("previous_secret_until")?;
+                let previous = row.opt_text("previous_webhook_secret")?;
+                let secrets =
+                    row.opt_text("webhook_secret")?
+                        .map(|current| crate::ledger::WebhookSecrets {
+                            current,
+                            previous: previous.filter(|_| previous_until.is_some_and(|u| u > now)),
+                        });
+                let job_id = row.text("id")?;
+                handed.push(crate::ledger::DueDelivery {
+                    id: DeliveryId(row.text("delivery_id")?),
+                    job_id: job_id
+                        .parse()
+                        .map_err(|_| LedgerError::Corrupt(format!("job id '{job_id}'")))?,
+                    event_type: EventType::JobSucceeded,
+                    url: row.text("webhook_url")?,
+                    created_at: from_millis(row.int("delivery_at")?),
+                    tries: 0,
+                    schedule_base: 0,
+                    key_id: row.opt_text("key_id")?.map(KeyId),
+                    secrets,
+                    claim_token: token.clone(),
+                });
+            }
+        }
     }
     tx.note_transitions(Status::Succeeded, held.len());
     Ok(successes
@@ -491,17 +591,26 @@ impl AttemptLedger for SqlLedger {
     }
 
     async fn succeed(&self, lease: &Lease, outputs: &[NewOutput]) -> Result<bool> {
+        let hand_over = self
+            .handoff
+            .lock()
+            .expect("the hand-off is never poisoned")
+            .on;
         let written = self
             .group
             .write(GroupWrite::Succeed {
                 lease: lease.clone(),
                 outputs: outputs.to_vec(),
                 at: to_millis(now()),
+                hand_over,
             })
             .await?;
-        let GroupWritten::Succeeded(won) = written else {
+        let GroupWritten::Succeeded(won, handed) = written else {
             unreachable!("a success is answered with a success")
         };
+        if !handed.is_empty() {
+            self.hand_over(handed).await?;
+        }
         Ok(won)
     }
 

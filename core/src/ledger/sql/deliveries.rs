@@ -203,6 +203,47 @@ pub(super) fn delivery_claim_sql(dialect: Dialect, limit: u32) -> String {
         .into_owned()
 }
 
+/// Deliveries this process's successes wrote already claimed, for its deliverer: whether it
+/// takes them (`on`, while it runs) and those it has not taken yet.
+#[derive(Default)]
+pub(super) struct Handoff {
+    pub(super) on: bool,
+    pub(super) held: Vec<DueDelivery>,
+}
+
+impl SqlLedger {
+    /// Keeps `handed`, the deliveries a success just wrote claimed, for this process's
+    /// deliverer; if it has stopped meanwhile, makes them due again for any deliverer.
+    pub(super) async fn hand_over(&self, handed: Vec<DueDelivery>) -> Result<()> {
+        let refused = {
+            let mut handoff = self.handoff.lock().expect("the hand-off is never poisoned");
+            if handoff.on {
+                handoff.held.extend(handed);
+                return Ok(());
+            }
+            handed
+        };
+        self.release_handed(&refused).await
+    }
+
+    /// Makes handed deliveries due now, each only while its own claim still holds it.
+    async fn release_handed(&self, handed: &[DueDelivery]) -> Result<()> {
+        let now = to_millis(crate::time::now());
+        for delivery in handed {
+            sqlx::query(&self.sql(
+                "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = NULL \
+                 WHERE id = ? AND claim_token = ? AND status = 'pending'",
+            ))
+            .bind(now)
+            .bind(delivery.id.as_str())
+            .bind(&delivery.claim_token)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// SQLite's mark of a claimed batch (`delivery_claim_sql` marks it within the claim on
 /// Postgres): `shape` ids, padded to a power of two with repeats (see `renew_leases`). Binds:
 /// the hold's end, the token, then the ids.
@@ -215,6 +256,36 @@ fn delivery_mark_sql(shape: usize) -> String {
 
 #[async_trait]
 impl DeliveryLedger for SqlLedger {
+    fn start_handing_deliveries(&self) {
+        // SQLite's successes write no delivery claimed: its one process claims its own
+        // deliveries within the process, with no round trip to spare.
+        if self.dialect == Dialect::Postgres {
+            self.handoff
+                .lock()
+                .expect("the hand-off is never poisoned")
+                .on = true;
+        }
+    }
+
+    async fn stop_handing_deliveries(&self) -> Result<()> {
+        let left = {
+            let mut handoff = self.handoff.lock().expect("the hand-off is never poisoned");
+            handoff.on = false;
+            std::mem::take(&mut handoff.held)
+        };
+        self.release_handed(&left).await
+    }
+
+    fn take_handed_deliveries(&self) -> Vec<DueDelivery> {
+        std::mem::take(
+            &mut self
+                .handoff
+                .lock()
+                .expect("the hand-off is never poisoned")
+                .held,
+        )
+    }
+
     async fn claim_deliveries(
         &self,
         now: Timestamp,

@@ -33,6 +33,8 @@ pub(super) enum GroupWrite {
         lease: Lease,
         outputs: Vec<NewOutput>,
         at: i64,
+        /// Whether its delivery may be written claimed for this process's deliverer.
+        hand_over: bool,
     },
 }
 
@@ -55,7 +57,8 @@ pub(super) enum GroupWritten {
     /// Admitted to the queue (or held); `Err` with the key's limit that refused it.
     Inserted(std::result::Result<bool, LedgerError>),
     Claimed(Option<Box<Claimed>>),
-    Succeeded(bool),
+    /// Whether its lease won, and its delivery if it was written claimed for this process.
+    Succeeded(bool, Vec<crate::ledger::DueDelivery>),
 }
 
 pub(super) type Pending = (GroupWrite, Reply);
@@ -297,16 +300,30 @@ pub(super) async fn write_in<T: WriteTx>(
         }
     }
     if !successes.is_empty() {
-        let batch: Vec<(&Lease, &[NewOutput], i64)> = successes
-            .iter()
-            .map(|&i| match writes[i] {
-                GroupWrite::Succeed { lease, outputs, at } => (lease, outputs.as_slice(), *at),
-                _ => unreachable!("batched by kind"),
-            })
-            .collect();
-        let won = succeed_batch_in(tx, &batch).await?;
-        for (&i, won) in successes.iter().zip(won) {
-            written[i] = Some(GroupWritten::Succeeded(won));
+        let mut batch: Vec<(&Lease, &[NewOutput], i64)> = Vec::with_capacity(successes.len());
+        let mut hand_over = Vec::with_capacity(successes.len());
+        for &i in &successes {
+            let GroupWrite::Succeed {
+                lease,
+                outputs,
+                at,
+                hand_over: hands,
+            } = writes[i]
+            else {
+                unreachable!("batched by kind")
+            };
+            batch.push((lease, outputs.as_slice(), *at));
+            hand_over.push(*hands);
+        }
+        let mut handed = Vec::new();
+        let won = succeed_batch_handing_in(tx, &batch, &hand_over, &mut handed).await?;
+        for ((&i, won), (lease, _, _)) in successes.iter().zip(won).zip(&batch) {
+            let own = handed
+                .iter()
+                .filter(|d| d.job_id == lease.job_id)
+                .cloned()
+                .collect();
+            written[i] = Some(GroupWritten::Succeeded(won, own));
         }
     }
     Ok(written

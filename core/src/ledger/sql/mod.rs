@@ -74,6 +74,9 @@ pub struct SqlLedger {
     renewals: LeaseRenewals,
     /// Where webhook tries' results are written (see `DeliveryResults`).
     delivery_results: DeliveryResults,
+    /// Deliveries this process's successes wrote already claimed, for its deliverer
+    /// (`DeliveryLedger::start_handing_deliveries`).
+    handoff: Arc<std::sync::Mutex<Handoff>>,
 }
 
 /// The deepest queue position counted (`Ledger::queue_position`): a job further back reads
@@ -322,6 +325,7 @@ impl SqlLedger {
             reads,
             renewals: LeaseRenewals::start(hot.clone(), dialect),
             delivery_results: DeliveryResults::start(hot.clone(), dialect, window.clone()),
+            handoff: Default::default(),
             hot,
             pool,
             writer,

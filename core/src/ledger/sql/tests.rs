@@ -126,6 +126,105 @@ mod postgres {
         (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
     }
 
+    /// While this process's deliverer takes handed-over deliveries, a success writes its
+    /// `job.succeeded` delivery claimed for it when the job's webhook hears its end but not its
+    /// start: no claim finds it while its hold lasts, and its token records its try. A job that
+    /// hears its start keeps its end pending (its start may still be), and so does every job
+    /// once handing stops; those handed and not taken are then due again at once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_success_hands_its_end_event_to_this_process_only_while_handing_is_on() {
+        use crate::ledger::contract::job_of;
+        use crate::ledger::{DeliveryNext, DeliveryTry};
+        let (ledger, _db) = fresh().await;
+        let run = |events: Option<Vec<String>>| {
+            let ledger = ledger.clone();
+            async move {
+                let job = NewJob {
+                    webhook_url: Some("https://hooks.example.com/k".into()),
+                    webhook_events: events,
+                    ..job_of("a")
+                };
+                let id = ledger.insert_job(job).await.unwrap().id;
+                let claim = ledger
+                    .claim(id, "w", "demo", Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+                id
+            }
+        };
+        let claim_due = || {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .claim_deliveries(
+                        crate::time::now(),
+                        Duration::ZERO,
+                        Duration::from_secs(60),
+                        32,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let end_only = || Some(vec!["job.succeeded".to_owned()]);
+
+        let before = run(end_only()).await;
+        assert!(
+            ledger.take_handed_deliveries().is_empty(),
+            "not handing yet"
+        );
+        ledger.start_handing_deliveries();
+        let handed_job = run(end_only()).await;
+        let hears_start = run(None).await;
+        let handed = ledger.take_handed_deliveries();
+        assert_eq!(handed.len(), 1, "{handed:?}");
+        assert_eq!(handed[0].job_id, handed_job);
+        assert_eq!(handed[0].event_type, EventType::JobSucceeded);
+        assert_eq!(handed[0].tries, 0);
+        let claimed: Vec<(JobId, EventType)> = claim_due()
+            .await
+            .iter()
+            .map(|d| (d.job_id, d.event_type))
+            .collect();
+        assert!(claimed.contains(&(before, EventType::JobSucceeded)));
+        assert!(claimed.contains(&(hears_start, EventType::JobStarted)));
+        assert!(claimed.contains(&(hears_start, EventType::JobSucceeded)));
+        assert!(
+            !claimed.iter().any(|(job, _)| *job == handed_job),
+            "a handed delivery is held from claims"
+        );
+        let tried = DeliveryTry {
+            number: 1,
+            at: crate::time::now(),
+            status_code: Some(200),
+            latency_ms: 3,
+            error: None,
+        };
+        assert!(ledger
+            .finish_delivery_try(
+                &handed[0].id,
+                &handed[0].claim_token,
+                &tried,
+                DeliveryNext::Delivered
+            )
+            .await
+            .unwrap());
+
+        // Handed over and not taken when handing stops: due again at once.
+        let left = run(end_only()).await;
+        ledger.stop_handing_deliveries().await.unwrap();
+        assert!(ledger.take_handed_deliveries().is_empty());
+        let after = run(end_only()).await;
+        let claimed: Vec<JobId> = claim_due().await.iter().map(|d| d.job_id).collect();
+        assert!(claimed.contains(&left), "released for any deliverer");
+        assert!(
+            claimed.contains(&after),
+            "written pending once handing stopped"
+        );
+    }
+
     #[test]
     fn a_group_written_again_counts_its_transitions_once() {
         assert_eq!(super::queued_transitions_counted(fresh), 21);
