@@ -77,13 +77,24 @@ impl Deliverer {
     /// Runs until `stop`: a pass, then another at once if it found work, else one after `poll`
     /// or when woken, whichever comes first.
     pub async fn run(self, stop: CancellationToken) {
-        self.ledger.start_handing_deliveries();
-        self.run_until(&stop).await;
-        // Deliveries handed over and not yet taken are made due again, for another deliverer;
-        // successes written from now on write theirs pending.
-        if let Err(e) = self.ledger.stop_handing_deliveries().await {
-            tracing::warn!(error = %e, "handed-over deliveries stay held until their hold ends");
+        // A handed-over delivery is tried as soon as a pass takes it: only a schedule whose
+        // first try is immediate takes hand-offs (a first delay is kept by the claim's filter).
+        let first_delay = self.settings.schedule.first().copied().unwrap_or_default();
+        if first_delay.is_zero() {
+            self.ledger.start_handing_deliveries();
         }
+        // Handing stops as soon as `stop` comes, not after the pass in flight: successes written
+        // from then on write their deliveries pending, for any deliverer, and those handed over
+        // and not yet taken are made due again.
+        let ledger = self.ledger.clone();
+        let stopping = stop.clone();
+        let stop_handing = async move {
+            stopping.cancelled().await;
+            if let Err(e) = ledger.stop_handing_deliveries().await {
+                tracing::warn!(error = %e, "handed-over deliveries stay held until their hold ends");
+            }
+        };
+        tokio::join!(self.run_until(&stop), stop_handing);
     }
 
     async fn run_until(&self, stop: &CancellationToken) {

@@ -212,6 +212,24 @@ mod postgres {
             .await
             .unwrap());
 
+        // Handed over to a worker that then dies: any deliverer claims it once the hold lapses.
+        let orphan = run(end_only()).await;
+        assert_eq!(ledger.take_handed_deliveries().len(), 1);
+        assert!(!claim_due().await.iter().any(|d| d.job_id == orphan));
+        let lapsed = ledger
+            .claim_deliveries(
+                crate::time::now() + chrono::Duration::seconds(61),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                32,
+            )
+            .await
+            .unwrap();
+        assert!(
+            lapsed.iter().any(|d| d.job_id == orphan),
+            "claimable once its hold lapses"
+        );
+
         // Handed over and not taken when handing stops: due again at once.
         let left = run(end_only()).await;
         ledger.stop_handing_deliveries().await.unwrap();
