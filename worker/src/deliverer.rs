@@ -120,7 +120,7 @@ impl Deliverer {
         let first_delay = self.settings.schedule.first().copied().unwrap_or_default();
         // What this process's successes handed over (written claimed) goes first; a claim
         // fills the batch from the ledger's due deliveries.
-        let mut due = self.ledger.take_handed_deliveries();
+        let mut due = self.ledger.take_handed_deliveries(PASS_BATCH).await?;
         if due.len() < PASS_BATCH {
             due.extend(
                 self.ledger

@@ -178,9 +178,12 @@ pub trait DeliveryLedger: Send + Sync {
     async fn stop_handing_deliveries(&self) -> Result<()> {
         Ok(())
     }
-    /// The deliveries handed over since the last call, each claimed under its own token.
-    fn take_handed_deliveries(&self) -> Vec<DueDelivery> {
-        Vec::new()
+    /// Up to `limit` of the deliveries handed over and not yet taken, oldest first, each
+    /// claimed under its own token. One handed over more than half its hold ago is made due
+    /// again instead: tried now, its hold could lapse mid-try and another deliverer send it too.
+    async fn take_handed_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>> {
+        let _ = limit;
+        Ok(Vec::new())
     }
     /// Pending deliveries due by `now` (a first try only once `first_delay` has passed since
     /// the event), oldest first, each held for `hold` (a worker that dies mid-try leaves it due

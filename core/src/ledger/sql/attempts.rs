@@ -595,7 +595,7 @@ impl AttemptLedger for SqlLedger {
             .handoff
             .lock()
             .expect("the hand-off is never poisoned")
-            .on;
+            .takes_more();
         let written = self
             .group
             .write(GroupWrite::Succeed {

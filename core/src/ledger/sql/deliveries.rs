@@ -211,6 +211,30 @@ pub(super) struct Handoff {
     pub(super) held: Vec<DueDelivery>,
 }
 
+/// The most deliveries handed over and not yet taken: past it, successes write theirs pending,
+/// for any deliverer's claim, so a deliverer held up by slow receivers does not gather a backlog
+/// in memory (four passes' worth).
+pub(crate) const HANDOFF_CAP: usize = 128;
+
+impl Handoff {
+    /// Whether a success written now may hand its delivery over.
+    pub(super) fn takes_more(&self) -> bool {
+        self.on && self.held.len() < HANDOFF_CAP
+    }
+}
+
+/// `handed` split into those handed over within `fresh_for` of `now` and those before.
+pub(super) fn split_stale(
+    handed: Vec<DueDelivery>,
+    now: crate::time::Timestamp,
+    fresh_for: Duration,
+) -> (Vec<DueDelivery>, Vec<DueDelivery>) {
+    let fresh_for = chrono::Duration::from_std(fresh_for).unwrap_or(chrono::Duration::MAX);
+    handed
+        .into_iter()
+        .partition(|d| now.signed_duration_since(d.created_at) <= fresh_for)
+}
+
 impl SqlLedger {
     /// Keeps `handed`, the deliveries a success just wrote claimed, for this process's
     /// deliverer; if it has stopped meanwhile, makes them due again for any deliverer.
@@ -276,14 +300,15 @@ impl DeliveryLedger for SqlLedger {
         self.release_handed(&left).await
     }
 
-    fn take_handed_deliveries(&self) -> Vec<DueDelivery> {
-        std::mem::take(
-            &mut self
-                .handoff
-                .lock()
-                .expect("the hand-off is never poisoned")
-                .held,
-        )
+    async fn take_handed_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>> {
+        let taken: Vec<DueDelivery> = {
+            let mut handoff = self.handoff.lock().expect("the hand-off is never poisoned");
+            let n = limit.min(handoff.held.len());
+            handoff.held.drain(..n).collect()
+        };
+        let (fresh, stale) = split_stale(taken, crate::time::now(), DELIVERY_HOLD / 2);
+        self.release_handed(&stale).await?;
+        Ok(fresh)
     }
 
     async fn claim_deliveries(

@@ -172,13 +172,13 @@ mod postgres {
 
         let before = run(end_only()).await;
         assert!(
-            ledger.take_handed_deliveries().is_empty(),
+            ledger.take_handed_deliveries(32).await.unwrap().is_empty(),
             "not handing yet"
         );
         ledger.start_handing_deliveries();
         let handed_job = run(end_only()).await;
         let hears_start = run(None).await;
-        let handed = ledger.take_handed_deliveries();
+        let handed = ledger.take_handed_deliveries(32).await.unwrap();
         assert_eq!(handed.len(), 1, "{handed:?}");
         assert_eq!(handed[0].job_id, handed_job);
         assert_eq!(handed[0].event_type, EventType::JobSucceeded);
@@ -214,7 +214,7 @@ mod postgres {
 
         // Handed over to a worker that then dies: any deliverer claims it once the hold lapses.
         let orphan = run(end_only()).await;
-        assert_eq!(ledger.take_handed_deliveries().len(), 1);
+        assert_eq!(ledger.take_handed_deliveries(32).await.unwrap().len(), 1);
         assert!(!claim_due().await.iter().any(|d| d.job_id == orphan));
         let lapsed = ledger
             .claim_deliveries(
@@ -233,7 +233,7 @@ mod postgres {
         // Handed over and not taken when handing stops: due again at once.
         let left = run(end_only()).await;
         ledger.stop_handing_deliveries().await.unwrap();
-        assert!(ledger.take_handed_deliveries().is_empty());
+        assert!(ledger.take_handed_deliveries(32).await.unwrap().is_empty());
         let after = run(end_only()).await;
         let claimed: Vec<JobId> = claim_due().await.iter().map(|d| d.job_id).collect();
         assert!(claimed.contains(&left), "released for any deliverer");
@@ -241,6 +241,89 @@ mod postgres {
             claimed.contains(&after),
             "written pending once handing stopped"
         );
+    }
+
+    /// A pass takes at most its batch of what was handed over, oldest first; past
+    /// `HANDOFF_CAP` untaken, successes write their deliveries pending, for any claim.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn handed_deliveries_are_taken_a_batch_at_a_time_and_capped() {
+        use crate::ledger::contract::job_of;
+        use crate::ledger::sql::deliveries::HANDOFF_CAP;
+        let (ledger, _db) = fresh().await;
+        ledger.start_handing_deliveries();
+        let mut jobs = Vec::new();
+        for _ in 0..=HANDOFF_CAP {
+            let job = NewJob {
+                webhook_url: Some("https://hooks.example.com/k".into()),
+                webhook_events: Some(vec!["job.succeeded".into()]),
+                ..job_of("a")
+            };
+            let id = ledger.insert_job(job).await.unwrap().id;
+            let claim = ledger
+                .claim(id, "w", "demo", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+            jobs.push(id);
+        }
+        let over_cap = *jobs.last().unwrap();
+        let claimed: Vec<JobId> = ledger
+            .claim_deliveries(
+                crate::time::now(),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                32,
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.job_id)
+            .collect();
+        assert_eq!(claimed, [over_cap], "past the cap, written pending");
+        let first = ledger.take_handed_deliveries(32).await.unwrap();
+        assert_eq!(
+            first.iter().map(|d| d.job_id).collect::<Vec<_>>(),
+            jobs[..32],
+            "a batch, oldest first"
+        );
+        let mut rest = 0;
+        loop {
+            let batch = ledger.take_handed_deliveries(32).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 32);
+            rest += batch.len();
+        }
+        assert_eq!(32 + rest, HANDOFF_CAP);
+    }
+
+    #[test]
+    fn a_handed_delivery_older_than_half_its_hold_is_not_taken_to_be_tried() {
+        use crate::ledger::sql::deliveries::split_stale;
+        use crate::ledger::{DeliveryId, DueDelivery};
+        let now = crate::time::now();
+        let handed_at = |ago: i64| DueDelivery {
+            id: DeliveryId(format!("msg_{ago}")),
+            job_id: JobId::new(),
+            event_type: EventType::JobSucceeded,
+            url: "https://hooks.example.com/k".into(),
+            created_at: now - chrono::Duration::seconds(ago),
+            tries: 0,
+            schedule_base: 0,
+            key_id: None,
+            secrets: None,
+            claim_token: "t".into(),
+        };
+        let (fresh, stale) = split_stale(
+            vec![handed_at(1), handed_at(31), handed_at(29)],
+            now,
+            Duration::from_secs(30),
+        );
+        let ids = |v: &[DueDelivery]| v.iter().map(|d| d.id.0.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&fresh), ["msg_1", "msg_29"]);
+        assert_eq!(ids(&stale), ["msg_31"]);
     }
 
     #[test]
