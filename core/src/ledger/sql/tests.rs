@@ -126,6 +126,36 @@ mod postgres {
         (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
     }
 
+    /// Claims the deliveries due now (first tries at once), up to 32.
+    async fn claim_due(ledger: &Arc<dyn Ledger>) -> Vec<crate::ledger::DueDelivery> {
+        ledger
+            .claim_deliveries(
+                crate::time::now(),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                32,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// A job of tenant `a` with a webhook hearing `events`, run to its success; its id.
+    async fn succeed_with_webhook(ledger: &Arc<dyn Ledger>, events: Option<Vec<String>>) -> JobId {
+        let job = NewJob {
+            webhook_url: Some("https://hooks.example.com/k".into()),
+            webhook_events: events,
+            ..crate::ledger::contract::job_of("a")
+        };
+        let id = ledger.insert_job(job).await.unwrap().id;
+        let claim = ledger
+            .claim(id, "w", "demo", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+        id
+    }
+
     /// While this process's deliverer takes handed-over deliveries, a success writes its
     /// `job.succeeded` delivery claimed for it when the job's webhook hears its end but not its
     /// start: no claim finds it while its hold lasts, and its token records its try. A job that
@@ -133,41 +163,10 @@ mod postgres {
     /// once handing stops; those handed and not taken are then due again at once.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_success_hands_its_end_event_to_this_process_only_while_handing_is_on() {
-        use crate::ledger::contract::job_of;
         use crate::ledger::{DeliveryNext, DeliveryTry};
         let (ledger, _db) = fresh().await;
-        let run = |events: Option<Vec<String>>| {
-            let ledger = ledger.clone();
-            async move {
-                let job = NewJob {
-                    webhook_url: Some("https://hooks.example.com/k".into()),
-                    webhook_events: events,
-                    ..job_of("a")
-                };
-                let id = ledger.insert_job(job).await.unwrap().id;
-                let claim = ledger
-                    .claim(id, "w", "demo", Duration::from_secs(30))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
-                id
-            }
-        };
-        let claim_due = || {
-            let ledger = ledger.clone();
-            async move {
-                ledger
-                    .claim_deliveries(
-                        crate::time::now(),
-                        Duration::ZERO,
-                        Duration::from_secs(60),
-                        32,
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
+        let run = |events: Option<Vec<String>>| succeed_with_webhook(&ledger, events);
+        let claim_due = || claim_due(&ledger);
         let end_only = || Some(vec!["job.succeeded".to_owned()]);
 
         let before = run(end_only()).await;
@@ -247,39 +246,15 @@ mod postgres {
     /// `HANDOFF_CAP` untaken, successes write their deliveries pending, for any claim.
     #[tokio::test(flavor = "multi_thread")]
     async fn handed_deliveries_are_taken_a_batch_at_a_time_and_capped() {
-        use crate::ledger::contract::job_of;
         use crate::ledger::sql::deliveries::HANDOFF_CAP;
         let (ledger, _db) = fresh().await;
         ledger.start_handing_deliveries();
         let mut jobs = Vec::new();
         for _ in 0..=HANDOFF_CAP {
-            let job = NewJob {
-                webhook_url: Some("https://hooks.example.com/k".into()),
-                webhook_events: Some(vec!["job.succeeded".into()]),
-                ..job_of("a")
-            };
-            let id = ledger.insert_job(job).await.unwrap().id;
-            let claim = ledger
-                .claim(id, "w", "demo", Duration::from_secs(30))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
-            jobs.push(id);
+            jobs.push(succeed_with_webhook(&ledger, Some(vec!["job.succeeded".into()])).await);
         }
         let over_cap = *jobs.last().unwrap();
-        let claimed: Vec<JobId> = ledger
-            .claim_deliveries(
-                crate::time::now(),
-                Duration::ZERO,
-                Duration::from_secs(60),
-                32,
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.job_id)
-            .collect();
+        let claimed: Vec<JobId> = claim_due(&ledger).await.iter().map(|d| d.job_id).collect();
         assert_eq!(claimed, [over_cap], "past the cap, written pending");
         let first = ledger.take_handed_deliveries(32).await.unwrap();
         assert_eq!(
