@@ -160,11 +160,11 @@ pub struct Delivery {
     pub tries: Vec<DeliveryTry>,
 }
 
-/// Webhook deliveries: claimed, tried, listed and sent again.
 /// How long a claim holds a delivery from other deliverers: longer than a try can take (its
 /// receiver has 15 s), so a delivery is tried again only once its holder has died.
 pub const DELIVERY_HOLD: Duration = Duration::from_secs(60);
 
+/// Webhook deliveries: claimed, tried, listed and sent again.
 #[async_trait]
 pub trait DeliveryLedger: Send + Sync {
     /// From now on, a success this process writes for a job whose webhook hears its end but not

@@ -163,18 +163,25 @@ async fn succeed_merged<T: WriteTx>(
     // lease may hand it over and its job's webhook hears its end but not its start
     // (`succeed_batch_handing_in`); the statement then answers with those deliveries and their
     // keys' secrets beside the jobs that won.
-    const HANDED_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at, claim_token) \
-         SELECT ?::text || substr(md5(id || 'job.succeeded'), 1, 12), id, 'job.succeeded', webhook_url, ?, 'pending', \
-             CASE WHEN born THEN ?::bigint ELSE ?::bigint END, CASE WHEN born THEN ?::text END \
-         FROM (SELECT ended.*, hand_over = 1 AND webhook_events IS NOT NULL \
-                   AND (',' || webhook_events || ',') NOT LIKE '%,job.started,%' AS born FROM ended) e \
-         WHERE webhook_url IS NOT NULL AND (webhook_events IS NULL OR (',' || webhook_events || ',') LIKE '%,job.succeeded,%') \
-         RETURNING id, job_id, created_at, claim_token";
+    static HANDED_DELIVERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        delivery_insert(
+            EventType::JobSucceeded,
+            &DeliverySource {
+                id: "?::text || substr(md5(id || 'job.succeeded'), 1, 12)",
+                tail: " RETURNING id, job_id, created_at, claim_token",
+                handed_where: Some(
+                    "hand_over = 1 AND webhook_events IS NOT NULL \
+                     AND (',' || webhook_events || ',') NOT LIKE '%,job.started,%'",
+                ),
+                ..DeliverySource::job_row("FROM ended WHERE TRUE")
+            },
+        )
+    });
     let (lease_names, ended_extra, delivery, answer) = if handing.is_some() {
         (
             "id, token, attempt_id, at, hand_over",
             ", jobs.key_id, leases.hand_over",
-            HANDED_DELIVERY,
+            HANDED_DELIVERY.as_str(),
             "SELECT e.id, e.token, d.id AS delivery_id, d.created_at AS delivery_at, \
                  d.claim_token AS delivery_token, e.webhook_url, e.key_id, \
                  k.webhook_secret, k.previous_webhook_secret, k.previous_secret_until \
@@ -254,14 +261,12 @@ async fn succeed_merged<T: WriteTx>(
         held.insert((row.text("id")?, row.text("token")?));
         if let Some((_, handed)) = handing.as_mut() {
             if row.opt_text("delivery_token")?.is_some() {
-                let previous_until = row.opt_int("previous_secret_until")?;
-                let previous = row.opt_text("previous_webhook_secret")?;
-                let secrets =
-                    row.opt_text("webhook_secret")?
-                        .map(|current| crate::ledger::WebhookSecrets {
-                            current,
-                            previous: previous.filter(|_| previous_until.is_some_and(|u| u > now)),
-                        });
+                let secrets = shown_secrets(
+                    row.opt_text("webhook_secret")?,
+                    row.opt_text("previous_webhook_secret")?,
+                    row.opt_int("previous_secret_until")?,
+                    now,
+                );
                 let job_id = row.text("id")?;
                 handed.push(crate::ledger::DueDelivery {
                     id: DeliveryId(row.text("delivery_id")?),

@@ -309,6 +309,7 @@ async fn open_attempts_merged<T: WriteTx>(
                 started_at: "started_at",
                 from_where: "FROM opened WHERE job_id IS NOT NULL",
                 tail: "",
+                handed_where: None,
             },
         )
     });

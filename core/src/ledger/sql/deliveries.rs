@@ -14,8 +14,11 @@ pub(super) struct DeliverySource<'a> {
     pub events: &'a str,
     pub started_at: &'a str,
     pub from_where: &'a str,
-    /// What follows the conditions (an `ORDER BY … LIMIT 1`), or nothing.
+    /// What follows the conditions (an `ORDER BY … LIMIT 1`, a `RETURNING`), or nothing.
     pub tail: &'a str,
+    /// Where the delivery is written already claimed for this process's deliverer (a condition
+    /// on the source's row; `DeliveryLedger::start_handing_deliveries`), or nowhere.
+    pub handed_where: Option<&'a str>,
 }
 
 impl DeliverySource<'_> {
@@ -29,6 +32,7 @@ impl DeliverySource<'_> {
             started_at: "started_at",
             from_where,
             tail: "",
+            handed_where: None,
         }
     }
 }
@@ -38,8 +42,9 @@ impl DeliverySource<'_> {
 /// first start (`EventType::first_start_only`). Every writer of a delivery row builds its
 /// statement here, as a statement of its own or as a CTE of a merged Postgres statement.
 ///
-/// Binds: the delivery id (or what its expression binds) and the time twice; then the source's own binds; then, for a first
-/// start only, the time once more.
+/// Binds: the delivery id (or what its expression binds) and the time twice (with
+/// `handed_where`: the time, the hold's end, the time and the claim's token); then the source's
+/// own binds; then, for a first start only, the time once more.
 /// How much of a `DeliveryId` a batch shares (`msg_` and the time-ordered head of a UUIDv7);
 /// each row of the batch completes it with 12 hex digits of its own, so a batch's ids sort by
 /// time like single ones.
@@ -54,6 +59,7 @@ pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> Stri
         started_at,
         from_where,
         tail,
+        handed_where,
     } = source;
     let pending = DeliveryStatus::Pending.as_str();
     let first_start = if event.first_start_only() {
@@ -63,9 +69,20 @@ pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> Stri
     };
     // The event type is one of Kiln's own names, never client text, so it is written into the
     // statement (and the filter's LIKE pattern) rather than bound.
+    // Written claimed where `handed_where` holds: held until the bound end, under the bound token.
+    let (claim_column, due_and_claim) = match handed_where {
+        Some(handed) => (
+            ", claim_token",
+            format!(
+                "CASE WHEN {handed} THEN CAST(? AS BIGINT) ELSE CAST(? AS BIGINT) END, \
+                 CASE WHEN {handed} THEN CAST(? AS TEXT) END"
+            ),
+        ),
+        None => ("", "?".to_owned()),
+    };
     format!(
-        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at) \
-         SELECT {id}, {job_id}, '{event}', {url}, ?, '{pending}', ? {from_where} \
+        "INSERT INTO webhook_deliveries (id, job_id, event_type, url, created_at, status, next_try_at{claim_column}) \
+         SELECT {id}, {job_id}, '{event}', {url}, ?, '{pending}', {due_and_claim} {from_where} \
          AND {url} IS NOT NULL AND ({events} IS NULL OR (',' || {events} || ',') LIKE '%,{event},%')\
          {first_start}{tail}"
     )
@@ -203,6 +220,21 @@ pub(super) fn delivery_claim_sql(dialect: Dialect, limit: u32) -> String {
         .into_owned()
 }
 
+/// A key's secrets as `webhook_secrets` shows them at `at`: the previous one only while its
+/// rotation lasts (`previous_until`); `None` when the key has none yet (the deliverer then asks
+/// for one to be made).
+pub(super) fn shown_secrets(
+    current: Option<String>,
+    previous: Option<String>,
+    previous_until: Option<i64>,
+    at: i64,
+) -> Option<WebhookSecrets> {
+    current.map(|current| WebhookSecrets {
+        current,
+        previous: previous.filter(|_| previous_until.is_some_and(|until| until > at)),
+    })
+}
+
 /// Deliveries this process's successes wrote already claimed, for its deliverer: whether it
 /// takes them (`on`, while it runs) and those it has not taken yet.
 #[derive(Default)]
@@ -250,20 +282,25 @@ impl SqlLedger {
         self.release_handed(&refused).await
     }
 
-    /// Makes handed deliveries due now, each only while its own claim still holds it.
+    /// Makes handed deliveries due now, each only while its own claim still holds it: one
+    /// statement for all of them.
     async fn release_handed(&self, handed: &[DueDelivery]) -> Result<()> {
-        let now = to_millis(crate::time::now());
-        for delivery in handed {
-            sqlx::query(&self.sql(
-                "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = NULL \
-                 WHERE id = ? AND claim_token = ? AND status = 'pending'",
-            ))
-            .bind(now)
-            .bind(delivery.id.as_str())
-            .bind(&delivery.claim_token)
-            .execute(&self.pool)
-            .await?;
+        if handed.is_empty() {
+            return Ok(());
         }
+        let statement = format!(
+            "UPDATE webhook_deliveries SET next_try_at = ?, claim_token = NULL \
+             WHERE (id, claim_token) IN (VALUES {}) AND status = 'pending'",
+            value_rows("(?, ?)", handed.len())
+        );
+        let statement = self.sql(&statement);
+        let mut query = sqlx::query(&statement).bind(to_millis(crate::time::now()));
+        for delivery in handed {
+            query = query
+                .bind(delivery.id.as_str())
+                .bind(delivery.claim_token.as_str());
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 }
@@ -345,16 +382,12 @@ impl DeliveryLedger for SqlLedger {
             let id: String = r.try_get("id")?;
             let claim_token = claim_token.clone();
             let job_id: String = r.try_get("job_id")?;
-            // The key's secrets as `webhook_secrets` shows them (the previous one only while
-            // its rotation lasts); none yet, and the deliverer asks for one to be made.
-            let previous_until: Option<i64> = r.try_get("previous_secret_until")?;
-            let previous: Option<String> = r.try_get("previous_webhook_secret")?;
-            let secrets = r
-                .try_get::<Option<String>, _>("webhook_secret")?
-                .map(|current| WebhookSecrets {
-                    current,
-                    previous: previous.filter(|_| previous_until.is_some_and(|u| u > at)),
-                });
+            let secrets = shown_secrets(
+                r.try_get("webhook_secret")?,
+                r.try_get("previous_webhook_secret")?,
+                r.try_get("previous_secret_until")?,
+                at,
+            );
             due.push(DueDelivery {
                 id: DeliveryId(id),
                 job_id: job_id

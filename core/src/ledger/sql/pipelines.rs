@@ -43,6 +43,7 @@ pub(super) async fn end_pipeline(
                 from_where: "FROM pipelines p JOIN pipeline_steps s ON s.pipeline_id = p.id \
                              WHERE p.id = ? AND s.job_id IS NOT NULL",
                 tail: " ORDER BY s.job_id DESC LIMIT 1",
+                handed_where: None,
             },
         );
         sqlx::query(&tx.d.sql(&statement))
