@@ -20,10 +20,15 @@ pub fn clients_python() -> String {
 
 /// A TLS-terminating front (`socat`) on a loopback port of its own, with a self-signed
 /// certificate for 127.0.0.1 that the clients are told to trust (`SSL_CERT_FILE`).
+///
+/// Its port is chosen before Kiln starts (Kiln's `public_url` names it) and held, bound,
+/// until `socat` takes it over: left free while Kiln started, another test's server could be
+/// given it, and the clients then spoke TLS to that plain server.
 pub struct TlsFront {
     pub port: u16,
     pub cert: PathBuf,
     dir: tempfile::TempDir,
+    reserved: Option<std::net::TcpListener>,
     child: Option<Child>,
 }
 
@@ -51,10 +56,12 @@ impl TlsFront {
             .status()
             .expect("openssl is installed by the test command");
         assert!(made.success(), "openssl could not make a certificate");
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         TlsFront {
-            port: kiln_core::testing::free_port(),
+            port: reserved.local_addr().expect("a bound port").port(),
             cert,
             dir,
+            reserved: Some(reserved),
             child: None,
         }
     }
@@ -73,19 +80,25 @@ impl TlsFront {
             self.cert.display(),
             key.display()
         );
-        let child = Command::new("socat")
+        // Released only now, for `socat` to bind at once.
+        drop(self.reserved.take());
+        let mut child = Command::new("socat")
             .arg(listen)
             .arg(format!("TCP:{backend}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("socat is installed by the test command");
-        self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                child.try_wait().expect("socat's state").is_none(),
+                "the TLS front could not listen on its port"
+            );
             assert!(Instant::now() < deadline, "the TLS front never listened");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        self.child = Some(child);
     }
 }
 
