@@ -356,12 +356,69 @@ pub struct ExpiredOutput {
 }
 
 /// One row of a job's transition history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     pub from: Option<Status>,
     pub to: Status,
     pub reason: Option<String>,
     pub at: Timestamp,
+}
+
+impl Transition {
+    /// Whether a transition is one the job's own rows already record, so the ledger writes no
+    /// row of `job_transitions` for it: the job's creation (`→ queued`, at its `created_at`)
+    /// and each claim (`queued → running`, at its attempt's `started_at`; every claim opens one
+    /// attempt, and nothing else does). Those were two rows and four WAL records of each job's
+    /// 59 on Postgres (BENCHMARKS.md, issue 17, fourteenth pass). Every other transition (a
+    /// retry, a release, a rescue, a cancel, an end) carries a reason or leaves `running`, and
+    /// is written as before: a job's terminal transition stays a row of its own, so a job ended
+    /// twice would show as two.
+    pub fn is_implied(from: Option<Status>, to: Status, reason: Option<&str>) -> bool {
+        reason.is_none()
+            && matches!(
+                (from, to),
+                (None, Status::Queued) | (Some(Status::Queued), Status::Running)
+            )
+    }
+
+    /// A job's whole history from its creation time, its attempts' start times (`claims`, in
+    /// attempt order) and its `written` transitions (in the order they were written), all read
+    /// at one moment. Rows written before implied transitions were left out are recognised and
+    /// replaced by their implied copies, which carry the same times.
+    ///
+    /// The order needs no clocks, so processes whose clocks disagree cannot reorder it: the
+    /// creation comes first; a running spell is opened by a claim and closed by the next
+    /// written transition that leaves `running`, so the claims go just before those; a claim
+    /// left over opened the last spell, which is still running.
+    pub fn history(
+        created_at: Timestamp,
+        claims: Vec<Timestamp>,
+        written: Vec<Transition>,
+    ) -> Vec<Transition> {
+        let mut claims = claims.into_iter().map(|at| Transition {
+            from: Some(Status::Queued),
+            to: Status::Running,
+            reason: None,
+            at,
+        });
+        let mut history = vec![Transition {
+            from: None,
+            to: Status::Queued,
+            reason: None,
+            at: created_at,
+        }];
+        for t in written {
+            if Transition::is_implied(t.from, t.to, t.reason.as_deref()) {
+                continue;
+            }
+            if t.from == Some(Status::Running) {
+                history.extend(claims.next());
+            }
+            history.push(t);
+        }
+        history.extend(claims);
+        history
+    }
 }
 
 /// API keys: minting, lookup by hash, revocation, per-key limits and webhook secrets.
@@ -640,4 +697,72 @@ pub trait Ledger:
 /// up to date.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Ledger>> {
     Ok(std::sync::Arc::new(SqlLedger::open(url).await?))
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use crate::time::from_millis;
+
+    fn written(from: Status, to: Status, reason: &str, at: i64) -> Transition {
+        Transition {
+            from: Some(from),
+            to,
+            reason: Some(reason.into()),
+            at: from_millis(at),
+        }
+    }
+
+    /// The claims go where the spells they open are closed, whatever the clocks say: here the
+    /// api's clock, which wrote the cancel, runs behind the worker's, which claimed.
+    #[test]
+    fn implied_claims_go_before_what_leaves_running_whatever_the_clocks() {
+        use Status::{Canceled, Queued, Running};
+        let history = Transition::history(
+            from_millis(1_000),
+            vec![from_millis(2_000), from_millis(5_000)],
+            vec![
+                written(Running, Queued, "released", 3_000),
+                written(Running, Canceled, "canceled", 4_000),
+            ],
+        );
+        let steps: Vec<_> = history
+            .iter()
+            .map(|t| (t.from, t.to, t.at.timestamp_millis()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                (None, Queued, 1_000),
+                (Some(Queued), Running, 2_000),
+                (Some(Running), Queued, 3_000),
+                (Some(Queued), Running, 5_000),
+                (Some(Running), Canceled, 4_000),
+            ]
+        );
+    }
+
+    /// Rows an earlier version wrote for implied steps are dropped for their implied copies;
+    /// a job still running ends its history with its last claim.
+    #[test]
+    fn rows_written_for_implied_steps_are_read_once() {
+        let created = Transition {
+            from: None,
+            to: Status::Queued,
+            reason: None,
+            at: from_millis(1),
+        };
+        let claimed = Transition {
+            from: Some(Status::Queued),
+            to: Status::Running,
+            reason: None,
+            at: from_millis(2),
+        };
+        let history = Transition::history(
+            from_millis(1),
+            vec![from_millis(2)],
+            vec![created.clone(), claimed.clone()],
+        );
+        assert_eq!(history, vec![created, claimed]);
+    }
 }

@@ -178,6 +178,64 @@ pub async fn retries_wait_until_due_and_releases_are_free(ledger: Arc<dyn Ledger
         .is_some());
 }
 
+/// A job's history holds every transition, in order, though its creation, its claims and its
+/// success are implied by its rows rather than written (`Transition::is_implied`): here through
+/// a retry, a release and a success, each claim at its attempt's start.
+pub async fn a_jobs_history_is_whole_though_its_plain_steps_are_implied(ledger: Arc<dyn Ledger>) {
+    let id = new_job(ledger.as_ref(), "a").await;
+    let first = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    // Due at once, so that it is claimed again.
+    assert!(ledger
+        .retry_later(
+            &first.lease,
+            &ErrorInfo::new("upstream_429", "slow down"),
+            now()
+        )
+        .await
+        .unwrap());
+    let second = ledger
+        .claim(id, "w1", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.release(&second.lease).await.unwrap());
+    let third = ledger
+        .claim(id, "w2", "demo", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.succeed(&third.lease, &[]).await.unwrap());
+
+    let job = ledger.job_by_id(id).await.unwrap().unwrap();
+    let history = ledger.transitions(id).await.unwrap();
+    let steps: Vec<_> = history
+        .iter()
+        .map(|t| (t.from, t.to, t.reason.as_deref()))
+        .collect();
+    use Status::{Queued, Running, Succeeded};
+    assert_eq!(
+        steps,
+        vec![
+            (None, Queued, None),
+            (Some(Queued), Running, None),
+            (Some(Running), Queued, Some("upstream_429")),
+            (Some(Queued), Running, None),
+            (Some(Running), Queued, Some("released")),
+            (Some(Queued), Running, None),
+            (Some(Running), Succeeded, None),
+        ]
+    );
+    assert_eq!(history[0].at, job.created_at);
+    let claimed_at: Vec<_> = [1, 3, 5].iter().map(|&i| history[i].at).collect();
+    let started_at: Vec<_> = job.attempts.iter().map(|a| a.started_at).collect();
+    assert_eq!(claimed_at, started_at, "each claim at its attempt's start");
+    assert_eq!(Some(history[6].at), job.completed_at);
+}
+
 pub async fn upstream_handles_and_callbacks_outlive_a_rescue(ledger: Arc<dyn Ledger>) {
     let id = new_job(ledger.as_ref(), "a").await;
     let short = Duration::from_millis(30);

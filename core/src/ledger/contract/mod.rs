@@ -87,6 +87,7 @@ macro_rules! ledger_contract_tests {
             terminal_states_never_change,
             the_rescue_limit_fails_a_job,
             retries_wait_until_due_and_releases_are_free,
+            a_jobs_history_is_whole_though_its_plain_steps_are_implied,
             reads_are_scoped_by_tenant,
             due_jobs_are_rung_again_only_when_stale,
             expired_outputs_are_listed_until_marked,

@@ -1,6 +1,6 @@
 //! Claims: `queued → running` for a batch of rung jobs at once, each under a lease of its own,
-//! with their attempts opened on the routes chosen for them, their transitions and
-//! `job.started` deliveries written, and as many of their tenants' held jobs admitted as the
+//! with their attempts opened on the routes chosen for them (each attempt implies its claim's
+//! transition, `Transition::is_implied`), their `job.started` deliveries written, and as many of their tenants' held jobs admitted as the
 //! claims freed places. A batch is what a group commit holds (`GroupCommit`: the claims that
 //! arrived together) or what a caller hands over (`Ledger::claim_batch`); a lone claim is a
 //! batch of one, so one path serves both and a lone job waits for nothing.
@@ -9,7 +9,7 @@
 //! claim statement per that many): the claim's `UPDATE … WHERE id IN (…)` returning the
 //! claimed rows, then, once each attempt's route is chosen from its job,
 //! one statement of data-modifying CTEs fed by `VALUES` rows (sqlx's `Any` driver binds no
-//! arrays) that opens the attempts, writes the transitions and deliveries and admits held jobs.
+//! arrays) that opens the attempts, writes the deliveries and admits held jobs.
 //! SQLite's statements are calls within the process, not round trips: after the same claim
 //! `UPDATE` it writes the rest job by job. Statement shapes are padded to powers of two (ids
 //! repeated, `VALUES` rows of nulls that no join keeps), so each connection caches a few plans
@@ -154,7 +154,8 @@ pub(super) async fn claim_batch_in<T: WriteTx>(
     Ok(claimed)
 }
 
-/// The claimed jobs' attempts, transitions and `job.started` deliveries on SQLite, one
+/// The claimed jobs' attempts and `job.started` deliveries on SQLite (each claim's transition
+/// is implied by its attempt: `Transition::is_implied`), one
 /// multi-row statement each for the whole batch (a statement is a hand-off to the connection's
 /// thread and back, see `attempts::succeed_many_sqlite`), then the admission of held jobs: one
 /// statement per tenant for the places first claims freed, one per later attempt's claim.
@@ -183,16 +184,6 @@ async fn open_attempts_sqlite<T: WriteTx>(
             .int(at);
     }
     tx.run(&attempts_sql, args).await?;
-
-    let transitions_sql = format!(
-        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        value_rows("(?, 'queued', 'running', NULL, ?)", n)
-    );
-    let mut args = Args::new();
-    for c in claimed.iter() {
-        args.text(c.job.id.to_string()).int(at);
-    }
-    tx.run(&transitions_sql, args).await?;
     tx.note_transitions(Status::Running, n);
 
     // Each delivery's id: the batch's shared time-ordered head and 12 random hex digits.
@@ -275,7 +266,8 @@ fn admission_places_sqlite_sql() -> String {
 /// webhook_events, started_at.
 const OPENED_COLUMNS: [&str; 6] = ["text", "bigint", "text", "text", "text", "bigint"];
 
-/// The second of a Postgres batch's two statements: the claimed jobs' attempts, transitions and
+/// The second of a Postgres batch's two statements: the claimed jobs' attempts (each implying
+/// its claim's transition: `Transition::is_implied`) and
 /// `job.started` deliveries, and the admission of a held job for each place a first claim freed
 /// (`admit_next_in` says why a first claim needs no count of the window), all as one statement
 /// of data-modifying CTEs. A later attempt's claim admits only where the window has room, which
@@ -317,8 +309,6 @@ async fn open_attempts_merged<T: WriteTx>(
         "WITH opened (job_id, number, route, webhook_url, webhook_events, started_at) AS (VALUES {opened}), \
          attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
              SELECT job_id, number, job_id || '-' || number, route, ?, ? FROM opened WHERE job_id IS NOT NULL), \
-         transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-             SELECT job_id, 'queued', 'running', NULL, ? FROM opened WHERE job_id IS NOT NULL), \
          delivery AS ({delivery}), \
          admitted AS ({admission}) \
          SELECT id, tenant, priority FROM admitted",
@@ -344,7 +334,6 @@ async fn open_attempts_merged<T: WriteTx>(
         }
     }
     args.text(worker)
-        .int(at)
         .int(at)
         .text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
         .int(at)

@@ -128,26 +128,14 @@ pub(super) async fn insert_job_in(
         ),
         holding = holding_probe(tx.d, "?"),
     );
-    let statement = match tx.d {
-        // Postgres writes the transition in the same statement (one round trip); SQLite's
-        // statements are calls within the process, taken one by one.
-        Dialect::Postgres => {
-            let with_transition = format!(
-                "WITH inserted AS ({insert}), \
-                 transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-                     SELECT id, NULL, 'queued', NULL, ? FROM inserted) \
-                 SELECT rung_at FROM inserted"
-            );
-            tx.d.sql(&with_transition).into_owned()
-        }
-        Dialect::Sqlite => insert,
-    };
+    // Its `queued` transition is implied by the row (`Transition::is_implied`).
+    let statement = tx.d.sql(&insert).into_owned();
     let window = i64::from(tx.window);
     // The row holds the input as it is shown; megabytes of inline data go once into
     // `job_inputs`, for the worker alone, so the hot row stays narrow and reads stay cheap.
     let shown = crate::job::elide_inline_data(&job.input);
     let wide = shown != job.input;
-    let mut query = sqlx::query(&statement)
+    let query = sqlx::query(&statement)
         .bind(&id)
         .bind(&job.tenant.0)
         .bind(&job.model)
@@ -167,9 +155,6 @@ pub(super) async fn insert_job_in(
         .bind(pipeline)
         .bind(job.priority.as_str())
         .bind(job.surface.column());
-    if tx.d == Dialect::Postgres {
-        query = query.bind(at);
-    }
     let rung_at: i64 = query.fetch_one(&mut *tx.tx).await?.try_get("rung_at")?;
     let admitted = rung_at >= 0;
     if wide {
@@ -185,37 +170,10 @@ pub(super) async fn insert_job_in(
     if let Some(key) = &job.idempotency {
         link_idempotent(tx, key, &id).await?;
     }
-    match tx.d {
-        Dialect::Postgres => tx.transitions.push(Status::Queued.as_str()),
-        // SQLite has no data-modifying CTEs: the transition is a statement of its own.
-        Dialect::Sqlite => {
-            record_transition(tx, &id, None, Status::Queued, None, at).await?;
-        }
-    }
+    // Counted for the metrics; its row is implied by the job's (`Transition::is_implied`), and
+    // `queued` writes no delivery (`EventType::of_job_transition`).
+    tx.transitions.push(Status::Queued.as_str());
     Ok(admitted)
-}
-
-/// The `queued` transitions of many new jobs on SQLite as one statement (their rows written by
-/// `insert_batch_in`): a group of submits pays one hand-off to the connection's thread for
-/// them all instead of one each. `queued` writes no delivery (`EventType::of_job_transition`).
-pub(super) async fn record_queued_many<T: WriteTx>(
-    tx: &mut T,
-    jobs: &[(String, i64)],
-) -> Result<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let statement = format!(
-        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES {}",
-        value_rows("(?, NULL, 'queued', NULL, ?)", jobs.len())
-    );
-    let mut args = Args::new();
-    for (id, at) in jobs {
-        args.text(id.as_str()).int(*at);
-    }
-    tx.run(&statement, args).await?;
-    tx.note_transitions(Status::Queued, jobs.len());
-    Ok(())
 }
 
 /// Whether `job` can be written by `insert_batch_in`: nothing of its own to check or write
@@ -258,10 +216,10 @@ pub(super) fn holding_probe(d: Dialect, tenant: &str) -> String {
 }
 
 /// Writes many new queued jobs as one statement (`insert_job_in` one at a time, for jobs that
-/// are `batchable`), with their transitions: on Postgres in the same statement, with the jobs as
-/// `VALUES` rows padded with null rows that no join keeps; on SQLite (no data-modifying CTEs)
-/// one statement more, `record_queued_many`. Returns, in order, whether each was admitted to the
-/// queue. A group of submits on SQLite used to take a statement per job, each a hand-off to the
+/// are `batchable`), with the jobs as `VALUES` rows (on Postgres padded with null rows that no
+/// join keeps). Their `queued` transitions are implied by their rows
+/// (`Transition::is_implied`). Returns, in order, whether each was admitted to the queue. A
+/// group of submits on SQLite used to take a statement per job, each a hand-off to the
 /// connection's thread and back on the one writer every write waits for (BENCHMARKS.md).
 ///
 /// The tenant's dispatch window decides as it does for one insert, counting the batch: a job is
@@ -303,17 +261,9 @@ pub(super) async fn insert_batch_in<T: WriteTx>(
              CASE WHEN NOT t.holding AND t.admitted + n.place <= ? THEN n.at ELSE -1 END, \
              n.deadline_at, n.start_by, n.key_id, n.webhook_url, n.webhook_events, NULL, n.priority \
          FROM incoming n JOIN tenants t ON t.tenant = n.tenant";
-    let statement = match d {
-        Dialect::Postgres => d
-            .sql(&format!(
-            "{head}, inserted AS ({insert} RETURNING id, rung_at, created_at), \
-             transition AS (INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) \
-                 SELECT id, NULL, 'queued', NULL, created_at FROM inserted) \
-             SELECT id, rung_at FROM inserted"
-            ))
-            .into_owned(),
-        Dialect::Sqlite => format!("{head} {insert} RETURNING id, rung_at"),
-    };
+    let statement = d
+        .sql(&format!("{head} {insert} RETURNING id, rung_at"))
+        .into_owned();
     let mut places: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut args = Args::new();
     for i in 0..shape {
@@ -355,16 +305,8 @@ pub(super) async fn insert_batch_in<T: WriteTx>(
                 .ok_or_else(|| LedgerError::Corrupt(format!("job {} was not inserted", job.id)))
         })
         .collect::<Result<Vec<bool>>>()?;
-    match d {
-        Dialect::Postgres => tx.note_transitions(Status::Queued, rows.len()),
-        Dialect::Sqlite => {
-            let queued: Vec<(String, i64)> = jobs
-                .iter()
-                .map(|(job, at)| (job.id.to_string(), *at))
-                .collect();
-            record_queued_many(tx, &queued).await?;
-        }
-    }
+    // Counted for the metrics; `queued` writes no delivery (`EventType::of_job_transition`).
+    tx.note_transitions(Status::Queued, rows.len());
     Ok(admitted)
 }
 
@@ -669,24 +611,45 @@ impl JobLedger for SqlLedger {
             .collect()
     }
 
+    /// The written transitions with those the job's rows imply (`Transition::history`), read
+    /// as one statement so that the job, its attempts and its written transitions are seen at
+    /// one moment: the job's row (part 0), its attempts in order (part 1), its written
+    /// transitions in order (part 2).
     async fn transitions(&self, id: JobId) -> Result<Vec<Transition>> {
-        sqlx::query(&self.sql("SELECT from_status, to_status, reason, at FROM job_transitions WHERE job_id = ? ORDER BY seq"))
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Transition {
-                    from: r
-                        .try_get::<Option<String>, _>("from_status")?
+        let sql = "SELECT CAST(0 AS BIGINT) AS part, CAST(0 AS BIGINT) AS n, NULL AS from_status, \
+                 NULL AS to_status, NULL AS reason, created_at AS at FROM jobs WHERE id = ? \
+             UNION ALL SELECT 1, CAST(number AS BIGINT), NULL, NULL, NULL, started_at \
+                 FROM attempts WHERE job_id = ? \
+             UNION ALL SELECT 2, CAST(seq AS BIGINT), from_status, to_status, reason, at \
+                 FROM job_transitions WHERE job_id = ? \
+             ORDER BY part, n";
+        let mut args = Args::new();
+        let id = id.to_string();
+        args.text(id.as_str()).text(id.as_str()).text(id.as_str());
+        let rows = self.point_rows(sql, args).await?;
+        let Some(job) = rows.first().filter(|row| matches!(row.int("part"), Ok(0))) else {
+            return Ok(vec![]);
+        };
+        let (mut claims, mut written) = (vec![], vec![]);
+        for row in &rows[1..] {
+            match row.int("part")? {
+                1 => claims.push(from_millis(row.int("at")?)),
+                _ => written.push(Transition {
+                    from: row
+                        .opt_text("from_status")?
                         .map(|s| s.parse())
                         .transpose()
                         .map_err(LedgerError::Corrupt)?,
-                    to: r.try_get::<String, _>("to_status")?.parse().map_err(LedgerError::Corrupt)?,
-                    reason: r.try_get("reason")?,
-                    at: from_millis(r.try_get("at")?),
-                })
-            })
-            .collect()
+                    to: text_column(row, "to_status")?,
+                    reason: row.opt_text("reason")?,
+                    at: from_millis(row.int("at")?),
+                }),
+            }
+        }
+        Ok(Transition::history(
+            from_millis(job.int("at")?),
+            claims,
+            written,
+        ))
     }
 }

@@ -426,16 +426,19 @@ async fn record_transition(
     at: i64,
 ) -> Result<()> {
     tx.transitions.push(to.as_str());
-    sqlx::query(&tx.d.sql(
-        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
-    ))
-    .bind(job_id)
-    .bind(from.map(Status::as_str))
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(at)
-    .execute(&mut *tx.tx)
-    .await?;
+    // One the job's own rows record is not written again (`Transition::is_implied`).
+    if !Transition::is_implied(from, to, reason) {
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(job_id)
+        .bind(from.map(Status::as_str))
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(at)
+        .execute(&mut *tx.tx)
+        .await?;
+    }
     enqueue_webhook(tx, job_id, to, at).await
 }
 

@@ -117,6 +117,65 @@ fn a_group_written_again_counts_its_transitions_once() {
 
 crate::ledger_contract_tests!(fresh());
 
+/// A job that runs once and succeeds writes one row of `job_transitions`, its end: its
+/// creation and its claim are implied by its rows (`Transition::is_implied`), and its history
+/// shows them all the same. The rows an earlier version wrote for those steps are read once,
+/// not twice.
+async fn plain_steps_write_no_row_and_earlier_rows_read_once(
+    ledger: Arc<dyn Ledger>,
+    url: &str,
+    d: Dialect,
+) {
+    let id = ledger
+        .insert_job(crate::ledger::contract::job_of("a"))
+        .await
+        .unwrap()
+        .id;
+    let claim = ledger
+        .claim(id, "w1", "demo", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+    let history = ledger.transitions(id).await.unwrap();
+    let steps: Vec<_> = history.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (None, Status::Queued),
+            (Some(Status::Queued), Status::Running),
+            (Some(Status::Running), Status::Succeeded)
+        ]
+    );
+    let db = sqlx::AnyPool::connect(url).await.unwrap();
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_transitions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(written, 1, "the end alone is written");
+    // The rows an earlier version wrote for the steps before it.
+    for t in &history[..2] {
+        sqlx::query(&d.sql(
+            "INSERT INTO job_transitions (job_id, from_status, to_status, reason, at) VALUES (?, ?, ?, NULL, ?)",
+        ))
+        .bind(id.to_string())
+        .bind(t.from.map(|s| s.as_str().to_owned()))
+        .bind(t.to.as_str())
+        .bind(to_millis(t.at))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    assert_eq!(ledger.transitions(id).await.unwrap(), history);
+}
+
+#[tokio::test]
+async fn a_plain_job_writes_no_transition_row_and_earlier_rows_read_once() {
+    let (ledger, dir) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    plain_steps_write_no_row_and_earlier_rows_read_once(ledger, &url, Dialect::Sqlite).await;
+}
+
 mod postgres {
     use super::*;
     use crate::testing::PostgresDatabase;
@@ -124,6 +183,13 @@ mod postgres {
     async fn fresh() -> (Arc<dyn Ledger>, PostgresDatabase) {
         let db = PostgresDatabase::create().await;
         (Arc::new(SqlLedger::open(&db.url).await.unwrap()), db)
+    }
+
+    #[tokio::test]
+    async fn a_plain_job_writes_no_transition_row_and_earlier_rows_read_once() {
+        let (ledger, db) = fresh().await;
+        plain_steps_write_no_row_and_earlier_rows_read_once(ledger, &db.url, Dialect::Postgres)
+            .await;
     }
 
     /// Claims the deliveries due now (first tries at once), up to 32.
