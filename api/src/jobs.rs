@@ -2,7 +2,8 @@
 //! nothing; it commits the job, then rings the doorbell (a failed ring is logged and left to the
 //! reconciler: the ledger already holds the job). Reads are scoped by tenant: another tenant's job
 //! is a 404, exactly like a job that does not exist. A finished job's answer to `GET` is kept for
-//! a second (`FinishedJobs`): read again, it costs neither a ledger read nor a rendering.
+//! a second (`FinishedJobs`): read again, it costs neither a ledger read nor a rendering. Its
+//! answer as a Replicate prediction is kept the same way (`Answer::Prediction`).
 
 use crate::auth::{Caller, Tenant};
 use crate::fresh::FreshCache;
@@ -315,7 +316,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = parse_id(&id)?;
-    if let Some(body) = state.finished_jobs.answer(&tenant, id) {
+    if let Some(body) = state.finished_jobs.answer(&tenant, id, Answer::Job) {
         return Ok(crate::wait::finished(body, &headers));
     }
     let read_at = ReadAt::now();
@@ -332,9 +333,13 @@ pub async fn get(
     // The kept answer weighs what it holds: no spare capacity behind it.
     body.shrink_to_fit();
     let body = Bytes::from(body);
-    state
-        .finished_jobs
-        .keep(job.id, &job.tenant, &job.outputs, body.clone(), read_at);
+    state.finished_jobs.keep(
+        (job.id, Answer::Job),
+        &job.tenant,
+        &job.outputs,
+        body.clone(),
+        read_at,
+    );
     Ok(crate::wait::finished(body, &headers))
 }
 
@@ -345,7 +350,8 @@ pub const FINISHED_JOB_TTL: Duration = Duration::from_secs(1);
 const FINISHED_JOBS_BUDGET: usize = 16 << 20;
 const FINISHED_JOB_MAX: usize = 256 << 10;
 
-/// Finished jobs' answers to `GET /v1/jobs/{id}` as this process last rendered them, so a job
+/// Finished jobs' answers to `GET /v1/jobs/{id}` (and to `GET /v1/predictions/{id}`, which a
+/// Replicate client polls) as this process last rendered them, so a job
 /// read again and again after it ended (by several pollers, a dashboard, a workflow tool's
 /// retries) is answered without a ledger read or a rendering. Only finished jobs are kept: a
 /// job in flight changes under its pollers, and an answer kept from before a webhook said it
@@ -355,20 +361,29 @@ const FINISHED_JOB_MAX: usize = 256 << 10;
 /// rescue; an answer kept for at most a second after its read (`FINISHED_JOB_TTL`) shows such
 /// a note that much later. An answer is also never kept past the moment one of its outputs
 /// expires, since from then on it shows that output expired. Each answer is kept with its
-/// tenant and given only to that tenant's keys.
-pub struct FinishedJobs(FreshCache<JobId, (TenantId, Bytes)>);
+/// tenant and given only to that tenant's keys. Both shapes of answer share one budget.
+pub struct FinishedJobs(FreshCache<(JobId, Answer), (TenantId, Bytes)>);
+
+/// Which route's answer a kept body is: a job's two routes render it differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Answer {
+    /// `GET /v1/jobs/{id}`.
+    Job,
+    /// `GET /v1/predictions/{id}`.
+    Prediction,
+}
 
 /// When a job was read from the ledger, on both clocks: the monotonic one counts the second its
 /// answer is kept; the wall clock is what its outputs' expiry is judged against. Taken before
 /// the read, so an answer is judged older than it is, never younger.
 #[derive(Clone, Copy)]
-struct ReadAt {
+pub(crate) struct ReadAt {
     instant: Instant,
     wall: chrono::DateTime<Utc>,
 }
 
 impl ReadAt {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         ReadAt {
             instant: Instant::now(),
             wall: Utc::now(),
@@ -381,18 +396,18 @@ impl FinishedJobs {
         FinishedJobs(FreshCache::new(ttl, FINISHED_JOBS_BUDGET))
     }
 
-    fn answer(&self, tenant: &TenantId, id: JobId) -> Option<Bytes> {
+    pub(crate) fn answer(&self, tenant: &TenantId, id: JobId, shape: Answer) -> Option<Bytes> {
         self.0
-            .get(&id)
+            .get(&(id, shape))
             .filter(|(owner, _)| owner == tenant)
             .map(|(_, body)| body)
     }
 
-    /// Keeps `body`, the answer rendered from the job `id` of `tenant` with these `outputs`, as
-    /// read from the ledger at `read_at`.
-    fn keep(
+    /// Keeps `body`, the answer of shape `id.1` rendered from the job `id.0` of `tenant` with
+    /// these `outputs`, as read from the ledger at `read_at`.
+    pub(crate) fn keep(
         &self,
-        id: JobId,
+        id: (JobId, Answer),
         tenant: &TenantId,
         outputs: &[kiln_core::Output],
         body: Bytes,
@@ -636,9 +651,17 @@ mod tests {
         let id = JobId::new();
         let acme = TenantId("acme".into());
         let body = Bytes::from_static(b"{}");
-        kept.keep(id, &acme, &[], body.clone(), ReadAt::now());
-        assert_eq!(kept.answer(&acme, id), Some(body));
-        assert_eq!(kept.answer(&TenantId("umbrella".into()), id), None);
+        kept.keep((id, Answer::Job), &acme, &[], body.clone(), ReadAt::now());
+        assert_eq!(kept.answer(&acme, id, Answer::Job), Some(body));
+        assert_eq!(
+            kept.answer(&TenantId("umbrella".into()), id, Answer::Job),
+            None
+        );
+        assert_eq!(
+            kept.answer(&acme, id, Answer::Prediction),
+            None,
+            "a job's answer is not its prediction's"
+        );
     }
 
     #[test]
@@ -647,9 +670,9 @@ mod tests {
         let acme = TenantId("acme".into());
         let too_large = Bytes::from(vec![b' '; FINISHED_JOB_MAX + 1]);
         let id = JobId::new();
-        kept.keep(id, &acme, &[], too_large, ReadAt::now());
+        kept.keep((id, Answer::Job), &acme, &[], too_large, ReadAt::now());
         assert_eq!(
-            kept.answer(&acme, id),
+            kept.answer(&acme, id, Answer::Job),
             None,
             "larger than one answer may be"
         );
@@ -659,8 +682,18 @@ mod tests {
         let expired = [output(0, read_at.wall + TimeDelta::milliseconds(1))];
         std::thread::sleep(Duration::from_millis(2));
         let id = JobId::new();
-        kept.keep(id, &acme, &expired, Bytes::from_static(b"{}"), read_at);
-        assert_eq!(kept.answer(&acme, id), None, "its output expired meanwhile");
+        kept.keep(
+            (id, Answer::Job),
+            &acme,
+            &expired,
+            Bytes::from_static(b"{}"),
+            read_at,
+        );
+        assert_eq!(
+            kept.answer(&acme, id, Answer::Job),
+            None,
+            "its output expired meanwhile"
+        );
 
         // An output marked deleted is expired: nothing in the answer waits on it.
         let mut deleted = output(0, read_at.wall + TimeDelta::minutes(1));

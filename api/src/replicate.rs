@@ -10,6 +10,7 @@
 //! without the `owner/name:` before it.
 
 use crate::auth::{Caller, Tenant};
+use crate::jobs::{Answer, ReadAt};
 use crate::lists::{list_body, page, parse_filter, probe};
 use crate::problem::Problem;
 use crate::wire::predictions::{
@@ -365,9 +366,36 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let job = read(&state, &tenant, &id).await?;
+    // A finished prediction is answered as `GET /v1/jobs/{id}` answers a finished job: from
+    // what this api rendered in the last second, if it did (`FinishedJobs`). Replicate's
+    // clients poll a prediction until it ends, often several of them at once.
+    let id: JobId = id.parse().map_err(|_| prediction_not_found())?;
+    if let Some(body) = state.finished_jobs.answer(&tenant, id, Answer::Prediction) {
+        return Ok(crate::wait::finished(body, &headers));
+    }
+    let read_at = ReadAt::now();
+    let job = state
+        .ledger
+        .get_job(&tenant, id)
+        .await?
+        .ok_or_else(prediction_not_found)?;
     let version = version_of(&state, &job.model);
-    answer(&state, &tenant, job, version, &headers, StatusCode::OK).await
+    if !job.status.is_terminal() {
+        return answer(&state, &tenant, job, version, &headers, StatusCode::OK).await;
+    }
+    let shown = PredictionStatus::of(job.status);
+    let view = PredictionView::of(&state.downloads, &state.public_url, version, &job, shown)?;
+    let mut body = serde_json::to_vec(&view).map_err(|e| Problem::internal(&e))?;
+    body.shrink_to_fit();
+    let body = Bytes::from(body);
+    state.finished_jobs.keep(
+        (job.id, Answer::Prediction),
+        &job.tenant,
+        &job.outputs,
+        body.clone(),
+        read_at,
+    );
+    Ok(crate::wait::finished(body, &headers))
 }
 
 #[utoipa::path(

@@ -69,6 +69,63 @@ async fn a_finished_job_read_again_answers_as_it_did_and_at_once() {
     kiln.shutdown().await;
 }
 
+/// The same for a Replicate prediction, whose answer this api keeps beside the job's: a job's
+/// kept answer is never given as its prediction's, nor the other way round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_prediction_read_again_answers_as_it_did_and_never_as_its_job() {
+    let kiln = Kiln::start().await;
+    let key = kiln.key("acme").await;
+    let created = kiln
+        .http
+        .post(kiln.url("/v1/models/demo/image/predictions"))
+        .bearer_auth(&key)
+        .json(&json!({"input": {"prompt": "a kiln", "width": 16, "height": 16}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "created");
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    kiln.wait_terminal(&key, &id).await;
+    // The job's answer is read (and kept) first.
+    let job: Value = kiln.get_job(&key, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let mut answers = Vec::new();
+    for prefer in [None, None, Some("wait=30")] {
+        let mut get = kiln
+            .http
+            .get(kiln.url(&format!("/v1/predictions/{id}")))
+            .bearer_auth(&key);
+        if let Some(prefer) = prefer {
+            get = get.header("Prefer", prefer);
+        }
+        let res = get.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert_eq!(
+            res.headers()
+                .get("preference-applied")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            prefer.map(str::to_owned)
+        );
+        answers.push(res.json::<Value>().await.unwrap());
+    }
+    // A prediction, not the job's view: Replicate's fields, its output a list of URLs.
+    assert_eq!(answers[0]["status"], "succeeded", "{:#}", answers[0]);
+    assert_eq!(answers[0]["model"], "demo/image");
+    assert!(answers[0]["version"].is_string(), "{:#}", answers[0]);
+    assert!(answers[0]["output"][0].is_string(), "{:#}", answers[0]);
+    assert!(answers[0].get("outputs").is_none(), "{:#}", answers[0]);
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+    // And the job's answer, read again after the prediction's, is still the job's.
+    let again: Value = kiln.get_job(&key, &id).await;
+    assert_eq!(again, job);
+    kiln.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prefer_wait_on_get_returns_a_long_job_running_after_the_wait() {
     let kiln = Kiln::start().await;
