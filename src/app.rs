@@ -56,9 +56,18 @@ pub fn runtime_threads(roles: Roles, config: &Config) -> Option<usize> {
     (worker_alone && config.worker.threads > 0).then_some(config.worker.threads)
 }
 
-/// The multi-threaded async runtime every process runs on, with `threads` threads (none: one
-/// per core).
+/// The async runtime every process runs on, with `threads` threads (none: one per core). One
+/// thread is tokio's current-thread runtime: the process's main thread runs the tasks itself.
+/// A multi-threaded runtime of one thread runs them on a worker thread beside the main one,
+/// and each wake-up from the I/O driver or the blocking pool then crossed threads: a
+/// `kiln worker` (one thread by default) spent about 6 % less CPU on the current-thread
+/// runtime (BENCHMARKS.md, issue 17, fourteenth pass).
 pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == Some(1) {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(threads) = threads {
