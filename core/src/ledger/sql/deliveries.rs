@@ -118,17 +118,20 @@ pub(super) async fn finish_in(
     tried: &DeliveryTry,
     next: DeliveryNext,
 ) -> Result<bool> {
-    let (status, next_try_at, delivered_at) = finished_columns(tried, next);
+    let f = finished_columns(tried, next);
     // Fenced by the claim: a try whose hold ran out, or that a redelivery overtook, records
     // nothing.
     let changed = sqlx::query(&tx.d.sql(
-        "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, claim_token = NULL \
+        "UPDATE webhook_deliveries SET status = ?, tries = ?, next_try_at = ?, delivered_at = ?, \
+             delivered_status = ?, delivered_latency_ms = ?, claim_token = NULL \
          WHERE id = ? AND claim_token = ?",
     ))
-    .bind(status)
+    .bind(f.status)
     .bind(tried.number as i64)
-    .bind(next_try_at)
-    .bind(delivered_at)
+    .bind(f.next_try_at)
+    .bind(f.delivered_at)
+    .bind(f.delivered_status)
+    .bind(f.delivered_latency_ms)
     .bind(id.as_str())
     .bind(claim_token)
     .execute(&mut *tx.tx)
@@ -137,17 +140,20 @@ pub(super) async fn finish_in(
     if changed == 0 {
         return Ok(false);
     }
-    sqlx::query(&tx.d.sql(
-        "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
-    ))
-    .bind(id.as_str())
-    .bind(tried.number as i64)
-    .bind(to_millis(tried.at))
-    .bind(tried.status_code.map(i64::from))
-    .bind(tried.latency_ms as i64)
-    .bind(tried.error.as_deref())
-    .execute(&mut *tx.tx)
-    .await?;
+    // A try that delivers is kept on the delivery's row (`finished_columns`).
+    if next != DeliveryNext::Delivered {
+        sqlx::query(&tx.d.sql(
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(id.as_str())
+        .bind(tried.number as i64)
+        .bind(to_millis(tried.at))
+        .bind(tried.status_code.map(i64::from))
+        .bind(tried.latency_ms as i64)
+        .bind(tried.error.as_deref())
+        .execute(&mut *tx.tx)
+        .await?;
+    }
     if next == DeliveryNext::Gone {
         // 410: the endpoint wants nothing more from this tenant. The tenant's other pending
         // deliveries to it stop too, and none of its keys keeps it as the default webhook.
@@ -431,7 +437,8 @@ impl DeliveryLedger for SqlLedger {
             return Ok(None);
         }
         let rows = sqlx::query(&self.sql(
-            "SELECT id, event_type, url, created_at, status, next_try_at, delivered_at \
+            "SELECT id, event_type, url, created_at, status, next_try_at, delivered_at, tries, \
+                 delivered_status, delivered_latency_ms \
              FROM webhook_deliveries WHERE job_id = ? ORDER BY created_at, id",
         ))
         .bind(&sid)
@@ -440,7 +447,7 @@ impl DeliveryLedger for SqlLedger {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: String = r.try_get("id")?;
-            let tries = sqlx::query(&self.sql(
+            let mut tries = sqlx::query(&self.sql(
                 "SELECT number, at, status_code, latency_ms, error FROM webhook_tries WHERE delivery_id = ? ORDER BY number",
             ))
             .bind(&id)
@@ -457,6 +464,20 @@ impl DeliveryLedger for SqlLedger {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+            // The try that delivered it, kept on its row (`finished_columns`).
+            let delivered_at = r.try_get::<Option<i64>, _>("delivered_at")?;
+            let kept = r.try_get::<Option<i64>, _>("delivered_status")?;
+            if let (Some(at), Some(status_code)) = (delivered_at, kept) {
+                tries.push(DeliveryTry {
+                    number: r.try_get::<i64, _>("tries")? as u32,
+                    at: from_millis(at),
+                    status_code: Some(status_code as u16),
+                    latency_ms: r
+                        .try_get::<Option<i64>, _>("delivered_latency_ms")?
+                        .unwrap_or_default() as u64,
+                    error: None,
+                });
+            }
             out.push(Delivery {
                 id: DeliveryId(id),
                 event_type: text_column(r, "event_type")?,
@@ -481,9 +502,26 @@ impl DeliveryLedger for SqlLedger {
     ) -> Result<bool> {
         // Not while a worker holds it (it is being tried now); the schedule starts over.
         let at = to_millis(now());
+        let mut tx = self.write_tx().await?;
+        // The try that delivered it, kept on its row, becomes a row of the tries' log first, so
+        // the log keeps it once the delivery is pending again.
+        sqlx::query(&self.sql(
+            "INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
+             SELECT id, tries, delivered_at, delivered_status, COALESCE(delivered_latency_ms, 0), NULL \
+             FROM webhook_deliveries \
+             WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?) \
+               AND delivered_at IS NOT NULL AND delivered_status IS NOT NULL \
+             ON CONFLICT DO NOTHING",
+        ))
+        .bind(delivery_id.as_str())
+        .bind(job_id.to_string())
+        .bind(job_id.to_string())
+        .bind(&tenant.0)
+        .execute(&mut *tx.tx)
+        .await?;
         let changed = sqlx::query(&self.sql(
             "UPDATE webhook_deliveries SET status = 'pending', next_try_at = ?, schedule_base = tries, \
-                 delivered_at = NULL \
+                 delivered_at = NULL, delivered_status = NULL, delivered_latency_ms = NULL \
              WHERE id = ? AND job_id = ? AND job_id IN (SELECT id FROM jobs WHERE id = ? AND tenant = ?) \
                AND NOT (status = 'pending' AND claim_token IS NOT NULL AND next_try_at > ?)",
         ))
@@ -493,9 +531,10 @@ impl DeliveryLedger for SqlLedger {
         .bind(job_id.to_string())
         .bind(&tenant.0)
         .bind(at)
-        .execute(&mut *self.writer.conn().await?)
+        .execute(&mut *tx.tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(changed == 1)
     }
 }

@@ -126,8 +126,9 @@ async fn write_batch(
 
 /// The fenced updates of many deliveries and their tries' log rows, as one Postgres statement:
 /// the results as `VALUES` rows (padded to a power of two with repeats of the last) joined to
-/// their deliveries by id and claim token, each log row fed by the update that won. Returns
-/// the ids whose claim still held.
+/// their deliveries by id and claim token, each log row fed by the update that won. A try that
+/// delivers is kept on the delivery's row instead (`finished_columns`). Returns the ids whose
+/// claim still held.
 async fn finish_merged(
     pool: &Writer,
     results: &[&PendingResult],
@@ -136,20 +137,23 @@ async fn finish_merged(
     let rows = padded_values(
         &[
             "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
-            "text",
+            "bigint", "bigint", "text",
         ],
         shape,
     );
     let statement = Dialect::Postgres
         .sql(&format!(
-            "WITH results (id, token, status, tries, next_try_at, delivered_at, at, status_code, latency_ms, error) \
+            "WITH results (id, token, status, tries, next_try_at, delivered_at, delivered_status, \
+                     delivered_latency_ms, at, status_code, latency_ms, error) \
                  AS (VALUES {rows}), \
              finished AS (UPDATE webhook_deliveries d SET status = r.status, tries = r.tries, \
-                     next_try_at = r.next_try_at, delivered_at = r.delivered_at, claim_token = NULL \
+                     next_try_at = r.next_try_at, delivered_at = r.delivered_at, \
+                     delivered_status = r.delivered_status, delivered_latency_ms = r.delivered_latency_ms, \
+                     claim_token = NULL \
                  FROM results r WHERE d.id = r.id AND d.claim_token = r.token \
-                 RETURNING d.id, r.tries, r.at, r.status_code, r.latency_ms, r.error), \
+                 RETURNING d.id, r.tries, r.at, r.status_code, r.latency_ms, r.error, r.delivered_status AS kept), \
              tried AS (INSERT INTO webhook_tries (delivery_id, number, at, status_code, latency_ms, error) \
-                 SELECT id, tries, at, status_code, latency_ms, error FROM finished) \
+                 SELECT id, tries, at, status_code, latency_ms, error FROM finished WHERE kept IS NULL) \
              SELECT id FROM finished"
         ))
         .into_owned();
@@ -178,11 +182,14 @@ async fn finish_many_sqlite(
     tx: &mut Tx,
     results: &[&PendingResult],
 ) -> Result<std::collections::HashSet<String>> {
-    let rows = value_rows("(?, ?, ?, ?, ?, ?)", results.len());
+    let rows = value_rows("(?, ?, ?, ?, ?, ?, ?, ?)", results.len());
     let update = format!(
-        "WITH results (id, token, status, tries, next_try_at, delivered_at) AS (VALUES {rows}) \
+        "WITH results (id, token, status, tries, next_try_at, delivered_at, delivered_status, delivered_latency_ms) \
+             AS (VALUES {rows}) \
          UPDATE webhook_deliveries SET status = results.status, tries = results.tries, \
-             next_try_at = results.next_try_at, delivered_at = results.delivered_at, claim_token = NULL \
+             next_try_at = results.next_try_at, delivered_at = results.delivered_at, \
+             delivered_status = results.delivered_status, delivered_latency_ms = results.delivered_latency_ms, \
+             claim_token = NULL \
          FROM results \
          WHERE webhook_deliveries.id = results.id AND webhook_deliveries.claim_token = results.token \
          RETURNING webhook_deliveries.id"
@@ -195,9 +202,10 @@ async fn finish_many_sqlite(
     for row in query.fetch_all(&mut *tx.tx).await? {
         held.insert(row.try_get::<String, _>("id")?);
     }
+    // A try that delivers is kept on the delivery's row (`finished_columns`).
     let tried: Vec<_> = results
         .iter()
-        .filter(|r| held.contains(r.id.as_str()))
+        .filter(|r| held.contains(r.id.as_str()) && r.next != DeliveryNext::Delivered)
         .collect();
     if !tried.is_empty() {
         let insert = format!(
@@ -220,30 +228,55 @@ async fn finish_many_sqlite(
 }
 
 /// Binds a result's row as both batch statements start it: id, claim token, status, tries,
-/// next try, delivered at.
+/// next try, delivered at, the delivering try's status and latency.
 fn bind_finished<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     r: &'q PendingResult,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    let (status, next_try_at, delivered_at) = finished_columns(&r.tried, r.next);
+    let f = finished_columns(&r.tried, r.next);
     query
         .bind(r.id.as_str())
         .bind(r.claim_token.as_str())
-        .bind(status)
+        .bind(f.status)
         .bind(r.tried.number as i64)
-        .bind(next_try_at)
-        .bind(delivered_at)
+        .bind(f.next_try_at)
+        .bind(f.delivered_at)
+        .bind(f.delivered_status)
+        .bind(f.delivered_latency_ms)
 }
 
-/// A delivery's state after a try: its status, when it is next due, when it was delivered.
-pub(super) fn finished_columns(
-    tried: &DeliveryTry,
-    next: DeliveryNext,
-) -> (&'static str, Option<i64>, Option<i64>) {
+/// A delivery's columns after a try.
+pub(super) struct Finished {
+    pub(super) status: &'static str,
+    /// When it is next due.
+    pub(super) next_try_at: Option<i64>,
+    /// When it was delivered, and the delivering try's answer and latency: a try that
+    /// delivers is kept on the delivery's row, not as a row of `webhook_tries`, since the row
+    /// already holds its time and number (`tries`).
+    pub(super) delivered_at: Option<i64>,
+    pub(super) delivered_status: Option<i64>,
+    pub(super) delivered_latency_ms: Option<i64>,
+}
+
+/// A delivery's state after a try.
+pub(super) fn finished_columns(tried: &DeliveryTry, next: DeliveryNext) -> Finished {
     let status = next.status().as_str();
+    let mut finished = Finished {
+        status,
+        next_try_at: None,
+        delivered_at: None,
+        delivered_status: None,
+        delivered_latency_ms: None,
+    };
     match next {
-        DeliveryNext::Delivered => (status, None, Some(to_millis(tried.at))),
-        DeliveryNext::RetryAt(at) => (status, Some(to_millis(at)), None),
-        DeliveryNext::Failed | DeliveryNext::Gone => (status, None, None),
+        DeliveryNext::Delivered => {
+            finished.delivered_at = Some(to_millis(tried.at));
+            // A delivering try always has the receiver's (2xx) answer.
+            finished.delivered_status = Some(i64::from(tried.status_code.unwrap_or(200)));
+            finished.delivered_latency_ms = Some(tried.latency_ms as i64);
+        }
+        DeliveryNext::RetryAt(at) => finished.next_try_at = Some(to_millis(at)),
+        DeliveryNext::Failed | DeliveryNext::Gone => {}
     }
+    finished
 }

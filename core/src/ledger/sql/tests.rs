@@ -169,6 +169,106 @@ async fn plain_steps_write_no_row_and_earlier_rows_read_once(
     assert_eq!(ledger.transitions(id).await.unwrap(), history);
 }
 
+/// Claims the deliveries due now (first tries at once), up to 32.
+async fn claim_due(ledger: &Arc<dyn Ledger>) -> Vec<crate::ledger::DueDelivery> {
+    ledger
+        .claim_deliveries(
+            crate::time::now(),
+            Duration::ZERO,
+            Duration::from_secs(60),
+            32,
+        )
+        .await
+        .unwrap()
+}
+
+/// A job of tenant `a` with a webhook hearing `events`, run to its success; its id.
+async fn succeed_with_webhook(ledger: &Arc<dyn Ledger>, events: Option<Vec<String>>) -> JobId {
+    let job = NewJob {
+        webhook_url: Some("https://hooks.example.com/k".into()),
+        webhook_events: events,
+        ..crate::ledger::contract::job_of("a")
+    };
+    let id = ledger.insert_job(job).await.unwrap().id;
+    let claim = ledger
+        .claim(id, "w", "demo", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
+    id
+}
+
+/// A try that delivers is kept on its delivery's row, not as a row of `webhook_tries`, and the
+/// delivery's tries still show it, once; a redelivery writes it to the log before the delivery
+/// is pending again, so it still shows once; a try that does not deliver is a row as before.
+async fn a_delivering_try_is_kept_on_its_delivery(ledger: Arc<dyn Ledger>, url: &str) {
+    use crate::ledger::{DeliveryNext, DeliveryTry};
+    let id = succeed_with_webhook(&ledger, Some(vec!["job.succeeded".into()])).await;
+    let due = claim_due(&ledger).await;
+    assert_eq!(due.len(), 1, "the job.succeeded delivery");
+    let delivered = DeliveryTry {
+        number: 1,
+        at: crate::time::from_millis(to_millis(crate::time::now())),
+        status_code: Some(204),
+        latency_ms: 7,
+        error: None,
+    };
+    assert!(ledger
+        .finish_delivery_try(
+            &due[0].id,
+            &due[0].claim_token,
+            &delivered,
+            DeliveryNext::Delivered
+        )
+        .await
+        .unwrap());
+    let db = sqlx::AnyPool::connect(url).await.unwrap();
+    let logged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_tries")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(logged().await, 0, "kept on the delivery's row");
+    let tenant = crate::ledger::contract::job_of("a").tenant;
+    let shown = ledger.deliveries(&tenant, id).await.unwrap().unwrap();
+    assert_eq!(shown[0].tries, vec![delivered.clone()]);
+
+    assert!(ledger.redeliver(&tenant, id, &due[0].id).await.unwrap());
+    assert_eq!(logged().await, 1, "written to the log as it is redelivered");
+    let shown = ledger.deliveries(&tenant, id).await.unwrap().unwrap();
+    assert_eq!(shown[0].tries, vec![delivered.clone()], "still once");
+
+    let due = claim_due(&ledger).await;
+    let refused = DeliveryTry {
+        number: 2,
+        status_code: Some(500),
+        error: Some("the receiver answered 500".into()),
+        ..delivered.clone()
+    };
+    let later = crate::time::now() + chrono::Duration::minutes(5);
+    assert!(ledger
+        .finish_delivery_try(
+            &due[0].id,
+            &due[0].claim_token,
+            &refused,
+            DeliveryNext::RetryAt(later)
+        )
+        .await
+        .unwrap());
+    assert_eq!(logged().await, 2, "a try that does not deliver is a row");
+    let shown = ledger.deliveries(&tenant, id).await.unwrap().unwrap();
+    assert_eq!(shown[0].tries, vec![delivered, refused]);
+}
+
+#[tokio::test]
+async fn a_delivering_try_is_kept_on_its_delivery_row() {
+    let (ledger, dir) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    a_delivering_try_is_kept_on_its_delivery(ledger, &url).await;
+}
+
 #[tokio::test]
 async fn a_plain_job_writes_no_transition_row_and_earlier_rows_read_once() {
     let (ledger, dir) = fresh().await;
@@ -192,34 +292,10 @@ mod postgres {
             .await;
     }
 
-    /// Claims the deliveries due now (first tries at once), up to 32.
-    async fn claim_due(ledger: &Arc<dyn Ledger>) -> Vec<crate::ledger::DueDelivery> {
-        ledger
-            .claim_deliveries(
-                crate::time::now(),
-                Duration::ZERO,
-                Duration::from_secs(60),
-                32,
-            )
-            .await
-            .unwrap()
-    }
-
-    /// A job of tenant `a` with a webhook hearing `events`, run to its success; its id.
-    async fn succeed_with_webhook(ledger: &Arc<dyn Ledger>, events: Option<Vec<String>>) -> JobId {
-        let job = NewJob {
-            webhook_url: Some("https://hooks.example.com/k".into()),
-            webhook_events: events,
-            ..crate::ledger::contract::job_of("a")
-        };
-        let id = ledger.insert_job(job).await.unwrap().id;
-        let claim = ledger
-            .claim(id, "w", "demo", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(ledger.succeed(&claim.lease, &[]).await.unwrap());
-        id
+    #[tokio::test]
+    async fn a_delivering_try_is_kept_on_its_delivery_row() {
+        let (ledger, db) = fresh().await;
+        a_delivering_try_is_kept_on_its_delivery(ledger, &db.url).await;
     }
 
     /// While this process's deliverer takes handed-over deliveries, a success writes its
