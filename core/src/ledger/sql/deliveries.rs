@@ -439,11 +439,16 @@ impl DeliveryLedger for SqlLedger {
         let rows = sqlx::query(&self.sql(
             "SELECT id, event_type, url, created_at, status, next_try_at, delivered_at, tries, \
                  delivered_status, delivered_latency_ms \
-             FROM webhook_deliveries WHERE job_id = ? ORDER BY created_at, id",
+             FROM webhook_deliveries WHERE job_id = ? \
+             ORDER BY created_at, \
+                 CASE WHEN event_type = 'job.started' THEN 0 WHEN event_type LIKE 'job.%' THEN 1 ELSE 2 END, id",
         ))
         .bind(&sid)
         .fetch_all(&self.pool)
         .await?;
+        // Events of one millisecond (a job claimed and ended within it, on a fast path) are in
+        // the order they happen: the start, the job's end, its pipeline's end. Their ids alone
+        // would not say: a batch's ids share a head and end in digits of their own.
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: String = r.try_get("id")?;
