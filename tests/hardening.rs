@@ -273,7 +273,10 @@ fn bomb_png() -> Vec<u8> {
 }
 
 /// The decompression bomb is refused from its header: the job fails as `input_too_large` and
-/// the process's peak memory grows by less than 64 MB.
+/// the process's peak memory grows by less than 96 MB, where decoding it would take 512 MiB.
+/// Refusing two 5 MB inputs (the request, its JSON, the input kept apart and read back, its
+/// base64 decoded) grew the peak by 33–57 MB in runs alone and by 66 MB once in a full run: the
+/// copies land on whichever threads' heaps the tasks run on.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_that_declares_too_many_pixels_is_refused_before_decoding() {
     use base64::Engine;
@@ -310,7 +313,7 @@ async fn an_image_that_declares_too_many_pixels_is_refused_before_decoding() {
         assert_eq!(job["error"]["code"], "input_too_large", "{job:#}");
     }
     let grown = status_kib(pid, "VmHWM").saturating_sub(before);
-    assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB");
+    assert!(grown < 96 * 1024, "peak RSS grew by {grown} KiB");
 }
 
 /// Listing a hundred jobs whose inputs are 8 MB each reads none of those bytes: peak memory
