@@ -328,19 +328,10 @@ pub async fn get(
     if !job.status.is_terminal() {
         return crate::wait::respond(&state, &tenant, job, &headers, StatusCode::OK).await;
     }
-    let mut body =
-        serde_json::to_vec(&render(&state, &job).await?).map_err(|e| Problem::internal(&e))?;
-    // The kept answer weighs what it holds: no spare capacity behind it.
-    body.shrink_to_fit();
-    let body = Bytes::from(body);
-    state.finished_jobs.keep(
-        (job.id, Answer::Job),
-        &job.tenant,
-        &job.outputs,
-        body.clone(),
-        read_at,
-    );
-    Ok(crate::wait::finished(body, &headers))
+    let view = render(&state, &job).await?;
+    state
+        .finished_jobs
+        .keep_answer(Answer::Job, &job, &view, read_at, &headers)
 }
 
 /// How long a finished job's answer is kept in the process that rendered it.
@@ -403,9 +394,33 @@ impl FinishedJobs {
             .map(|(_, body)| body)
     }
 
+    /// Answers with `view`, the finished `job` (read from the ledger at `read_at`) as the route
+    /// of `shape` shows it, and keeps that answer.
+    pub(crate) fn keep_answer(
+        &self,
+        shape: Answer,
+        job: &kiln_core::Job,
+        view: &impl serde::Serialize,
+        read_at: ReadAt,
+        headers: &HeaderMap,
+    ) -> Result<Response, Problem> {
+        let mut body = serde_json::to_vec(view).map_err(|e| Problem::internal(&e))?;
+        // The kept answer weighs what it holds: no spare capacity behind it.
+        body.shrink_to_fit();
+        let body = Bytes::from(body);
+        self.keep(
+            (job.id, shape),
+            &job.tenant,
+            &job.outputs,
+            body.clone(),
+            read_at,
+        );
+        Ok(crate::wait::finished(body, headers))
+    }
+
     /// Keeps `body`, the answer of shape `id.1` rendered from the job `id.0` of `tenant` with
     /// these `outputs`, as read from the ledger at `read_at`.
-    pub(crate) fn keep(
+    fn keep(
         &self,
         id: (JobId, Answer),
         tenant: &TenantId,

@@ -385,17 +385,9 @@ pub async fn get(
     }
     let shown = PredictionStatus::of(job.status);
     let view = PredictionView::of(&state.downloads, &state.public_url, version, &job, shown)?;
-    let mut body = serde_json::to_vec(&view).map_err(|e| Problem::internal(&e))?;
-    body.shrink_to_fit();
-    let body = Bytes::from(body);
-    state.finished_jobs.keep(
-        (job.id, Answer::Prediction),
-        &job.tenant,
-        &job.outputs,
-        body.clone(),
-        read_at,
-    );
-    Ok(crate::wait::finished(body, &headers))
+    state
+        .finished_jobs
+        .keep_answer(Answer::Prediction, &job, &view, read_at, &headers)
 }
 
 #[utoipa::path(

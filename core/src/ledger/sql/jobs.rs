@@ -53,9 +53,9 @@ pub(super) fn bind_page<'q>(
     query.bind(filter.limit as i64)
 }
 
-/// Writes a new queued job (a step of `pipeline`, if given) with its first transition. Returns
-/// whether its tenant's dispatch window admitted it to the queue (the caller rings it) or it is
-/// held until a place frees. A job whose key is at its active-job limit is refused.
+/// Writes a new queued job (a step of `pipeline`, if given; its `queued` transition is implied
+/// by its row). Returns whether its tenant's dispatch window admitted it to the queue (the
+/// caller rings it) or it is held until a place frees. A job whose key is at its active-job limit is refused.
 pub(super) async fn insert_job_in(
     tx: &mut Tx,
     job: &NewJob,
@@ -177,7 +177,7 @@ pub(super) async fn insert_job_in(
 }
 
 /// Whether `job` can be written by `insert_batch_in`: nothing of its own to check or write
-/// beyond its row and its transition (no key limit, no idempotency key, no input kept apart),
+/// beyond its row (no key limit, no idempotency key, no input kept apart),
 /// and Kiln's own surface (the column the batch statement leaves null).
 pub(super) fn batchable(job: &NewJob) -> bool {
     job.surface == crate::job::Surface::Kiln
