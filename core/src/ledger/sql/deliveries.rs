@@ -109,7 +109,7 @@ pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i
 }
 
 /// A try's result for one delivery, within `tx`, if `claim_token` still holds it: the delivery
-/// moved on and the try logged. A 410 also stops the tenant's other pending deliveries to that
+/// moved on and the try logged (kept on the delivery's row if it delivered). A 410 also stops the tenant's other pending deliveries to that
 /// endpoint and drops it as any of the tenant's keys' default webhook.
 pub(super) async fn finish_in(
     tx: &mut Tx,
