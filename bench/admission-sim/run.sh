@@ -17,10 +17,10 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 PG=${1:?a Postgres server URL}; N=${2:-10000}; SHAPES=${3:-a b c d}
 BIN=${KILN_BIN:?set KILN_BIN to the kiln binary}; unset KILN_BIN
+. "$here/../scripts/sim-lib.sh"
 for shape in $SHAPES; do
   db=admission_sim_$shape
-  psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $db" 2>/dev/null; psql "$PG/postgres" -qAtc "CREATE DATABASE $db"
-  KILN_DATABASE_URL="$PG/$db" "$BIN" migrate >/dev/null 2>&1
+  sim_database "$PG" "$db" "$BIN"
   psql "$PG/$db" -qAtc "CREATE SEQUENCE jid; CREATE SEQUENCE cid"
   case $shape in
     b) psql "$PG/$db" -qAt <<'SQL'
@@ -39,14 +39,10 @@ CREATE TABLE queue_held (tenant TEXT NOT NULL, priority TEXT NOT NULL, id TEXT C
 SQL
     ;;
   esac
-  wal() { psql "$PG/$db" -qAtc "SELECT wal_records FROM pg_stat_wal"; }
-  seconds() { python3 -c "import time; print(time.monotonic())"; }
-  w0=$(wal); t0=$(seconds)
-  PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 4 -j 2 -t $((N / 4)) -f "$here/insert-$shape.sql" "$PG/$db" >/dev/null
-  w1=$(wal); t1=$(seconds)
-  PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 2 -j 2 -t $((N / 2)) -f "$here/run-$shape.sql" "$PG/$db" >/dev/null
-  w2=$(wal); t2=$(seconds)
+  sim_phase "$PG/$db" 4 $((N / 4)) "$here/insert-$shape.sql"
+  insert_wal=$PHASE_WAL; insert_s=$PHASE_SECONDS
+  sim_phase "$PG/$db" 2 $((N / 2)) "$here/run-$shape.sql"
   done_jobs=$(psql "$PG/$db" -qAtc "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'")
   python3 -c "
-n=$N; print(f'$shape: insert {$w1-$w0} WAL records, {$t1-$t0:.2f} s; admit+claim+succeed {$w2-$w1} WAL records, {$t2-$t1:.2f} s; {($w2-$w0)/n:.1f} per job; {$done_jobs} succeeded')"
+n=$N; print(f'$shape: insert $insert_wal WAL records, $insert_s s; admit+claim+succeed $PHASE_WAL WAL records, $PHASE_SECONDS s; {($insert_wal+$PHASE_WAL)/n:.1f} per job; $done_jobs succeeded')"
 done

@@ -16,21 +16,17 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 PG=${1:?a Postgres server URL}; N=${2:-10000}; SHAPES=${3:-claimed-later born-claimed}
 BIN=${KILN_BIN:?set KILN_BIN to the kiln binary}; unset KILN_BIN
+. "$here/../scripts/sim-lib.sh"
 for shape in $SHAPES; do
   db=delivery_sim_${shape//-/_}
-  psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $db" 2>/dev/null; psql "$PG/postgres" -qAtc "CREATE DATABASE $db"
-  KILN_DATABASE_URL="$PG/$db" "$BIN" migrate >/dev/null 2>&1
+  sim_database "$PG" "$db" "$BIN"
   psql "$PG/$db" -qAtc "CREATE SEQUENCE did; CREATE SEQUENCE bid;
     INSERT INTO jobs (id, tenant, model, input, status, created_at, run_after, rung_at, webhook_url, webhook_events, priority)
     SELECT lpad(g::text, 16, '0'), 'bench', 'bench/image', '{}', 'succeeded', 1, 1, 1, 'http://127.0.0.1:9/hook', 'job.succeeded', 'normal'
     FROM generate_series(1, $N) g; CHECKPOINT;"
-  wal() { psql "$PG/$db" -qAtc "SELECT wal_records FROM pg_stat_wal"; }
-  seconds() { python3 -c "import time; print(time.monotonic())"; }
-  w0=$(wal); t0=$(seconds)
-  PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 4 -j 2 -t $((N / 4)) -f "$here/insert-$shape.sql" "$PG/$db" >/dev/null
-  w1=$(wal); t1=$(seconds)
-  PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 2 -j 2 -t $((N / 64)) -f "$here/deliver-$shape.sql" "$PG/$db" >/dev/null
-  w2=$(wal); t2=$(seconds)
+  sim_phase "$PG/$db" 4 $((N / 4)) "$here/insert-$shape.sql"
+  insert_wal=$PHASE_WAL; insert_s=$PHASE_SECONDS
+  sim_phase "$PG/$db" 2 $((N / 64)) "$here/deliver-$shape.sql"
   python3 -c "
-n=$N; print(f'$shape: insert {$w1-$w0} WAL records, {$t1-$t0:.2f} s; deliver {$w2-$w1} WAL records, {$t2-$t1:.2f} s; {($w2-$w0)/n:.1f} per delivery')"
+n=$N; print(f'$shape: insert $insert_wal WAL records, $insert_s s; deliver $PHASE_WAL WAL records, $PHASE_SECONDS s; {($insert_wal+$PHASE_WAL)/n:.1f} per delivery')"
 done
