@@ -316,15 +316,14 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = parse_id(&id)?;
-    if let Some(body) = state.finished_jobs.answer(&tenant, id, Answer::Job) {
-        return Ok(crate::wait::finished(body, &headers));
-    }
-    let read_at = ReadAt::now();
-    let job = state
-        .ledger
-        .get_job(&tenant, id)
-        .await?
-        .ok_or_else(job_not_found)?;
+    let polled = state
+        .finished_jobs
+        .kept_or_read(&state, &tenant, id, Answer::Job, &headers, job_not_found)
+        .await?;
+    let (job, read_at) = match polled {
+        Polled::Kept(answer) => return Ok(answer),
+        Polled::Read(job, read_at) => (*job, read_at),
+    };
     if !job.status.is_terminal() {
         return crate::wait::respond(&state, &tenant, job, &headers, StatusCode::OK).await;
     }
@@ -355,6 +354,13 @@ const FINISHED_JOB_MAX: usize = 256 << 10;
 /// tenant and given only to that tenant's keys. Both shapes of answer share one budget.
 pub struct FinishedJobs(FreshCache<(JobId, Answer), (TenantId, Bytes)>);
 
+/// What a poll of a job found: the answer kept for it, or the job as the ledger has it and when
+/// it was read.
+pub(crate) enum Polled {
+    Kept(Response),
+    Read(Box<kiln_core::Job>, ReadAt),
+}
+
 /// Which route's answer a kept body is: a job's two routes render it differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Answer {
@@ -374,7 +380,7 @@ pub(crate) struct ReadAt {
 }
 
 impl ReadAt {
-    pub(crate) fn now() -> Self {
+    fn now() -> Self {
         ReadAt {
             instant: Instant::now(),
             wall: Utc::now(),
@@ -392,6 +398,30 @@ impl FinishedJobs {
             .get(&(id, shape))
             .filter(|(owner, _)| owner == tenant)
             .map(|(_, body)| body)
+    }
+
+    /// The answer of shape `shape` kept for the job `id` of `tenant`, if there is one; else the
+    /// job read from the ledger (`not_found` if the tenant has none), with the moment before the
+    /// read, which its answer's keeping is judged from (`keep_answer`).
+    pub(crate) async fn kept_or_read(
+        &self,
+        state: &ApiState,
+        tenant: &TenantId,
+        id: JobId,
+        shape: Answer,
+        headers: &HeaderMap,
+        not_found: fn() -> Problem,
+    ) -> Result<Polled, Problem> {
+        if let Some(body) = self.answer(tenant, id, shape) {
+            return Ok(Polled::Kept(crate::wait::finished(body, headers)));
+        }
+        let read_at = ReadAt::now();
+        let job = state
+            .ledger
+            .get_job(tenant, id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Polled::Read(Box::new(job), read_at))
     }
 
     /// Answers with `view`, the finished `job` (read from the ledger at `read_at`) as the route

@@ -10,7 +10,7 @@
 //! without the `owner/name:` before it.
 
 use crate::auth::{Caller, Tenant};
-use crate::jobs::{Answer, ReadAt};
+use crate::jobs::{Answer, Polled};
 use crate::lists::{list_body, page, parse_filter, probe};
 use crate::problem::Problem;
 use crate::wire::predictions::{
@@ -370,15 +370,21 @@ pub async fn get(
     // what this api rendered in the last second, if it did (`FinishedJobs`). Replicate's
     // clients poll a prediction until it ends, often several of them at once.
     let id: JobId = id.parse().map_err(|_| prediction_not_found())?;
-    if let Some(body) = state.finished_jobs.answer(&tenant, id, Answer::Prediction) {
-        return Ok(crate::wait::finished(body, &headers));
-    }
-    let read_at = ReadAt::now();
-    let job = state
-        .ledger
-        .get_job(&tenant, id)
-        .await?
-        .ok_or_else(prediction_not_found)?;
+    let polled = state
+        .finished_jobs
+        .kept_or_read(
+            &state,
+            &tenant,
+            id,
+            Answer::Prediction,
+            &headers,
+            prediction_not_found,
+        )
+        .await?;
+    let (job, read_at) = match polled {
+        Polled::Kept(answer) => return Ok(answer),
+        Polled::Read(job, read_at) => (*job, read_at),
+    };
     let version = version_of(&state, &job.model);
     if !job.status.is_terminal() {
         return answer(&state, &tenant, job, version, &headers, StatusCode::OK).await;
