@@ -78,8 +78,8 @@ impl EventType {
         }
     }
 
-    /// Whether the event is written only for a job's first start (its `started_at` is the
-    /// transition's instant), not for every start after a retry.
+    /// Whether the event is written only for a job's first start (its first attempt), not for
+    /// every start after a retry.
     pub fn first_start_only(self) -> bool {
         self == EventType::JobStarted
     }

@@ -202,7 +202,6 @@ async fn open_attempts_sqlite<T: WriteTx>(
     for c in claimed.iter() {
         args.text(c.job.id.to_string());
     }
-    args.int(at);
     tx.run(&delivery_sql, args).await?;
 
     // A first claim frees its place in its tenant's window (see `admit_next_in`): each tenant's
@@ -263,8 +262,8 @@ fn admission_places_sqlite_sql() -> String {
 }
 
 /// The types of `open_attempts_merged`'s `VALUES` columns: job_id, number, route, webhook_url,
-/// webhook_events, started_at.
-const OPENED_COLUMNS: [&str; 6] = ["text", "bigint", "text", "text", "text", "bigint"];
+/// webhook_events.
+const OPENED_COLUMNS: [&str; 5] = ["text", "bigint", "text", "text", "text"];
 
 /// The second of a Postgres batch's two statements: the claimed jobs' attempts (each implying
 /// its claim's transition: `Transition::is_implied`) and
@@ -298,7 +297,7 @@ async fn open_attempts_merged<T: WriteTx>(
                 job_id: "job_id",
                 url: "webhook_url",
                 events: "webhook_events",
-                started_at: "started_at",
+                first_start: "number = 1",
                 from_where: "FROM opened WHERE job_id IS NOT NULL",
                 tail: "",
                 handed_where: None,
@@ -306,7 +305,7 @@ async fn open_attempts_merged<T: WriteTx>(
         )
     });
     let statement = tx.dialect().sql(&format!(
-        "WITH opened (job_id, number, route, webhook_url, webhook_events, started_at) AS (VALUES {opened}), \
+        "WITH opened (job_id, number, route, webhook_url, webhook_events) AS (VALUES {opened}), \
          attempt AS (INSERT INTO attempts (job_id, number, id, route, worker, started_at) \
              SELECT job_id, number, job_id || '-' || number, route, ?, ? FROM opened WHERE job_id IS NOT NULL), \
          delivery AS ({delivery}), \
@@ -325,8 +324,7 @@ async fn open_attempts_merged<T: WriteTx>(
                     .int(i64::from(attempt.number))
                     .text(attempt.route.as_str())
                     .opt_text(c.job.webhook_url.as_deref())
-                    .opt_text(c.job.webhook_events.as_ref().map(|e| e.join(",")))
-                    .opt_int(c.job.started_at.map(to_millis));
+                    .opt_text(c.job.webhook_events.as_ref().map(|e| e.join(",")));
             }
             None => {
                 args.null_row(&OPENED_COLUMNS);
@@ -336,7 +334,6 @@ async fn open_attempts_merged<T: WriteTx>(
     args.text(worker)
         .int(at)
         .text(&DeliveryId::new().0[..DELIVERY_PREFIX_LEN])
-        .int(at)
         .int(at)
         .int(at)
         .int(at);

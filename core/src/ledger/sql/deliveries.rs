@@ -5,14 +5,17 @@ use super::*;
 
 /// Where a delivery's fields come from: SQL expressions for the job it hangs off, the URL and
 /// the event filter (a comma list, or NULL for every event), the `FROM … WHERE …` that yields
-/// them, and, for a first start, the expression of the job's `started_at`.
+/// them, and, for a first start, the condition that the row is the job's first start.
 pub(super) struct DeliverySource<'a> {
     /// The delivery's id: `?` (one bound id), or an expression that makes one per row.
     pub id: &'a str,
     pub job_id: &'a str,
     pub url: &'a str,
     pub events: &'a str,
-    pub started_at: &'a str,
+    /// True on a row that starts the job for the first time: `job.started` is written for that
+    /// row alone. Told by the attempt's number, never by the time: a retry claimed again
+    /// within the first claim's millisecond would look like a first start.
+    pub first_start: &'a str,
     pub from_where: &'a str,
     /// What follows the conditions (an `ORDER BY … LIMIT 1`, a `RETURNING`), or nothing.
     pub tail: &'a str,
@@ -29,7 +32,7 @@ impl DeliverySource<'_> {
             job_id: "id",
             url: "webhook_url",
             events: "webhook_events",
-            started_at: "started_at",
+            first_start: "attempt_count = 1",
             from_where,
             tail: "",
             handed_where: None,
@@ -44,7 +47,7 @@ impl DeliverySource<'_> {
 ///
 /// Binds: the delivery id (or what its expression binds) and the time twice (with
 /// `handed_where`: the time, the hold's end, the time and the claim's token); then the source's
-/// own binds; then, for a first start only, the time once more.
+/// own binds.
 /// How much of a `DeliveryId` a batch shares (`msg_` and the time-ordered head of a UUIDv7);
 /// each row of the batch completes it with 12 hex digits of its own, so a batch's ids sort by
 /// time like single ones.
@@ -56,14 +59,14 @@ pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> Stri
         job_id,
         url,
         events,
-        started_at,
+        first_start,
         from_where,
         tail,
         handed_where,
     } = source;
     let pending = DeliveryStatus::Pending.as_str();
     let first_start = if event.first_start_only() {
-        format!(" AND {started_at} = ?")
+        format!(" AND {first_start}")
     } else {
         String::new()
     };
@@ -96,15 +99,13 @@ pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i
     };
     let statement = delivery_insert(event, &DeliverySource::job_row("FROM jobs WHERE id = ?"));
     let statement = tx.d.sql(&statement).into_owned();
-    let mut query = sqlx::query(&statement)
+    sqlx::query(&statement)
         .bind(DeliveryId::new().0)
         .bind(at)
         .bind(at)
-        .bind(job_id);
-    if event.first_start_only() {
-        query = query.bind(at);
-    }
-    query.execute(&mut *tx.tx).await?;
+        .bind(job_id)
+        .execute(&mut *tx.tx)
+        .await?;
     Ok(())
 }
 

@@ -39,7 +39,8 @@ pub(super) async fn end_pipeline(
                 job_id: "s.job_id",
                 url: "p.webhook_url",
                 events: "p.webhook_events",
-                started_at: "NULL",
+                // A pipeline's end is no start.
+                first_start: "FALSE",
                 from_where: "FROM pipelines p JOIN pipeline_steps s ON s.pipeline_id = p.id \
                              WHERE p.id = ? AND s.job_id IS NOT NULL",
                 tail: " ORDER BY s.job_id DESC LIMIT 1",

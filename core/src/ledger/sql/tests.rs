@@ -269,6 +269,40 @@ async fn a_delivering_try_is_kept_on_its_delivery_row() {
     a_delivering_try_is_kept_on_its_delivery(ledger, &url).await;
 }
 
+/// A job's `job.started` is written for its first start only, however soon it starts again: a
+/// retry claimed again within the same millisecond as its first claim (frequent on the embedded
+/// default's fast path) once wrote a second one, when the first start was told by the claim's
+/// time. A hundred jobs, each claimed, retried at once and claimed again.
+#[tokio::test]
+async fn a_job_started_again_at_once_announces_its_start_once() {
+    let (ledger, _dir) = fresh().await;
+    for _ in 0..100 {
+        let job = NewJob {
+            webhook_url: Some("https://hooks.example.com/k".into()),
+            ..crate::ledger::contract::job_of("a")
+        };
+        let id = ledger.insert_job(job).await.unwrap().id;
+        let first = ledger
+            .claim(id, "w", "demo", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let error = crate::ErrorInfo::new("x", "x");
+        assert!(ledger
+            .retry_later(&first.lease, &error, crate::time::now())
+            .await
+            .unwrap());
+        assert!(ledger
+            .claim(id, "w", "demo", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_some());
+        let tenant = crate::ledger::contract::job_of("a").tenant;
+        let deliveries = ledger.deliveries(&tenant, id).await.unwrap().unwrap();
+        assert_eq!(deliveries.len(), 1, "one job.started for job {id}");
+    }
+}
+
 #[tokio::test]
 async fn a_plain_job_writes_no_transition_row_and_earlier_rows_read_once() {
     let (ledger, dir) = fresh().await;
