@@ -1,9 +1,10 @@
 //! Claims: `queued → running` for a batch of rung jobs at once, each under a lease of its own,
 //! with their attempts opened on the routes chosen for them (each attempt implies its claim's
-//! transition, `Transition::is_implied`), their `job.started` deliveries written, and as many of their tenants' held jobs admitted as the
-//! claims freed places. A batch is what a group commit holds (`GroupCommit`: the claims that
-//! arrived together) or what a caller hands over (`Ledger::claim_batch`); a lone claim is a
-//! batch of one, so one path serves both and a lone job waits for nothing.
+//! transition, `Transition::is_implied`), their `job.started` deliveries written, and as many of
+//! their tenants' held jobs admitted as the claims freed places. A batch is what a group commit
+//! holds (`GroupCommit`: the claims that arrived together) or what a caller hands over
+//! (`Ledger::claim_batch`); a lone claim is a batch of one, so one path serves both and a lone
+//! job waits for nothing.
 //!
 //! On Postgres a batch costs two statements (up to `CLAIM_BATCH_MAX` jobs; more take one more
 //! claim statement per that many): the claim's `UPDATE … WHERE id IN (…)` returning the

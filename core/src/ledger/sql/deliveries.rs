@@ -40,6 +40,11 @@ impl DeliverySource<'_> {
     }
 }
 
+/// How much of a `DeliveryId` a batch shares (`msg_` and the time-ordered head of a UUIDv7);
+/// each row of the batch completes it with 12 hex digits of its own, so a batch's ids sort by
+/// time like single ones.
+pub(super) const DELIVERY_PREFIX_LEN: usize = 24;
+
 /// The one statement that writes a webhook delivery: `event` for the rows `source` yields that
 /// have a webhook URL whose filter takes the event, and for `job.started` only on the job's
 /// first start (`EventType::first_start_only`). Every writer of a delivery row builds its
@@ -48,11 +53,6 @@ impl DeliverySource<'_> {
 /// Binds: the delivery id (or what its expression binds) and the time twice (with
 /// `handed_where`: the time, the hold's end, the time and the claim's token); then the source's
 /// own binds.
-/// How much of a `DeliveryId` a batch shares (`msg_` and the time-ordered head of a UUIDv7);
-/// each row of the batch completes it with 12 hex digits of its own, so a batch's ids sort by
-/// time like single ones.
-pub(super) const DELIVERY_PREFIX_LEN: usize = 24;
-
 pub(super) fn delivery_insert(event: EventType, source: &DeliverySource) -> String {
     let DeliverySource {
         id,
@@ -110,8 +110,9 @@ pub(super) async fn enqueue_webhook(tx: &mut Tx, job_id: &str, to: Status, at: i
 }
 
 /// A try's result for one delivery, within `tx`, if `claim_token` still holds it: the delivery
-/// moved on and the try logged (kept on the delivery's row if it delivered). A 410 also stops the tenant's other pending deliveries to that
-/// endpoint and drops it as any of the tenant's keys' default webhook.
+/// moved on and the try logged (kept on the delivery's row if it delivered). A 410 also stops
+/// the tenant's other pending deliveries to that endpoint and drops it as any of the tenant's
+/// keys' default webhook.
 pub(super) async fn finish_in(
     tx: &mut Tx,
     id: &DeliveryId,

@@ -55,7 +55,8 @@ pub(super) fn bind_page<'q>(
 
 /// Writes a new queued job (a step of `pipeline`, if given; its `queued` transition is implied
 /// by its row). Returns whether its tenant's dispatch window admitted it to the queue (the
-/// caller rings it) or it is held until a place frees. A job whose key is at its active-job limit is refused.
+/// caller rings it) or it is held until a place frees. A job whose key is at its active-job
+/// limit is refused.
 pub(super) async fn insert_job_in(
     tx: &mut Tx,
     job: &NewJob,
