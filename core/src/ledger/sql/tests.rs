@@ -725,8 +725,8 @@ mod postgres {
         .await;
         let claim = (
             "delivery claim",
-            deliveries::delivery_claim_sql(Dialect::Postgres, 32),
-            "100000, 100000, 0, 't'".to_owned(),
+            deliveries::delivery_claim_sql(Dialect::Postgres),
+            "100000, 100000, 32, 0, 't'".to_owned(),
         );
         check_plans_in_every_planner_state(&mut conn, &[claim], |label, _, plan| {
             // The batch's `Limit` reads the deliveries alone: nothing in its subtree (the
