@@ -23,7 +23,7 @@
 
 use anyhow::{Context, Result};
 use sqlx::{Connection, Executor, Row};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const JOBS: usize = 10_000;
 const BATCH: usize = 16;
@@ -166,6 +166,20 @@ async fn main() -> Result<()> {
     outcome
 }
 
+/// One row of the table: a driver's pass, as CPU per statement and per row read.
+fn report(shown: bool, driver: &str, rounds: usize, pass: (f64, f64, usize, Duration)) {
+    let (read, batch, rows, wall) = pass;
+    if shown {
+        println!(
+            "| {driver} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            read * 1e6 / rounds as f64,
+            read * 1e6 / rows as f64,
+            batch * 1e6 / rounds as f64,
+            wall.as_secs_f64()
+        );
+    }
+}
+
 async fn run(url: &str, rounds: usize) -> Result<()> {
     // Kiln's own migrations, as a deployment has them.
     drop(kiln_core::ledger::SqlLedger::open(url).await?);
@@ -194,26 +208,14 @@ async fn run(url: &str, rounds: usize) -> Result<()> {
     println!("| --- | --- | --- | --- | --- |");
     for pass in 0..4 {
         // A first pass of each warms both connections' statement caches and is not shown.
-        let (r, b, rows, wall) = measure!(any, rounds, &read, &batch);
-        if pass > 0 {
-            println!(
-                "| Any | {:.1} | {:.2} | {:.1} | {:.2} |",
-                r * 1e6 / rounds as f64,
-                r * 1e6 / rows as f64,
-                b * 1e6 / rounds as f64,
-                wall.as_secs_f64()
-            );
-        }
-        let (r, b, rows, wall) = measure!(native, rounds, &read, &batch);
-        if pass > 0 {
-            println!(
-                "| Postgres | {:.1} | {:.2} | {:.1} | {:.2} |",
-                r * 1e6 / rounds as f64,
-                r * 1e6 / rows as f64,
-                b * 1e6 / rounds as f64,
-                wall.as_secs_f64()
-            );
-        }
+        let shown = pass > 0;
+        report(shown, "Any", rounds, measure!(any, rounds, &read, &batch));
+        report(
+            shown,
+            "Postgres",
+            rounds,
+            measure!(native, rounds, &read, &batch),
+        );
     }
     any.close().await?;
     native.close().await?;
