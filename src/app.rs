@@ -504,6 +504,8 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
         identity_base(config)
     };
     let worker_identity_for_report = identity.clone();
+    // The worker's slots, each held while a ring is handled.
+    let free_slots = kiln_core::dispatch::FreeSlots::new(config.worker.concurrency.max(1));
     let (doorbell, rings, poll_ledger, permits): (Arc<dyn Doorbell>, _, _, SharedPermits) =
         match &config.redis_url {
             Some(url) => {
@@ -512,9 +514,11 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                     .context("cannot reach Redis (redis_url)")?;
                 let rings = bell.consume(ConsumerSettings {
                     consumer: identity.clone(),
-                    // One at a time: a ring fetched early would wait behind a long job while another
-                    // worker idles. Apalis asks for the next ring only when a slot is free.
-                    batch: 1,
+                    // No more rings a read than the worker has free slots: a ring fetched
+                    // beyond them would wait behind a long job while another worker idles.
+                    // Reading one at a time instead cost a round trip per job under load
+                    // (BENCHMARKS.md, issue 17, sixteenth pass).
+                    free_slots: Some(free_slots.clone()),
                     ..ConsumerSettings::default()
                 });
                 let permits = Arc::new(bell.permits());
@@ -599,6 +603,7 @@ pub async fn start(config: &Config, roles: Roles) -> anyhow::Result<Running> {
                 slot_holder,
             },
             wake_deliverer: Some(wake_deliverer.clone()),
+            free_slots,
         };
         Some(runtime.start(rings))
     } else {

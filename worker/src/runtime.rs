@@ -11,7 +11,7 @@ use crate::reconciler::Reconciler;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use kiln_core::catalog::Catalog;
-use kiln_core::dispatch::{Doorbell, Ring, RingStream};
+use kiln_core::dispatch::{Doorbell, FreeSlots, Ring, RingStream};
 use kiln_core::Ledger;
 use kiln_storage::ObjectStore;
 use std::sync::Arc;
@@ -45,6 +45,9 @@ pub struct WorkerRuntime {
     pub settings: WorkerSettings,
     /// Wakes this process's deliverer, if it runs one (`Executor::waking`).
     pub wake_deliverer: Option<DelivererWake>,
+    /// The slots of `settings.concurrency`, each held while a ring is handled: what the
+    /// doorbell's consumer reads ahead by (`ConsumerSettings::free_slots`).
+    pub free_slots: Arc<FreeSlots>,
 }
 
 pub struct WorkerHandle {
@@ -62,7 +65,12 @@ pub struct WorkerHandle {
 /// Handles one ring: claim, acknowledge, run. The ring is acknowledged once the ledger has
 /// decided it (the claim won or lost): from then on the job's lease, not the queue, carries it.
 /// If the ledger cannot be reached, the ring stays pending and is delivered again.
-async fn on_ring(ring: Ring, executor: Data<Arc<Executor>>) -> ExecResult {
+async fn on_ring(
+    ring: Ring,
+    executor: Data<Arc<Executor>>,
+    slots: Data<Arc<FreeSlots>>,
+) -> ExecResult {
+    let _slot = slots.hold();
     // Every line logged while handling the ring carries the job's id (a field of this span, in
     // text and JSON logs alike).
     let span = tracing::info_span!("job", job_id = %ring.job);
@@ -108,6 +116,7 @@ impl WorkerRuntime {
         let worker = WorkerBuilder::new(identity.as_str())
             .backend(rings)
             .data(executor)
+            .data(self.free_slots.clone())
             .layer(ConcurrencyLimitLayer::new(self.settings.concurrency.max(1)))
             .build(on_ring);
         let stop = soft_stop.clone();

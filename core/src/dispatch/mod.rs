@@ -88,6 +88,48 @@ pub struct Ring {
     pub receipt: Option<Receipt>,
 }
 
+/// How many more rings a worker can start now: its concurrency less the rings it is handling.
+/// A consumer that reads ahead reads no more than this (`redis::ConsumerSettings::free_slots`),
+/// so no ring it takes waits in its buffer behind a long job while another worker idles, and a
+/// worker with room takes what is waiting in one read instead of one read per ring.
+#[derive(Debug)]
+pub struct FreeSlots {
+    limit: usize,
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl FreeSlots {
+    pub fn new(limit: usize) -> std::sync::Arc<FreeSlots> {
+        std::sync::Arc::new(FreeSlots {
+            limit,
+            busy: Default::default(),
+        })
+    }
+
+    /// The slots not held now.
+    pub fn free(&self) -> usize {
+        self.limit
+            .saturating_sub(self.busy.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Holds a slot for as long as the returned guard lives (a ring's handling).
+    pub fn hold(self: &std::sync::Arc<Self>) -> SlotHeld {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SlotHeld(self.clone())
+    }
+}
+
+/// One slot of `FreeSlots`, held until dropped.
+pub struct SlotHeld(std::sync::Arc<FreeSlots>);
+
+impl Drop for SlotHeld {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The rings a worker consumes; as a boxed stream it is an apalis backend. Delivery faults are
 /// handled inside (logged, reconnected), so the stream itself never fails.
 pub type RingStream = BoxStream<'static, Result<Ring, Infallible>>;

@@ -43,8 +43,11 @@ type PendingAck = (
 pub struct ConsumerSettings {
     /// This consumer's name in the group: the worker's identity.
     pub consumer: String,
-    /// New entries fetched per read.
+    /// New entries fetched per read, at most.
     pub batch: usize,
+    /// The worker's free slots: a read fetches no more new entries than there are (at least
+    /// one). Without them every read fetches `batch`.
+    pub free_slots: Option<std::sync::Arc<super::FreeSlots>>,
     /// How long one blocking read waits for new rings.
     pub block: Duration,
     /// A pending ring idle this long belongs to a consumer presumed dead and is reclaimed.
@@ -56,6 +59,7 @@ impl Default for ConsumerSettings {
         ConsumerSettings {
             consumer: "kiln".into(),
             batch: 16,
+            free_slots: None,
             block: Duration::from_secs(2),
             reclaim_idle: Duration::from_secs(60),
         }
@@ -397,12 +401,17 @@ impl Consumer {
         // a quarter as many low (at least one each), highest first, without waiting; only when
         // every lane is empty does one blocking read wait for the next ring in any lane. The
         // lanes' reads go as one pipeline: one round trip a round instead of one per lane
-        // (under load a round mostly finds one ring, so the reads were three round trips per
-        // job; BENCHMARKS.md, issue 17, twelfth pass).
+        // (BENCHMARKS.md, issue 17, twelfth pass). `batch` is bounded by the worker's free
+        // slots: a worker with room takes what is waiting in one read (one read per ring cost
+        // a round trip per job, sixteenth pass), and a busy one takes no ring it cannot start.
+        let batch = match &self.settings.free_slots {
+            Some(slots) => self.settings.batch.min(slots.free().max(1)),
+            None => self.settings.batch,
+        };
         let mut round = redis::pipe();
         let lanes: Vec<Lane> = self.keys.iter().map(|(lane, _)| *lane).collect();
         for ((_, key), divisor) in self.keys.iter().zip([1usize, 2, 4]) {
-            let count = (self.settings.batch / divisor).max(1);
+            let count = (batch / divisor).max(1);
             round.add_command(read_group_cmd(&self.settings.consumer, &[key], count, None));
         }
         let mut taken = 0;
@@ -491,6 +500,7 @@ mod tests {
         ConsumerSettings {
             consumer: consumer.into(),
             batch: 8,
+            free_slots: None,
             block: Duration::from_millis(200),
             reclaim_idle,
         }
@@ -598,6 +608,37 @@ mod tests {
             2,
             "the round's three lane reads arrive as one"
         );
+    }
+
+    /// A round takes no more new rings than the worker can start now: a ring taken early would
+    /// wait in this worker's buffer behind its running jobs while another worker idled. With
+    /// room, one round takes everything waiting (up to `batch`), not one ring per read.
+    #[tokio::test]
+    async fn a_round_takes_no_more_rings_than_the_worker_has_free_slots() {
+        let redis = RedisServer::start();
+        let bell = RedisDoorbell::connect(&redis.url(), "t").await.unwrap();
+        for _ in 0..10 {
+            bell.ring(JobId::new(), Lane::High).await.unwrap();
+        }
+        let slots = super::super::FreeSlots::new(4);
+        let busy = slots.hold();
+        let mut consumer = bell.consumer(ConsumerSettings {
+            batch: 16,
+            free_slots: Some(slots.clone()),
+            ..settings("a", Duration::from_secs(60))
+        });
+        consumer.fill().await;
+        assert_eq!(consumer.buffer.len(), 3, "three of four slots are free");
+        consumer.buffer.clear();
+        drop(busy);
+        assert_eq!(
+            slots.free(),
+            4,
+            "a slot is free again once its guard is dropped"
+        );
+        consumer.settings.free_slots = Some(super::super::FreeSlots::new(100));
+        consumer.fill().await;
+        assert_eq!(consumer.buffer.len(), 7, "the other seven, in one round");
     }
 
     #[tokio::test]
