@@ -65,12 +65,7 @@ pub struct WorkerHandle {
 /// Handles one ring: claim, acknowledge, run. The ring is acknowledged once the ledger has
 /// decided it (the claim won or lost): from then on the job's lease, not the queue, carries it.
 /// If the ledger cannot be reached, the ring stays pending and is delivered again.
-async fn on_ring(
-    ring: Ring,
-    executor: Data<Arc<Executor>>,
-    slots: Data<Arc<FreeSlots>>,
-) -> ExecResult {
-    let _slot = slots.hold();
+async fn on_ring(ring: Ring, executor: Data<Arc<Executor>>) -> ExecResult {
     // Every line logged while handling the ring carries the job's id (a field of this span, in
     // text and JSON logs alike).
     let span = tracing::info_span!("job", job_id = %ring.job);
@@ -92,6 +87,57 @@ async fn on_ring(
         tracing::error!(job = %ring.job, error = %e, "handling a ring failed on the ledger");
     }
     result
+}
+
+/// Holds one of the worker's slots (`FreeSlots`) from the moment a ring is handed to its
+/// handling until that handling ends. Counted at the hand-over, not when the handling first
+/// runs: apalis takes the next ring before it polls the last one's handling, and the
+/// consumer's next read must already count every ring it handed out.
+#[derive(Clone)]
+struct SlotLayer(Arc<FreeSlots>);
+
+impl<S> tower::Layer<S> for SlotLayer {
+    type Service = HoldsSlot<S>;
+
+    fn layer(&self, inner: S) -> HoldsSlot<S> {
+        HoldsSlot {
+            inner,
+            slots: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HoldsSlot<S> {
+    inner: S,
+    slots: Arc<FreeSlots>,
+}
+
+impl<S, R> tower::Service<R> for HoldsSlot<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ring: R) -> Self::Future {
+        let held = self.slots.hold();
+        let handling = self.inner.call(ring);
+        Box::pin(async move {
+            let done = handling.await;
+            drop(held);
+            done
+        })
+    }
 }
 
 impl WorkerRuntime {
@@ -116,8 +162,8 @@ impl WorkerRuntime {
         let worker = WorkerBuilder::new(identity.as_str())
             .backend(rings)
             .data(executor)
-            .data(self.free_slots.clone())
             .layer(ConcurrencyLimitLayer::new(self.settings.concurrency.max(1)))
+            .layer(SlotLayer(self.free_slots.clone()))
             .build(on_ring);
         let stop = soft_stop.clone();
         let worker = tokio::spawn(async move {
@@ -277,5 +323,39 @@ impl WorkerHandle {
         {
             tracing::warn!(error = %e, "could not release the worker's identity slot; it expires by itself");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service};
+
+    /// A ring's slot is held from the call that hands it over, before its handling first runs
+    /// (apalis takes the next ring first), until that handling ends.
+    #[tokio::test]
+    async fn a_slot_is_held_from_the_hand_over_until_the_handling_ends() {
+        let slots = FreeSlots::new(2);
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let finished = std::sync::Mutex::new(Some(finished));
+        let handling = tower::service_fn(move |_ring: u32| {
+            let finished = finished.lock().unwrap().take();
+            async move {
+                if let Some(finished) = finished {
+                    finished.await.ok();
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let mut service = SlotLayer(slots.clone()).layer(handling);
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .unwrap();
+        let handled = service.call(1);
+        assert_eq!(slots.free(), 1, "held at the hand-over, not yet run");
+        let handled = tokio::spawn(handled);
+        finish.send(()).unwrap();
+        handled.await.unwrap().unwrap();
+        assert_eq!(slots.free(), 2, "given back when the handling ends");
     }
 }
